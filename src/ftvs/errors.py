@@ -1,0 +1,18 @@
+"""User-facing errors.
+
+Anything the user can fix (a bad path, a missing column, a wrong flag value) is raised as `FtvsError`
+with a one-line message that names the problem and the fix. The CLI prints it as
+`ftvs: error: ...` and exits with status 2; other exceptions are bugs and keep their traceback.
+"""
+
+import difflib
+
+
+class FtvsError(Exception):
+    """A problem with the user's input or environment, reported in one line (exit code 2)."""
+
+
+def closest(name: str, choices) -> str:
+    """' (did you mean X?)' for the nearest choice, or '' when nothing is close."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
