@@ -1,0 +1,268 @@
+"""The interface between the training loop and a model family ("arm"), and the from-scratch arm.
+
+The loop only ever calls what `Arm` defines, so the from-scratch transformer and any fine-tuned
+Hugging Face model train, checkpoint, evaluate and export through the same code.
+"""
+
+import collections
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ftvs.batching import pad_token_batch
+from ftvs.errors import FtvsError
+from ftvs.fileio import load_tensors, read_json, save_tensors, write_json
+from ftvs.model import PRESETS, ScratchClassifier, ScratchConfig
+
+PAD_ID, UNK_ID = 0, 1
+
+
+def decay_param_groups(named_params, weight_decay: float, lr_of=lambda name: None, no_decay_ids=frozenset()):
+    """AdamW groups: weight decay on matrices only; biases, norms and embeddings are left alone.
+
+    `lr_of(name)` may give a parameter its own learning rate (discriminative fine-tuning); parameters
+    with the same (lr, decay) share a group.
+    """
+    groups: dict = {}
+    for name, p in named_params:
+        decay = p.ndim >= 2 and id(p) not in no_decay_ids
+        key = (lr_of(name), decay)
+        group = groups.setdefault(key, {"params": [], "names": [], "weight_decay": weight_decay if decay else 0.0})
+        if key[0] is not None:
+            group["lr"] = key[0]
+        group["params"].append(p)
+        group["names"].append(name)
+    return list(groups.values())
+
+
+def embedding_param_ids(model: nn.Module) -> frozenset:
+    return frozenset(id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding))
+
+
+class Arm:
+    """What the training loop needs from a model family. Subclasses set `kind` and `model`."""
+
+    kind = "base"
+    model: nn.Module
+    default_learning_rate = 1e-3
+
+    def encode(self, texts: list[str]) -> list:
+        raise NotImplementedError
+
+    def example_length(self, example) -> int:
+        return len(example)
+
+    def collate(self, examples: list) -> dict:
+        return pad_token_batch(examples, self.pad_id)
+
+    def param_groups(self, cfg) -> list[dict]:
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        return decay_param_groups(named, cfg.weight_decay, no_decay_ids=embedding_param_ids(self.model))
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook for schedules that change what is trainable (freeze-then-unfreeze)."""
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint must hold: everything the optimizer may change."""
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.trainable_state_dict()) - set(state)
+        if missing:
+            raise FtvsError(f"checkpoint lacks {len(missing)} tensors (e.g. {sorted(missing)[0]}); it belongs to another model")
+        self.model.load_state_dict(state, strict=False)
+
+    def save_pretrained(self, out_dir) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+
+# --- tokenisation for the from-scratch arm --------------------------------------------------------
+
+
+class TrimmedTokenizer:
+    """A pre-trained tokenizer whose ids are remapped onto a small table (pad=0, unk=1, then the kept
+    ids by training-split frequency). Both arms see the same segmentation; the scratch model only pays
+    embeddings for tokens that actually occur."""
+
+    def __init__(self, base, kept_ids, name: str):
+        self.base = base
+        self.name = name
+        self.kept_ids = [int(i) for i in kept_ids]
+        self.lookup = np.full(max(len(base), max(self.kept_ids, default=0) + 1), UNK_ID, dtype=np.int64)
+        self.lookup[self.kept_ids] = np.arange(2, 2 + len(self.kept_ids))
+
+    @property
+    def vocab_size(self) -> int:
+        return 2 + len(self.kept_ids)
+
+    @classmethod
+    def fit(cls, base, texts, max_length: int, max_vocab: int, name: str):
+        counts = collections.Counter()
+        for ids in base_ids(base, texts, max_length):
+            counts.update(ids)
+        kept = [i for i, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: max(0, max_vocab - 2)]]
+        return cls(base, kept, name)
+
+    def encode(self, texts, max_length: int) -> list[list[int]]:
+        return [self.lookup[np.asarray(ids, dtype=np.int64)].tolist() for ids in base_ids(self.base, texts, max_length)]
+
+    def save(self, out_dir: Path) -> None:
+        self.base.save_pretrained(out_dir / "tokenizer")
+        write_json(out_dir / "vocab_map.json", {"base_tokenizer": self.name, "pad_id": PAD_ID, "unk_id": UNK_ID,
+                                                "kept_ids": self.kept_ids})
+
+    @classmethod
+    def load(cls, model_dir: Path):
+        from transformers import AutoTokenizer
+
+        info = read_json(model_dir / "vocab_map.json", "vocabulary map")
+        base = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
+        return cls(base, info["kept_ids"], info["base_tokenizer"])
+
+    def describe(self) -> dict:
+        return {"type": f"{type(self.base).__name__} ({self.name}), trimmed to the training vocabulary",
+                "base_vocab_size": len(self.base), "vocab_size": self.vocab_size}
+
+
+def base_ids(tokenizer, texts, max_length: int) -> list[list[int]]:
+    """Token ids of `texts`, truncated to `max_length`, tokenised in chunks to bound memory."""
+    out = []
+    for i in range(0, len(texts), 2048):
+        enc = tokenizer(list(texts[i : i + 2048]), truncation=True, max_length=max_length)
+        out.extend(enc["input_ids"])
+    return out
+
+
+def train_bpe_tokenizer(texts, vocab_size: int):
+    """A byte-level BPE of `vocab_size` tokens learnt on the training split (pad=0, unk=1)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+
+
+# --- the from-scratch arm ---------------------------------------------------------------------------
+
+
+class ScratchArm(Arm):
+    kind = "scratch"
+    default_learning_rate = 1e-3
+    pad_id = PAD_ID
+
+    def __init__(self, model: ScratchClassifier, tokenizer: TrimmedTokenizer, label_names, max_length: int):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.label_names = list(label_names)
+        self.max_length = max_length
+
+    def encode(self, texts):
+        return self.tokenizer.encode(texts, self.max_length)
+
+    def save_pretrained(self, out_dir) -> None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_tensors(out_dir / "model.safetensors", self.model.state_dict(), metadata={"format": "pt"})
+        write_json(out_dir / "config.json", self.model.config.to_dict())
+        self.tokenizer.save(out_dir)
+        write_json(out_dir / "ftvs.json", {"arm": "scratch", "label_names": self.label_names,
+                                           "max_length": self.max_length})
+
+    @classmethod
+    def load(cls, model_dir: Path, info: dict) -> "ScratchArm":
+        cfg = ScratchConfig(**read_json(model_dir / "config.json", "model config"))
+        model = ScratchClassifier(cfg)
+        state = load_tensors(model_dir / "model.safetensors")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise FtvsError(f"weights in {model_dir} do not match its config.json ({str(e).splitlines()[0]})") from None
+        return cls(model.eval(), TrimmedTokenizer.load(model_dir), info["label_names"], info["max_length"])
+
+    def describe(self) -> dict:
+        c = self.model.config
+        n = self.model.num_parameters()
+        return {
+            "architecture": {"type": "decoder-only transformer (pre-LN, causal SDPA attention, GELU MLP)",
+                             "n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "d_ff": c.d_ff,
+                             "max_position": c.max_position, "positional": c.positional, "dropout": c.dropout},
+            "params_total": n["total"], "params_trainable": n["total"], "params_embedding": n["embedding"],
+            "head": f"{c.pooling} pooling -> Linear({c.n_embd},{c.n_embd}) -> GELU -> Dropout -> "
+                    f"Linear({c.n_embd},{c.num_labels})",
+            "tokenizer": self.tokenizer.describe(),
+        }
+
+
+def scratch_model_config(cfg, vocab_size: int, num_labels: int) -> ScratchConfig:
+    sizes = dict(PRESETS[cfg.preset])
+    for key in ("n_layer", "n_head", "n_embd", "d_ff"):
+        if getattr(cfg, key) is not None:
+            sizes[key] = getattr(cfg, key)
+    if sizes["n_embd"] % sizes["n_head"]:
+        raise FtvsError(f"n_embd={sizes['n_embd']} is not divisible by n_head={sizes['n_head']}; change one of them")
+    return ScratchConfig(vocab_size=vocab_size, num_labels=num_labels, max_position=cfg.max_seq_length,
+                         dropout=cfg.dropout, positional=cfg.positional, pooling=cfg.pooling, pad_id=PAD_ID, **sizes)
+
+
+def build_scratch_tokenizer(cfg, train_texts) -> TrimmedTokenizer:
+    if cfg.tokenizer == "bpe":
+        base = train_bpe_tokenizer(train_texts, cfg.bpe_vocab_size)
+        name = f"bpe-{cfg.bpe_vocab_size}"
+    else:
+        from ftvs.pretrained import load_tokenizer
+
+        base, name = load_tokenizer(cfg.tokenizer), cfg.tokenizer
+    return TrimmedTokenizer.fit(base, train_texts, cfg.max_seq_length, cfg.max_vocab, name)
+
+
+def build_scratch_arm(cfg, train_texts, label_names) -> ScratchArm:
+    tokenizer = build_scratch_tokenizer(cfg, train_texts)
+    model = ScratchClassifier(scratch_model_config(cfg, tokenizer.vocab_size, len(label_names)))
+    return ScratchArm(model, tokenizer, label_names, cfg.max_seq_length)
+
+
+def build_arm(cfg, train_texts, label_names) -> Arm:
+    """A fresh arm for training (weights initialised or loaded from the pre-trained model)."""
+    if cfg.arm == "scratch":
+        return build_scratch_arm(cfg, train_texts, label_names)
+    from ftvs.finetune import build_finetune_arm
+
+    return build_finetune_arm(
+        cfg.model_name_or_path, label_names, method=cfg.method, max_length=cfg.max_seq_length,
+        lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        lora_target_modules=cfg.lora_target_modules, unfreeze_after_epochs=cfg.unfreeze_after_epochs,
+        unfreeze_top_k=cfg.unfreeze_top_k, base_lr_ratio=cfg.base_lr_ratio,
+        gradient_checkpointing=cfg.gradient_checkpointing, feature_cache=cfg.feature_cache,
+    )
+
+
+def load_arm(model_dir) -> Arm:
+    """Rebuild a trained arm from an exported model folder (a run's `model/`), in eval mode."""
+    model_dir = Path(model_dir)
+    if (model_dir / "model" / "ftvs.json").is_file():
+        model_dir = model_dir / "model"
+    marker = model_dir / "ftvs.json"
+    if not marker.is_file():
+        raise FtvsError(f"{model_dir} holds no trained ftvs model (no ftvs.json); train one with `ftvs train`")
+    try:
+        info = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        raise FtvsError(f"{marker} is corrupt; retrain or restore the run dir") from None
+    if info.get("arm") == "scratch":
+        return ScratchArm.load(model_dir, info)
+    if info.get("arm") == "finetune":
+        from ftvs.finetune import load_finetune_arm
+
+        return load_finetune_arm(model_dir)
+    raise FtvsError(f"{marker} names an unknown arm {info.get('arm')!r}")

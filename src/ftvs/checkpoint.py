@@ -1,0 +1,106 @@
+"""Pickle-free training checkpoints: safetensors for tensors, JSON for everything else.
+
+A checkpoint is a folder written to `checkpoint.tmp/` and swapped into `checkpoint/` only once complete,
+so a kill at any instant leaves the previous good checkpoint. It holds everything needed to continue
+bit-for-bit: trainable weights, optimizer moments, scheduler position, every RNG (Python, NumPy,
+torch CPU/CUDA), the epoch, the number of batches already consumed in that epoch, and the running
+training statistics of the epoch in progress.
+"""
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ftvs.errors import FtvsError
+from ftvs.fileio import load_tensors, read_json, replace_dir, save_tensors, write_json
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def _flatten_optimizer(opt_state: dict) -> tuple[dict, dict]:
+    tensors, scalars = {}, {}
+    for idx, per_param in opt_state["state"].items():
+        for key, value in per_param.items():
+            name = f"state.{idx}.{key}"
+            if torch.is_tensor(value):
+                tensors[name] = value
+            else:
+                scalars[name] = value
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in opt_state["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
+    state: dict = {}
+    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> tuple[dict, dict]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    py = random.getstate()
+    np_state = np.random.get_state()
+    meta = {"python": [py[0], list(py[1]), py[2]],
+            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    return tensors, meta
+
+
+def restore_rng(tensors: dict, meta: dict) -> None:
+    torch.set_rng_state(tensors["torch_cpu"].to(torch.uint8))
+    if torch.cuda.is_available():
+        states = [tensors[k].to(torch.uint8) for k in sorted(k for k in tensors if k.startswith("torch_cuda_"))]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+
+
+def save_checkpoint(run_dir, *, model_state: dict, optimizer, scheduler, state: dict, running: dict) -> None:
+    """Write the whole training state atomically. `state` is JSON (epoch, step, best, ...);
+    `running` holds tensors of the epoch in progress (predictions so far, loss sums)."""
+    run_dir = Path(run_dir)
+    tmp = run_dir / (CHECKPOINT_DIR + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_tensors(tmp / "model.safetensors", model_state)
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    save_tensors(tmp / "optimizer.safetensors", opt_tensors)
+    rng_tensors, rng_meta = rng_state()
+    save_tensors(tmp / "rng.safetensors", {**rng_tensors, **{f"running.{k}": v for k, v in running.items()}})
+    write_json(tmp / "state.json", {**state, "optimizer": opt_meta, "scheduler": scheduler.state_dict(),
+                                    "rng": rng_meta})
+    replace_dir(tmp, run_dir / CHECKPOINT_DIR)
+
+
+def has_checkpoint(run_dir) -> bool:
+    return (Path(run_dir) / CHECKPOINT_DIR / "state.json").is_file()
+
+
+def load_checkpoint(run_dir, device="cpu") -> dict:
+    """Read a checkpoint back; any missing, truncated or tampered file is a one-line FtvsError."""
+    ckpt = Path(run_dir) / CHECKPOINT_DIR
+    if not (ckpt / "state.json").is_file():
+        raise FtvsError(f"no checkpoint in {run_dir}; start a new run without --resume")
+    state = read_json(ckpt / "state.json", "checkpoint state")
+    for key in ("epoch", "batches_done", "global_step", "optimizer", "scheduler", "rng"):
+        if key not in state:
+            raise FtvsError(f"checkpoint {ckpt} is incomplete (state.json lacks {key!r}); delete it to restart")
+    rng = load_tensors(ckpt / "rng.safetensors")
+    return {
+        "state": state,
+        "model": load_tensors(ckpt / "model.safetensors", device),
+        "optimizer": _unflatten_optimizer(load_tensors(ckpt / "optimizer.safetensors", device), state["optimizer"]),
+        "rng_tensors": {k: v for k, v in rng.items() if not k.startswith("running.")},
+        "running": {k.removeprefix("running."): v for k, v in rng.items() if k.startswith("running.")},
+    }

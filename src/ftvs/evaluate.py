@@ -1,0 +1,152 @@
+"""`ftvs evaluate RUN_DIR` and `ftvs predict RUN_DIR TEXT...`.
+
+Evaluation loads the best exported model of a run, scores it on the test split with the one metrics
+function, times inference (after warm-up) and gathers the training record into `metrics.json`.
+"""
+
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from ftvs.arms import load_arm
+from ftvs.data import load_metadata, load_split
+from ftvs.errors import FtvsError
+from ftvs.fileio import dir_size_bytes, read_json, read_jsonl, write_json
+from ftvs.inference import make_eval_loader, predict_loader, timed_predict
+from ftvs.metrics import classification_metrics
+from ftvs.plots import plot_confusion_matrix, plot_training_curves
+
+
+def train_val_gap(row: dict) -> dict:
+    return {k: row[f"train_{k}"] - row[f"val_{k}"] for k in ("accuracy", "macro_f1", "loss")
+            if row.get(f"train_{k}") is not None and row.get(f"val_{k}") is not None}
+
+
+def training_record(run_dir: Path) -> dict:
+    """Training time, best epoch and train–val gaps from a run's history and summary."""
+    history = read_jsonl(run_dir / "history.jsonl") if (run_dir / "history.jsonl").exists() else []
+    summary = read_json(run_dir / "train_summary.json", "training summary") \
+        if (run_dir / "train_summary.json").exists() else {}
+    if not history:
+        return {"training": {"status": summary.get("status", "unknown")}, "best_val": {}, "train_val_gap": {}}
+    best = max(history, key=lambda r: r["val_macro_f1"])
+    seconds = sum(r["epoch_seconds"] for r in history)
+    return {
+        "training": {"seconds_total": seconds, "seconds_per_epoch": seconds / len(history),
+                     "epochs_run": len(history), "best_epoch": best["epoch"],
+                     "status": summary.get("status", "unknown"), "stop_reason": summary.get("stop_reason"),
+                     "examples_per_second": sum(r["examples_per_second"] for r in history) / len(history)},
+        "best_val": {"accuracy": best["val_accuracy"], "macro_f1": best["val_macro_f1"], "loss": best["val_loss"]},
+        "train_val_gap": {"best": train_val_gap(best), "last": train_val_gap(history[-1])},
+    }
+
+
+def check_labels(arm_labels, data_labels, data_dir) -> None:
+    if list(arm_labels) != list(data_labels):
+        extra = sorted(set(data_labels) - set(arm_labels))[:3]
+        raise FtvsError(f"label set of {data_dir} differs from the model's ({len(data_labels)} vs {len(arm_labels)} "
+                        f"labels{', e.g. unknown ' + repr(extra) if extra else ''}); evaluate on the data it was trained on")
+
+
+def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 128) -> dict:
+    import yaml
+
+    run_dir = Path(run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    data_dir = data_dir or cfg.get("data")
+    if not data_dir:
+        raise FtvsError(f"{run_dir} does not name its data; pass --data DIR")
+    arm = load_arm(run_dir / "model")
+    meta = load_metadata(data_dir)
+    check_labels(arm.label_names, meta["label_names"], data_dir)
+    texts, labels = load_split(data_dir, split)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = arm.model.to(device).eval()
+    examples = arm.encode(texts)
+    loader = make_eval_loader(arm, examples, labels, batch_size)
+
+    def on_device(loader):
+        for batch in loader:
+            yield {k: v.to(device) for k, v in batch.items()}
+
+    out = timed_predict(model, list(on_device(loader)), len(examples))
+    scores = classification_metrics(labels, out["y_pred"], arm.label_names, loss=out["loss"])
+    description = arm.describe()
+    metrics = {
+        "run_name": run_dir.name, "arm": arm.kind, "method": getattr(arm, "method", None),
+        "model_name": cfg.get("model_name_or_path") if arm.kind == "finetune" else f"scratch-{cfg.get('preset')}",
+        "dataset": meta.get("source"), "data_dir": str(data_dir), "split": split, "seed": cfg.get("seed"),
+        "test": scores, "num_test_examples": len(examples),
+        "inference": {"seconds_total": out["seconds"], "seconds_per_1000": 1000 * out["seconds"] / max(1, len(examples)),
+                      "examples_per_second": len(examples) / max(out["seconds"], 1e-9), "batch_size": batch_size,
+                      "device": str(device), "torch_threads": torch.get_num_threads(),
+                      "machine": platform.processor() or platform.machine()},
+        "params": {"total": description["params_total"], "trainable": description["params_trainable"]},
+        "size_on_disk_bytes": dir_size_bytes(run_dir / "model"),
+        "model": description,
+        **training_record(run_dir),
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "predictions.json", {"label_names": arm.label_names, "y_true": list(labels),
+                                               "y_pred": out["y_pred"].tolist(),
+                                               "confidence": [round(float(c), 6) for c in out["confidence"]]})
+    history = read_jsonl(run_dir / "history.jsonl") if (run_dir / "history.jsonl").exists() else []
+    if history:
+        plot_training_curves(history, run_dir / "training_curves.png", title=run_dir.name)
+    plot_confusion_matrix(scores["confusion_matrix"], arm.label_names, run_dir / "confusion_matrix.png",
+                          title=f"{run_dir.name}: test confusion matrix")
+    return metrics
+
+
+def predict_texts(run_dir, texts: list[str], batch_size: int = 64) -> list[dict]:
+    arm = load_arm(Path(run_dir) / "model")
+    examples = arm.encode(texts)
+    loader = make_eval_loader(arm, examples, [-1] * len(examples), batch_size)
+    out = predict_loader(arm.model.eval(), loader, len(examples))
+    return [{"text": t, "label": arm.label_names[p], "probability": float(c)}
+            for t, p, c in zip(texts, out["y_pred"], out["confidence"])]
+
+
+def cmd_evaluate(args) -> int:
+    m = evaluate_run(args.run_dir, args.data, args.split, args.per_device_eval_batch_size)
+    t = m["test"]
+    print(f"{m['run_name']}: accuracy {t['accuracy']:.4f} | macro-F1 {t['macro_f1']:.4f} | weighted-F1 "
+          f"{t['weighted_f1']:.4f} | {m['inference']['seconds_per_1000']:.2f} s per 1,000 examples | "
+          f"{m['params']['total']:,} params -> {Path(args.run_dir) / 'metrics.json'}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    texts = list(args.texts)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise FtvsError(f"--file {path} does not exist")
+        texts += [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    if not texts:
+        raise FtvsError("no text to classify; pass texts as arguments or --file FILE (one per line)")
+    for row in predict_texts(args.run_dir, texts):
+        sys.stdout.write(f"{row['label']}\t{row['probability']:.4f}\t{row['text']}\n")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="score a trained run on the test split -> metrics.json",
+                              description="Load RUN_DIR/model (the best epoch), predict the test split, time inference "
+                                          "and write metrics.json, predictions.json, training_curves.png and "
+                                          "confusion_matrix.png into RUN_DIR.")
+    p.add_argument("run_dir", help="a run folder written by `ftvs train`")
+    p.add_argument("--data", help="prepared data folder (default: the one the run was trained on)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"), help="split to score (default test)")
+    p.add_argument("--per_device_eval_batch_size", "--batch-size", type=int, default=128,
+                   help="inference batch size (default 128); recorded with the timing")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("predict", help="classify texts with a trained run",
+                              description="Print label, probability and text, one line per input.")
+    p.add_argument("run_dir", help="a run folder written by `ftvs train`")
+    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument("--file", help="a text file with one input per line")
+    p.set_defaults(func=cmd_predict)
