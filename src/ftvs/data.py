@@ -637,7 +637,7 @@ def stratified_split(labels, fraction: float, seed: int) -> tuple[list[int], lis
         n, c = small[0]
         raise FtvsError(
             f"class {c!r} has only {n} example(s), too few for a stratified split (needs 2); "
-            "drop or merge that class, or lower the split"
+            "drop or merge that class, or add examples of it"
         )
     held = _allocate(counts, fraction, lo_one=True, hi_all_but_one=True)
     return _pick_per_class(labels, held, seed)
@@ -682,7 +682,7 @@ def _check_class_sizes(rows: _Rows, needed: int, names_of, what: str) -> None:
         more = f" (and {len(small) - 1} more classes)" if len(small) > 1 else ""
         raise FtvsError(
             f"class {name!r} has only {n} training example(s){more} but splitting off {what} needs at least "
-            f"{needed} per class; drop or merge that class, or lower the split"
+            f"{needed} per class (one per side); drop or merge that class, or add examples of it"
         )
 
 
