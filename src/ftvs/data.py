@@ -441,9 +441,11 @@ def _load_source(source: str, remove_headers: bool) -> _Source:
         raise FtvsError(
             f"data path not found: {path}; check the path (relative paths start at the current folder)"
         )
+    hint = closest(source, BUILTIN_SOURCES)
+    example = "hf:ag_news" if hint else f"hf:{source}"
     raise FtvsError(
-        f"unknown data source {source!r}{closest(source, BUILTIN_SOURCES)}; use a built-in "
-        f"({', '.join(BUILTIN_SOURCES)}), a file/folder path, or hf:NAME[:CONFIG] (e.g. hf:{source})"
+        f"unknown data source {source!r}{hint}; use a built-in ({', '.join(BUILTIN_SOURCES)}), "
+        f"a file/folder path, or hf:NAME[:CONFIG] (e.g. {example})"
     )
 
 
@@ -828,7 +830,6 @@ def prepare(
         raise FtvsError(f"--max-chars must be positive, got {max_chars}")
     out = Path(output_dir)
     _check_output_dir(out)
-    tok = _load_tokenizer(tokenizer)  # fail early, before the (possibly slow) data loading
 
     src = _load_source(str(source), remove_headers)
     train_table = src.tables["train"]
@@ -898,6 +899,7 @@ def prepare(
         train = _take(train, _stratified_subsample(train.labels, max_train_examples, seed + 2))
     rows["train"] = train
 
+    tok = _load_tokenizer(tokenizer)  # only after the data checks, so a bad source fails fast
     final = {
         split: (
             rows[split].texts,
@@ -1150,7 +1152,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         help=f"tokenizer for token-length statistics (default {DEFAULT_TOKENIZER}); 'none' skips them",
     )  # fmt: skip
     p.add_argument(
-        "--remove-headers", "--remove_headers", dest="remove_headers", action=argparse.BooleanOptionalAction,
+        "--remove-headers", dest="remove_headers", action=argparse.BooleanOptionalAction,
         default=True, help="20newsgroups: strip headers, footers and quoted replies (default on)",
     )  # fmt: skip
     p.add_argument(
