@@ -33,7 +33,6 @@ from ftvs.fileio import (
     dir_size_bytes,
     load_tensors,
     read_json,
-    read_jsonl,
     replace_dir,
     save_tensors,
     write_json,
@@ -50,32 +49,17 @@ DEFAULT_C_GRID = (5.0, 10.0, 20.0)
 
 
 def load_data(data_dir, split: str) -> tuple[list[str], list[int]]:
-    """Texts and labels of one split; `ftvs.data.load_split` when available, else the jsonl file."""
-    try:
-        from ftvs.data import load_split  # written by the data engineer
-    except ImportError:
-        load_split = None
-    if load_split is not None:
-        texts, labels = load_split(data_dir, split)
-        return list(texts), [int(y) for y in labels]
-    path = Path(data_dir) / f"{split}.jsonl"
-    if not path.is_file():
-        raise FtvsError(f"{path} not found; point --data to a folder made by `ftvs prepare`")
-    rows = read_jsonl(path)
-    try:
-        return [str(r["text"]) for r in rows], [int(r["label"]) for r in rows]
-    except KeyError as e:
-        raise FtvsError(f"{path}: every line needs 'text' and 'label' (missing {e}); re-run `ftvs prepare`") from None
+    """Texts and labels of one split, through the one data reader (`ftvs.data.load_split`)."""
+    from ftvs.data import load_split
+
+    texts, labels = load_split(data_dir, split)
+    return list(texts), [int(y) for y in labels]
 
 
 def load_meta(data_dir) -> dict:
-    try:
-        from ftvs.data import load_metadata
-    except ImportError:
-        load_metadata = None
-    if load_metadata is not None:
-        return dict(load_metadata(data_dir))
-    return read_json(Path(data_dir) / "metadata.json", "dataset metadata")
+    from ftvs.data import load_metadata
+
+    return dict(load_metadata(data_dir))
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -309,11 +293,9 @@ def fit_baseline(train_texts, train_labels, val_texts, val_labels, label_names, 
 
 
 def _gap(train: dict, val: dict) -> dict:
-    """Train minus val for accuracy/macro-F1, val minus train for loss: positive = overfitting."""
-    out = {k: train[k] - val[k] for k in ("accuracy", "macro_f1") if train.get(k) is not None and val.get(k) is not None}
-    if train.get("loss") is not None and val.get("loss") is not None:
-        out["loss"] = val["loss"] - train["loss"]
-    return out
+    """Train minus val for accuracy, macro-F1 and loss (the convention of `ftvs evaluate`)."""
+    return {k: train[k] - val[k] for k in ("accuracy", "macro_f1", "loss")
+            if train.get(k) is not None and val.get(k) is not None}
 
 
 def run_baseline(data_dir, output_dir, settings: BaselineSettings | None = None, run_name: str | None = None,
@@ -430,9 +412,20 @@ def run_baseline(data_dir, output_dir, settings: BaselineSettings | None = None,
             "confidence": [float(p) for p in te_proba.max(1)],
         })
         write_json(out / "metrics.json", metrics)
+        _figures(out, run_name, label_names, test_m["confusion_matrix"])
     log(f"baseline: test accuracy {test_m['accuracy']:.4f}, macro-F1 {test_m['macro_f1']:.4f}, "
         f"trained in {train_seconds:.1f}s (C={record['chosen_C']:g}) -> {out}")
     return metrics
+
+
+def _figures(out: Path, run_name: str, label_names, matrix) -> None:
+    """The per-run figures every run dir has (training_curves.png, confusion_matrix.png)."""
+    from ftvs.fileio import read_jsonl
+    from ftvs.plots import plot_confusion_matrix, plot_training_curves
+
+    plot_training_curves(read_jsonl(out / "history.jsonl"), out / "training_curves.png",
+                         title=f"{run_name} (TF-IDF baseline: one fit = one epoch)")
+    plot_confusion_matrix(matrix, label_names, out / "confusion_matrix.png", title=f"{run_name}: test confusion matrix")
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -471,7 +464,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--output_dir", required=True, help="run directory to write")
     p.add_argument("--C", type=float, default=None, help="fixed inverse regularisation strength (skips the grid)")
     p.add_argument("--C_grid", type=_floats, default=DEFAULT_C_GRID,
-                   help="C values tried on the val split, comma-separated (default: %(default)s)")
+                   help="C values tried on the val split, comma-separated (default: 5,10,20)")
     p.add_argument("--word_ngrams", type=_pair, default=(1, 2), help="word n-gram range lo,hi (default 1,2)")
     p.add_argument("--char_ngrams", type=_pair, default=(2, 5), help="char_wb n-gram range lo,hi (default 2,5)")
     p.add_argument("--min_df", type=int, default=1, help="drop n-grams seen in fewer training texts (default 1)")
