@@ -34,6 +34,8 @@ def signed(x, digits=4) -> str:
 def fmt_p(p) -> str:
     if p is None:
         return "–"
+    if p <= 0:
+        return "< 1e-300"
     if p < 1e-4:
         return f"{p:.1e}"
     return f"{p:.4f}"
@@ -49,7 +51,13 @@ def fx(r) -> str:
     """A ratio as '3.2×' (two significant digits below 10)."""
     if r is None:
         return "–"
-    return f"{r:.1f}×" if r < 100 else f"{r:,.0f}×"
+    if r >= 100:
+        return f"{r:,.0f}×"
+    if r >= 10:
+        return f"{r:.0f}×"
+    if r >= 1:
+        return f"{r:.1f}×"
+    return f"{r:.2g}×"
 
 
 def times_phrase(a, b, more: str, less: str) -> str | None:
@@ -186,7 +194,8 @@ def model_blocks(x: Ctx) -> list[dict]:
         tok = m.get("tokenizer") or {}
         trainable = r["params_trainable"]
         share = f" ({100 * trainable / r['params_total']:.2f}%)" if trainable and r["params_total"] else ""
-        rows.append([r["run"], f"{arm_label(r['arm'])} / {r['method']}", f"{r['params_total']:,}" if r["params_total"]
+        kind = {"scratch": r["model_name"], "baseline": r["method"]}.get(r["arm"], r["method"])
+        rows.append([r["run"], f"{arm_label(r['arm'])} / {kind}", f"{r['params_total']:,}" if r["params_total"]
                      else "–", (f"{trainable:,}" if trainable is not None else "–") + share,
                      fmt_bytes(r["size_on_disk_bytes"]), _tok_name(tok), _num(tok.get("vocab_size")),
                      _num(m.get("max_seq_length"))])
@@ -276,9 +285,10 @@ def dataset_blocks(x: Ctx) -> list[dict]:
     for key, value in cleaning.items():
         if key not in CLEANING_WORDS and key != "max_chars" and isinstance(value, int):
             steps.append(f"{key.replace('_', ' ')}: {value:,}")
-    pre = ["Whitespace normalised, invalid UTF-8 repaired, texts longer than "
-           f"{cleaning.get('max_chars', 'the cap'):,} characters cut; counts per step: " + "; ".join(steps) + "."
-           if steps else "No cleaning record in metadata.json."]
+    cap = cleaning.get("max_chars")
+    cap_text = f"{cap:,} characters" if isinstance(cap, int) else "the length cap"
+    pre = [f"Whitespace normalised, invalid UTF-8 repaired, texts longer than {cap_text} cut; counts per step: "
+           + "; ".join(steps) + "." if steps else "No cleaning record in metadata.json."]
     if ds.get("val_source") == "stratified":
         pre.append(f"Validation split: a stratified {100 * (ds.get('validation_split') or 0):g}% of the training data "
                    f"(seed {ds.get('seed')}).")
@@ -324,7 +334,7 @@ def _clip(text: str, n: int) -> str:
 
 
 RESULT_COLUMNS = ["run", "arm", "params", "accuracy", "macro-F1", "weighted-F1", "train s", "s/epoch",
-                  "best/epochs", "to 95%", "infer s/1k", "disk"]
+                  "best/epochs", "to 95%", "infer s/1k"]
 
 
 def result_rows(x: Ctx) -> list[list[str]]:
@@ -336,7 +346,7 @@ def result_rows(x: Ctx) -> list[list[str]]:
                     f"{r['best_epoch'] if r['best_epoch'] is not None else '–'}/"
                     f"{r['epochs_run'] if r['epochs_run'] is not None else '–'}",
                     "–" if r["epochs_to_95pct_best"] is None else str(r["epochs_to_95pct_best"]),
-                    f3(r["inference_seconds_per_1000"]), fmt_bytes(r["size_on_disk_bytes"])])
+                    f3(r["inference_seconds_per_1000"])])
     return out
 
 
@@ -479,8 +489,8 @@ def comparative_blocks(x: Ctx) -> list[dict]:
     key_names = {r["run"] for r in (x.ft, x.sc, x.base) if r}
     shown = pairs if len(pairs) <= 6 else [p for p in pairs if p["a"] in key_names and p["b"] in key_names]
     if shown:
-        rows = [[p["a"], p["b"], f"{signed(p['accuracy']['diff'])} [{signed(p['accuracy']['ci_low'])}, "
-                 f"{signed(p['accuracy']['ci_high'])}]", f"{signed(p['macro_f1']['diff'])} "
+        rows = [[p["a"], p["b"], f"{signed(p['accuracy']['diff'])}\n[{signed(p['accuracy']['ci_low'])}, "
+                 f"{signed(p['accuracy']['ci_high'])}]", f"{signed(p['macro_f1']['diff'])}\n"
                  f"[{signed(p['macro_f1']['ci_low'])}, {signed(p['macro_f1']['ci_high'])}]",
                  f"{p['mcnemar']['a_only_correct']}/{p['mcnemar']['b_only_correct']}", fmt_p(p["mcnemar"]["p_value"]),
                  fmt_p(p["mcnemar"]["p_holm"]), "yes" if p["significant"] else "no"] for p in shown]
@@ -615,15 +625,19 @@ def preference_blocks(x: Ctx) -> list[dict]:
                 continue
             d = q["macro_f1"]
             cheaper = times_phrase(base["train_seconds_total"], neural["train_seconds_total"], "slower", "faster")
-            if d["diff"] <= 0 or not d["excludes_zero"]:
-                items.append(f"The TF-IDF baseline is not significantly worse than **{neural['run']}** "
-                             f"({arm_label(neural['arm'])}; difference {signed(d['diff'])}, CI [{signed(d['ci_low'])}, "
-                             f"{signed(d['ci_high'])}]) and is {cheaper} to train: a transformer needs a reason beyond "
-                             "accuracy on this data.")
+            ci = f"CI [{signed(d['ci_low'])}, {signed(d['ci_high'])}]"
+            who = f"**{neural['run']}** ({arm_label(neural['arm'])})"
+            if d["diff"] > 0 and d["excludes_zero"]:
+                items.append(f"{who} beats the TF-IDF baseline by {signed(d['diff'])} macro-F1 ({ci}); the baseline is "
+                             f"{cheaper} to train.")
+            elif d["excludes_zero"]:
+                items.append(f"The TF-IDF baseline beats {who} by {signed(-d['diff'])} macro-F1 ({ci} for "
+                             f"{neural['run']} minus baseline) and is {cheaper} to train: on this data that transformer "
+                             "is not worth training as it was configured.")
             else:
-                items.append(f"**{neural['run']}** ({arm_label(neural['arm'])}) beats the TF-IDF baseline by "
-                             f"{signed(d['diff'])} macro-F1 (CI [{signed(d['ci_low'])}, {signed(d['ci_high'])}]); the "
-                             f"baseline is {cheaper} to train.")
+                items.append(f"{who} and the TF-IDF baseline are statistically indistinguishable (difference "
+                             f"{signed(d['diff'])}, {ci}) and the baseline is {cheaper} to train: a transformer needs a "
+                             "reason beyond accuracy on this data.")
     if not items:
         return []
     return [{"t": "h3", "text": "When would training from scratch be preferred?"}, {"t": "ul", "items": items}]

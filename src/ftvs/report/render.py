@@ -40,6 +40,10 @@ def _md_cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _cell_html(text) -> str:
+    return "<br>".join(inline_html(part) for part in str(text).split("\n"))
+
+
 def to_markdown(blocks: list[dict]) -> str:
     lines: list[str] = []
     for b in blocks:
@@ -70,7 +74,7 @@ def _aligns(b: dict) -> list[str]:
     out = []
     for j in range(len(b["header"])):
         col = [str(r[j]) for r in b["rows"] if j < len(r)]
-        numeric = col and all(re.fullmatch(r"[-+–±.,0-9 %×eEkMBGbs()/\[\]]+", c or "–") for c in col)
+        numeric = col and all(re.fullmatch(r"[-+–±.,0-9 %×eEkMBGbs()/\[\]<\n]+", c or "–") for c in col)
         out.append("r" if numeric else "l")
     return out
 
@@ -105,7 +109,7 @@ def to_html_body(blocks: list[dict], fig_dir: Path, scale: float = 1.0) -> str:
             rows.append("<thead><tr>" + "".join(f"<th class=\"{a}\">{inline_html(h)}</th>"
                                                  for h, a in zip(b["header"], aligns)) + "</tr></thead><tbody>")
             for r in b["rows"]:
-                rows.append("<tr>" + "".join(f"<td class=\"{a}\">{inline_html(c)}</td>" for c, a in zip(r, aligns))
+                rows.append("<tr>" + "".join(f"<td class=\"{a}\">{_cell_html(c)}</td>" for c, a in zip(r, aligns))
                             + "</tr>")
             rows.append("</tbody></table>")
             out.append("".join(rows))
@@ -141,7 +145,10 @@ def _print_css(level) -> str:
     return (f"@page {{ size: A4; margin: {margin}mm {margin}mm {margin + 2}mm {margin}mm; "
             f"@bottom-center {{ content: counter(page) ' / ' counter(pages); font-size: 8pt; color: #666; }} }}\n"
             f"body {{ font-size: {font}pt; max-width: none; margin: 0; padding: 0; }}\n"
-            f"table.data {{ font-size: {table_font}pt; }}\n")
+            f"table.data {{ font-size: {table_font}pt; }}\n"
+            "table.data td.r, table.data th.r { white-space: normal; }\n"
+            "table.data th { overflow-wrap: anywhere; }\n"
+            "table.data td { overflow-wrap: anywhere; }\n")
 
 
 def write_pdf(blocks: list[dict], fig_dir: Path, title: str, path: Path, min_pages: int = 4,

@@ -1,0 +1,129 @@
+"""TF-IDF + logistic-regression baseline: real Banking77 subset, same run-dir outputs as a neural run."""
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ftvs.baseline import BaselineModel
+from ftvs.cli import main
+from ftvs.data import load_split, prepare
+from ftvs.errors import FtvsError
+from ftvs.metrics import classification_metrics
+
+BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
+METRIC_KEYS = {"run_name", "arm", "method", "model_name", "dataset", "data_dir", "seed", "test", "num_test_examples",
+               "inference", "params", "size_on_disk_bytes", "training", "best_val", "train_val_gap", "model"}
+HISTORY_KEYS = {"epoch", "step", "train_loss", "train_accuracy", "train_macro_f1", "val_loss", "val_accuracy",
+                "val_macro_f1", "lr", "epoch_seconds", "elapsed_seconds", "examples_per_second"}
+
+
+def banking77_subset(folder: Path, per_class_train: int, per_class_test: int) -> Path:
+    """A CSV folder with the first N training and M test rows of every Banking77 class."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", per_class_train), ("test", per_class_test)):
+        with open(BANKING77 / f"{split}.csv", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        taken = defaultdict(int)
+        keep = []
+        for r in rows:
+            if taken[r["category"]] < n:
+                taken[r["category"]] += 1
+                keep.append(r)
+        with open(folder / f"{split}.csv", "w", encoding="utf-8", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["text", "category"])
+            w.writeheader()
+            w.writerows({"text": r["text"], "category": r["category"]} for r in keep)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    if not BANKING77.is_dir():
+        pytest.skip(f"Banking77 CSVs not found at {BANKING77}")
+    root = tmp_path_factory.mktemp("b77_baseline")
+    src = banking77_subset(root / "csv", per_class_train=12, per_class_test=6)
+    prepare(str(src), root / "data", seed=0, tokenizer="none")
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def run(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "baseline"
+    assert main(["baseline", "--data", str(data_dir), "--output_dir", str(out), "--C_grid", "5,20"]) == 0
+    return out
+
+
+def test_writes_the_documented_run_dir(run, data_dir):
+    for name in ("metrics.json", "predictions.json", "config.yaml", "history.jsonl", "train_summary.json",
+                 "training_curves.png", "confusion_matrix.png", "model/ftvs.json"):
+        assert (run / name).is_file(), name
+    m = json.loads((run / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(m)
+    assert (m["arm"], m["method"]) == ("baseline", "tfidf_logreg")
+    tr = m["training"]
+    assert tr["epochs_run"] == 1 and tr["best_epoch"] == 1 and tr["status"] == "completed"
+    assert tr["seconds_per_epoch"] == tr["seconds_total"] > 0
+    assert m["inference"]["seconds_per_1000"] == pytest.approx(
+        m["inference"]["seconds_total"] / m["num_test_examples"] * 1000)
+    assert set(m["train_val_gap"]) == {"best", "last"} and set(m["best_val"]) == {"accuracy", "macro_f1", "loss"}
+    # params = coefficients + intercepts of every class
+    n_feat = m["model"]["architecture"]["num_features"]
+    assert m["params"]["total"] == m["params"]["trainable"] == 77 * (n_feat + 1)
+    assert m["model"]["tokenizer"]["vocab_size"] == n_feat
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["arm"] == "baseline" and cfg["C"] in (5.0, 20.0) and cfg["C_grid"] == [5.0, 20.0]
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 1 and HISTORY_KEYS <= set(history[0])
+    # the gap follows `ftvs evaluate`: train minus val
+    assert m["train_val_gap"]["last"]["macro_f1"] == pytest.approx(
+        history[0]["train_macro_f1"] - history[0]["val_macro_f1"])
+
+
+def test_scores_come_from_the_one_metrics_function_on_the_test_file_order(run, data_dir):
+    m = json.loads((run / "metrics.json").read_text())
+    pred = json.loads((run / "predictions.json").read_text())
+    texts, labels = load_split(data_dir, "test")
+    assert pred["y_true"] == labels and len(pred["y_pred"]) == len(texts) == m["num_test_examples"]
+    assert all(0.0 < c <= 1.0 for c in pred["confidence"])
+    again = classification_metrics(pred["y_true"], pred["y_pred"], pred["label_names"])
+    for key in ("accuracy", "macro_f1", "weighted_f1", "confusion_matrix"):
+        assert m["test"][key] == again[key]
+    # 77 classes, 12 examples each: chance is 1.3%; TF-IDF must be far above it
+    assert m["test"]["accuracy"] > 0.5, m["test"]["accuracy"]
+
+
+def test_model_is_saved_without_pickle_and_reloads_to_the_same_predictions(run, data_dir):
+    model_dir = run / "model"
+    files = sorted(p.name for p in model_dir.iterdir())
+    assert files == ["ftvs.json", "vocab.json", "weights.safetensors"]
+    for p in model_dir.iterdir():
+        assert not p.read_bytes()[:2] == b"\x80\x04", f"{p} looks like a pickle"
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["size_on_disk_bytes"] == sum(p.stat().st_size for p in model_dir.iterdir())
+    model = BaselineModel.load(model_dir)
+    texts, _ = load_split(data_dir, "test")
+    proba = model.predict_proba(texts)
+    pred = json.loads((run / "predictions.json").read_text())
+    assert proba.argmax(1).tolist() == pred["y_pred"]
+    assert np.allclose(proba.max(1), pred["confidence"], atol=1e-6)
+    assert model.param_count() == m["params"]["total"]
+
+
+def test_refuses_to_overwrite_a_neural_run_and_reports_bad_input(run, data_dir, tmp_path, capsys):
+    neural = tmp_path / "scratch_run"
+    (neural / "model").mkdir(parents=True)
+    (neural / "model" / "ftvs.json").write_text(json.dumps({"arm": "scratch", "label_names": ["a"]}))
+    assert main(["baseline", "--data", str(data_dir), "--output_dir", str(neural), "--C", "1"]) == 2
+    assert "already holds a 'scratch' run" in capsys.readouterr().err
+    assert main(["baseline", "--data", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "r")]) == 2
+    assert "ftvs prepare" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["baseline", "--data", str(data_dir), "--output_dir", str(tmp_path / "r"), "--C_grid", "a,b"])
+    assert e.value.code == 2
+    with pytest.raises(FtvsError, match="holds a 'scratch' model"):
+        BaselineModel.load(neural / "model")
