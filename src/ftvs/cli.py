@@ -64,7 +64,7 @@ HELP = {
     "num_workers": "DataLoader worker processes",
     "disable_tqdm": "no progress bars",
 }
-SCRATCH_ONLY = {"preset", "n_layer", "n_head", "n_embd", "d_ff", "pooling", "positional", "tokenizer",
+SCRATCH_ONLY = {"dropout", "preset", "n_layer", "n_head", "n_embd", "d_ff", "pooling", "positional", "tokenizer",
                 "bpe_vocab_size", "max_vocab"}
 FINETUNE_ONLY = {"model_name_or_path", "method", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                  "unfreeze_after_epochs", "unfreeze_top_k", "base_lr_ratio", "gradient_checkpointing",
@@ -115,13 +115,16 @@ def cmd_train(args) -> int:
     if not cfg.data:
         raise FtvsError("no --data given; prepare a dataset with `ftvs prepare` and pass its folder")
     summary = train(cfg, resume=bool(args.resume))
-    print(f"trained {summary['epochs_run']} epochs in {summary['seconds_total']:.1f}s; best epoch "
+    from accelerate import PartialState
+
+    log = PartialState().print  # under `accelerate launch`, the main process alone prints
+    log(f"trained {summary['epochs_run']} epochs in {summary['seconds_total']:.1f}s; best epoch "
           f"{summary['best_epoch']} (val macro-F1 {summary['best_val_macro_f1']:.4f}); stop: {summary['stop_reason']}")
     if args.evaluate and summary.get("status") == "completed":
         from ftvs.evaluate import evaluate_run
 
         m = evaluate_run(cfg.output_dir)
-        print(f"test accuracy {m['test']['accuracy']:.4f} | macro-F1 {m['test']['macro_f1']:.4f}")
+        log(f"test accuracy {m['test']['accuracy']:.4f} | macro-F1 {m['test']['macro_f1']:.4f}")
     return 0
 
 
