@@ -254,7 +254,7 @@ def table_row(run: Run) -> dict:
         "run": run.name, "path": str(run.path), "arm": run.arm, "method": run.method, "model_name": run.model_name,
         "seed": run.seed, "train_fraction": run.train_fraction, "preset": run.preset,
         "num_train_examples": _num_train(run),
-        "params_total": params.get("total"), "params_trainable": params.get("trainable"),
+        "params_total": params.get("total"), "params_trainable": _trainable(run, params),
         "accuracy": _f(t.get("accuracy")), "macro_f1": _f(t.get("macro_f1")), "weighted_f1": _f(t.get("weighted_f1")),
         "test_loss": _f(t.get("loss")),
         "train_seconds_total": seconds, "train_seconds_per_epoch": per_epoch,
@@ -275,6 +275,15 @@ def table_row(run: Run) -> dict:
         "num_test_examples": m.get("num_test_examples"),
         "convergence": conv,
     }
+
+
+def _trainable(run: Run, params: dict):
+    """Trainable parameters while training (train_summary / config `resolved`), else metrics.json's count
+    (a reloaded model for evaluation may report 0 trainable)."""
+    for v in (run.summary.get("params_trainable"), (run.config.get("resolved") or {}).get("params_trainable")):
+        if isinstance(v, int) and v > 0:
+            return v
+    return params.get("trainable")
 
 
 def _num_train(run: Run):

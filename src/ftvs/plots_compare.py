@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 130
 STYLES = ["-", "--", ":", "-."]
@@ -82,6 +83,8 @@ def plot_curves_overlay(comparison: dict, path: Path) -> str | None:
         for row in (0, 1):
             axes[row, col].set_ylabel(label)
             axes[row, col].grid(alpha=0.3)
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0, 0].set_title("validation macro-F1")
     axes[0, 1].set_title("validation loss")
     handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -112,6 +115,7 @@ def plot_train_val(comparison: dict, path: Path) -> str | None:
             ax.plot(ep, [r.get(f"val_{key}") for r in rows], color=colours.get(name), lw=1.5, ls="--",
                     marker=marker or "s", ms=3, label="val")
             ax.set_ylabel(label, fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
             if sub == 0:

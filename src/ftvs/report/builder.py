@@ -129,10 +129,29 @@ def describe_pair(p: dict, metric: str = "macro_f1") -> str:
 
 
 def significance_words(p: dict) -> str:
+    """The McNemar result; McNemar tests the accuracy difference (who is right more often)."""
     mc = p["mcnemar"]
     verdict = "significant" if p["significant"] else "not significant"
-    return (f"McNemar exact p = {fmt_p(mc['p_value'])} ({mc['a_only_correct']} vs {mc['b_only_correct']} "
+    p_text = fmt_p(mc["p_value"])
+    p_text = f"p {p_text}" if p_text.startswith("<") else f"p = {p_text}"
+    return (f"McNemar exact {p_text} ({mc['a_only_correct']} vs {mc['b_only_correct']} "
             f"discordant examples), {verdict} at α = 0.05")
+
+
+def verdict(p: dict, a_label: str, b_label: str) -> str:
+    """Who is ahead, from McNemar (accuracy) and the bootstrap interval (macro-F1), read together."""
+    acc_sig, f1_sig = p["significant"], p["macro_f1"]["excludes_zero"]
+    acc_lead = a_label if p["accuracy"]["diff"] > 0 else b_label
+    f1_lead = a_label if p["macro_f1"]["diff"] > 0 else b_label
+    if acc_sig and f1_sig:
+        if acc_lead == f1_lead:
+            return f"The {acc_lead} model is ahead on both accuracy and macro-F1."
+        return f"The {f1_lead} model is ahead on macro-F1 but the {acc_lead} model on accuracy."
+    if f1_sig:
+        return f"The {f1_lead} model is ahead on macro-F1; the accuracy difference is not significant."
+    if acc_sig:
+        return f"The {acc_lead} model is ahead on accuracy; the macro-F1 interval includes zero."
+    return "Neither accuracy nor macro-F1 separates the two models at this test-set size."
 
 
 # ------------------------------------------------------------------------------------------ sections
@@ -156,22 +175,22 @@ def title_blocks(x: Ctx) -> list[dict]:
                      f"macro-F1 {f4(w['macro_f1'])}.")
     p = x.pair(x.ft, x.sc)
     if p:
-        lead = "fine-tuned" if p["macro_f1"]["diff"] >= 0 else "from-scratch"
         items.append(f"Fine-tuned **{x.ft['run']}** minus from-scratch **{x.sc['run']}**: macro-F1 "
                      f"{describe_pair(p)}, accuracy {describe_pair(p, 'accuracy')}; {significance_words(p)}. "
-                     f"The {lead} model is ahead.")
+                     + verdict(p, "fine-tuned", "from-scratch"))
         costs = [s for s in (
             _cost_sentence("training time", x.ft["train_seconds_total"], x.sc["train_seconds_total"]),
             _cost_sentence("inference time per 1,000 examples", x.ft["inference_seconds_per_1000"],
                            x.sc["inference_seconds_per_1000"]),
             _cost_sentence("parameter count", x.ft["params_total"], x.sc["params_total"])) if s]
         if costs:
-            items.append("Cost of the fine-tuned model relative to the from-scratch one: " + "; ".join(costs) + ".")
+            items.append("Cost ratios, fine-tuned ÷ from-scratch: " + "; ".join(costs) + ".")
     for neural in (x.ft, x.sc):
         q = x.pair(neural, x.base)
         if q:
             items.append(f"{arm_label(neural['arm']).capitalize()} **{neural['run']}** minus the TF-IDF baseline: "
-                         f"macro-F1 {describe_pair(q)}; {significance_words(q)}.")
+                         f"macro-F1 {describe_pair(q)}, accuracy {describe_pair(q, 'accuracy')}; "
+                         f"{significance_words(q)}. " + verdict(q, arm_label(neural["arm"]), "TF-IDF baseline"))
     if items:
         blocks += [{"t": "h3", "text": "Key findings"}, {"t": "ul", "items": items}]
     return blocks
@@ -226,7 +245,10 @@ def model_blocks(x: Ctx) -> list[dict]:
 
 
 def _tok_name(tok: dict) -> str:
-    return str(tok.get("type") or tok.get("name") or "–")
+    kind, name = tok.get("type"), tok.get("name")
+    if kind and name and str(name) not in str(kind):
+        return f"{kind} ({str(name).rstrip('/').split('/')[-1]})"
+    return str(kind or name or "–")
 
 
 def _num(v) -> str:
@@ -504,15 +526,10 @@ def comparative_blocks(x: Ctx) -> list[dict]:
     p = x.pair(x.ft, x.sc)
     if p:
         d = p["macro_f1"]
-        if d["diff"] > 0:
-            lead = (f"Fine-tuning beats training from scratch by {signed(d['diff'])} macro-F1 "
-                    f"({100 * d['diff']:.2f} points); the 95% bootstrap interval [{signed(d['ci_low'])}, "
-                    f"{signed(d['ci_high'])}] {'excludes' if d['excludes_zero'] else 'includes'} zero and "
-                    f"{significance_words(p)}.")
-        else:
-            lead = (f"Training from scratch matches or beats fine-tuning here: the fine-tuned minus from-scratch "
-                    f"macro-F1 is {signed(d['diff'])} (95% CI [{signed(d['ci_low'])}, {signed(d['ci_high'])}]); "
-                    f"{significance_words(p)}.")
+        lead = (f"Fine-tuned minus from-scratch macro-F1 is {signed(d['diff'])} ({100 * d['diff']:+.2f} points); the "
+                f"95% bootstrap interval [{signed(d['ci_low'])}, {signed(d['ci_high'])}] "
+                f"{'excludes' if d['excludes_zero'] else 'includes'} zero. On accuracy the difference is "
+                f"{signed(p['accuracy']['diff'])}; {significance_words(p)}. " + verdict(p, "fine-tuned", "from-scratch"))
         blocks.append({"t": "p", "text": lead})
         blocks += why_blocks(x, p)
     elif not (x.ft and x.sc):
