@@ -419,6 +419,10 @@ def test_smollm2_lora_learns_and_reloads(tmp_path, capsys):
     assert tok.pad_token_id == tok.eos_token_id == 2 and tok.padding_side == "right"
     assert tok("hello world")["input_ids"][0] != tok.bos_token_id  # no BOS added
 
+    import os
+
+    busy = os.getloadavg()[0] > (os.cpu_count() or 1)  # oversubscribed box: one thread is far faster
+    torch.set_num_threads(1 if busy else max(1, min(os.cpu_count() or 1, 4)))
     texts, y, labels = sample_texts(n_labels=4, per_label=16)  # 64 real Banking77 texts
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -428,15 +432,19 @@ def test_smollm2_lora_learns_and_reloads(tmp_path, capsys):
     assert desc["architecture"]["model_type"] == "llama" and desc["architecture"]["n_layer"] == 30
     assert 134_000_000 < desc["params_total"] < 136_000_000 and desc["params_trainable"] < 2_000_000
     t0 = time.perf_counter()
-    before, after = train_steps(arm, texts, y, 2e-3, epochs=2, steps_per_epoch=8, batch_size=8)
+    before, after = train_steps(arm, texts, y, 2e-3, epochs=1, steps_per_epoch=8, batch_size=8)
     steps_s = time.perf_counter() - t0
     assert after < before - 0.1, (before, after)
 
-    expected = logits_of(arm, texts)
+    t0 = time.perf_counter()
+    probe = texts[::4]
+    expected = logits_of(arm, probe)
     arm.save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "adapter_model.safetensors").stat().st_size < 10_000_000  # adapter + head only
     reloaded = load_finetune_arm(tmp_path / "model")
-    torch.testing.assert_close(logits_of(reloaded, texts), expected, rtol=0, atol=1e-4)
+    torch.testing.assert_close(logits_of(reloaded, probe), expected, rtol=0, atol=1e-4)
+    reload_s = time.perf_counter() - t0
     with capsys.disabled():
         print(f"\n[smollm2] {'converted' if not was_cached else 'cached'} folder {folder} in {convert_s:.1f}s; "
-              f"arm build {build_s:.1f}s; 16 LoRA steps (8x<=32 tokens) + 2 full evals {steps_s:.1f}s; "
-              f"loss {before:.3f} -> {after:.3f}")
+              f"arm build {build_s:.1f}s; 8 LoRA steps (8 x <=32 tokens) + 2 evals of 64 texts {steps_s:.1f}s; "
+              f"save + reload + compare {reload_s:.1f}s; loss {before:.3f} -> {after:.3f}")
