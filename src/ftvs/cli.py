@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import errno
 import importlib
 import logging
 import os
@@ -207,6 +208,15 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         print(f"ftvs: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `ftvs ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
+    except OSError as e:
+        if e.errno != errno.ENOSPC or args.debug:
+            raise
+        print(f"ftvs: error: disk full while writing {e.filename or 'results'}; free space, then rerun "
+              "(training continues with --resume RUN_DIR)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ftvs: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
