@@ -46,9 +46,11 @@ def atomic_write_bytes(path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # e.g. ENOSPC from write(): say which file
+            e.filename = str(path)
         raise
     _fsync_dir(path.parent)
 
@@ -151,6 +153,16 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     _fsync_dir(final_dir.parent)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(final_dir) -> None:
+    """Undo a `replace_dir` interrupted between its two renames (only `<name>.old` is left): put the old,
+    complete folder back. Call it only while holding the run's lock."""
+    final_dir = Path(final_dir)
+    old = final_dir.with_name(final_dir.name + ".old")
+    if not final_dir.exists() and old.is_dir():
+        os.replace(old, final_dir)
+        _fsync_dir(final_dir.parent)
 
 
 def dir_size_bytes(path) -> int:
