@@ -93,9 +93,16 @@ def load_checkpoint(run_dir, device="cpu") -> dict:
     if not (ckpt / "state.json").is_file():
         raise FtvsError(f"no checkpoint in {run_dir}; start a new run without --resume")
     state = read_json(ckpt / "state.json", "checkpoint state")
+    if not isinstance(state, dict):
+        raise FtvsError(f"checkpoint {ckpt} is corrupt (state.json is not an object); delete it to restart")
     for key in ("epoch", "batches_done", "global_step", "optimizer", "scheduler", "rng"):
         if key not in state:
             raise FtvsError(f"checkpoint {ckpt} is incomplete (state.json lacks {key!r}); delete it to restart")
+    for key, kind in (("epoch", int), ("batches_done", int), ("global_step", int), ("optimizer", dict),
+                      ("scheduler", dict), ("rng", dict)):
+        value = state[key]
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise FtvsError(f"checkpoint {ckpt} is corrupt (state.json {key}={str(value)[:40]!r}); delete it to restart")
     rng = load_tensors(ckpt / "rng.safetensors")
     return {
         "state": state,
