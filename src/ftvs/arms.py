@@ -262,7 +262,12 @@ def load_arm(model_dir) -> Arm:
     if info.get("arm") == "scratch":
         return ScratchArm.load(model_dir, info)
     if info.get("arm") == "finetune":
+        from safetensors import SafetensorError
+
         from ftvs.finetune import load_finetune_arm
 
-        return load_finetune_arm(model_dir)
+        try:
+            return load_finetune_arm(model_dir)
+        except SafetensorError as e:
+            raise FtvsError(f"model files in {model_dir} are truncated or corrupt ({e}); restore them or retrain") from None
     raise FtvsError(f"{marker} names an unknown arm {info.get('arm')!r}")
