@@ -54,15 +54,19 @@ def rng_state() -> tuple[dict, dict]:
 
 
 def restore_rng(tensors: dict, meta: dict) -> None:
-    torch.set_rng_state(tensors["torch_cpu"].to(torch.uint8))
-    if torch.cuda.is_available():
-        states = [tensors[k].to(torch.uint8) for k in sorted(k for k in tensors if k.startswith("torch_cuda_"))]
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
-    py = meta["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = meta["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    try:
+        torch.set_rng_state(tensors["torch_cpu"].to(torch.uint8))
+        if torch.cuda.is_available():
+            states = [tensors[k].to(torch.uint8) for k in sorted(k for k in tensors if k.startswith("torch_cuda_"))]
+            if len(states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states)
+        py = meta["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        n = meta["numpy"]
+        np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
+        raise FtvsError(f"checkpoint RNG state is corrupt ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                        "delete the checkpoint folder to restart") from None
 
 
 def save_checkpoint(run_dir, *, model_state: dict, optimizer, scheduler, state: dict, running: dict) -> None:
