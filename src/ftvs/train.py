@@ -142,8 +142,11 @@ def _train(cfg: TrainConfig, run_dir: Path, accelerator, resume: bool, set_seed)
     sampler = LengthGroupedBatchSampler(lengths, cfg.per_device_train_batch_size, cfg.seed,
                                         grouped=cfg.length_grouping)
     pin = torch.cuda.is_available()
+    # its own generator: creating a loader iterator draws a seed, which must not advance the global RNG
+    # (a resumed epoch creates its iterator after the RNG restore, an uninterrupted one before the checkpoint)
     train_loader = DataLoader(IndexedDataset(train_examples, train_labels), batch_sampler=sampler,
-                              collate_fn=make_collate(arm), num_workers=cfg.num_workers, pin_memory=pin)
+                              collate_fn=make_collate(arm), num_workers=cfg.num_workers, pin_memory=pin,
+                              generator=torch.Generator().manual_seed(cfg.seed))
     val_loader = make_eval_loader(arm, val_examples, val_labels, cfg.per_device_eval_batch_size, cfg.num_workers)
 
     fused = {"fused": True} if torch.cuda.is_available() else {}
@@ -217,6 +220,8 @@ def _train(cfg: TrainConfig, run_dir: Path, accelerator, resume: bool, set_seed)
     for epoch in range(start_epoch, cfg.num_train_epochs):
         arm.on_epoch_start(epoch)
         sampler.set_epoch(epoch)
+        if hasattr(train_loader, "set_epoch"):  # Accelerate's loader re-sets the sampler's epoch to its own
+            train_loader.set_epoch(epoch)  # iteration count, which restarts at 0 in a resumed process
         skip = state["batches_done"] if epoch == start_epoch else 0
         loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
         run_preds = [running["preds"]] if skip and "preds" in running else []
