@@ -29,6 +29,7 @@ from ftvs.fileio import (
     atomic_write_bytes,
     read_json,
     read_jsonl,
+    recover_dir,
     replace_dir,
     write_json,
 )
@@ -115,6 +116,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if lock:
         lock.__enter__()
     try:
+        if main:  # a kill between replace_dir's two renames leaves only "<name>.old": put it back
+            for name in (ckpt.CHECKPOINT_DIR, "model"):
+                recover_dir(run_dir / name)
+        accelerator.wait_for_everyone()
         check_run_dir(run_dir, cfg, resume and ckpt.has_checkpoint(run_dir))
         return _train(cfg, run_dir, accelerator, resume and ckpt.has_checkpoint(run_dir), set_seed)
     finally:
@@ -177,9 +182,13 @@ def _train(cfg: TrainConfig, run_dir: Path, accelerator, resume: bool, set_seed)
     running = {}
     if resume:
         loaded = ckpt.load_checkpoint(run_dir, accelerator.device)
-        arm.load_trainable_state_dict(loaded["model"])
-        optimizer.load_state_dict(loaded["optimizer"])
-        scheduler.load_state_dict(loaded["state"]["scheduler"])
+        try:
+            arm.load_trainable_state_dict(loaded["model"])
+            optimizer.load_state_dict(loaded["optimizer"])
+            scheduler.load_state_dict(loaded["state"]["scheduler"])
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as e:
+            raise FtvsError(f"checkpoint in {run_dir / ckpt.CHECKPOINT_DIR} is corrupt or does not fit this model "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); delete it to restart") from None
         state.update({k: loaded["state"][k] for k in state if k in loaded["state"]})
         ckpt.restore_rng(loaded["rng_tensors"], loaded["state"]["rng"])
         running = loaded["running"]
