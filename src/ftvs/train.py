@@ -238,6 +238,7 @@ def _train(cfg: TrainConfig, run_dir: Path, accelerator, resume: bool, set_seed)
         run_loss = running["loss_sum"].to(accelerator.device).sum() if skip and "loss_sum" in running \
             else torch.zeros((), device=accelerator.device, dtype=torch.float64)
         nonfinite = torch.zeros((), device=accelerator.device, dtype=torch.bool)
+        first_bad = torch.full((), -1, device=accelerator.device, dtype=torch.long)  # no sync per step
         model.train()
         epoch_start = time.perf_counter()
         seen = 0
@@ -265,6 +266,7 @@ def _train(cfg: TrainConfig, run_dir: Path, accelerator, resume: bool, set_seed)
                         optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+                    first_bad = torch.where(nonfinite & (first_bad < 0), state["global_step"] + 1, first_bad)
                     state["global_step"] += 1
             run_preds.append(logits.detach().argmax(-1))
             run_labels.append(labels)
@@ -274,18 +276,20 @@ def _train(cfg: TrainConfig, run_dir: Path, accelerator, resume: bool, set_seed)
             at_log = (i + 1) % cfg.logging_steps == 0 or i + 1 == len(train_loader)
             if at_log:
                 if nonfinite.item():
-                    _fail_nonfinite(run_dir, main, state, epoch, cfg)
+                    _fail_nonfinite(run_dir, main, state, epoch, cfg, first_bad.item())
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
                                 ex_s=f"{seen / (time.perf_counter() - epoch_start):.0f}")
             sync_point = accelerator.sync_gradients
             if sync_point and cfg.save_steps and state["global_step"] % cfg.save_steps == 0 and i + 1 < len(train_loader):
+                if nonfinite.item():  # never overwrite the last good checkpoint with NaN weights
+                    _fail_nonfinite(run_dir, main, state, epoch, cfg, first_bad.item())
                 save_state(epoch, i + 1, [p.cpu() for p in run_preds], [lab.cpu() for lab in run_labels], run_loss)
             if cfg.max_train_steps and state["global_step"] >= cfg.max_train_steps:
                 stop_reason = "max_train_steps"
                 break
         bar.close()
         if nonfinite.item():
-            _fail_nonfinite(run_dir, main, state, epoch, cfg)
+            _fail_nonfinite(run_dir, main, state, epoch, cfg, first_bad.item())
         epoch_seconds = time.perf_counter() - epoch_start
         state["train_seconds"] += epoch_seconds
 
@@ -347,13 +351,16 @@ def _export_best(arm, run_dir: Path) -> None:
     replace_dir(tmp, run_dir / "model")
 
 
-def _fail_nonfinite(run_dir: Path, main: bool, state: dict, epoch: int, cfg: TrainConfig):
-    msg = (f"loss or gradients became NaN/Inf at epoch {epoch + 1}, by optimizer step {state['global_step']}; "
-           f"lower --learning_rate (now {cfg.learning_rate:g}), use --mixed_precision no (fp32), or pass "
-           f"--skip_nan_steps N to tolerate a few; the best model so far is kept in {run_dir / 'model'}")
+def _fail_nonfinite(run_dir: Path, main: bool, state: dict, epoch: int, cfg: TrainConfig, step: int):
+    fp32 = "" if cfg.mixed_precision == "no" else "use --mixed_precision no (fp32), "
+    kept = (f"the best model so far (epoch {state['best_epoch']}) is kept in {run_dir / 'model'}"
+            if state["best_epoch"] else "no epoch finished, so no model was saved")
+    msg = (f"loss or gradients became NaN/Inf at optimizer step {step} (epoch {epoch + 1}); lower --learning_rate "
+           f"(now {cfg.learning_rate:g}), {fp32}or pass --skip_nan_steps N to tolerate a few; {kept}")
     if main:
         summary = read_json(run_dir / "train_summary.json") if (run_dir / "train_summary.json").exists() else {}
         write_json(run_dir / "train_summary.json", {**summary, "status": "failed", "stop_reason": "nonfinite",
-                                                     "error": msg, "best_epoch": state["best_epoch"]})
+                                                     "error": msg, "best_epoch": state["best_epoch"],
+                                                     "failed_step": step})
     raise NonFiniteLoss(msg)
 
