@@ -126,6 +126,9 @@ class Run:
         self.method = m.get("method") or self.config.get("method") if self.arm == "finetune" else m.get("method")
         self.method = str(self.method or {"scratch": "scratch", "baseline": "tfidf_logreg"}.get(self.arm, "-"))
         self.model_name = str(m.get("model_name") or self.config.get("model_name_or_path") or self.method)
+        size = (self.config.get("extra") or {}).get("preset")
+        if self.arm == "scratch" and size:  # study model-size sweep: the size name (a preset may be widened)
+            self.model_name = f"scratch-{size}"
         self.seed = m.get("seed", self.config.get("seed"))
         if "test" not in m or "accuracy" not in (m.get("test") or {}):
             raise FtvsError(f"{self.path}/metrics.json has no test scores; re-run `ftvs evaluate {self.path}`")
@@ -251,7 +254,7 @@ def table_row(run: Run) -> dict:
     desc = m.get("model") or {}
     tok = desc.get("tokenizer") or {}
     return {
-        "run": run.name, "path": str(run.path), "arm": run.arm, "method": run.method, "model_name": run.model_name,
+        "run": run.name, "path": str(run.path), "dataset": m.get("dataset"), "arm": run.arm, "method": run.method, "model_name": run.model_name,
         "seed": run.seed, "train_fraction": run.train_fraction, "preset": run.preset,
         "num_train_examples": _num_train(run),
         "params_total": params.get("total"), "params_trainable": _trainable(run, params),
@@ -592,17 +595,35 @@ def per_class_difference(run_a: Run, run_b: Run) -> dict:
             "ties": sum(d["diff"] == 0 for d in diffs)}
 
 
-def best_runs_of_two_arms(runs: list[Run], rows: list[dict]) -> tuple[Run, Run] | None:
-    """The best run (test macro-F1, full data) of the best arm, and the best run of the next-best arm."""
-    full = [(r, row) for r, row in zip(runs, rows) if r.train_fraction == 1.0] or list(zip(runs, rows))
-    best_by_arm: dict[str, tuple[Run, dict]] = {}
-    for r, row in full:
-        if r.arm not in best_by_arm or (row["macro_f1"] or 0) > (best_by_arm[r.arm][1]["macro_f1"] or 0):
-            best_by_arm[r.arm] = (r, row)
-    if len(best_by_arm) < 2:
+def representative(group: dict, rows_by_name: dict) -> str:
+    """The typical run of a seed group: test macro-F1 closest to the group mean (ties: first listed)."""
+    mean = group["macro_f1_mean"] or 0.0
+    return min(group["runs"], key=lambda n: abs((rows_by_name[n]["macro_f1"] or 0.0) - mean))
+
+
+def focus(groups: list[dict], rows: list[dict]) -> dict:
+    """Which runs the narrative and the per-run figures use: per arm, the full-data group with the best
+    mean test macro-F1 and its typical run; `runs`: the typical run of every full-data group (best first)."""
+    by_name = {r["run"]: r for r in rows}
+    full = [g for g in groups if (g["train_fraction"] or 1.0) == 1.0] or groups
+    full = sorted(full, key=lambda g: -(g["macro_f1_mean"] or 0.0))
+    by_arm = {}
+    for g in full:
+        if g["arm"] not in by_arm:
+            by_arm[g["arm"]] = {"group": g["label"], "run": representative(g, by_name), "n": g["n"],
+                                "macro_f1_mean": g["macro_f1_mean"], "macro_f1_std": g["macro_f1_std"]}
+    return {"by_arm": by_arm, "arm_order": list(by_arm), "runs": [representative(g, by_name) for g in full],
+            "rule": "per arm: the full-data configuration with the best mean test macro-F1; within it the seed "
+                    "whose macro-F1 is closest to the configuration mean"}
+
+
+def best_runs_of_two_arms(runs: list[Run], foc: dict) -> tuple[Run, Run] | None:
+    """The typical runs of the two best arms (by their best configuration's mean macro-F1)."""
+    order = foc["arm_order"]
+    if len(order) < 2:
         return None
-    ranked = sorted(best_by_arm.values(), key=lambda t: -(t[1]["macro_f1"] or 0))
-    return ranked[0][0], ranked[1][0]
+    by_name = {r.name: r for r in runs}
+    return by_name[foc["by_arm"][order[0]]["run"]], by_name[foc["by_arm"][order[1]]["run"]]
 
 
 def compare(paths, out_dir, n_resamples: int = 2000, seed: int = 0, figures: bool = True, log=print) -> dict:
@@ -622,9 +643,9 @@ def compare(paths, out_dir, n_resamples: int = 2000, seed: int = 0, figures: boo
         "sweeps": sweeps(runs, rows, studies),
         "studies": [s["path"] for s in studies],
         "histories": {r.name: r.history for r in runs},
-        "per_class_diff": None, "figures": {},
+        "focus": focus(groups, rows), "per_class_diff": None, "figures": {},
     }
-    pair = best_runs_of_two_arms(runs, rows)
+    pair = best_runs_of_two_arms(runs, comparison["focus"])
     if pair:
         comparison["per_class_diff"] = per_class_difference(*pair)
     if figures:

@@ -38,13 +38,12 @@ def _style(comparison: dict) -> dict[str, str]:
     return out
 
 
-def _panel_runs(comparison: dict) -> list[str]:
-    """All runs when few, otherwise the best-seed run of each group."""
+def _panel_runs(comparison: dict, limit: int = MAX_PANELS) -> list[str]:
+    """All runs when few, otherwise the typical run of each full-data configuration (best first)."""
     names = [r["run"] for r in comparison["runs"]]
-    if len(names) <= MAX_PANELS:
+    if len(names) <= limit:
         return names
-    rows = {r["run"]: r for r in comparison["runs"]}
-    return [max(g["runs"], key=lambda n: rows[n]["macro_f1"] or 0) for g in comparison["groups"]][:MAX_PANELS * 2]
+    return list((comparison.get("focus") or {}).get("runs") or names)[:limit]
 
 
 def _save(fig, path: Path) -> str:
@@ -62,9 +61,10 @@ def plot_curves_overlay(comparison: dict, path: Path) -> str | None:
     if not any(hist.values()):
         return None
     colours, styles = _colours(comparison), _style(comparison)
+    shown = set(_panel_runs(comparison, limit=10))
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.2))
     for name, rows in hist.items():
-        if not rows:
+        if not rows or name not in shown:
             continue
         ep = [r["epoch"] for r in rows]
         secs = [r.get("elapsed_seconds") for r in rows]
@@ -134,10 +134,7 @@ def plot_train_val(comparison: dict, path: Path) -> str | None:
 
 def plot_confusions(comparison: dict, runs, path: Path) -> str | None:
     by_name = {r.name: r for r in runs}
-    names = [n for n in _panel_runs(comparison) if n in by_name]
-    if len(names) > 4:  # one per group
-        rows = {r["run"]: r for r in comparison["runs"]}
-        names = [max(g["runs"], key=lambda n: rows[n]["macro_f1"] or 0) for g in comparison["groups"]][:4]
+    names = [n for n in _panel_runs(comparison, limit=4) if n in by_name]
     if not names:
         return None
     fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names) + 0.8, 3.2), squeeze=False)
@@ -211,7 +208,8 @@ def plot_scores(comparison: dict, path: Path) -> str | None:
 
 
 def plot_cost(comparison: dict, path: Path) -> str | None:
-    rows = [r for r in comparison["runs"] if r["macro_f1"] is not None]
+    shown = set(_panel_runs(comparison, limit=12))
+    rows = [r for r in comparison["runs"] if r["macro_f1"] is not None and r["run"] in shown]
     if not rows:
         return None
     colours = _colours(comparison)

@@ -14,6 +14,7 @@ from ftvs.compare import ARM_LABEL, find_pair, fmt_bytes, fmt_count, fmt_seconds
 OVERFIT_GAP = 0.10  # train − val macro-F1 at the last epoch above this: "overfits"
 LOSS_RISE = 0.10  # val loss at the last epoch this fraction above its minimum: "val loss rising"
 NEAR_BEST = 0.95  # convergence: first epoch at 95% of the best val macro-F1
+MANY_RUNS = 10  # above this many runs, tables and per-run text show one typical run per configuration
 
 
 # --------------------------------------------------------------------------------------- formatting
@@ -95,16 +96,16 @@ class Ctx:
         self.models = {m["run"]: m for m in c.get("models", [])}
         self.groups = c["groups"]
         self.sig = c.get("significance") or {}
-        full = [r for r in self.rows if (r.get("train_fraction") or 1.0) == 1.0] or self.rows
-        self.best = {}
-        for r in full:
-            if r["macro_f1"] is None:
-                continue
-            if r["arm"] not in self.best or r["macro_f1"] > self.best[r["arm"]]["macro_f1"]:
-                self.best[r["arm"]] = r
-        ranked = sorted(self.best.values(), key=lambda r: -r["macro_f1"])
+        foc = c.get("focus") or {}
+        self.focus_runs = [self.by_name[n] for n in foc.get("runs", []) if n in self.by_name] or list(self.rows)
+        self.best = {arm: self.by_name[v["run"]] for arm, v in (foc.get("by_arm") or {}).items()
+                     if v.get("run") in self.by_name}
+        ranked = [self.best[a] for a in foc.get("arm_order", []) if a in self.best]
         self.winner = ranked[0] if ranked else None
         self.ft, self.sc, self.base = self.best.get("finetune"), self.best.get("scratch"), self.best.get("baseline")
+        # per-run narrative for small comparisons; one typical run per full-data configuration for studies
+        self.many = len(self.rows) > MANY_RUNS
+        self.narrative_rows = self.focus_runs if self.many else list(self.rows)
         self.figures = c.get("figures") or {}
 
     def pair(self, a: dict | None, b: dict | None):
@@ -116,11 +117,8 @@ class Ctx:
         return next((g for g in self.groups if run_name in g["runs"]), None)
 
     def representatives(self) -> list[dict]:
-        """One row per group: its best-seed run."""
-        out = []
-        for g in self.groups:
-            out.append(max((self.by_name[n] for n in g["runs"]), key=lambda r: r["macro_f1"] or 0))
-        return out
+        """One row per full-data configuration: its typical seed (see comparison.json `focus.rule`)."""
+        return list(self.focus_runs)
 
 
 def describe_pair(p: dict, metric: str = "macro_f1") -> str:
@@ -159,8 +157,8 @@ def verdict(p: dict, a_label: str, b_label: str) -> str:
 
 def title_blocks(x: Ctx) -> list[dict]:
     ds = x.c.get("dataset") or {}
-    name = ds.get("source") or (x.rows[0].get("path") if x.rows else "")
-    name = str(name).rstrip("/").split("/")[-1] or "the data set"
+    name = ds.get("source") or next((r.get("dataset") for r in x.rows if r.get("dataset")), None) or ""
+    name = str(name).rstrip("/").split("/")[-1].split(":")[-1] or "one data set"
     n_test = (x.sig.get("test_set") or {}).get("num_examples")
     arms = sorted({r["arm"] for r in x.rows}, key=lambda a: {"finetune": 0, "scratch": 1, "baseline": 2}.get(a, 9))
     blocks = [{"t": "h1", "text": f"Fine-tuning vs. from-scratch decoder-only transformers on {name}"},
@@ -171,8 +169,15 @@ def title_blocks(x: Ctx) -> list[dict]:
     items = []
     if x.winner:
         w = x.winner
-        items.append(f"Best model on the test set: **{w['run']}** ({arm_label(w['arm'])}), accuracy {f4(w['accuracy'])}, "
-                     f"macro-F1 {f4(w['macro_f1'])}.")
+        g = x.group_of(w["run"])
+        if g and g["n"] > 1:
+            items.append(f"Best configuration on the test set: **{g['label']}** ({arm_label(w['arm'])}), macro-F1 "
+                         f"{f4(g['macro_f1_mean'])} ± {f4(g['macro_f1_std'])} over {g['n']} seeds, accuracy "
+                         f"{f4(g['accuracy_mean'])} ± {f4(g['accuracy_std'])}; its typical seed **{w['run']}** is used "
+                         "in the paired tests below.")
+        else:
+            items.append(f"Best model on the test set: **{w['run']}** ({arm_label(w['arm'])}), accuracy "
+                         f"{f4(w['accuracy'])}, macro-F1 {f4(w['macro_f1'])}.")
     p = x.pair(x.ft, x.sc)
     if p:
         items.append(f"Fine-tuned **{x.ft['run']}** minus from-scratch **{x.sc['run']}**: macro-F1 "
@@ -359,9 +364,15 @@ RESULT_COLUMNS = ["run", "arm", "params", "accuracy", "macro-F1", "weighted-F1",
                   "best/epochs", "to 95%", "infer s/1k"]
 
 
+def _pm(mean, std, digits=4) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
 def result_rows(x: Ctx) -> list[list[str]]:
     out = []
-    for r in x.rows:
+    for r in x.narrative_rows:
         out.append([r["run"], r["arm"] if r["arm"] != "finetune" else f"finetune/{r['method']}",
                     fmt_count(r["params_total"]), f4(r["accuracy"]), f4(r["macro_f1"]), f4(r["weighted_f1"]),
                     fmt_seconds(r["train_seconds_total"]), fmt_seconds(r["train_seconds_per_epoch"]),
@@ -375,13 +386,24 @@ def result_rows(x: Ctx) -> list[list[str]]:
 def training_blocks(x: Ctx) -> list[dict]:
     blocks = [{"t": "h2", "text": "3. Training and evaluation"}]
     device = next((r["inference_device"] for r in x.rows if r.get("inference_device")), None)
+    if x.many:
+        blocks.append({"t": "table", "header": ["configuration", "seeds", "params", "accuracy", "macro-F1",
+                                                "best epoch", "train s", "infer s/1k"],
+                       "rows": [[g["label"], str(g["n"]), fmt_count(g["params_total_mean"]),
+                                 _pm(g["accuracy_mean"], g["accuracy_std"]), _pm(g["macro_f1_mean"], g["macro_f1_std"]),
+                                 _pm(g["best_epoch_mean"], g["best_epoch_std"], 1),
+                                 fmt_seconds(g["train_seconds_total_mean"]), f3(g["inference_seconds_per_1000_mean"])]
+                                for g in x.groups if (g["train_fraction"] or 1.0) == 1.0],
+                       "caption": f"Test-set results per full-data configuration, mean ± std over seeds ({len(x.rows)} runs; "
+                                  "the per-run table is comparison.md)"})
     blocks.append({"t": "table", "header": RESULT_COLUMNS, "rows": result_rows(x),
-                   "caption": "Test-set results and costs (train s: total training seconds; best/epochs: epoch of "
+                   "caption": ("Typical run of each full-data configuration: " if x.many else "")
+                   + "Test-set results and costs (train s: total training seconds; best/epochs: epoch of "
                               "the best val macro-F1 / epochs run; to 95%: first epoch within 95% of that best; "
                               "infer s/1k: seconds to classify 1,000 test examples"
                               + (f", on {device}" if device else "") + ")"})
     multi = [g for g in x.groups if g["n"] > 1]
-    if multi:
+    if multi and not x.many:
         rows = [[g["label"], str(g["n"]), f"{f4(g['accuracy_mean'])} ± {f4(g['accuracy_std'])}",
                  f"{f4(g['macro_f1_mean'])} ± {f4(g['macro_f1_std'])}",
                  f"{g['best_epoch_mean']:.1f} ± {g['best_epoch_std']:.1f}" if g["best_epoch_std"] is not None else "–",
@@ -412,7 +434,7 @@ def training_blocks(x: Ctx) -> list[dict]:
 
 def convergence_blocks(x: Ctx) -> list[dict]:
     items = []
-    for r in x.rows:
+    for r in x.narrative_rows:
         conv = r.get("convergence") or {}
         if r["arm"] == "baseline":
             items.append(f"**{r['run']}** has no epochs: one convex fit of {fmt_seconds(r['train_seconds_total'])} s "
@@ -445,7 +467,7 @@ def convergence_blocks(x: Ctx) -> list[dict]:
 def stability_blocks(x: Ctx) -> list[dict]:
     items = []
     for g in x.groups:
-        if g["n"] > 1:
+        if g["n"] > 1 and (g["train_fraction"] or 1.0) == 1.0:
             items.append(f"**{g['label']}** over {g['n']} seeds: test macro-F1 std {f4(g['macro_f1_std'])}, best-epoch "
                          f"std {g['best_epoch_std']:.2f}" if g["best_epoch_std"] is not None else
                          f"**{g['label']}** over {g['n']} seeds: test macro-F1 std {f4(g['macro_f1_std'])}")
@@ -457,7 +479,7 @@ def stability_blocks(x: Ctx) -> list[dict]:
                                          "not measured here; `ftvs study` with several seeds (or repeated "
                                          "`ftvs train ... --seed N`) fills this in."})
     drops = []
-    for r in x.rows:
+    for r in x.narrative_rows:
         conv = r.get("convergence") or {}
         if conv.get("epochs", 0) > 1:
             drops.append(f"**{r['run']}** {f4(conv['max_val_f1_drop'])}")
@@ -469,7 +491,7 @@ def stability_blocks(x: Ctx) -> list[dict]:
 
 def overfitting_blocks(x: Ctx) -> list[dict]:
     rows, items = [], []
-    for r in x.rows:
+    for r in x.narrative_rows:
         conv = r.get("convergence") or {}
         rows.append([r["run"], f3(r["gap_best_macro_f1"]), f3(r["gap_last_macro_f1"]), f3(r["gap_best_loss"]),
                      f3(r["gap_last_loss"]),
@@ -502,11 +524,12 @@ def overfitting_blocks(x: Ctx) -> list[dict]:
 
 def comparative_blocks(x: Ctx) -> list[dict]:
     blocks = [{"t": "h2", "text": "4. Comparative analysis"}, {"t": "h3", "text": "Who wins, and by how much"}]
-    reps = sorted(x.groups, key=lambda g: -(g["macro_f1_mean"] or 0))
+    reps = sorted((g for g in x.groups if (g["train_fraction"] or 1.0) == 1.0), key=lambda g: -(g["macro_f1_mean"] or 0))
     ranking = "; ".join(f"{k + 1}. {g['label']} {f4(g['macro_f1_mean'])}" + (f" ± {f4(g['macro_f1_std'])}"
                                                                              if g["macro_f1_std"] else "")
                         for k, g in enumerate(reps))
-    blocks.append({"t": "p", "text": f"Ranking by test macro-F1 (mean over seeds): {ranking}."})
+    blocks.append({"t": "p", "text": f"Ranking of the full-data configurations by test macro-F1 (mean over seeds): "
+                                     f"{ranking}."})
     pairs = x.sig.get("pairs") or []
     key_names = {r["run"] for r in (x.ft, x.sc, x.base) if r}
     shown = pairs if len(pairs) <= 6 else [p for p in pairs if p["a"] in key_names and p["b"] in key_names]
@@ -598,10 +621,15 @@ def cost_blocks(x: Ctx) -> list[dict]:
                      fx(ratio(r["inference_seconds_per_1000"], ref["inference_seconds_per_1000"])),
                      fmt_count(r["params_total"]), fx(ratio(r["params_total"], ref["params_total"])),
                      fmt_count(r["params_trainable"]), fmt_bytes(r["size_on_disk_bytes"])])
-    return [{"t": "h3", "text": "Cost"},
-            {"t": "table", "header": ["run", "train s", f"× {ref['run']}", "infer s/1k", f"× {ref['run']}",
-                                      "params", f"× {ref['run']}", "trainable", "disk"], "rows": rows,
-             "caption": f"Training, inference and size, with ratios to {ref['run']}"}]
+    blocks = [{"t": "h3", "text": "Cost"},
+              {"t": "table", "header": ["run", "train s", f"× {ref['run']}", "infer s/1k", f"× {ref['run']}",
+                                        "params", f"× {ref['run']}", "trainable", "disk"], "rows": rows,
+               "caption": f"Training, inference and size, with ratios to {ref['run']}"}]
+    if "cost" in x.figures:
+        blocks.append({"t": "fig", "file": x.figures["cost"], "width": 80,
+                       "caption": "Test macro-F1 against training time and against inference time per 1,000 "
+                                  "examples (log scales)."})
+    return blocks
 
 
 def preference_blocks(x: Ctx) -> list[dict]:
@@ -718,12 +746,12 @@ def insight_blocks(x: Ctx) -> list[dict]:
         items.append(f"Serving cost spans {fx(ratio(slowest['inference_seconds_per_1000'], fastest['inference_seconds_per_1000']))}: "
                      f"{f3(fastest['inference_seconds_per_1000'])} s per 1,000 examples for **{fastest['run']}** vs. "
                      f"{f3(slowest['inference_seconds_per_1000'])} s for **{slowest['run']}**.")
-    unfinished = [r["run"] for r in x.rows if r["arm"] != "baseline" and r["best_epoch"] is not None
+    unfinished = [r["run"] for r in x.narrative_rows if r["arm"] != "baseline" and r["best_epoch"] is not None
                   and r["epochs_run"] and r["best_epoch"] == r["epochs_run"] and r["epochs_run"] > 1]
     if unfinished:
         items.append(f"{len(unfinished)} run{'s' if len(unfinished) > 1 else ''} peaked at the last epoch "
                      f"({', '.join(unfinished)}): the epoch budget, not the model, limited them.")
-    early = [r["run"] for r in x.rows if r.get("stop_reason") and "early" in str(r["stop_reason"])]
+    early = [r["run"] for r in x.narrative_rows if r.get("stop_reason") and "early" in str(r["stop_reason"])]
     if early:
         items.append(f"Early stopping ended {len(early)} run{'s' if len(early) > 1 else ''} ({', '.join(early)}), "
                      "saving the remaining epoch budget.")
@@ -735,7 +763,7 @@ def insight_blocks(x: Ctx) -> list[dict]:
     if x.base and x.winner is x.base:
         items.append(f"The TF-IDF baseline is the best model here (macro-F1 {f4(x.base['macro_f1'])}): word and character "
                      "n-grams capture this task well, so the neural models need more data, epochs or capacity.")
-    big = [r for r in x.rows if r["params_total"] and r["params_trainable"] and r["arm"] == "finetune"
+    big = [r for r in x.focus_runs if r["params_total"] and r["params_trainable"] and r["arm"] == "finetune"
            and r["params_trainable"] < r["params_total"]]
     for r in big[:2]:
         items.append(f"**{r['run']}** trains {100 * r['params_trainable'] / r['params_total']:.2f}% of its "
@@ -747,7 +775,10 @@ def insight_blocks(x: Ctx) -> list[dict]:
 
 
 def appendix_blocks(x: Ctx) -> list[dict]:
-    items = [f"`{r['run']}`: {r['path']}" for r in x.rows]
+    items = [f"`{r['run']}`: {r['path']}" for r in x.narrative_rows]
+    if x.many:
+        items.append(f"… and {len(x.rows) - len(x.narrative_rows)} more runs (seeds and sweep points), listed in "
+                     "comparison.json.")
     return [{"t": "h3", "text": "Runs and files"},
             {"t": "p", "text": "Numbers above come from `comparison.json` (written by `ftvs compare`), which also holds "
                                "every pairwise test, the seed groups, per-run histories and the full side-by-side table "
