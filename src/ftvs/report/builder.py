@@ -638,23 +638,34 @@ def preference_blocks(x: Ctx) -> list[dict]:
     p = x.pair(ft, sc)
     if p:
         d = p["macro_f1"]
-        train_phrase = times_phrase(sc["train_seconds_total"], ft["train_seconds_total"], "slower", "faster")
-        infer_phrase = times_phrase(sc["inference_seconds_per_1000"], ft["inference_seconds_per_1000"], "slower",
-                                    "faster")
-        size_phrase = times_phrase(sc["params_total"], ft["params_total"], "larger", "smaller")
-        costs = ", ".join(s for s in (f"{train_phrase} to train" if train_phrase else None,
-                                      f"{infer_phrase} at inference" if infer_phrase else None,
-                                      f"{size_phrase} in parameters" if size_phrase else None) if s)
-        if d["diff"] <= 0 or not d["excludes_zero"]:
-            items.append(f"On this data the from-scratch model is the better choice: its macro-F1 is within the "
-                         f"confidence interval of the fine-tuned one ({signed(d['diff'])}, CI [{signed(d['ci_low'])}, "
-                         f"{signed(d['ci_high'])}]) while it is {costs}.")
+        aspects = [("to train", sc["train_seconds_total"], ft["train_seconds_total"], "slower", "faster"),
+                   ("at inference", sc["inference_seconds_per_1000"], ft["inference_seconds_per_1000"], "slower",
+                    "faster"),
+                   ("in parameters", sc["params_total"], ft["params_total"], "larger", "smaller")]
+        cheaper, dearer = [], []
+        for what, a, b, more, less in aspects:
+            phrase = times_phrase(a, b, more, less)
+            if phrase:
+                (cheaper if a < b else dearer).append(f"{phrase} {what}")
+        costs = ", ".join(cheaper + dearer)
+        ci = f"{signed(d['diff'])}, CI [{signed(d['ci_low'])}, {signed(d['ci_high'])}]"
+        if d["diff"] < 0 and d["excludes_zero"]:
+            items.append(f"Here the from-scratch model is significantly better on macro-F1 (fine-tuned minus from-scratch "
+                         f"{ci}) and it is {costs}: training from scratch is the better choice on this data.")
+        elif d["diff"] <= 0 or not d["excludes_zero"]:
+            if cheaper:
+                items.append(f"On this data the from-scratch model is the better choice: its macro-F1 is within the "
+                             f"confidence interval of the fine-tuned one ({ci}) and it is {', '.join(cheaper)}"
+                             + (f" (though {', '.join(dearer)})" if dearer else "") + ".")
+            else:
+                items.append(f"The two models are indistinguishable on macro-F1 ({ci}), but the from-scratch model is "
+                             f"not cheaper on any axis measured ({costs}), so it has no advantage here.")
         else:
             per_point = None
             if ft["train_seconds_total"] and sc["train_seconds_total"]:
                 per_point = (ft["train_seconds_total"] - sc["train_seconds_total"]) / (100 * d["diff"])
-            sentence = (f"Fine-tuning is better by {100 * d['diff']:.2f} macro-F1 points; the from-scratch model is "
-                        f"{costs}.")
+            sentence = f"Fine-tuning is better by {100 * d['diff']:.2f} macro-F1 points" + (
+                f"; the from-scratch model is {costs}." if costs else ".")
             if per_point is not None and per_point > 0:
                 sentence += f" Each macro-F1 point of fine-tuning costs {fmt_seconds(per_point)} extra training seconds."
             items.append(sentence)
@@ -669,7 +680,8 @@ def preference_blocks(x: Ctx) -> list[dict]:
             if not q:
                 continue
             d = q["macro_f1"]
-            cheaper = times_phrase(base["train_seconds_total"], neural["train_seconds_total"], "slower", "faster")
+            cheaper = times_phrase(base["train_seconds_total"], neural["train_seconds_total"], "slower", "faster") \
+                or "no cheaper"
             ci = f"CI [{signed(d['ci_low'])}, {signed(d['ci_high'])}]"
             who = f"**{neural['run']}** ({arm_label(neural['arm'])})"
             if d["diff"] > 0 and d["excludes_zero"]:
