@@ -1,0 +1,312 @@
+"""Bad input through the real CLI: every problem is one line naming the problem and the fix, exit code 2,
+no traceback, and nothing already written is damaged. Also numerical faults (NaN/Inf) in real training.
+
+Commands run in-process through `ftvs.cli.main` (same code path as the console script, no interpreter
+start-up per case); stderr is captured and checked.
+"""
+
+import csv
+import errno
+import json
+import math
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ftvs import checkpoint as ckpt
+from ftvs import fileio
+from ftvs.cli import main
+from ftvs.errors import FtvsError
+
+TINY_SCRATCH = ["--tokenizer", "bpe", "--bpe_vocab_size", "300", "--n_layer", "1", "--n_embd", "32", "--n_head", "2",
+                "--d_ff", "64", "--max_seq_length", "16", "--per_device_train_batch_size", "8", "--disable_tqdm",
+                "--mixed_precision", "no", "--seed", "3"]
+WORDS = {"card": "card lost stolen pin blocked atm", "transfer": "transfer pending bank account arrive sent",
+         "refund": "refund money back return purchase merchant"}
+
+
+def _write_csv(path: Path, rows, header=("text", "label")) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _toy_rows(n=30, classes=WORDS):
+    rows = []
+    for c, words in classes.items():
+        ws = words.split()
+        for i in range(n):
+            rows.append((f"{ws[i % len(ws)]} {ws[(i * 7 + 1) % len(ws)]} question number {i} about {c}", c))
+    return rows
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def _fails(capsys, argv, *needles) -> str:
+    """Run `ftvs argv`; assert exit 2 and a single `ftvs: error:` line containing every needle."""
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    err = out.err.strip()
+    assert rc == 2, (rc, out.err[-2000:])
+    assert err.startswith("ftvs: error: ") and "\n" not in err and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    REPORT.append((argv[0], err))
+    return err
+
+
+REPORT: list = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _print_report():
+    yield
+    if REPORT:
+        print("\n" + "\n".join(f"[{cmd}] {err}" for cmd, err in REPORT))
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A prepared 3-class toy set whose source holds one 1 MB text (truncated by prepare)."""
+    root = tmp_path_factory.mktemp("toy")
+    rows = _toy_rows() + [(("card pin " * 125_000).strip(), "card")]
+    _write_csv(root / "src.csv", rows)
+    data = root / "data"
+    assert main(["prepare", str(root / "src.csv"), "--output_dir", str(data), "--tokenizer", "none"]) == 0
+    meta = json.loads((data / "metadata.json").read_text())
+    assert meta["cleaning"]["truncated"] == 1
+    return data
+
+
+@pytest.fixture(scope="module")
+def toy_run(toy, tmp_path_factory):
+    run = tmp_path_factory.mktemp("toyrun") / "run"
+    assert main(["train", "scratch", "--data", str(toy), "--output_dir", str(run), *TINY_SCRATCH,
+                 "--num_train_epochs", "1", "--no-evaluate"]) == 0
+    assert main(["evaluate", str(run)]) == 0
+    return run
+
+
+# --------------------------------------------------------------------------------------------------
+# ftvs prepare
+# --------------------------------------------------------------------------------------------------
+
+
+def test_prepare_bad_sources(tmp_path, toy, capsys, monkeypatch):
+    t = tmp_path
+    out = t / "prepared"  # an existing good data folder: no failure may touch it
+    shutil.copytree(toy, out)
+    before = _snapshot(out)
+    (t / "nodata").mkdir()
+    (t / "nodata" / "notes.txt").write_text("hello")
+    (t / "empty.csv").write_bytes(b"")
+    _write_csv(t / "cols.csv", _toy_rows(), header=("foo", "bar"))
+    _write_csv(t / "named.csv", _toy_rows())
+    _write_csv(t / "nolabels.csv", [(text, ["", "NaN", "None"][i % 3]) for i, (text, _) in enumerate(_toy_rows())])
+    _write_csv(t / "unseen" / "train.csv", _toy_rows())
+    _write_csv(t / "unseen" / "test.csv", [*_toy_rows(3), ("a brand new kind of question", "zebra")])
+    _write_csv(t / "oneclass.csv", _toy_rows(classes={"card": WORDS["card"]}))
+    _write_csv(t / "rare.csv", _toy_rows() + [("one rare question", "rare"), ("another rare question", "rare")])
+    cases = [
+        (["prepare", t / "nope" / "train.csv"], "data path not found", "check the path"),
+        (["prepare", t / "nodata"], "has no train data", "add a train file"),
+        (["prepare", t / "empty.csv"], "is empty", "point to a file"),
+        (["prepare", t / "cols.csv"], "could not find a text column", "--text-column"),
+        (["prepare", t / "named.csv", "--text-column", "txt"], "has no column 'txt'", "(did you mean 'text'?)"),
+        (["prepare", t / "named.csv", "--label-column", "labl"], "has no column 'labl'", "(did you mean 'label'?)"),
+        (["prepare", t / "nolabels.csv"], "are empty/NaN/None", "--label-column"),
+        (["prepare", t / "unseen"], "unseen in train: 'zebra'", "drop those rows"),
+        (["prepare", t / "oneclass.csv"], "one class only", "at least 2"),
+        (["prepare", t / "rare.csv"], "'rare' has only 2", "drop or merge that class"),
+    ]
+    for argv, *needles in cases:
+        _fails(capsys, [*argv, "--output_dir", out, "--tokenizer", "none"], *needles)
+        assert _snapshot(out) == before, argv
+
+    # Hugging Face name while offline and not cached: fails fast, names offline alternatives
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    start = time.monotonic()
+    _fails(capsys, ["prepare", "hf:some-user/surely-not-a-cached-dataset", "--output_dir", out, "--tokenizer", "none"],
+           "could not download or load Hugging Face dataset", "20newsgroups")
+    assert time.monotonic() - start < 60
+    assert _snapshot(out) == before
+
+
+def test_prepare_repairs_invalid_utf8_and_missing_labels(tmp_path, capsys):
+    rows = _toy_rows()
+    lines = ["text,label"] + [f"{t},{c}" for t, c in rows]
+    body = "\n".join(lines).encode()
+    bad = body.replace(b"question number 1 about card", b"question \xff\xfe number 1 about card") \
+              .replace(b"question number 2 about refund", b"question \xc3 number 2 about refund")
+    bad += b"\nan unlabelled question,\nanother one,NaN\n"
+    (tmp_path / "bad.csv").write_bytes(bad)
+    assert main(["prepare", str(tmp_path / "bad.csv"), "--output_dir", str(tmp_path / "d"), "--tokenizer", "none"]) == 0
+    printed = capsys.readouterr().out
+    meta = json.loads((tmp_path / "d" / "metadata.json").read_text())
+    assert meta["cleaning"]["invalid_utf8_repaired"] == 2 and meta["cleaning"]["missing_label_dropped"] == 2
+    assert "invalid_utf8_repaired=2" in printed and "missing_label_dropped=2" in printed
+    texts = [json.loads(x)["text"] for s in ("train", "val", "test")
+             for x in (tmp_path / "d" / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()]
+    for repaired in ("question \ufffd number 1 about card", "question \ufffd number 2 about refund"):
+        assert any(t.endswith(repaired) for t in texts), repaired
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    argv = ["prepare", str(tmp_path / "nope.csv"), "--output_dir", str(tmp_path / "o"), "--tokenizer", "none"]
+    _fails(capsys, argv, "data path not found")
+    with pytest.raises(FtvsError, match="data path not found"):  # uncaught: Python prints the traceback
+        main(["--debug", *argv])
+
+
+# --------------------------------------------------------------------------------------------------
+# ftvs train / evaluate / predict
+# --------------------------------------------------------------------------------------------------
+
+
+def test_huge_text_trains_and_predicts(toy_run, tmp_path, capsys):
+    big = tmp_path / "big.txt"
+    big.write_text(("transfer pending " * 60_000) + "\n" + "my card was stolen\n")
+    capsys.readouterr()
+    assert main(["predict", str(toy_run), "--file", str(big)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].endswith("my card was stolen")
+    assert lines[0].split("\t")[0] in WORDS
+
+
+def test_train_config_errors(toy, toy_run, tmp_path, capsys):
+    run_before = _snapshot(toy_run)
+    new = tmp_path / "new"
+    base = ["train", "scratch", "--data", toy, "--output_dir", new, *TINY_SCRATCH]
+    (tmp_path / "cfg.yaml").write_text("learning_rat: 0.001\nnum_train_epochs: 1\n")
+    cases = [
+        ([*base, "--learning_rate", "-0.001"], "invalid learning_rate=-0.001: must be > 0", "use e.g. 1e-3"),
+        ([*base, "--max_seq_length", "0"], "invalid max_seq_length=0: must be >= 1", "positive integer"),
+        ([*base, "--preset", "smal"], "invalid preset='smal': unknown preset", "(did you mean 'small'?)"),
+        ([*base, "--config", tmp_path / "cfg.yaml"], "unknown config file key 'learning_rat'",
+         "(did you mean 'learning_rate'?)"),
+        ([*base, "--pooling", "maximum"], "invalid pooling='maximum'", "(did you mean 'max'?)"),
+        (["train", "scratch", "--data", tmp_path / "nodata", "--output_dir", new], "not a prepared data folder",
+         "ftvs prepare"),
+        # resuming with a different config
+        (["train", "scratch", "--resume", toy_run, "--learning_rate", "0.5"], "--resume with a different config",
+         "learning_rate", "rerun with the original settings"),
+        # a second training into a finished run without --resume
+        (["train", "scratch", "--data", toy, "--output_dir", toy_run, *TINY_SCRATCH], "already holds a run",
+         "--resume"),
+        # evaluate on data with another label set
+        (["evaluate", toy_run, "--data", tmp_path / "other"], "label set of", "differs from the model's",
+         "evaluate on the data it was trained on"),
+    ]
+    _write_csv(tmp_path / "other.csv", _toy_rows(classes={"a": "x y z", "b": "u v w"}))
+    assert main(["prepare", str(tmp_path / "other.csv"), "--output_dir", str(tmp_path / "other"),
+                 "--tokenizer", "none"]) == 0
+    for argv, *needles in cases:
+        _fails(capsys, argv, *needles)
+        assert _snapshot(toy_run) == run_before, argv
+    assert not (new / "config.yaml").exists()
+
+
+def test_encoder_only_model_is_refused(toy, tmp_path, capsys):
+    from transformers import BertConfig, BertModel
+
+    from ftvs.pretrained import build_tiny_tokenizer
+
+    folder = tmp_path / "tiny-bert"
+    tok = build_tiny_tokenizer()
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    run = tmp_path / "run"
+    _fails(capsys, ["train", "finetune", "--data", toy, "--output_dir", run, "--model_name_or_path", folder],
+           "is not a decoder-only language model", "model_type 'bert'", "use e.g.")
+    assert not (run / "config.yaml").exists() and not (run / "checkpoint").exists()
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(toy, tmp_path, capsys, monkeypatch):
+    """The disk fills up in the middle of the second checkpoint: fsync of checkpoint.tmp/optimizer.safetensors
+    fails with ENOSPC (as it does on a full disk with delayed allocation)."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to map a file descriptor to its path")
+    run = tmp_path / "run"
+    argv = ["train", "scratch", "--data", toy, "--output_dir", run, *TINY_SCRATCH, "--num_train_epochs", "1",
+            "--save_steps", "2", "--no-evaluate"]
+    real_fsync = fileio.os.fsync
+    optimizer_saves = []
+
+    def fsync(fd):
+        path = Path(fileio.os.readlink(f"/proc/self/fd/{fd}"))
+        if path.parent.name == "checkpoint.tmp" and path.name.startswith(".optimizer.safetensors."):
+            optimizer_saves.append(path)
+            if len(optimizer_saves) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    err = _fails(capsys, argv, f"disk full while writing {run / 'checkpoint.tmp' / 'optimizer.safetensors'}; "
+                               "free space", "--resume")
+    monkeypatch.setattr(fileio.os, "fsync", real_fsync)
+    assert not list((run / "checkpoint.tmp").glob(".*.tmp"))  # the torn temp file was removed
+    loaded = ckpt.load_checkpoint(run)  # the previous checkpoint survived and loads
+    assert loaded["state"]["global_step"] == 2 and loaded["state"]["batches_done"] == 2, err
+    assert main(["train", "scratch", "--resume", str(run)]) == 0
+    assert json.loads((run / "train_summary.json").read_text())["status"] == "completed"
+
+
+def test_kill_between_the_two_renames_of_a_checkpoint_swap_resumes(toy_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(toy_run, run)
+    (run / "checkpoint").rename(run / "checkpoint.old")  # replace_dir died after its first os.replace
+    shutil.copytree(run / "checkpoint.old", run / "checkpoint.tmp")
+    assert main(["train", "scratch", "--resume", str(run), "--no-evaluate"]) == 0
+    assert ckpt.has_checkpoint(run) and not (run / "checkpoint.old").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Numerical faults (real training, absurd learning rate, no mocks)
+# --------------------------------------------------------------------------------------------------
+
+
+def _finite(tensors) -> bool:
+    return all(torch.isfinite(t).all() for t in tensors.values())
+
+
+def test_nan_loss_stops_with_the_step_and_a_fix(toy, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "scratch", "--data", toy, "--output_dir", run, *TINY_SCRATCH, "--learning_rate", "1e6",
+            "--warmup_ratio", "0", "--save_steps", "1", "--num_train_epochs", "2"]
+    err = _fails(capsys, argv, "NaN/Inf at optimizer step", "lower --learning_rate (now 1e+06)", "--skip_nan_steps N",
+                 "no epoch finished, so no model was saved")
+    step = int(re.search(r"optimizer step (\d+)", err).group(1))
+    assert 1 <= step < 5  # the first bad step, not the next logging/check point (logging_steps=20)
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["status"] == "failed" and summary["stop_reason"] == "nonfinite" and summary["failed_step"] == step
+    loaded = ckpt.load_checkpoint(run)  # the last checkpoint predates the fault: finite weights
+    assert loaded["state"]["global_step"] < step and _finite(loaded["model"])
+
+
+def test_skip_nan_steps_tolerates_a_few_then_keeps_the_best_model(toy, tmp_path, capsys):
+    n_train = json.loads((toy / "metadata.json").read_text())["splits"]["train"]["count"]
+    steps_per_epoch = math.ceil(n_train / 8)
+    run = tmp_path / "run"
+    argv = ["train", "scratch", "--data", toy, "--output_dir", run, *TINY_SCRATCH, "--learning_rate", "1e6",
+            "--warmup_ratio", "0", "--num_train_epochs", "3", "--skip_nan_steps", str(steps_per_epoch)]
+    _fails(capsys, argv, "NaN/Inf at optimizer step", "(epoch 2)", "the best model so far (epoch 1) is kept in")
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["status"] == "failed" and summary["best_epoch"] == 1
+    history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1]
+    assert main(["evaluate", str(run)]) == 0  # the kept model loads and scores; metrics say the run failed
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["training"]["status"] == "failed"

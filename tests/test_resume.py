@@ -1,0 +1,282 @@
+"""Exact resume after SIGKILL, and the safety of what a run writes.
+
+A real `python -m ftvs train ...` subprocess is killed with SIGKILL at three seeded-random points (one
+after the other, each time continued with `--resume RUN_DIR`); the finished run must match an
+uninterrupted one: every history.jsonl train/val number, the best model's weights and its test
+predictions (`ftvs evaluate`). Also: no pickle anywhere, truncated/tampered checkpoint files and a
+locked run dir are one-line errors with exit code 2.
+"""
+
+import ast
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ftvs.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+BANKING77 = next((p for p in (ROOT.parent / "shared" / "data" / "banking77", Path("/work/shared/data/banking77"))
+                  if (p / "train.csv").is_file()), ROOT.parent / "shared" / "data" / "banking77")
+needs_banking77 = pytest.mark.skipif(
+    not (BANKING77 / "train.csv").is_file(), reason=f"Banking77 CSVs not found at {BANKING77}"
+)
+
+# small enough that a run is a few seconds of compute on a shared 2-core machine
+SCRATCH_FLAGS = ["--tokenizer", "bpe", "--bpe_vocab_size", "400", "--n_layer", "1", "--n_embd", "32", "--n_head", "2",
+                 "--d_ff", "64", "--max_seq_length", "24", "--learning_rate", "1e-2"]
+COMMON_FLAGS = ["--num_train_epochs", "3", "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "256",
+                "--seed", "7", "--save_steps", "1", "--disable_tqdm", "--no-evaluate", "--mixed_precision", "no"]
+HISTORY_KEYS = ("epoch", "step", "train_loss", "train_accuracy", "train_macro_f1", "val_loss", "val_accuracy",
+                "val_macro_f1", "lr")
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONHASHSEED="0")
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _cmd(arm_args, run_dir, resume=False):
+    out = ["--resume", str(run_dir)] if resume else ["--output_dir", str(run_dir)]
+    return [sys.executable, "-m", "ftvs", "train", *arm_args, *out]
+
+
+@pytest.fixture(scope="module")
+def small_b77(tmp_path_factory):
+    """A small prepared Banking77: 600 train (stratified), ~150 val, 200 test."""
+    if not (BANKING77 / "train.csv").is_file():
+        pytest.skip(f"Banking77 CSVs not found at {BANKING77}")
+    import csv
+
+    from ftvs.data import prepare
+
+    root = tmp_path_factory.mktemp("b77small")
+    rng = random.Random(0)
+    for name, n in (("train", 1500), ("test", 200)):
+        with open(BANKING77 / f"{name}.csv", encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f))
+        body = rows[1:]
+        rng.shuffle(body)
+        with open(root / f"{name}.csv", "w", encoding="utf-8", newline="") as f:
+            csv.writer(f).writerows([rows[0], *body[:n]])
+    prepare(str(root), root / "data", max_train_examples=600, tokenizer="none")
+    return root / "data"
+
+
+def _checkpoint_step(run_dir: Path) -> int:
+    try:
+        return json.loads((run_dir / "checkpoint" / "state.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def _kill_at(cmd, run_dir: Path, target_step: int, delay: float, timeout=240) -> str:
+    """Start `cmd`, wait until a checkpoint at >= target_step exists, wait `delay` more, SIGKILL."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while _checkpoint_step(run_dir) < target_step:
+            if proc.poll() is not None:
+                out = proc.stdout.read()
+                assert proc.returncode == 0, out[-3000:]
+                return "finished before the kill"
+            assert time.monotonic() < deadline, "training made no progress"
+            time.sleep(0.005)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    return "killed" if proc.returncode == -signal.SIGKILL else f"exited {proc.returncode}"
+
+
+def _history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _assert_same_run(ref: Path, run: Path, tmp_path: Path):
+    h_ref, h_run = _history(ref), _history(run)
+    assert [r["epoch"] for r in h_run] == [r["epoch"] for r in h_ref]
+    for a, b in zip(h_ref, h_run):
+        for key in HISTORY_KEYS:
+            assert b[key] == pytest.approx(a[key], abs=1e-6, rel=0), (a["epoch"], key, a[key], b[key])
+    w_ref = load_file(next((ref / "model").glob("*.safetensors")))
+    w_run = load_file(next((run / "model").glob("*.safetensors")))
+    assert w_ref.keys() == w_run.keys()
+    for k in w_ref:
+        assert torch.allclose(w_ref[k], w_run[k], atol=1e-6, rtol=0), k
+    for d in (ref, run):
+        assert main(["evaluate", str(d), "--batch-size", "256"]) == 0
+    p_ref = json.loads((ref / "predictions.json").read_text())
+    p_run = json.loads((run / "predictions.json").read_text())
+    assert p_run["y_pred"] == p_ref["y_pred"]
+    assert p_run["confidence"] == pytest.approx(p_ref["confidence"], abs=1e-6)
+    s = json.loads((run / "train_summary.json").read_text())
+    assert s["status"] == "completed" and s["epochs_run"] == 3
+
+
+def _train_in_process(argv):
+    """`ftvs train ...` in this process (saves an interpreter start), single-threaded like the subprocesses."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _kill_resume_matches(arm_args, tmp_path, seed, capsys):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    _train_in_process(_cmd(arm_args, ref)[3:])
+    total = _history(ref)[-1]["step"]
+    rng = random.Random(seed)
+    targets = sorted(rng.sample(range(1, total - 1), 3))
+    log = []
+    for n, target in enumerate(targets):
+        delay = rng.uniform(0.0, 0.3)
+        outcome = _kill_at(_cmd(arm_args, run, resume=n > 0), run, target, delay)
+        log.append(f"step>={target}+{delay:.2f}s: {outcome} (checkpoint at step {_checkpoint_step(run)})")
+    _train_in_process(_cmd(arm_args, run, resume=True)[3:])
+    with capsys.disabled():
+        print(f"\n[{arm_args[0]}] total {total} steps; kills: " + "; ".join(log))
+    assert sum("killed" in x for x in log) >= 2, log
+    _assert_same_run(ref, run, tmp_path)
+
+
+@needs_banking77
+def test_scratch_sigkill_resume_is_exact(small_b77, tmp_path, capsys):
+    args = ["scratch", "--data", str(small_b77), *SCRATCH_FLAGS, *COMMON_FLAGS]
+    _kill_resume_matches(args, tmp_path, seed=1234, capsys=capsys)
+
+
+@needs_banking77
+def test_finetune_lora_sigkill_resume_is_exact(small_b77, tiny_llama_dir, tmp_path, capsys):
+    pytest.importorskip("ftvs.finetune")
+    args = ["finetune", "--data", str(small_b77), "--model_name_or_path", str(tiny_llama_dir), "--method", "lora",
+            "--max_seq_length", "24", *COMMON_FLAGS]
+    _kill_resume_matches(args, tmp_path, seed=99, capsys=capsys)
+
+
+# --------------------------------------------------------------------------------------------------
+# Security: no pickle, corrupt checkpoints, the run lock
+# --------------------------------------------------------------------------------------------------
+
+
+PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
+
+
+def _pickle_uses(tree) -> list[tuple[int, str]]:
+    """Imports of pickle-like modules, `torch.load`, `weights_only=False`, `allow_pickle=True`."""
+    hits = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            hits += [(node.lineno, f"import {a.name}") for a in node.names if a.name.split(".")[0] in PICKLE_MODULES]
+        elif isinstance(node, ast.ImportFrom):
+            mod = (node.module or "").split(".")[0]
+            if mod in PICKLE_MODULES or (mod == "torch" and any(a.name == "load" for a in node.names)):
+                hits.append((node.lineno, f"from {node.module} import ..."))
+        elif isinstance(node, ast.Attribute) and node.attr == "load" and isinstance(node.value, ast.Name) \
+                and node.value.id == "torch":
+            hits.append((node.lineno, "torch.load"))
+        elif isinstance(node, ast.keyword) and isinstance(node.value, ast.Constant) and (
+                (node.arg == "weights_only" and node.value.value is False)
+                or (node.arg == "allow_pickle" and node.value.value is True)):
+            hits.append((node.value.lineno, f"{node.arg}={node.value.value}"))
+    return hits
+
+
+def test_no_pickle_in_source():
+    files = sorted((ROOT / "src" / "ftvs").rglob("*.py"))
+    assert len(files) > 10
+    hits = [f"{path.relative_to(ROOT)}:{line}: {what}" for path in files
+            for line, what in _pickle_uses(ast.parse(path.read_text(encoding="utf-8")))]
+    assert not hits, "pickle-based (de)serialisation found:\n" + "\n".join(hits)
+    # the scanner itself finds what it must
+    assert len(_pickle_uses(ast.parse("import pickle\nfrom torch import load\ntorch.load(f)\n"
+                                      "torch.load(f, weights_only=False)\nnp.load(f, allow_pickle=True)"))) == 6
+
+
+def _one_line_error(capsys, argv, needle) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ftvs: error: ") and "\n" not in err and "Traceback" not in err, err
+    assert needle in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(small_b77, tmp_path_factory):
+    """A finished 1-epoch scratch run (checkpoint + best model), trained in-process."""
+    run = tmp_path_factory.mktemp("tinyrun") / "run"
+    argv = ["train", "scratch", "--data", str(small_b77), "--output_dir", str(run), *SCRATCH_FLAGS,
+            *COMMON_FLAGS, "--num_train_epochs", "1", "--save_steps", "0"]
+    assert main(argv) == 0
+    return run, argv
+
+
+@needs_banking77
+@pytest.mark.parametrize("damage", ["truncate_checkpoint_weights", "garbage_state_json", "tampered_state_types",
+                                    "truncate_best_model"])
+def test_corrupt_checkpoint_is_a_one_line_error(tiny_run, tmp_path, capsys, damage):
+    import shutil
+
+    src, argv = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    ckpt = run / "checkpoint"
+    if damage == "truncate_checkpoint_weights":
+        data = (ckpt / "model.safetensors").read_bytes()
+        (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "garbage_state_json":
+        (ckpt / "state.json").write_bytes(b"\x00\xffnot json{{")
+    elif damage == "tampered_state_types":
+        state = json.loads((ckpt / "state.json").read_text())
+        state["epoch"], state["scheduler"] = "one", [1, 2]
+        (ckpt / "state.json").write_text(json.dumps(state))
+    else:
+        data = (run / "model" / "model.safetensors").read_bytes()
+        (run / "model" / "model.safetensors").write_bytes(data[: len(data) // 2])
+    resume = ["train", "scratch", "--resume", str(run), "--num_train_epochs", "1", "--no-evaluate"]
+    if damage == "truncate_best_model":
+        _one_line_error(capsys, ["evaluate", str(run)], "truncated or corrupt")
+    else:
+        needle = {"truncate_checkpoint_weights": "truncated or corrupt", "garbage_state_json": "corrupt",
+                  "tampered_state_types": "checkpoint"}[damage]
+        _one_line_error(capsys, resume, needle)
+        assert main(["evaluate", str(run)]) == 0  # the best model is untouched by a bad checkpoint
+    capsys.readouterr()
+
+
+@needs_banking77
+def test_run_dir_is_locked_while_training(small_b77, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["scratch", "--data", str(small_b77), *SCRATCH_FLAGS, *COMMON_FLAGS, "--num_train_epochs", "50"]
+    first = subprocess.Popen(_cmd(args, run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _checkpoint_step(run) < 1:
+            assert first.poll() is None, first.stderr.read()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        before = (run / "config.yaml").read_bytes()
+        _one_line_error(capsys, _cmd(args, run)[3:], "in use by another ftvs process")
+        _one_line_error(capsys, _cmd(args, run, resume=True)[3:], "in use by another ftvs process")
+        assert first.poll() is None  # the first run is unharmed
+        assert (run / "config.yaml").read_bytes() == before
+    finally:
+        first.kill()
+        first.wait()
+        first.stderr.close()
