@@ -19,7 +19,7 @@ from ftvs.batching import IndexedDataset, make_collate, sorted_batches
 def make_eval_loader(arm, examples, labels, batch_size: int, num_workers: int = 0) -> DataLoader:
     lengths = [arm.example_length(e) for e in examples]
     return DataLoader(IndexedDataset(examples, labels), batch_sampler=sorted_batches(lengths, batch_size),
-                      collate_fn=make_collate(arm), num_workers=num_workers)
+                      collate_fn=make_collate(arm), num_workers=num_workers, pin_memory=torch.cuda.is_available())
 
 
 @torch.inference_mode()
@@ -38,8 +38,9 @@ def predict_loader(model, loader, num_examples: int, accelerator=None) -> dict:
         logp = F.log_softmax(logits, dim=-1)
         conf, pred = logp.exp().max(dim=-1)
         nll = F.nll_loss(logp, labels.clamp(min=0), reduction="none") * (labels >= 0)
-        parts.append(torch.stack([index.float(), pred.float(), conf, nll, (labels >= 0).float()], dim=1).cpu())
-    local = torch.cat(parts) if parts else torch.zeros((0, 5))
+        # stays on the device: a .cpu() per batch would make the host wait for the GPU after every batch
+        parts.append(torch.stack([index.float(), pred.float(), conf, nll, (labels >= 0).float()], dim=1))
+    local = torch.cat(parts).cpu() if parts else torch.zeros((0, 5))
     if accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
