@@ -50,7 +50,12 @@ def make_accelerator(cfg: TrainConfig):
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~free speed for fp32 parts
         torch.backends.cudnn.allow_tf32 = True
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    from accelerate.utils import DataLoaderConfiguration
+
+    # the train loader's batches are pinned on CUDA: copy them asynchronously (a blocking copy makes the
+    # host wait for the GPU to finish the previous step before it can queue the next one)
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                       dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()))
 
 
 def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
