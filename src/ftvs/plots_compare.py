@@ -116,6 +116,9 @@ def plot_train_val(comparison: dict, path: Path) -> str | None:
                     marker=marker or "s", ms=3, label="val")
             ax.set_ylabel(label, fontsize=8)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if len(ep) == 1:
+                ax.set_xlim(ep[0] - 0.5, ep[0] + 0.5)
+                ax.set_xticks(ep)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
             if sub == 0:
