@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 DPI = 130
 STYLES = ["-", "--", ":", "-."]
@@ -80,6 +80,7 @@ def plot_curves_overlay(comparison: dict, path: Path) -> str | None:
         axes[0, col].set_xlabel("epoch")
         axes[1, col].set_xlabel("wall-clock training seconds (log)")
         axes[1, col].set_xscale("log")
+        axes[1, col].xaxis.set_minor_formatter(NullFormatter())
         for row in (0, 1):
             axes[row, col].set_ylabel(label)
             axes[row, col].grid(alpha=0.3)
@@ -225,6 +226,7 @@ def plot_cost(comparison: dict, path: Path) -> str | None:
             ax.annotate(_short(r["run"], 20), (r[key], r["macro_f1"]), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label, fontsize=8)
         ax.set_ylabel("test macro-F1", fontsize=8)
         ax.grid(alpha=0.3)

@@ -96,7 +96,11 @@ class Ctx:
         self.models = {m["run"]: m for m in c.get("models", [])}
         self.groups = c["groups"]
         self.sig = c.get("significance") or {}
-        foc = c.get("focus") or {}
+        foc = c.get("focus")
+        if not foc:  # comparison.json written before `focus` existed
+            from ftvs.compare import focus
+
+            foc = focus(self.groups, self.rows)
         self.focus_runs = [self.by_name[n] for n in foc.get("runs", []) if n in self.by_name] or list(self.rows)
         self.best = {arm: self.by_name[v["run"]] for arm, v in (foc.get("by_arm") or {}).items()
                      if v.get("run") in self.by_name}
@@ -586,8 +590,8 @@ def why_blocks(x: Ctx, p: dict) -> list[dict]:
     a, b = ft.get("epochs_to_95pct_best"), sc.get("epochs_to_95pct_best")
     if a and b and a < b:
         items.append(f"Faster start: the pre-trained model was within 95% of its best validation macro-F1 after {a} "
-                     f"epoch{'s' if a != 1 else ''}, the from-scratch model after {b}, because its representations "
-                     "already encode the language and only the task must be learned.")
+                     f"epoch{'s' if a != 1 else ''}, the from-scratch model after {b}, as expected when the "
+                     "language is already encoded and only the task remains to be learned.")
     bv_ft, bv_sc = ft.get("best_val_macro_f1"), sc.get("best_val_macro_f1")
     if bv_ft is not None and bv_sc is not None and bv_ft > bv_sc:
         items.append(f"Higher ceiling: best validation macro-F1 {f4(bv_ft)} vs. {f4(bv_sc)}.")

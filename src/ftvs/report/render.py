@@ -79,6 +79,21 @@ def _aligns(b: dict) -> list[str]:
     return out
 
 
+FIG_DPI = 130  # plots_compare.DPI
+TEXT_WIDTH_IN = 7.2  # A4 text block at the default margins
+
+
+def _natural_width(path: Path) -> float:
+    """The PNG's width at its own DPI as a percentage of the text block (so small figures stay small)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+        px = int.from_bytes(head[16:20], "big") if head[:8] == b"\x89PNG\r\n\x1a\n" else 0
+    except OSError:
+        px = 0
+    return 100.0 if px <= 0 else 100.0 * px / FIG_DPI / TEXT_WIDTH_IN
+
+
 def _img_data(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
@@ -115,8 +130,8 @@ def to_html_body(blocks: list[dict], fig_dir: Path, scale: float = 1.0) -> str:
             out.append("".join(rows))
         elif t == "fig":
             fig_no += 1
-            width = max(30, min(100, round(b.get("width", 100) * scale)))
             path = Path(fig_dir) / b["file"]
+            width = max(25, min(100, round(min(b.get("width", 100), _natural_width(path)) * scale)))
             src = _img_data(path) if path.is_file() else ""
             out.append(f'<figure id="fig-{slug(b["file"])}"><img src="{src}" alt="{html.escape(b["caption"])}" '
                        f'style="width:{width}%"><figcaption>Figure {fig_no}. {inline_html(b["caption"])}'
@@ -135,9 +150,11 @@ def to_html(blocks: list[dict], fig_dir: Path, title: str, extra_css: str = "", 
     )
 
 
-# print layouts, from roomy to compact: (base font pt, figure scale, table font pt, margin mm)
-PDF_LEVELS = [(10.5, 1.0, 8.5, 16), (10.0, 0.92, 8.0, 15), (9.5, 0.84, 7.5, 14), (9.0, 0.76, 7.2, 13),
-              (8.6, 0.68, 6.8, 12), (8.2, 0.6, 6.5, 11)]
+# print layouts: (base font pt, figure scale, table font pt, margin mm); DEFAULT_LEVEL first, then
+# smaller ones while the report is too long, or larger ones while it is too short
+PDF_LEVELS = [(12.0, 1.2, 9.5, 18), (11.2, 1.1, 9.0, 17), (10.5, 1.0, 8.5, 16), (10.0, 0.92, 8.0, 15),
+              (9.5, 0.84, 7.5, 14), (9.0, 0.76, 7.2, 13), (8.6, 0.68, 6.8, 12), (8.2, 0.6, 6.5, 11)]
+DEFAULT_LEVEL = 2
 
 
 def _print_css(level) -> str:
@@ -153,8 +170,8 @@ def _print_css(level) -> str:
 
 def write_pdf(blocks: list[dict], fig_dir: Path, title: str, path: Path, min_pages: int = 4,
               max_pages: int = 6) -> dict:
-    """Lay out with WeasyPrint at decreasing sizes until the page count is <= max_pages (and prefer the
-    roomiest layout that does). Returns {"pages", "level"}."""
+    """Lay out with WeasyPrint at the default size; shrink while longer than max_pages, grow while shorter
+    than min_pages (never past max_pages). Returns {"pages", "level", ...}."""
     try:
         from weasyprint import HTML
     except (ImportError, OSError) as e:  # OSError: pango/harfbuzz system libraries missing
@@ -166,14 +183,23 @@ def write_pdf(blocks: list[dict], fig_dir: Path, title: str, path: Path, min_pag
 
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)
-    chosen = None
-    for k, level in enumerate(PDF_LEVELS):
-        doc = HTML(string=to_html(blocks, fig_dir, title, _print_css(level), scale=level[1]),
-                   base_url=str(fig_dir)).render()
-        chosen = (doc, k)
-        if len(doc.pages) <= max_pages:
-            break
-    doc, k = chosen
+    rendered: dict[int, object] = {}
+
+    def render(k: int):
+        if k not in rendered:
+            level = PDF_LEVELS[k]
+            rendered[k] = HTML(string=to_html(blocks, fig_dir, title, _print_css(level), scale=level[1]),
+                               base_url=str(fig_dir)).render()
+        return rendered[k]
+
+    k = DEFAULT_LEVEL
+    if len(render(k).pages) > max_pages:  # too long: shrink until it fits (or the smallest level)
+        while k + 1 < len(PDF_LEVELS) and len(render(k).pages) > max_pages:
+            k += 1
+    else:  # short: grow while it stays within the budget
+        while k > 0 and len(render(k).pages) < min_pages and len(render(k - 1).pages) <= max_pages:
+            k -= 1
+    doc = render(k)
     from ftvs.fileio import atomic_write_bytes
 
     atomic_write_bytes(path, doc.write_pdf())
