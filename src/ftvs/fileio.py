@@ -20,7 +20,6 @@ from safetensors.torch import save as st_save_bytes
 
 from ftvs.errors import FtvsError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
