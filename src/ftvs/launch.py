@@ -1,0 +1,45 @@
+"""The command line that runs `python -m ftvs ARGS` on N processes through `accelerate launch`.
+
+Used by `ftvs study` (its `launcher` setting) and by the multi-process tests. One process is a plain
+`accelerate launch` (no process group). Several processes on one machine go through the
+torchrun-based launcher (`--multi_gpu`): on a machine without CUDA, or with `cpu=True`, every process
+runs on the CPU and they talk over gloo (`accelerate launch --cpu --num_processes N` does not do this:
+without an MPI host file it starts ONE process). `--main_process_port 0` picks a free port, so several
+jobs can run side by side on one machine.
+
+Multi-node launches and FSDP need an accelerate config file instead; see docs/multi_gpu.md.
+"""
+
+import sys
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+def launch_command(args: list[str], num_processes: int, mixed_precision: str = "no", cpu: bool = True) -> list[str]:
+    """`accelerate launch` command line (a list for `subprocess.run`) for `python -m ftvs <args>` on
+    `num_processes` processes of this machine; `cpu=True` forces CPU processes (gloo) even where CUDA exists."""
+    if int(num_processes) < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if num_processes == 1:
+        cmd += ["--cpu"] if cpu else []
+    else:
+        # the env prefix reaches every worker: accelerate then builds a gloo process group on the CPU
+        cmd = (["env", "ACCELERATE_USE_CPU=true"] if cpu else []) + cmd
+        cmd += ["--multi_gpu", "--main_process_port", "0"]
+    cmd += ["--num_processes", str(int(num_processes)), "--num_machines", "1", "--mixed_precision", mixed_precision,
+            "--dynamo_backend", "no", "-m", "ftvs", *[str(a) for a in args]]
+    return cmd
+
+
+def force_cpu() -> bool:
+    """True for a worker of a multi-process launch on a machine without CUDA (e.g. `accelerate launch
+    --multi_gpu` there): accelerate must then be told `cpu=True`, or each worker would silently train
+    alone as a single-process run instead of joining a gloo process group."""
+    import os
+
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
