@@ -16,7 +16,10 @@ import torch
 class LengthGroupedBatchSampler:
     def __init__(self, lengths, batch_size: int, seed: int, group_batches: int = 50, grouped: bool = True):
         self.lengths = np.asarray(lengths)
-        self.batch_size = batch_size
+        # deliberately not named `batch_size`: accelerate's BatchSamplerShard treats a sampler WITH that
+        # attribute as fixed-size and, when the shuffled short batch ends a round of processes, silently
+        # drops that whole round; without it every batch is dealt out and the tail is padded with whole batches
+        self.per_batch = batch_size
         self.seed = seed
         self.group_batches = group_batches
         self.grouped = grouped
@@ -29,10 +32,10 @@ class LengthGroupedBatchSampler:
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.lengths))
         if self.grouped:
-            mega = self.batch_size * self.group_batches
+            mega = self.per_batch * self.group_batches
             chunks = [order[i : i + mega] for i in range(0, len(order), mega)]
             order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
-        batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        batches = [order[i : i + self.per_batch].tolist() for i in range(0, len(order), self.per_batch)]
         if self.grouped:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
@@ -41,7 +44,7 @@ class LengthGroupedBatchSampler:
         return iter(self.batches())
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        return -(-len(self.lengths) // self.per_batch)
 
 
 def sorted_batches(lengths, batch_size: int) -> list[list[int]]:
