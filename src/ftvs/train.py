@@ -50,11 +50,18 @@ def make_accelerator(cfg: TrainConfig):
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~free speed for fp32 parts
         torch.backends.cudnn.allow_tf32 = True
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    from ftvs.launch import force_cpu
+
+    # freeze-then-unfreeze leaves the base without gradients for the first epochs: DDP must expect that
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.arm == "finetune" and cfg.method == "unfreeze")
     from accelerate.utils import DataLoaderConfiguration
 
     # the train loader's batches are pinned on CUDA: copy them asynchronously (a blocking copy makes the
     # host wait for the GPU to finish the previous step before it can queue the next one)
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                       cpu=force_cpu(), kwargs_handlers=[ddp],
                        dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()))
 
 
@@ -113,6 +120,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if not cfg.output_dir:
         raise FtvsError("no --output_dir given; name a folder for the run")
     accelerator = make_accelerator(cfg)
+    if accelerator.distributed_type == "FSDP":  # checkpoints/export would hold one process's shard only
+        raise FtvsError("FSDP is not supported yet (checkpoints and model export are written from unsharded "
+                        "parameters); launch with DDP (`accelerate launch --multi_gpu ...`), see docs/multi_gpu.md")
     main = accelerator.is_main_process
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
