@@ -205,8 +205,17 @@ def _train(cfg: TrainConfig, run_dir: Path, accelerator, resume: bool, set_seed)
             raise FtvsError(f"checkpoint in {run_dir / ckpt.CHECKPOINT_DIR} is corrupt or does not fit this model "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); delete it to restart") from None
         state.update({k: loaded["state"][k] for k in state if k in loaded["state"]})
+        saved_world = loaded["state"].get("world_size", 1)  # checkpoints from before it was recorded: 1
+        if saved_world != accelerator.num_processes:
+            raise FtvsError(f"{run_dir} was trained on {saved_world} process(es), this is {accelerator.num_processes}; "
+                            f"resume it with `accelerate launch --num_processes {saved_world} -m ftvs train ...`")
+        # process r > 0 continues from its own RNG stream and epoch statistics (stored as running.rank{r}.*)
+        rank = accelerator.process_index
+        mine = {k.split(".", 1)[1]: v for k, v in loaded["running"].items() if k.startswith(f"rank{rank}.")}
+        if rank:
+            loaded["rng_tensors"], loaded["state"]["rng"] = mine, loaded["state"]["rank_rng"][rank - 1]
         ckpt.restore_rng(loaded["rng_tensors"], loaded["state"]["rng"])
-        running = loaded["running"]
+        running = mine if rank else {k: v for k, v in loaded["running"].items() if not k.startswith("rank")}
         if main:  # history beyond the checkpoint came from epochs that will be replayed
             rows = [r for r in read_jsonl(run_dir / "history.jsonl") if r["epoch"] <= state["epoch"]] \
                 if (run_dir / "history.jsonl").exists() else []
@@ -228,15 +237,24 @@ def _train(cfg: TrainConfig, run_dir: Path, accelerator, resume: bool, set_seed)
 
     def save_state(epoch, batches_done, run_preds, run_labels, run_loss):
         accelerator.wait_for_everyone()
+        mine = {"preds": torch.cat(run_preds).cpu() if run_preds else torch.zeros(0, dtype=torch.long),
+                "labels": torch.cat(run_labels).cpu() if run_labels else torch.zeros(0, dtype=torch.long),
+                "loss_sum": run_loss.detach().reshape(1).cpu().double()}
+        others = []  # every other process's epoch statistics and RNG state, for an exact multi-process resume
+        if accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            others = gather_object([(mine, *ckpt.rng_state())])[1:]
         if main:
+            for r, (stats, rng_tensors, _) in enumerate(others, start=1):
+                mine.update({f"rank{r}.{k}": v for k, v in {**stats, **rng_tensors}.items()})
             # the arm holds the unwrapped module, so tensor names do not depend on DDP/compile wrappers
             ckpt.save_checkpoint(
                 run_dir, model_state=arm.trainable_state_dict(),
                 optimizer=optimizer, scheduler=scheduler,
-                state={**state, "epoch": epoch, "batches_done": batches_done},
-                running={"preds": torch.cat(run_preds) if run_preds else torch.zeros(0, dtype=torch.long),
-                         "labels": torch.cat(run_labels) if run_labels else torch.zeros(0, dtype=torch.long),
-                         "loss_sum": run_loss.detach().reshape(1).cpu().double()})
+                state={**state, "epoch": epoch, "batches_done": batches_done,
+                       "world_size": accelerator.num_processes, "rank_rng": [meta for *_, meta in others]},
+                running=mine)
 
     stop_reason = "max_epochs"
     start_epoch = state["epoch"]
@@ -248,8 +266,8 @@ def _train(cfg: TrainConfig, run_dir: Path, accelerator, resume: bool, set_seed)
             train_loader.set_epoch(epoch)  # iteration count, which restarts at 0 in a resumed process
         skip = state["batches_done"] if epoch == start_epoch else 0
         loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        run_preds = [running["preds"]] if skip and "preds" in running else []
-        run_labels = [running["labels"]] if skip and "labels" in running else []
+        run_preds = [running["preds"].to(accelerator.device)] if skip and "preds" in running else []
+        run_labels = [running["labels"].to(accelerator.device)] if skip and "labels" in running else []
         run_loss = running["loss_sum"].to(accelerator.device).sum() if skip and "loss_sum" in running \
             else torch.zeros((), device=accelerator.device, dtype=torch.float64)
         nonfinite = torch.zeros((), device=accelerator.device, dtype=torch.bool)
