@@ -258,6 +258,8 @@ def _train(cfg: TrainConfig, run_dir: Path, accelerator, resume: bool, set_seed)
 
     stop_reason = "max_epochs"
     start_epoch = state["epoch"]
+    if cfg.early_stopping_patience and state["epochs_without_gain"] >= cfg.early_stopping_patience:
+        start_epoch, stop_reason = cfg.num_train_epochs, "early_stopping"  # it had stopped: nothing left to train
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.num_train_epochs):
         arm.on_epoch_start(epoch)
