@@ -62,16 +62,27 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 
     meta = load_metadata(data_dir)
     check_labels(arm.label_names, meta["label_names"], data_dir)
     texts, labels = load_split(data_dir, split)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # under `accelerate launch` every process scores a shard of the batches and predict_loader gathers
+    # them (de-duplicating the padded tail): 1 or N processes give the same predictions and metrics
+    from accelerate import PartialState
+
+    from ftvs.launch import force_cpu
+
+    state = PartialState(cpu=force_cpu())
+    device = state.device if state.num_processes > 1 else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = arm.model.to(device).eval()
     examples = arm.encode(texts)
     loader = make_eval_loader(arm, examples, labels, batch_size)
+    if state.num_processes > 1:
+        from accelerate.data_loader import prepare_data_loader
+
+        loader = prepare_data_loader(loader, device, state.num_processes, state.process_index, put_on_device=False)
 
     def on_device(loader):
         for batch in loader:
             yield {k: v.to(device) for k, v in batch.items()}
 
-    out = timed_predict(model, list(on_device(loader)), len(examples))
+    out = timed_predict(model, list(on_device(loader)), len(examples), state)
     scores = classification_metrics(labels, out["y_pred"], arm.label_names, loss=out["loss"])
     description = arm.describe()
     metrics = {
@@ -82,12 +93,15 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 
         "inference": {"seconds_total": out["seconds"], "seconds_per_1000": 1000 * out["seconds"] / max(1, len(examples)),
                       "examples_per_second": len(examples) / max(out["seconds"], 1e-9), "batch_size": batch_size,
                       "device": str(device), "torch_threads": torch.get_num_threads(),
+                      "num_processes": state.num_processes,
                       "machine": platform.processor() or platform.machine()},
         "params": {"total": description["params_total"], "trainable": description["params_trainable"]},
         "size_on_disk_bytes": dir_size_bytes(run_dir / "model"),
         "model": description,
         **training_record(run_dir),
     }
+    if not state.is_main_process:  # every process holds the same gathered results; one writes them
+        return metrics
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "predictions.json", {"label_names": arm.label_names, "y_true": list(labels),
                                                "y_pred": out["y_pred"].tolist(),
@@ -112,7 +126,9 @@ def predict_texts(run_dir, texts: list[str], batch_size: int = 64) -> list[dict]
 def cmd_evaluate(args) -> int:
     m = evaluate_run(args.run_dir, args.data, args.split, args.per_device_eval_batch_size)
     t = m["test"]
-    print(f"{m['run_name']}: accuracy {t['accuracy']:.4f} | macro-F1 {t['macro_f1']:.4f} | weighted-F1 "
+    from accelerate import PartialState
+
+    PartialState().print(f"{m['run_name']}: accuracy {t['accuracy']:.4f} | macro-F1 {t['macro_f1']:.4f} | weighted-F1 "
           f"{t['weighted_f1']:.4f} | {m['inference']['seconds_per_1000']:.2f} s per 1,000 examples | "
           f"{m['params']['total']:,} params -> {Path(args.run_dir) / 'metrics.json'}")
     return 0
