@@ -733,6 +733,16 @@ def inference_bench(model, collate, examples, labels, device, latency_n: int, th
 # --------------------------------------------------------------------------------------------------
 
 
+def token_ids(arm, texts, encoded=None) -> list:
+    """Token id lists of `texts` (what `encoded` already is, unless the arm encodes into cached features)."""
+    if encoded is not None and not getattr(arm, "feature_cache", False):
+        return encoded
+    from ftvs.arms import base_ids
+
+    empty = getattr(arm, "empty_id", arm.pad_id)
+    return [ids or [empty] for ids in base_ids(arm.tokenizer, texts, arm.max_length)]
+
+
 def make_train_config(args, kind: str, batch_size: int):
     from ftvs.config import build_config
 
@@ -816,7 +826,7 @@ def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log) -> dict:
     del sample
 
     # warm-up (its memory peak counts: first steps allocate gradients and optimizer state)
-    ours, theirs, probes = [], [], []
+    ours, theirs, probes, trainer_examples = [], [], [], None
     warm = [measured(memory, runner.run, warmup)]
     reference = None
     if kind == "scratch" and args.compare:
@@ -829,7 +839,9 @@ def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log) -> dict:
         if kind == "scratch" and reference is not None:
             theirs.append(measured(memory, reference.run, per_round))
         elif kind == "finetune" and args.compare:
-            theirs.append(measured(memory, trainer_round, arm, train_examples, train_labels, cfg,
+            if trainer_examples is None:  # Trainer needs token ids, also where ftvs trains on cached features
+                trainer_examples = token_ids(arm, data["train_texts"], train_examples)
+            theirs.append(measured(memory, trainer_round, arm, trainer_examples, train_labels, cfg,
                                    accelerator.mixed_precision, 1, per_round, device))
             runner.model.train()
         probes.extend(probe.measure(args.probe_repeats))
@@ -851,11 +863,10 @@ def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log) -> dict:
     n_needed = max(settings["latency_examples"] + 3, settings["throughput_examples"])
     infer_texts, infer_labels = test_texts[:n_needed], test_labels[:n_needed]
     if getattr(arm, "feature_cache", False):  # the trained head alone is not the model: time the whole network
-        from ftvs.arms import base_ids
         from ftvs.batching import pad_token_batch
 
         infer_model = accelerator.prepare_model(arm.wrapper, evaluation_mode=True)
-        infer_examples = [ids or [arm.pad_id] for ids in base_ids(arm.tokenizer, infer_texts, arm.max_length)]
+        infer_examples = token_ids(arm, infer_texts)
 
         def collate(examples):
             return pad_token_batch(examples, arm.pad_id)
@@ -885,7 +896,9 @@ def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log) -> dict:
     if kind == "finetune" and theirs:
         result["trainer"] = {
             "name": "transformers.Trainer defaults (DataCollatorWithPadding, random order, "
-                    f"{theirs[0].get('optimizer')}), same model object, data, batch size and learning rate",
+                    f"{theirs[0].get('optimizer')}), same model object, data, batch size and learning rate"
+                    + ("; ftvs trains the head on cached base features, Trainer runs the frozen base every step"
+                       if getattr(arm, "feature_cache", False) else ""),
             "train": summarise_windows(theirs, flop_model, peak),
             "trainer_reported_train_samples_per_second": [w.get("trainer_train_samples_per_second") for w in theirs],
             "ratio": ratio_block(ours, theirs, TARGETS["b_finetune_vs_trainer"]),
