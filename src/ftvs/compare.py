@@ -372,7 +372,7 @@ def significance(runs: list[Run], n_resamples: int = 2000, seed: int = 0) -> dic
     All runs are resampled with the same indices, so each pair's bootstrap is paired; the per-run
     resampled scores are computed once and differenced per pair.
     """
-    from ftvs.stats import ALPHA, _resample_weights, fast_macro_f1, holm, mcnemar_exact
+    from ftvs.stats import ALPHA, fast_macro_f1, holm, mcnemar_exact, resample_weights
 
     test = check_same_test_set(runs)
     y = np.asarray(runs[0].predictions["y_true"], dtype=np.int64)
@@ -382,7 +382,7 @@ def significance(runs: list[Run], n_resamples: int = 2000, seed: int = 0) -> dic
     acc_boot = [[] for _ in runs]
     f1_boot = [[] for _ in runs]
     if n and len(runs) > 1:
-        for w in _resample_weights(n, n_resamples, seed):
+        for w in resample_weights(n, n_resamples, seed):
             for i, p in enumerate(preds):
                 acc_boot[i].append(w @ (p == y).astype(np.float64) / n)
                 f1_boot[i].append(fast_macro_f1(y, p, num_labels, w))

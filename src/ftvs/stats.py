@@ -58,7 +58,7 @@ def fast_macro_f1(y_true, y_pred, num_labels: int, weights=None) -> np.ndarray |
     return _macro_f1_from_counts(tp, w @ onehot_p, w @ onehot_t)
 
 
-def _resample_weights(n: int, n_resamples: int, seed: int, chunk: int = 250):
+def resample_weights(n: int, n_resamples: int, seed: int, chunk: int = 250):
     """Yield [chunk, n] count matrices of bootstrap draws (multinomial = n draws with replacement)."""
     rng = np.random.default_rng(seed)
     done = 0
@@ -81,7 +81,7 @@ def paired_bootstrap(y_true, pred_a, pred_b, num_labels: int, n_resamples: int =
         raise ValueError("empty test set")
     ca, cb = (pa == y).astype(np.float64), (pb == y).astype(np.float64)
     acc_d, f1_d = [], []
-    for w in _resample_weights(n, n_resamples, seed):
+    for w in resample_weights(n, n_resamples, seed):
         acc_d.append((w @ (ca - cb)) / n)
         f1_d.append(fast_macro_f1(y, pa, num_labels, w) - fast_macro_f1(y, pb, num_labels, w))
     acc_d, f1_d = np.concatenate(acc_d), np.concatenate(f1_d)
