@@ -372,7 +372,7 @@ def significance(runs: list[Run], n_resamples: int = 2000, seed: int = 0) -> dic
     All runs are resampled with the same indices, so each pair's bootstrap is paired; the per-run
     resampled scores are computed once and differenced per pair.
     """
-    from ftvs.stats import ALPHA, fast_macro_f1, holm, mcnemar_exact, resample_weights
+    from ftvs.stats import ALPHA, bootstrap_interval, fast_macro_f1, holm, mcnemar_exact, resample_weights
 
     test = check_same_test_set(runs)
     y = np.asarray(runs[0].predictions["y_true"], dtype=np.int64)
@@ -392,9 +392,7 @@ def significance(runs: list[Run], n_resamples: int = 2000, seed: int = 0) -> dic
     point_f1 = [fast_macro_f1(y, p, num_labels) if n else 0.0 for p in preds]
 
     def ci(d, point):
-        lo, hi = np.percentile(d, [2.5, 97.5])
-        return {"diff": float(point), "ci_low": float(lo), "ci_high": float(hi),
-                "excludes_zero": bool(lo > 0 or hi < 0)}
+        return bootstrap_interval(d, point, 0.95)
 
     pairs = []
     for i, j in itertools.combinations(range(len(runs)), 2):
@@ -413,8 +411,8 @@ def significance(runs: list[Run], n_resamples: int = 2000, seed: int = 0) -> dic
         pair["significant_holm"] = adj < ALPHA
     return {"test_set": {k: v for k, v in test.items() if k != "label_names"}, "alpha": ALPHA,
             "n_resamples": int(n_resamples), "seed": int(seed), "confidence": 0.95,
-            "method": "McNemar exact (two-sided binomial on discordant pairs) + paired percentile bootstrap; "
-                      "Holm adjustment over all pairs",
+            "method": "McNemar exact (two-sided binomial on discordant pairs) + paired bias-corrected percentile "
+                      "bootstrap; Holm adjustment over all pairs",
             "pairs": pairs}
 
 

@@ -3,13 +3,14 @@
 - McNemar's exact test: of the examples exactly one model gets right, is the split between the two
   models compatible with 50/50? (two-sided binomial test on the discordant pairs, `scipy.stats.binomtest`)
 - Paired bootstrap: resample test examples with replacement (the same indices for both models) and
-  take the 2.5/97.5 percentiles of the accuracy and macro-F1 differences.
+  take the bias-corrected 2.5/97.5 percentiles of the accuracy and macro-F1 differences.
 - Holm's step-down adjustment when many pairs are tested at once.
 
 The point estimates of accuracy/macro-F1 always come from `ftvs.metrics.classification_metrics`; the
 bootstrap needs thousands of macro-F1 evaluations, so it uses a vectorised count-based macro-F1 with the
 same definition (every class of `label_names` counted, F1 = 0 for a class never predicted and absent),
-checked against `classification_metrics` in the tests.
+checked against `classification_metrics` in the tests. Within a resample, a class present in the data
+but not drawn is left out of the average instead of scoring 0 (see `fast_macro_f1`).
 """
 
 from __future__ import annotations
@@ -55,7 +56,15 @@ def fast_macro_f1(y_true, y_pred, num_labels: int, weights=None) -> np.ndarray |
         return float(_macro_f1_from_counts(tp, onehot_p.sum(0), onehot_t.sum(0)))
     w = np.asarray(weights, dtype=np.float64)
     tp = w @ (onehot_t * correct[:, None])
-    return _macro_f1_from_counts(tp, w @ onehot_p, w @ onehot_t)
+    pred_count, true_count = w @ onehot_p, w @ onehot_t
+    # A class that occurs in the full test set (or is predicted there) but drops out of a resample has no
+    # defined F1 in it: it is left out of that resample's average rather than scored 0, which would bias
+    # resampled macro-F1 downwards on small test sets. Classes absent from the full sample count as 0 in
+    # every resample, exactly as in the point estimate, so a resample equal to the data gives the same value.
+    absent_full = int(((onehot_p.sum(0) + onehot_t.sum(0)) == 0).sum())
+    denom = pred_count + true_count
+    f1 = np.divide(2.0 * tp, denom, out=np.zeros_like(denom), where=denom > 0)
+    return f1.sum(axis=-1) / np.maximum(1, (denom > 0).sum(axis=-1) + absent_full)
 
 
 def resample_weights(n: int, n_resamples: int, seed: int, chunk: int = 250):
@@ -71,9 +80,32 @@ def resample_weights(n: int, n_resamples: int, seed: int, chunk: int = 250):
         yield w
 
 
+def bootstrap_interval(diffs, point: float, confidence: float = 0.95) -> dict:
+    """Bias-corrected (BC) percentile interval of a bootstrap distribution around `point`.
+
+    The plain percentile interval assumes the resampled statistic is centred on the estimate; macro-F1 on
+    small per-class counts is not (resampling duplicates examples and drops others), so the quantiles are
+    shifted by z0 = Φ⁻¹(share of resamples below the estimate). With thousands of test examples z0 ≈ 0
+    and this is the ordinary percentile interval.
+    """
+    from scipy.stats import norm
+
+    d = np.asarray(diffs, dtype=np.float64)
+    b = len(d)
+    share = ((d < point).sum() + 0.5 * (d == point).sum()) / b
+    z0 = float(norm.ppf(min(max(share, 1 / (2 * b)), 1 - 1 / (2 * b))))
+    z = float(norm.ppf((1 + confidence) / 2))
+    lo_q, hi_q = float(norm.cdf(2 * z0 - z)), float(norm.cdf(2 * z0 + z))
+    lo, hi = np.percentile(d, [100 * lo_q, 100 * hi_q])
+    return {"diff": float(point), "ci_low": float(min(lo, point)), "ci_high": float(max(hi, point)),
+            "std": float(d.std(ddof=1)) if b > 1 else 0.0, "excludes_zero": bool(lo > 0 or hi < 0),
+            "bias_z0": z0}
+
+
 def paired_bootstrap(y_true, pred_a, pred_b, num_labels: int, n_resamples: int = 2000, seed: int = 0,
                      confidence: float = 0.95) -> dict:
-    """Percentile bootstrap CI of (A - B) accuracy and macro-F1, same resampled indices for both."""
+    """Bias-corrected percentile bootstrap CI of (A - B) accuracy and macro-F1, same resampled indices for
+    both."""
     y = np.asarray(y_true, dtype=np.int64)
     pa, pb = np.asarray(pred_a, dtype=np.int64), np.asarray(pred_b, dtype=np.int64)
     n = len(y)
@@ -85,13 +117,11 @@ def paired_bootstrap(y_true, pred_a, pred_b, num_labels: int, n_resamples: int =
         acc_d.append((w @ (ca - cb)) / n)
         f1_d.append(fast_macro_f1(y, pa, num_labels, w) - fast_macro_f1(y, pb, num_labels, w))
     acc_d, f1_d = np.concatenate(acc_d), np.concatenate(f1_d)
-    lo_q, hi_q = (1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100
 
     def summary(diffs, point):
-        lo, hi = np.percentile(diffs, [lo_q, hi_q])
-        return {"diff": float(point), "ci_low": float(lo), "ci_high": float(hi), "std": float(diffs.std(ddof=1)),
-                "excludes_zero": bool(lo > 0 or hi < 0),
-                "p_a_not_better": float((diffs <= 0).mean())}
+        out = bootstrap_interval(diffs, point, confidence)
+        out["p_a_not_better"] = float((diffs <= 0).mean())
+        return out
 
     return {
         "n_resamples": int(n_resamples), "seed": int(seed), "confidence": confidence,

@@ -547,7 +547,9 @@ def comparative_blocks(x: Ctx) -> list[dict]:
                                                 "only A / only B right", "McNemar p", "Holm p", "p < 0.05"],
                        "rows": rows,
                        "caption": f"Paired tests on the test set, A − B (A has the higher macro-F1); "
-                                  f"{x.sig.get('n_resamples')} bootstrap resamples (seed {x.sig.get('seed')})"
+                                  f"95% CIs from a paired bias-corrected percentile bootstrap with {x.sig.get('n_resamples')} "
+                                  f"resamples (seed {x.sig.get('seed')}); McNemar's exact test on the accuracy; Holm p "
+                                  "adjusts for all pairs"
                                   + ("" if len(shown) == len(pairs) else
                                      f"; {len(shown)} of {len(pairs)} pairs shown, all in comparison.json")})
     p = x.pair(x.ft, x.sc)
