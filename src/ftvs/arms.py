@@ -270,4 +270,7 @@ def load_arm(model_dir) -> Arm:
             return load_finetune_arm(model_dir)
         except SafetensorError as e:
             raise FtvsError(f"model files in {model_dir} are truncated or corrupt ({e}); restore them or retrain") from None
+    if info.get("arm") == "baseline":
+        raise FtvsError(f"{model_dir} is a TF-IDF baseline: `ftvs baseline` scores it when it fits (see its "
+                        "metrics.json); rerun `ftvs baseline` to score other data")
     raise FtvsError(f"{marker} names an unknown arm {info.get('arm')!r}")

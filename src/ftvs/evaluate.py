@@ -95,7 +95,9 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 
                       "device": str(device), "torch_threads": torch.get_num_threads(),
                       "num_processes": state.num_processes,
                       "machine": platform.processor() or platform.machine()},
-        "params": {"total": description["params_total"], "trainable": description["params_trainable"]},
+        # a reloaded model is frozen for inference: what was trainable comes from the training record
+        "params": {"total": description["params_total"],
+                   "trainable": cfg.get("resolved", {}).get("params_trainable", description["params_trainable"])},
         "size_on_disk_bytes": dir_size_bytes(run_dir / "model"),
         "model": description,
         **training_record(run_dir),
@@ -115,7 +117,15 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 
 
 
 def predict_texts(run_dir, texts: list[str], batch_size: int = 64) -> list[dict]:
-    arm = load_arm(Path(run_dir) / "model")
+    model_dir = Path(run_dir) / "model"
+    if (model_dir / "ftvs.json").is_file() and read_json(model_dir / "ftvs.json").get("arm") == "baseline":
+        from ftvs.baseline import BaselineModel
+
+        model = BaselineModel.load(model_dir)
+        proba = model.predict_proba(texts)
+        return [{"text": t, "label": model.label_names[int(p.argmax())], "probability": float(p.max())}
+                for t, p in zip(texts, proba)]
+    arm = load_arm(model_dir)
     examples = arm.encode(texts)
     loader = make_eval_loader(arm, examples, [-1] * len(examples), batch_size)
     out = predict_loader(arm.model.eval(), loader, len(examples))
