@@ -276,3 +276,30 @@ def test_two_process_fine_tuning_with_freeze_then_unfreeze(synth_data, tiny_llam
     resolved = yaml.safe_load((run / "config.yaml").read_text())["resolved"]
     assert resolved["world_size"] == 2 and resolved["effective_batch_size"] == 2 * TRAIN_BATCH
     assert (run / "model" / "ftvs.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_of_batch_16_train_like_one_process_of_batch_32(synth_data, tmp_path):
+    """Same effective batch, same steps: without dropout and length grouping the 2 processes' batches are
+    exactly the halves of the single process's (288 = 9 x 32), so DDP's averaged gradient is the same and
+    the runs match step for step — what makes a 1-GPU and an N-GPU run of the study comparable."""
+    from ftvs.cli import main
+
+    flags = [*TRAIN_FLAGS[: TRAIN_FLAGS.index("--num_train_epochs")], "--num_train_epochs", "3", "--dropout", "0",
+             "--no-length_grouping", "--seed", "3", "--disable_tqdm", "--mixed_precision", "no", "--no-evaluate"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _launch(["train", "scratch", "--data", synth_data, "--output_dir", two, "--per_device_train_batch_size", 16,
+             *flags], 2)
+    assert main(["train", "scratch", "--data", str(synth_data), "--output_dir", str(one),
+                 "--per_device_train_batch_size", "32", *flags]) == 0
+    r1, r2 = (yaml.safe_load((d / "config.yaml").read_text())["resolved"] for d in (one, two))
+    assert (r1["world_size"], r2["world_size"]) == (1, 2)
+    for key in ("effective_batch_size", "steps_per_epoch", "total_steps", "warmup_steps"):
+        assert r1[key] == r2[key], key
+    for a, b in zip(_history(one), _history(two), strict=True):
+        for key in ("train_loss", "val_loss", "lr"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), (a["epoch"], key)
+    w1, w2 = (load_file(d / "checkpoint" / "model.safetensors") for d in (one, two))  # the last step's weights
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], atol=1e-4), k
