@@ -259,11 +259,12 @@ def fit_baseline(train_texts, train_labels, val_texts, val_labels, label_names, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         if n_jobs > 1:
-            from joblib import Parallel, delayed
+            from concurrent.futures import ThreadPoolExecutor
+
             from threadpoolctl import threadpool_limits
 
-            with threadpool_limits(limits=1):
-                fitted = Parallel(n_jobs=n_jobs, backend="threading")(delayed(fit_one)(c) for c in grid)
+            with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=n_jobs) as pool:
+                fitted = list(pool.map(fit_one, grid))
         else:
             fitted = [fit_one(c) for c in grid]
 
