@@ -27,5 +27,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests
 
+# needs ../shared/data/banking77 (the real Banking77 CSVs); see benchmarks/RESULTS.md
 bench: setup
-	$(VENV)/bin/ftvs bench --data data/banking77 --output benchmarks/cpu.json
+	$(VENV)/bin/ftvs prepare ../shared/data/banking77 --output_dir data/banking77
+	$(VENV)/bin/ftvs bench --data data/banking77 --arm both --output benchmarks/results_cpu.json
