@@ -19,7 +19,6 @@ from ftvs.errors import FtvsError
 from ftvs.fileio import load_tensors, save_tensors
 from ftvs.finetune import (
     DEFAULT_LEARNING_RATES,
-    add_cli_arguments,
     build_finetune_arm,
     default_learning_rate,
     load_finetune_arm,
@@ -378,22 +377,6 @@ def test_bad_settings_are_one_line_errors(tiny_llama_dir, tmp_path):
         load_finetune_arm(tmp_path)
     assert default_learning_rate("lora") == 5e-4 and default_learning_rate("full") == 3e-5
     assert default_learning_rate("frozen") == 1e-3 and default_learning_rate("unfreeze") == 1e-3
-
-
-def test_cli_arguments():
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    add_cli_arguments(parser)
-    given = parser.parse_args([])
-    assert all(v is None for v in vars(given).values())  # unset flags never override a YAML config
-    args = parser.parse_args(["--model", "some/model", "--method", "unfreeze", "--lora_target_modules", "q_proj,v_proj",
-                              "k_proj", "--unfreeze_top_k", "2", "--gradient_checkpointing", "--no_feature_cache"])
-    assert args.model_name_or_path == "some/model" and args.method == "unfreeze"
-    assert args.lora_target_modules == ["q_proj", "v_proj", "k_proj"] and args.unfreeze_top_k == 2
-    assert args.gradient_checkpointing is True and args.feature_cache is False
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--method", "lorra"])
 
 
 # --- the real pre-trained model ------------------------------------------------------------------

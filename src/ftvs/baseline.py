@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import yaml
 
+from ftvs.data import load_metadata, load_split
 from ftvs.errors import FtvsError
 from ftvs.fileio import (
     RunLock,
@@ -44,23 +45,6 @@ ARM = "baseline"
 METHOD = "tfidf_logreg"
 FORMAT_VERSION = 1
 DEFAULT_C_GRID = (5.0, 10.0, 20.0)
-
-
-# ----------------------------------------------------------------------------------------------- data
-
-
-def load_data(data_dir, split: str) -> tuple[list[str], list[int]]:
-    """Texts and labels of one split, through the one data reader (`ftvs.data.load_split`)."""
-    from ftvs.data import load_split
-
-    texts, labels = load_split(data_dir, split)
-    return list(texts), [int(y) for y in labels]
-
-
-def load_meta(data_dir) -> dict:
-    from ftvs.data import load_metadata
-
-    return dict(load_metadata(data_dir))
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -327,13 +311,13 @@ def run_baseline(data_dir, output_dir, settings: BaselineSettings | None = None,
         arm = read_json(marker, "model marker").get("arm")
         if arm != ARM:
             raise FtvsError(f"{out} already holds a {arm!r} run; pick another --output_dir for the baseline")
-    meta = load_meta(data_dir)
+    meta = load_metadata(data_dir)
     label_names = list(meta.get("label_names") or [])
     if not label_names:
         raise FtvsError(f"{data_dir}/metadata.json has no label_names; re-run `ftvs prepare`")
-    train_x, train_y = load_data(data_dir, "train")
-    val_x, val_y = load_data(data_dir, "val")
-    test_x, test_y = load_data(data_dir, "test")
+    train_x, train_y = load_split(data_dir, "train")
+    val_x, val_y = load_split(data_dir, "val")
+    test_x, test_y = load_split(data_dir, "test")
     if not train_x:
         raise FtvsError(f"{data_dir}/train.jsonl is empty")
     bad = [y for y in train_y + val_y + test_y if not 0 <= y < len(label_names)]

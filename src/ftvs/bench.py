@@ -415,17 +415,13 @@ class FtvsStepRunner:
                 self._it = None
 
     def step(self, batch) -> None:
-        accelerator, model, optimizer, cfg = self.accelerator, self.model, self.optimizer, self.cfg
-        batch.pop("index")
-        labels = batch.pop("labels")
+        from ftvs.train import forward_backward  # the training step of `ftvs train`, to the line
+
+        accelerator, model, optimizer = self.accelerator, self.model, self.optimizer
         with accelerator.accumulate(model):
-            logits = model(**batch)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) \
-                    if cfg.max_grad_norm > 0 else torch.zeros((), device=accelerator.device)
-                self.nonfinite |= ~(torch.isfinite(loss.detach()) & torch.isfinite(torch.as_tensor(grad_norm)))
+            logits, loss, labels, bad = forward_backward(accelerator, model, batch, self.cfg)
+            if bad is not None:  # a step that syncs the gradients
+                self.nonfinite |= bad
                 optimizer.step()
                 self.scheduler.step()
                 optimizer.zero_grad(set_to_none=True)

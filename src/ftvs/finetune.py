@@ -20,7 +20,6 @@ arm is built (so DDP registers it) and is frozen by `on_epoch_start(0)`; DDP the
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import warnings
 from pathlib import Path
@@ -741,95 +740,3 @@ def load_finetune_arm(model_dir) -> FinetuneArm:
         p.requires_grad_(False)
     arm.model.eval()
     return arm
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------
-
-
-class _SplitList(argparse.Action):
-    """`--x a b` and `--x a,b` both give ["a", "b"]."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        items = [v.strip() for value in values for v in str(value).split(",") if v.strip()]
-        setattr(namespace, self.dest, items)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
-
-
-def add_cli_arguments(parser) -> None:
-    """The `ftvs train finetune` flags. Defaults are None ("not given"), so a YAML config file still
-    applies; the real defaults live in TrainConfig (shown in the help)."""
-    g = parser.add_argument_group("fine-tuning")
-    g.add_argument(
-        "--model_name_or_path",
-        "--model",
-        dest="model_name_or_path",
-        default=None,
-        metavar="NAME",
-        help=f"pre-trained decoder-only model: built-in offline '{DEFAULT_MODEL}' (default), a local "
-        "model folder, or a Hugging Face Hub id (needs internet unless cached)",
-    )
-    g.add_argument(
-        "--method",
-        choices=METHODS,
-        default=None,
-        help="lora: LoRA adapters + new head (default); full: all weights; frozen: head only on frozen "
-        "features; unfreeze: head first, then the top blocks with a lower LR",
-    )
-    g.add_argument("--lora_r", type=_positive_int, default=None, help="LoRA rank (default 8)")
-    g.add_argument(
-        "--lora_alpha", type=float, default=None, help="LoRA scaling alpha (default 16; scale = alpha/r)"
-    )
-    g.add_argument(
-        "--lora_dropout", type=float, default=None, help="dropout on the LoRA input (default 0.05)"
-    )
-    g.add_argument(
-        "--lora_target_modules",
-        nargs="+",
-        action=_SplitList,
-        default=None,
-        metavar="NAME",
-        help="layers that get LoRA adapters (default per architecture: q/k/v/o_proj for Llama/Qwen/"
-        "Mistral, c_attn c_proj for GPT-2, query_key_value dense for Pythia)",
-    )
-    g.add_argument(
-        "--unfreeze_after_epochs",
-        type=int,
-        default=None,
-        help="unfreeze: epochs of head-only training before the base is unfrozen (default 1)",
-    )
-    g.add_argument(
-        "--unfreeze_top_k",
-        type=_positive_int,
-        default=None,
-        help="unfreeze: number of top transformer blocks to unfreeze (default: all blocks + embeddings)",
-    )
-    g.add_argument(
-        "--base_lr_ratio",
-        type=float,
-        default=None,
-        help="unfreeze: base learning rate = learning_rate x this (default 0.1)",
-    )
-    g.add_argument(
-        "--gradient_checkpointing",
-        action="store_true",
-        default=None,
-        help="recompute activations in the backward pass: less memory, ~30%% slower",
-    )
-    g.add_argument(
-        "--no_feature_cache",
-        dest="feature_cache",
-        action="store_false",
-        default=None,
-        help="frozen: run the base on every batch instead of caching its features once",
-    )

@@ -235,45 +235,39 @@ def plot_cost(comparison: dict, path: Path) -> str | None:
     return _save(fig, path)
 
 
-def plot_data_sweep(comparison: dict, path: Path) -> str | None:
-    series = comparison["sweeps"]["data_size"]
+def _plot_sweep(series: list, path: Path, x_key: str, xlabel: str, title: str, keep=None, annotate=None) -> str | None:
+    """Test macro-F1 (mean ± std over seeds) against `x_key` on a log axis, one line per series."""
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     for s in series:
-        pts = [p for p in s["points"] if p["num_train_examples"]]
-        ax.errorbar([p["num_train_examples"] for p in pts], [p["macro_f1_mean"] for p in pts],
+        pts = [p for p in s["points"] if keep(p)] if keep else s["points"]
+        ax.errorbar([p[x_key] for p in pts], [p["macro_f1_mean"] for p in pts],
                     yerr=[p["macro_f1_std"] or 0 for p in pts], marker="o", capsize=3, label=_short(s["label"], 30))
+        if annotate:
+            for p in pts:
+                ax.annotate(annotate(p), (p[x_key], p["macro_f1_mean"]),
+                            fontsize=6, xytext=(3, -9), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel("training examples (log)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test macro-F1")
-    ax.set_title("sensitivity to training-set size (mean ± std over seeds)", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_data_sweep(comparison: dict, path: Path) -> str | None:
+    return _plot_sweep(comparison["sweeps"]["data_size"], path, "num_train_examples", "training examples (log)",
+                       "sensitivity to training-set size (mean ± std over seeds)",
+                       keep=lambda p: p["num_train_examples"])
 
 
 def plot_model_sweep(comparison: dict, path: Path) -> str | None:
-    series = comparison["sweeps"]["model_size"]
-    if not series:
-        return None
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    for s in series:
-        pts = s["points"]
-        ax.errorbar([p["params_total"] for p in pts], [p["macro_f1_mean"] for p in pts],
-                    yerr=[p["macro_f1_std"] or 0 for p in pts], marker="o", capsize=3, label=_short(s["label"], 30))
-        for p in pts:
-            ax.annotate(_short(str(p["preset"] or p["model_name"]), 16), (p["params_total"], p["macro_f1_mean"]),
-                        fontsize=6, xytext=(3, -9), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters (log)")
-    ax.set_ylabel("test macro-F1")
-    ax.set_title("sensitivity to model size", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _plot_sweep(comparison["sweeps"]["model_size"], path, "params_total", "parameters (log)",
+                       "sensitivity to model size",
+                       annotate=lambda p: _short(str(p["preset"] or p["model_name"]), 16))
 
 
 def make_figures(runs, comparison: dict, out: Path) -> dict[str, str]:

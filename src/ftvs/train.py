@@ -77,6 +77,22 @@ def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
     return f
 
 
+def forward_backward(accelerator, model, batch: dict, cfg: TrainConfig) -> tuple:
+    """One training micro-batch, called inside `accelerator.accumulate(model)`: forward, loss, backward
+    and, on a step that syncs the gradients, clipping. Returns (logits, loss, labels, bad), `bad` being
+    the non-finite loss/grad-norm flag (a device tensor: no sync) on a syncing step, else None."""
+    batch.pop("index")
+    labels = batch.pop("labels")
+    logits = model(**batch)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+    accelerator.backward(loss)
+    if not accelerator.sync_gradients:
+        return logits, loss, labels, None
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) \
+        if cfg.max_grad_norm > 0 else torch.zeros((), device=accelerator.device)
+    return logits, loss, labels, ~(torch.isfinite(loss.detach()) & torch.isfinite(torch.as_tensor(grad_norm)))
+
+
 def resolve_config(cfg: TrainConfig, arm) -> TrainConfig:
     if cfg.learning_rate is None:
         cfg.learning_rate = arm.default_learning_rate
@@ -281,16 +297,9 @@ def _train(cfg: TrainConfig, run_dir: Path, accelerator, resume: bool, set_seed)
                    disable=cfg.disable_tqdm or not main, leave=False, unit="batch",
                    mininterval=0.5 if sys.stderr.isatty() else 30)
         for i, batch in enumerate(loader, start=skip):
-            batch.pop("index")
-            labels = batch.pop("labels")
             with accelerator.accumulate(model):
-                logits = model(**batch)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) \
-                        if cfg.max_grad_norm > 0 else torch.zeros((), device=accelerator.device)
-                    bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(torch.as_tensor(grad_norm)))
+                logits, loss, labels, bad = forward_backward(accelerator, model, batch, cfg)
+                if bad is not None:  # a step that syncs the gradients
                     if cfg.skip_nan_steps and bad.item():  # tolerating faults costs a sync per step
                         state["nonfinite_skipped"] += 1
                         if state["nonfinite_skipped"] > cfg.skip_nan_steps:
