@@ -315,3 +315,39 @@ def test_study_survives_sigkill_resumes_and_reports_a_failed_run(tmp_path, banki
             assert reg2["runs"][rid]["attempts"] == runs[rid]["attempts"], rid
     assert reg2["runs"]["broken-f1-s0"]["attempts"] == runs["broken-f1-s0"]["attempts"]
     assert rerun_seconds < 600
+
+
+def test_registry_sweeps_from_finished_runs(tmp_path):
+    """`collect` turns finished runs into study.json's sweeps: data-size points (+ mean/std, crossover) and
+    model-size points with parameter counts and train-val gaps."""
+    cfg = S.normalize_config(_raw())
+    study = S.Study(cfg, tmp_path / "s")
+    study.reg = {"runs": {}, "order": [r.id for r in study.plan], "stages": {},
+                 "data": {"splits": {"train": 1000}, "subsets": {
+                     f"{f}-s{s}": {"num_train_examples": int(1000 * f)} for f in (0.1, 0.5) for s in (0, 1)}}}
+    for run in study.plan:
+        e = study._planned_entry(run)
+        e["num_train_examples"] = study.num_train_examples(e)
+        dims = S._dims(e["config"]) if run.kind == "scratch" else {}
+        params = 1000 * dims.get("n_embd", 1) * dims.get("n_layer", 1)
+        f1 = {"baseline": 0.5, "scratch": 0.3 + 0.3 * run.train_fraction, "finetune": 0.7}[run.kind] + run.seed / 100
+        e.update(state="completed", results={"test_accuracy": f1, "test_macro_f1": f1, "best_val_macro_f1": f1,
+                                             "params_total": params, "train_val_gap_macro_f1": 0.1 * run.seed,
+                                             "train_val_gap_accuracy": 0.0})
+        study.reg["runs"][run.id] = e
+    study.collect()
+    sw = study.reg["sweeps"]
+    assert {(d["arm_name"], d["train_fraction"], d["seed"]) for d in sw["data_size"]} == {
+        (a, f, s) for a in ("tfidf", "scratch") for f in (0.1, 0.5, 1.0) for s in (0, 1)}
+    row = next(r for r in sw["data_size_summary"] if r["arm_name"] == "scratch" and r["train_fraction"] == 0.5)
+    assert row["n"] == 2 and row["num_train_examples"] == 500 and abs(row["test_macro_f1_mean"] - 0.455) < 1e-9
+    assert row["test_macro_f1_std"] > 0
+    sizes = {r["size"]: r for r in sw["model_size_summary"]}
+    assert set(sizes) == {"tiny", "small", "wide"} and sizes["wide"]["n_embd"] == 256
+    assert [r["size"] for r in sw["model_size_summary"]] == sorted(sizes, key=lambda k: sizes[k]["params_total"])
+    assert sizes["tiny"]["n"] == 2 and abs(sizes["tiny"]["train_val_gap_macro_f1_mean"] - 0.05) < 1e-9
+    assert sw["crossover"] == []  # the fine-tuned arm is not part of this data-size sweep
+    main = {s["arm_name"]: s for s in study.reg["summary"]}
+    assert set(main) == {"tfidf", "scratch", "lora"} and main["lora"]["n"] == 2
+    text = S.format_summary({**study.reg, "name": "unit", "state": "completed", "study_dir": "x"})
+    assert "data-size sweep" in text and "model-size sweep" in text and "mean ± std" in text

@@ -610,6 +610,10 @@ def _ftvs_cmd(args: list[str], launcher: dict) -> list[str]:
         launch_command = None
     if launch_command is not None:
         extra = {k: v for k, v in launcher.items() if k != "num_processes"}
+        if "cpu" not in extra:  # GPU processes where there are GPUs, gloo CPU processes elsewhere
+            import torch
+
+            extra["cpu"] = not torch.cuda.is_available()
         return [str(c) for c in launch_command(args, n, **extra)]
     return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "-m", "ftvs", *args]
 
@@ -727,7 +731,7 @@ def run_progress(run_dir: Path, log_path: Path, num_epochs: int | None) -> dict:
 def run_eta(info: dict) -> float | None:
     n = info.get("num_epochs")
     done = info["epochs_done"]
-    if not n:
+    if not n or done >= n:  # nothing left to train (evaluating, or about to)
         return None
     per_epoch = info.get("epoch_seconds")
     in_epoch = None
@@ -1056,7 +1060,7 @@ class Study:
             e.update(state="completed", finished_at=_now(), error=None)
             self._epochs_done(e, run_dir)
             self.save()
-            self.progress.say(f"  done {rid}: {self._result_text(e)} in {_fmt_seconds(e['attempts'][-1]['seconds'])}")
+            self.progress.say(f"  done {rid}: {self._result_text(e)} in {_fmt_seconds(e['seconds_wall'])}")
         else:
             e.update(state="failed", finished_at=_now())
             self._epochs_done(e, run_dir)
