@@ -299,7 +299,7 @@ def test_study_survives_sigkill_resumes_and_reports_a_failed_run(tmp_path, banki
     assert meta["splits"]["val"]["count"] == 60 and meta["splits"]["test"]["count"] == 80
     assert meta["eval_caps"]["test_before_cap"] > 80
     assert reg["stages"]["compare"]["state"] == "completed"
-    assert (out / "compare" / "comparison.json").is_file()
+    assert (out / "report" / "comparison.json").is_file()
     assert "data-size sweep (test macro-F1)" in res.stdout and "failed broken-f1-s0" in res.stdout
     rerun_seconds = time.monotonic() - t0
 

@@ -33,7 +33,7 @@ Study YAML (presets live in `ftvs/presets/*.yaml`; `ftvs study --list-presets`)
       model_size:                    # from-scratch arm at several sizes (fraction 1.0)
         arm: scratch-tiny            # default: the first scratch arm
         sizes: [tiny, small, {name: wide, preset: small, n_embd: 384}]
-    compare: true                    # `ftvs compare STUDY/study.json --out STUDY/compare` at the end
+    compare: true                    # `ftvs compare STUDY/study.json --out STUDY/report` at the end
     report: true                     # ... with report.md/.html/.pdf (compare's report step)
     reference_results: [...]         # published numbers the report may cite (copied into study.json)
 
@@ -45,7 +45,7 @@ Study folder
     configs/ID.yaml  the TrainConfig file each neural run was started with
     runs/ID/         one run directory per run (layout in docs/design.md)
     logs/ID.log      stdout+stderr of the run's subprocesses
-    compare/         comparison.json/.md, figures, report.md/.html/.pdf
+    report/          `ftvs compare` output: comparison.json/.md, figures, report.md/.html/.pdf
 
 Run ids are `ARM[.SIZE]-fFRACTION-sSEED`, e.g. `scratch-tiny-f0.1-s2`, `scratch-tiny.small-f1-s0`.
 Each neural run's config.yaml carries `seed` and, in `extra`: `study`, `study_preset` (the study preset
@@ -53,7 +53,7 @@ name, or null), `arm_name`, `sweep` ("main", "data_size" or "model_size"), `trai
 model-size sweep size, null for the arm's own size) and `preset` (from-scratch runs: the size name that
 `ftvs compare` plots the model-size sweep by; null otherwise). The baseline run's config.yaml gets the
 same `extra` block after it finishes. Compare/report run as `ftvs compare STUDY/study.json --out
-STUDY/compare` (all evaluated runs of the registry).
+STUDY/report` (all evaluated runs of the registry).
 
 study.json (format "ftvs-study", version 1; paths are relative to the folder holding study.json)
 -----------------------------------------------------------------------------------------------
@@ -933,7 +933,7 @@ class Study:
         self.save()
         st = self.reg["stages"].get("compare") or {}
         up_to_date = not self._ran_any and st.get("state") == "completed" and \
-            (self.dir / "compare" / "comparison.json").is_file() and st.get("with_report") == bool(self.cfg.get("report"))
+            (self.dir / "report" / "comparison.json").is_file() and st.get("with_report") == bool(self.cfg.get("report"))
         if up_to_date:
             self.progress.say("compare: up to date (no run changed)")
         elif self.cfg.get("compare") or self.cfg.get("report"):
@@ -1363,7 +1363,7 @@ class Study:
         self.save()
 
     def stage_compare(self, report: bool = True) -> None:
-        """`ftvs compare STUDY/study.json --out STUDY/compare`: every evaluated run of the registry (sweeps
+        """`ftvs compare STUDY/study.json --out STUDY/report`: every evaluated run of the registry (sweeps
         included; compare groups seeds by arm/method/model/train_fraction), plus the report."""
         done = [r for r in self.reg["runs"].values() if r["state"] == "completed"]
         if importlib.util.find_spec("ftvs.compare") is None:
@@ -1374,7 +1374,7 @@ class Study:
             self.reg["stages"]["compare"] = {"state": "skipped", "error": "fewer than two completed runs"}
             self.progress.say("compare: skipped (fewer than two completed runs)")
             return
-        out = self.dir / "compare"
+        out = self.dir / "report"
         cmd = [sys.executable, "-m", "ftvs", "compare", str(self.path), "--out", str(out)]
         if not report:
             cmd.append("--no-report")
