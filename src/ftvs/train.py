@@ -6,7 +6,9 @@ checkpoints and decides on early stopping. Everything the arm-specific code cont
 the small `Arm` interface (arms.py).
 """
 
+import contextlib
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -130,8 +132,6 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool) -> None:
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Train one run into `cfg.output_dir`; returns the training summary."""
-    from accelerate.utils import set_seed
-
     run_dir = Path(cfg.output_dir)
     if not cfg.output_dir:
         raise FtvsError("no --output_dir given; name a folder for the run")
@@ -143,22 +143,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    lock = RunLock(run_dir) if main else None
-    if lock:
-        lock.__enter__()
-    try:
+    with RunLock(run_dir) if main else contextlib.nullcontext():
         if main:  # a kill between replace_dir's two renames leaves only "<name>.old": put it back
             for name in (ckpt.CHECKPOINT_DIR, "model"):
                 recover_dir(run_dir / name)
         accelerator.wait_for_everyone()
-        check_run_dir(run_dir, cfg, resume and ckpt.has_checkpoint(run_dir))
-        return _train(cfg, run_dir, accelerator, resume and ckpt.has_checkpoint(run_dir), set_seed)
-    finally:
-        if lock:
-            lock.__exit__(None, None, None)
+        resume = resume and ckpt.has_checkpoint(run_dir)  # --resume of a run that never checkpointed starts it
+        check_run_dir(run_dir, cfg, resume)
+        return _train(cfg, run_dir, accelerator, resume)
 
 
-def _train(cfg: TrainConfig, run_dir: Path, accelerator, resume: bool, set_seed) -> dict:
+def _train(cfg: TrainConfig, run_dir: Path, accelerator, resume: bool) -> dict:
+    from accelerate.utils import set_seed
+
     main = accelerator.is_main_process
     log = accelerator.print
     set_seed(cfg.seed)
@@ -388,8 +385,6 @@ def _train(cfg: TrainConfig, run_dir: Path, accelerator, resume: bool, set_seed)
 def _export_best(arm, run_dir: Path) -> None:
     tmp = run_dir / "model.tmp"
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     arm.save_pretrained(tmp)
     replace_dir(tmp, run_dir / "model")
