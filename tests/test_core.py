@@ -146,3 +146,37 @@ def test_pooling_variants_ignore_padding():
             a = model(ids, torch.ones_like(ids))
             b = model(padded, (padded != 0).long())
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_token_dropout_replaces_real_tokens_in_training_only():
+    from ftvs.model import ScratchConfig
+
+    torch.manual_seed(0)
+    model = ScratchClassifier(ScratchConfig(vocab_size=50, num_labels=3, pooling="mean", max_position=64,
+                                            dropout=0.0, token_dropout=0.5))
+    seen = []
+    model.tok_emb.register_forward_hook(lambda mod, args, out: seen.append(args[0].clone()))
+    ids = torch.cat([torch.randint(2, 50, (4, 48)), torch.zeros(4, 16, dtype=torch.long)], dim=1)
+    mask = (ids != 0).long()
+    model.train()(ids, mask)
+    dropped = seen[-1]
+    assert (dropped[:, 48:] == 0).all(), "pads must stay pads"
+    share = (dropped[:, :48] == 1).float().mean().item()  # 1 = <unk>
+    assert 0.35 < share < 0.65, share
+    with torch.no_grad():
+        model.eval()
+        a, b = model(ids, mask), model(ids, mask)
+    assert torch.equal(seen[-1], ids) and torch.equal(a, b), "no word dropout at evaluation"
+
+
+def test_lowercase_tokenizer_merges_case_and_survives_save_and_load(tmp_path):
+    base = load_tokenizer("smollm2-135m")
+    texts = ["My Card was declined", "my card was declined", "CARD PIN locked"]
+    cased = TrimmedTokenizer.fit(base, texts, max_length=32, max_vocab=1000, name="smollm2-135m")
+    lower = TrimmedTokenizer.fit(base, texts, max_length=32, max_vocab=1000, name="smollm2-135m", lowercase=True)
+    assert lower.vocab_size < cased.vocab_size
+    a, b = lower.encode(["My Card", "my card"], 32)
+    assert a == b and 1 not in a
+    lower.save(tmp_path)
+    again = TrimmedTokenizer.load(tmp_path)
+    assert again.lowercase and again.encode(["My CARD"], 32) == lower.encode(["my card"], 32)

@@ -90,9 +90,10 @@ class TrimmedTokenizer:
     ids by training-split frequency). Both arms see the same segmentation; the scratch model only pays
     embeddings for tokens that actually occur."""
 
-    def __init__(self, base, kept_ids, name: str):
+    def __init__(self, base, kept_ids, name: str, lowercase: bool = False):
         self.base = base
         self.name = name
+        self.lowercase = lowercase
         self.kept_ids = [int(i) for i in kept_ids]
         self.lookup = np.full(max(len(base), max(self.kept_ids, default=0) + 1), UNK_ID, dtype=np.int64)
         self.lookup[self.kept_ids] = np.arange(2, 2 + len(self.kept_ids))
@@ -102,20 +103,21 @@ class TrimmedTokenizer:
         return 2 + len(self.kept_ids)
 
     @classmethod
-    def fit(cls, base, texts, max_length: int, max_vocab: int, name: str):
+    def fit(cls, base, texts, max_length: int, max_vocab: int, name: str, lowercase: bool = False):
         counts = collections.Counter()
-        for ids in base_ids(base, texts, max_length):
+        for ids in base_ids(base, [t.lower() for t in texts] if lowercase else texts, max_length):
             counts.update(ids)
         kept = [i for i, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: max(0, max_vocab - 2)]]
-        return cls(base, kept, name)
+        return cls(base, kept, name, lowercase)
 
     def encode(self, texts, max_length: int) -> list[list[int]]:
+        texts = [t.lower() for t in texts] if self.lowercase else texts
         return [self.lookup[np.asarray(ids, dtype=np.int64)].tolist() for ids in base_ids(self.base, texts, max_length)]
 
     def save(self, out_dir: Path) -> None:
         self.base.save_pretrained(out_dir / "tokenizer")
         write_json(out_dir / "vocab_map.json", {"base_tokenizer": self.name, "pad_id": PAD_ID, "unk_id": UNK_ID,
-                                                "kept_ids": self.kept_ids})
+                                                "lowercase": self.lowercase, "kept_ids": self.kept_ids})
 
     @classmethod
     def load(cls, model_dir: Path):
@@ -123,10 +125,11 @@ class TrimmedTokenizer:
 
         info = read_json(model_dir / "vocab_map.json", "vocabulary map")
         base = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
-        return cls(base, info["kept_ids"], info["base_tokenizer"])
+        return cls(base, info["kept_ids"], info["base_tokenizer"], info.get("lowercase", False))
 
     def describe(self) -> dict:
-        return {"type": f"{type(self.base).__name__} ({self.name}), trimmed to the training vocabulary",
+        lower = ", lower-cased input" if self.lowercase else ""
+        return {"type": f"{type(self.base).__name__} ({self.name}), trimmed to the training vocabulary{lower}",
                 "base_vocab_size": len(self.base), "vocab_size": self.vocab_size}
 
 
@@ -196,7 +199,8 @@ class ScratchArm(Arm):
         return {
             "architecture": {"type": "decoder-only transformer (pre-LN, causal SDPA attention, GELU MLP)",
                              "n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "d_ff": c.d_ff,
-                             "max_position": c.max_position, "positional": c.positional, "dropout": c.dropout},
+                             "max_position": c.max_position, "positional": c.positional, "dropout": c.dropout,
+                             "token_dropout": c.token_dropout},
             "params_total": n["total"], "params_trainable": n["total"], "params_embedding": n["embedding"],
             "head": f"{c.pooling} pooling -> Linear({c.n_embd},{c.n_embd}) -> GELU -> Dropout -> "
                     f"Linear({c.n_embd},{c.num_labels})",
@@ -212,18 +216,20 @@ def scratch_model_config(cfg, vocab_size: int, num_labels: int) -> ScratchConfig
     if sizes["n_embd"] % sizes["n_head"]:
         raise FtvsError(f"n_embd={sizes['n_embd']} is not divisible by n_head={sizes['n_head']}; change one of them")
     return ScratchConfig(vocab_size=vocab_size, num_labels=num_labels, max_position=cfg.max_seq_length,
-                         dropout=cfg.dropout, positional=cfg.positional, pooling=cfg.pooling, pad_id=PAD_ID, **sizes)
+                         dropout=cfg.dropout, token_dropout=cfg.token_dropout, positional=cfg.positional,
+                         pooling=cfg.pooling, pad_id=PAD_ID, unk_id=UNK_ID, **sizes)
 
 
 def build_scratch_tokenizer(cfg, train_texts) -> TrimmedTokenizer:
     if cfg.tokenizer == "bpe":
-        base = train_bpe_tokenizer(train_texts, cfg.bpe_vocab_size)
+        base = train_bpe_tokenizer([t.lower() for t in train_texts] if cfg.lowercase else train_texts,
+                                   cfg.bpe_vocab_size)
         name = f"bpe-{cfg.bpe_vocab_size}"
     else:
         from ftvs.pretrained import load_tokenizer
 
         base, name = load_tokenizer(cfg.tokenizer), cfg.tokenizer
-    return TrimmedTokenizer.fit(base, train_texts, cfg.max_seq_length, cfg.max_vocab, name)
+    return TrimmedTokenizer.fit(base, train_texts, cfg.max_seq_length, cfg.max_vocab, name, cfg.lowercase)
 
 
 def build_scratch_arm(cfg, train_texts, label_names) -> ScratchArm:

@@ -25,6 +25,9 @@ HELP = {
     "pooling": "how token states become one vector: last (last non-pad token), mean or max",
     "positional": "position embeddings: learned or sinusoidal",
     "dropout": "dropout in embeddings, attention, MLP and head",
+    "token_dropout": "word dropout: during training each token becomes <unk> with this probability",
+    "lowercase": "lower-case texts before the from-scratch tokenizer (merges 'Card'/'card'; the fine-tuned "
+                 "arm always sees the original text)",
     "tokenizer": "pre-trained tokenizer to reuse (name or path; trimmed to the training vocabulary), or 'bpe' to "
                  "train a byte-level BPE on the training split",
     "bpe_vocab_size": "vocabulary size when --tokenizer bpe",
@@ -66,7 +69,7 @@ HELP = {
     "disable_tqdm": "no progress bars",
 }
 SCRATCH_ONLY = {"dropout", "preset", "n_layer", "n_head", "n_embd", "d_ff", "pooling", "positional", "tokenizer",
-                "bpe_vocab_size", "max_vocab"}
+                "bpe_vocab_size", "max_vocab", "token_dropout", "lowercase"}
 FINETUNE_ONLY = {"model_name_or_path", "method", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                  "unfreeze_after_epochs", "unfreeze_top_k", "base_lr_ratio", "gradient_checkpointing",
                  "feature_cache"}

@@ -466,8 +466,8 @@ def describe_model(run: Run) -> dict:
         "max_seq_length": run.config.get("max_seq_length"),
         "training": {k: run.config.get(k) for k in (
             "learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-            "weight_decay", "warmup_ratio", "lr_scheduler_type", "max_grad_norm", "dropout", "label_smoothing",
-            "early_stopping_patience", "lora_r", "lora_alpha", "C") if run.config.get(k) is not None
+            "weight_decay", "warmup_ratio", "lr_scheduler_type", "max_grad_norm", "dropout", "token_dropout",
+            "label_smoothing", "early_stopping_patience", "lora_r", "lora_alpha", "C") if run.config.get(k) is not None
             and not (run.arm != "finetune" and k.startswith("lora"))},
         "resolved": run.config.get("resolved") or {},
     }

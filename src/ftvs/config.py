@@ -30,9 +30,11 @@ class TrainConfig:
     pooling: str = "last"  # last | mean | max
     positional: str = "learned"  # learned | sinusoidal
     dropout: float = 0.1
+    token_dropout: float = 0.0  # word dropout: replace training tokens by <unk> with this probability
     tokenizer: str = "smollm2-135m"  # a pre-trained tokenizer name/path, or "bpe" (trained on the train split)
     bpe_vocab_size: int = 8000
     max_vocab: int = 16000  # trimmed embedding table: most frequent train tokens kept
+    lowercase: bool = False  # lower-case texts before the scratch tokenizer (fewer, denser tokens)
     # fine-tuned model
     model_name_or_path: str = "smollm2-135m"
     method: str = "lora"  # lora | full | frozen | unfreeze
@@ -98,7 +100,7 @@ class TrainConfig:
                     "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
             if getattr(self, key) < 1:
                 bad(key, "must be >= 1", "use a positive integer")
-        for key in ("dropout", "lora_dropout", "warmup_ratio", "label_smoothing"):
+        for key in ("dropout", "token_dropout", "lora_dropout", "warmup_ratio", "label_smoothing"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, "must be in [0, 1)", "use e.g. 0.1")
         for key in ("weight_decay", "max_grad_norm", "early_stopping_patience", "save_steps", "skip_nan_steps"):
@@ -147,5 +149,7 @@ def build_config(file_values: dict, cli_values: dict) -> TrainConfig:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
+    # a key that an older ftvs did not write yet had the default value then
+    saved = {**TrainConfig().to_dict(), **saved}
     keys = (set(saved) | set(current)) - RESUME_FREE_KEYS
     return sorted(k for k in keys if saved.get(k) != current.get(k))

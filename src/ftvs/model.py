@@ -32,9 +32,11 @@ class ScratchConfig:
     d_ff: int = 512
     max_position: int = 128
     dropout: float = 0.1
+    token_dropout: float = 0.0  # training only: each real token becomes <unk> with this probability
     positional: str = "learned"  # learned | sinusoidal
     pooling: str = "last"  # last | mean | max
     pad_id: int = 0
+    unk_id: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -133,6 +135,9 @@ class ScratchClassifier(nn.Module):
             raise ValueError(f"sequence length {T} exceeds max_position {self.config.max_position}")
         pos = torch.arange(T, device=input_ids.device)
         pos_vec = self.pos_emb(pos) if self.config.positional == "learned" else self.pos_table[:T]
+        if self.training and self.config.token_dropout > 0:  # word dropout: no single token can carry a class
+            hit = torch.rand(input_ids.shape, device=input_ids.device) < self.config.token_dropout
+            input_ids = input_ids.masked_fill(hit & (input_ids != self.config.pad_id), self.config.unk_id)
         x = self.drop(self.tok_emb(input_ids) + pos_vec)
         for block in self.blocks:
             x = block(x)
