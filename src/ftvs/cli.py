@@ -68,15 +68,10 @@ HELP = {
     "num_workers": "DataLoader worker processes",
     "disable_tqdm": "no progress bars",
 }
-SCRATCH_ONLY = {"dropout", "preset", "n_layer", "n_head", "n_embd", "d_ff", "pooling", "positional", "tokenizer",
-                "bpe_vocab_size", "max_vocab", "token_dropout", "lowercase"}
-FINETUNE_ONLY = {"model_name_or_path", "method", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-                 "unfreeze_after_epochs", "unfreeze_top_k", "base_lr_ratio", "gradient_checkpointing",
-                 "feature_cache"}
 
 
 def _add_config_flags(parser, arm: str) -> None:
-    from ftvs.config import TrainConfig
+    from ftvs.config import FINETUNE_ONLY, SCRATCH_ONLY, TrainConfig
 
     skip = {"arm", "extra"} | (FINETUNE_ONLY if arm == "scratch" else SCRATCH_ONLY)
     hints = typing.get_type_hints(TrainConfig)

@@ -115,6 +115,12 @@ class TrainConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+# keys that only one arm reads (its `train` subcommand shows only its own flags)
+SCRATCH_ONLY = {"dropout", "preset", "n_layer", "n_head", "n_embd", "d_ff", "pooling", "positional", "tokenizer",
+                "bpe_vocab_size", "max_vocab", "token_dropout", "lowercase"}
+FINETUNE_ONLY = {"model_name_or_path", "method", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+                 "unfreeze_after_epochs", "unfreeze_top_k", "base_lr_ratio", "gradient_checkpointing",
+                 "feature_cache"}
 # keys that may differ between an interrupted run and its resumption without changing the result
 RESUME_FREE_KEYS = {"output_dir", "disable_tqdm", "logging_steps", "save_steps", "num_workers", "data"}
 

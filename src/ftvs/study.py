@@ -883,15 +883,13 @@ class Study:
                 "sweep": run.sweep, "train_fraction": run.train_fraction, "size": run.size, "preset": size}
 
     def _train_config(self, run: PlannedRun, run_dir: Path, data_dir: Path) -> dict:
-        from ftvs.config import build_config
+        from ftvs.config import FINETUNE_ONLY, build_config
 
         values = {**run.settings, "data": str(data_dir.resolve()), "output_dir": str(run_dir.resolve()),
                   "seed": run.seed, "extra": self._extra(run)}
         cfg = build_config(values, {"arm": run.kind}).to_dict()
         if run.kind == "scratch":  # keep only the keys of this arm: tidy files, no false "changed" alarms
-            for k in ("model_name_or_path", "method", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-                      "unfreeze_after_epochs", "unfreeze_top_k", "base_lr_ratio", "gradient_checkpointing",
-                      "feature_cache"):
+            for k in FINETUNE_ONLY:
                 cfg.pop(k, None)
         return cfg
 
