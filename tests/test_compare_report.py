@@ -275,3 +275,25 @@ def test_report_rebuilds_from_comparison_json(study, tmp_path):
     assert (out / "report.md").read_text(encoding="utf-8") == study["md"]
     assert (out / "report.html").read_text(encoding="utf-8") == study["html"]
     assert main(["report", "--out", str(tmp_path / "empty")]) == 2
+
+
+def test_published_reference_results_are_cited_next_to_ours(study, tmp_path):
+    runs = {n: str(study["runs"] / n) for n in ("scratch_tiny", "ft_lora", "baseline_s0")}
+    doc = {"runs": list(runs.values()),
+           "reference_results": [
+               {"name": "paper: scratch", "source": "seed report", "arm": "scratch", "test_accuracy": 0.9195},
+               {"name": "paper: GPT-2 + LoRA", "source": "seed report", "arm": "finetune", "method": "lora",
+                "model": "gpt2", "test_accuracy": 0.9154}]}
+    (tmp_path / "study.json").write_text(json.dumps(doc))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "study.json"), "--out", str(out), "--formats", "md", "--bootstrap", "200"]) == 0
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "### Against published results" in md
+    rows = _table(md, "Test accuracy reported elsewhere")
+    scratch_acc = _metrics(study, "scratch_tiny")["test"]["accuracy"]
+    (scratch,) = [r for r in rows if r[0] == "paper: scratch"]
+    assert scratch[2] == "0.9195" and float(scratch[4]) == pytest.approx(scratch_acc, abs=1e-4)
+    assert float(scratch[5]) == pytest.approx(scratch_acc - 0.9195, abs=1e-4)
+    (gpt2,) = [r for r in rows if r[0] == "paper: GPT-2 + LoRA"]
+    assert gpt2[4] == "not run here"  # the LoRA run here is a tiny Llama, not GPT-2
+    assert "Against published results" not in study["md"]  # no references declared, no section

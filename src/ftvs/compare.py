@@ -640,6 +640,8 @@ def compare(paths, out_dir, n_resamples: int = 2000, seed: int = 0, figures: boo
         "dataset": describe_dataset(runs, seed=seed),
         "sweeps": sweeps(runs, rows, studies),
         "studies": [s["path"] for s in studies],
+        "reference_results": [ref for s in studies for ref in (s["doc"].get("reference_results") or [])
+                              if isinstance(ref, dict)],
         "histories": {r.name: r.history for r in runs},
         "focus": focus(groups, rows), "per_class_diff": None, "figures": {},
     }

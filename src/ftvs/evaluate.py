@@ -50,7 +50,15 @@ def check_labels(arm_labels, data_labels, data_dir) -> None:
                         f"labels{', e.g. unknown ' + repr(extra) if extra else ''}); evaluate on the data it was trained on")
 
 
-def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 128) -> dict:
+def inference_precision(requested: str, device: torch.device) -> str:
+    """auto: bf16 autocast on a CUDA device that supports it (as in training), fp32 elsewhere."""
+    if requested == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    return requested
+
+
+def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 128,
+                 mixed_precision: str = "auto") -> dict:
     import yaml
 
     run_dir = Path(run_dir)
@@ -82,7 +90,10 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 
         for batch in loader:
             yield {k: v.to(device) for k, v in batch.items()}
 
-    out = timed_predict(model, list(on_device(loader)), len(examples), state)
+    precision = inference_precision(mixed_precision, device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        out = timed_predict(model, list(on_device(loader)), len(examples), state)
     scores = classification_metrics(labels, out["y_pred"], arm.label_names, loss=out["loss"])
     description = arm.describe()
     metrics = {
@@ -92,7 +103,7 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 
         "test": scores, "num_test_examples": len(examples),
         "inference": {"seconds_total": out["seconds"], "seconds_per_1000": 1000 * out["seconds"] / max(1, len(examples)),
                       "examples_per_second": len(examples) / max(out["seconds"], 1e-9), "batch_size": batch_size,
-                      "device": str(device), "torch_threads": torch.get_num_threads(),
+                      "device": str(device), "precision": precision, "torch_threads": torch.get_num_threads(),
                       "num_processes": state.num_processes,
                       "machine": platform.processor() or platform.machine()},
         # a reloaded model is frozen for inference: what was trainable comes from the training record
@@ -134,7 +145,7 @@ def predict_texts(run_dir, texts: list[str], batch_size: int = 64) -> list[dict]
 
 
 def cmd_evaluate(args) -> int:
-    m = evaluate_run(args.run_dir, args.data, args.split, args.per_device_eval_batch_size)
+    m = evaluate_run(args.run_dir, args.data, args.split, args.per_device_eval_batch_size, args.mixed_precision)
     t = m["test"]
     from accelerate import PartialState
 
@@ -168,6 +179,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--split", default="test", choices=("test", "val", "train"), help="split to score (default test)")
     p.add_argument("--per_device_eval_batch_size", "--batch-size", type=int, default=128,
                    help="inference batch size (default 128); recorded with the timing")
+    p.add_argument("--mixed_precision", "--mixed-precision", default="auto", choices=("auto", "no", "bf16", "fp16"),
+                   help="autocast for inference: auto = bf16 on CUDA (as in training), fp32 on CPU; recorded with "
+                        "the timing")
     p.set_defaults(func=cmd_evaluate)
 
     p = subparsers.add_parser("predict", help="classify texts with a trained run",

@@ -1105,27 +1105,33 @@ class Study:
         return rc
 
     def _spawn(self, e: dict, cmd: list[str], run_dir: Path, log: Path, head: str, phase: str) -> int:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.progress.reset()
+        with self._child(cmd, log, f"{phase}: ") as proc:
+            last_epochs = e.get("epochs_done", 0)
+            while True:
+                try:
+                    rc = proc.wait(timeout=self.poll)
+                except subprocess.TimeoutExpired:
+                    rc = None
+                info = run_progress(run_dir, log, e.get("num_train_epochs")) if phase == "train" else None
+                if info and info["epochs_done"] != last_epochs:
+                    last_epochs = e["epochs_done"] = info["epochs_done"]
+                    self.save()
+                if rc is not None:
+                    return rc
+                self.progress.status(self._status_text(e, head, phase, info), info["epochs_done"] if info else 0)
+
+    @contextlib.contextmanager
+    def _child(self, cmd: list[str], log: Path, label: str):
+        """A child process writing into `log` (appended, after a header line); stopped if we are interrupted."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         with open(log, "ab") as logf:
-            logf.write(f"\n=== {_now()} {phase}: {shlex.join(cmd)}\n".encode())
+            logf.write(f"\n=== {_now()} {label}{shlex.join(cmd)}\n".encode())
             logf.flush()
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     preexec_fn=_die_with_parent_fn())
             try:
-                last_epochs = e.get("epochs_done", 0)
-                while True:
-                    try:
-                        rc = proc.wait(timeout=self.poll)
-                    except subprocess.TimeoutExpired:
-                        rc = None
-                    info = run_progress(run_dir, log, e.get("num_train_epochs")) if phase == "train" else None
-                    if info and info["epochs_done"] != last_epochs:
-                        last_epochs = e["epochs_done"] = info["epochs_done"]
-                        self.save()
-                    if rc is not None:
-                        return rc
-                    self.progress.status(self._status_text(e, head, phase, info), info["epochs_done"] if info else 0)
+                yield proc
             except BaseException:
                 self._stop(proc)
                 raise
@@ -1338,19 +1344,13 @@ class Study:
         self.save()
         self.progress.say(f"{name}: {shlex.join(cmd[2:])}")
         t0 = time.monotonic()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(log, "ab") as logf:
-            logf.write(f"\n=== {_now()} {shlex.join(cmd)}\n".encode())
-            logf.flush()
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    preexec_fn=_die_with_parent_fn())
-            try:
+        try:
+            with self._child(cmd, log, "") as proc:
                 rc = proc.wait()
-            except BaseException:
-                self._stop(proc)
-                st["state"] = "interrupted"
-                self.save()
-                raise
+        except BaseException:
+            st["state"] = "interrupted"
+            self.save()
+            raise
         st["seconds"] = time.monotonic() - t0
         if rc == 0:
             st.update(state="completed")
@@ -1647,7 +1647,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                     "interrupted ones from their last checkpoint and retries failed ones; --force reruns. "
                     f"Presets: {', '.join(preset_names())} (see --list-presets).")
     p.add_argument("config", nargs="?", help="study YAML file (format: see the top of ftvs/study.py)")
-    p.add_argument("--preset", help="a built-in study: quick (CPU, ~10 minutes), banking77, ag_news (GPU)")
+    p.add_argument("--preset", help="a built-in study: quick (CPU, ~8 minutes), banking77, ag_news (GPU)")
     p.add_argument("--list-presets", "--list_presets", dest="list_presets", action="store_true",
                    help="print the built-in studies and exit")
     p.add_argument("--output_dir", "--output-dir", dest="output_dir", help="study folder (default studies/NAME)")

@@ -581,7 +581,7 @@ def comparative_blocks(x: Ctx) -> list[dict]:
         blocks += [{"t": "fig", "file": x.figures["per_class_diff"], "width": 92,
                     "caption": f"Per-class test F1 of {diff['a']} minus {diff['b']}, sorted."},
                    {"t": "p", "text": text}]
-    blocks += cost_blocks(x) + preference_blocks(x) + sensitivity_blocks(x) + insight_blocks(x)
+    blocks += reference_blocks(x) + cost_blocks(x) + preference_blocks(x) + sensitivity_blocks(x) + insight_blocks(x)
     return blocks
 
 
@@ -790,6 +790,36 @@ def insight_blocks(x: Ctx) -> list[dict]:
     if not items:
         return []
     return [{"t": "h3", "text": "Practical insights"}, {"t": "ul", "items": items}]
+
+
+def matching_group(x: Ctx, ref: dict) -> dict | None:
+    """The full-data configuration a published result speaks about: same arm, and the same method and
+    model where the reference names them; the best of several by mean test accuracy."""
+    model = str(ref.get("model") or "").lower()
+    candidates = [g for g in x.groups if (g["train_fraction"] or 1.0) == 1.0 and g["arm"] == ref.get("arm")
+                  and (not ref.get("method") or g["method"] == ref["method"])
+                  and (not model or model in str(g["model_name"]).lower().split("/")[-1])
+                  and g["accuracy_mean"] is not None]
+    return max(candidates, key=lambda g: g["accuracy_mean"], default=None)
+
+
+def reference_blocks(x: Ctx) -> list[dict]:
+    """Published numbers that the study declared (`reference_results`), next to this study's."""
+    refs = [r for r in x.c.get("reference_results") or [] if _finite(r.get("test_accuracy"))]
+    if not refs:
+        return []
+    rows = []
+    for ref in refs:
+        g = matching_group(x, ref)
+        ours = _pm(g["accuracy_mean"], g["accuracy_std"]) if g else "not run here"
+        rows.append([ref.get("name", "?"), str(ref.get("source", "")), f4(ref["test_accuracy"]),
+                     g["label"] if g else "", ours, signed(g["accuracy_mean"] - ref["test_accuracy"]) if g else ""])
+    return [{"t": "h3", "text": "Against published results"},
+            {"t": "table", "header": ["published", "source", "accuracy", "our configuration", "our accuracy",
+                                      "ours − published"], "rows": rows,
+             "caption": "Test accuracy reported elsewhere for the same data set, next to the matching configuration of "
+                        "this study (same arm, and method/model where named; mean ± std over seeds). Splits, "
+                        "preprocessing and budgets differ between studies, so read gaps of a point or less as ties."}]
 
 
 def appendix_blocks(x: Ctx) -> list[dict]:
