@@ -397,7 +397,8 @@ class FinetuneArm(Arm):
     def save_pretrained(self, out_dir) -> None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.net.save_pretrained(out_dir)  # LoRA: adapter + head (peft); else the full model (safetensors)
+        with _quiet_transformers():  # no "Writing model shards" bar at every best epoch
+            self.net.save_pretrained(out_dir)  # LoRA: adapter + head (peft); else the full model (safetensors)
         self.tokenizer.save_pretrained(out_dir)
         info = {
             "arm": "finetune",
@@ -489,7 +490,8 @@ class FinetuneArm(Arm):
 
 @contextlib.contextmanager
 def _quiet_transformers():
-    """Hide the "newly initialized score.weight" load report: the new head is intended."""
+    """Hide the "newly initialized score.weight" load report (the new head is intended) and the
+    per-file progress bars of loading and saving."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
