@@ -431,3 +431,27 @@ def test_smollm2_lora_learns_and_reloads(tmp_path, capsys):
         print(f"\n[smollm2] {'converted' if not was_cached else 'cached'} folder {folder} in {convert_s:.1f}s; "
               f"arm build {build_s:.1f}s; 8 LoRA steps (8 x <=32 tokens) + 2 evals of 64 texts {steps_s:.1f}s; "
               f"save + reload + compare {reload_s:.1f}s; loss {before:.3f} -> {after:.3f}")
+
+
+def test_frozen_run_counts_the_feature_pass_as_training_time(tiny_llama_dir, tmp_path):
+    import csv as _csv
+
+    from ftvs.cli import main
+    from ftvs.data import prepare
+
+    texts, y, labels = sample_texts(per_label=12)
+    with open(tmp_path / "all.csv", "w", newline="", encoding="utf-8") as f:
+        w = _csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows((t, labels[i]) for t, i in zip(texts, y))
+    prepare(str(tmp_path / "all.csv"), tmp_path / "data", seed=0, tokenizer="none")
+    run = tmp_path / "run"
+    assert main(["train", "finetune", "--data", str(tmp_path / "data"), "--output_dir", str(run), "--model",
+                 str(tiny_llama_dir), "--method", "frozen", "--num_train_epochs", "2", "--disable_tqdm"]) == 0
+    summary = json.loads((run / "train_summary.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    epochs = sum(r["epoch_seconds"] for r in history)
+    assert summary["seconds_preprocess"] > 0
+    assert metrics["training"]["seconds_preprocess"] == summary["seconds_preprocess"]
+    assert metrics["training"]["seconds_total"] == pytest.approx(epochs + summary["seconds_preprocess"])
