@@ -351,3 +351,16 @@ def test_registry_sweeps_from_finished_runs(tmp_path):
     assert set(main) == {"tfidf", "scratch", "lora"} and main["lora"]["n"] == 2
     text = S.format_summary({**study.reg, "name": "unit", "state": "completed", "study_dir": "x"})
     assert "data-size sweep" in text and "model-size sweep" in text and "mean ± std" in text
+
+
+def test_a_run_saved_before_a_training_key_existed_is_not_stale():
+    from ftvs.config import build_config, config_differences
+
+    planned = build_config({}, {"arm": "finetune"}).to_dict()
+    saved = {k: v for k, v in planned.items() if k not in ("token_dropout", "lowercase")}  # an older ftvs
+    assert config_differences(saved, planned, S._FREE_KEYS) == []
+    assert config_differences(saved, {**planned, "lowercase": True}, S._FREE_KEYS) == ["lowercase"]
+    assert config_differences({**saved, "extra": {"a": 1}}, planned, S._FREE_KEYS) == []
+    # baseline settings are not training keys: nothing is filled in for them
+    assert config_differences({"C": 10.0, "seed": 0}, {"C": 10.0, "seed": 0}, S._FREE_KEYS) == []
+    assert config_differences({"C": 10.0}, {"C": 20.0}, S._FREE_KEYS) == ["C"]

@@ -154,8 +154,10 @@ def build_config(file_values: dict, cli_values: dict) -> TrainConfig:
     return cfg.validate()
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
-    # a key that an older ftvs did not write yet had the default value then
-    saved = {**TrainConfig().to_dict(), **saved}
-    keys = (set(saved) | set(current)) - RESUME_FREE_KEYS
+def config_differences(saved: dict, current: dict, free_keys=RESUME_FREE_KEYS) -> list[str]:
+    """Keys (outside `free_keys`) whose value differs between a saved config and the current one."""
+    # a training key that an older ftvs did not write yet had its default value then
+    defaults = TrainConfig().to_dict()
+    saved = {**{k: defaults[k] for k in current if k in defaults}, **saved}
+    keys = (set(saved) | set(current)) - free_keys
     return sorted(k for k in keys if saved.get(k) != current.get(k))

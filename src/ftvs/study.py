@@ -131,6 +131,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ftvs.config import FIELDS, FINETUNE_ONLY, RESUME_FREE_KEYS, build_config, config_differences
 from ftvs.errors import FtvsError, closest
 from ftvs.fileio import RunLock, atomic_write_bytes, read_json, read_jsonl, write_json
 
@@ -145,8 +146,8 @@ DATA_DEFAULTS = {"source": None, "max_train_examples": None, "max_val_examples":
 ARM_META_KEYS = {"name", "arm", "launcher", "enabled"}
 BASELINE_KEYS = {"C", "C_grid", "word_ngrams", "char_ngrams", "min_df", "max_features", "max_iter"}
 SIZE_KEYS = ("n_layer", "n_head", "n_embd", "d_ff")
-# config keys that may change without making a finished run stale (same as `--resume` tolerates)
-_FREE_KEYS = {"output_dir", "data", "disable_tqdm", "logging_steps", "save_steps", "num_workers", "extra"}
+# config keys that may change without making a finished run stale: what `--resume` tolerates, plus the tags
+_FREE_KEYS = RESUME_FREE_KEYS | {"extra"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -243,8 +244,6 @@ def _check_keys(d: dict, allowed, where: str) -> None:
 
 def normalize_config(raw: dict, name_hint: str = "study") -> dict:
     """Fill defaults and validate a study config; returns a new, fully explicit dict."""
-    from ftvs.config import FIELDS, build_config
-
     cfg = copy.deepcopy(raw)
     _check_keys(cfg, TOP_KEYS, "the study config")
     cfg["name"] = str(cfg.get("name") or name_hint)
@@ -820,7 +819,7 @@ class Study:
             if entry is None:
                 reg["runs"][run.id] = planned
             else:
-                changed = _config_changes(entry.get("config") or {}, planned["config"])
+                changed = config_differences(entry.get("config") or {}, planned["config"], _FREE_KEYS)
                 keep = {k: entry[k] for k in ("state", "error", "exit_code", "started_at", "finished_at",
                                               "seconds_wall", "epochs_done", "resumed_from_epoch", "attempts",
                                               "results", "num_train_examples") if k in entry}
@@ -883,8 +882,6 @@ class Study:
                 "sweep": run.sweep, "train_fraction": run.train_fraction, "size": run.size, "preset": size}
 
     def _train_config(self, run: PlannedRun, run_dir: Path, data_dir: Path) -> dict:
-        from ftvs.config import FINETUNE_ONLY, build_config
-
         values = {**run.settings, "data": str(data_dir.resolve()), "output_dir": str(run_dir.resolve()),
                   "seed": run.seed, "extra": self._extra(run)}
         cfg = build_config(values, {"arm": run.kind}).to_dict()
@@ -1380,11 +1377,6 @@ class Study:
         st = self.reg["stages"]["compare"]
         st["with_report"] = report
         st["report"] = [self.rel(p) for p in sorted(out.glob("report.*"))] if st.get("state") == "completed" else []
-
-
-def _config_changes(saved: dict, planned: dict) -> list[str]:
-    keys = (set(saved) | set(planned)) - _FREE_KEYS
-    return sorted(k for k in keys if saved.get(k) != planned.get(k))
 
 
 def _own_size_name(ms: dict, config: dict) -> str:
