@@ -603,18 +603,14 @@ def _ftvs_cmd(args: list[str], launcher: dict) -> list[str]:
     n = int((launcher or {}).get("num_processes", 1))
     if n <= 1:
         return [sys.executable, "-m", "ftvs", *args]
-    try:
-        from ftvs.launch import launch_command
-    except ImportError:
-        launch_command = None
-    if launch_command is not None:
-        extra = {k: v for k, v in launcher.items() if k != "num_processes"}
-        if "cpu" not in extra:  # GPU processes where there are GPUs, gloo CPU processes elsewhere
-            import torch
+    from ftvs.launch import launch_command
 
-            extra["cpu"] = not torch.cuda.is_available()
-        return [str(c) for c in launch_command(args, n, **extra)]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "-m", "ftvs", *args]
+    extra = {k: v for k, v in launcher.items() if k != "num_processes"}
+    if "cpu" not in extra:  # GPU processes where there are GPUs, gloo CPU processes elsewhere
+        import torch
+
+        extra["cpu"] = not torch.cuda.is_available()
+    return [str(c) for c in launch_command(args, n, **extra)]
 
 
 _TQDM = re.compile(r"epoch (\d+)/(\d+):\s*\d+%\|[^|\r\n]*\|\s*(\d+)/(\d+) \[([0-9:]+)<([0-9:?]+)")
