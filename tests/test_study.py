@@ -21,6 +21,7 @@ import yaml
 
 from ftvs import study as S
 from ftvs.errors import FtvsError
+from ftvs.fileio import RunLock
 
 BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 needs_banking77 = pytest.mark.skipif(not (BANKING77 / "train.csv").is_file(),
@@ -223,9 +224,9 @@ def test_study_survives_sigkill_resumes_and_reports_a_failed_run(tmp_path, banki
             proc.wait(timeout=60)
     # the training subprocess dies with the study (no orphan keeps the run locked)
     end = time.monotonic() + 60
-    while not S._lock_is_free(target) and time.monotonic() < end:
+    while not RunLock.is_free(target) and time.monotonic() < end:
         time.sleep(0.2)
-    assert S._lock_is_free(target), "the killed study left its training running"
+    assert RunLock.is_free(target), "the killed study left its training running"
 
     reg = json.loads((out / "study.json").read_text())
     assert reg["runs"]["scratch-f1-s0"]["state"] == "running"  # killed without a chance to say otherwise

@@ -174,8 +174,10 @@ def dir_size_bytes(path) -> int:
 class RunLock:
     """Exclusive lock on a run directory (fcntl), so two processes never write the same run."""
 
+    NAME = ".lock"
+
     def __init__(self, run_dir):
-        self.path = Path(run_dir) / ".lock"
+        self.path = Path(run_dir) / self.NAME
         self._fd = None
 
     def __enter__(self):
@@ -194,6 +196,24 @@ class RunLock:
         os.ftruncate(self._fd, 0)
         os.write(self._fd, str(os.getpid()).encode())
         return self
+
+    @staticmethod
+    def is_free(run_dir) -> bool:
+        """Whether no process holds the lock of `run_dir` (probed without taking it for long)."""
+        import fcntl
+
+        path = Path(run_dir) / RunLock.NAME
+        if not path.exists():
+            return True
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
 
     def __exit__(self, *exc):
         import fcntl

@@ -582,23 +582,6 @@ def _die_with_parent_fn():
     return setup if sys.platform.startswith("linux") else None
 
 
-def _lock_is_free(run_dir: Path) -> bool:
-    import fcntl
-
-    path = run_dir / ".lock"
-    if not path.exists():
-        return True
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def _ftvs_cmd(args: list[str], launcher: dict) -> list[str]:
     n = int((launcher or {}).get("num_processes", 1))
     if n <= 1:
@@ -1065,11 +1048,11 @@ class Study:
 
     def _wait_for_lock(self, run_dir: Path, timeout: float = 120.0) -> None:
         """A previous study's training (killed with it) may still be exiting; give it time to let go."""
-        if not run_dir.is_dir() or _lock_is_free(run_dir):
+        if not run_dir.is_dir() or RunLock.is_free(run_dir):
             return
         self.progress.say(f"  waiting for an earlier process to release {self.rel(run_dir)} ...")
         end = time.monotonic() + timeout
-        while time.monotonic() < end and not _lock_is_free(run_dir):
+        while time.monotonic() < end and not RunLock.is_free(run_dir):
             time.sleep(0.5)
 
     def _epochs_done(self, e: dict, run_dir: Path) -> None:
