@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ftvs.config import autocast_dtype, resolve_mixed_precision
 from ftvs.errors import FtvsError
 from ftvs.model import ScratchClassifier
 
@@ -551,7 +552,7 @@ class ReferenceStepRunner:
         self.model.load_state_dict(state_dict)
         self.model.to(device)
         self.device, self.cfg = device, cfg
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.autocast_dtype = autocast_dtype(precision)
         max_len = model_cfg.max_position
 
         def collate(items):
@@ -976,10 +977,8 @@ def cmd_bench(args) -> int:
     machine["threads_choice"] = threads
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    precision = args.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    precision = resolve_mixed_precision(args.mixed_precision, cuda)
+    dtype = autocast_dtype(precision) or torch.float32
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
     size = args.probe_size or (8192 if cuda else 2048)

@@ -154,6 +154,22 @@ def build_config(file_values: dict, cli_values: dict) -> TrainConfig:
     return cfg.validate()
 
 
+def resolve_mixed_precision(requested: str, on_cuda: bool) -> str:
+    """`auto` (the default): bf16 on a CUDA device that supports it, fp32 ("no") elsewhere."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
+
+
+def autocast_dtype(precision: str):
+    """The dtype autocast runs in for a resolved precision; None for fp32 ("no")."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
 def config_differences(saved: dict, current: dict, free_keys=RESUME_FREE_KEYS) -> list[str]:
     """Keys (outside `free_keys`) whose value differs between a saved config and the current one."""
     # a training key that an older ftvs did not write yet had its default value then

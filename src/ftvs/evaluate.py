@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ftvs.arms import load_arm
+from ftvs.config import autocast_dtype, resolve_mixed_precision
 from ftvs.data import load_metadata, load_split
 from ftvs.errors import FtvsError
 from ftvs.fileio import dir_size_bytes, read_json, read_jsonl, write_json
@@ -54,13 +55,6 @@ def check_labels(arm_labels, data_labels, data_dir) -> None:
                         f"labels{', e.g. unknown ' + repr(extra) if extra else ''}); evaluate on the data it was trained on")
 
 
-def inference_precision(requested: str, device: torch.device) -> str:
-    """auto: bf16 autocast on a CUDA device that supports it (as in training), fp32 elsewhere."""
-    if requested == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
-    return requested
-
-
 def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 128,
                  mixed_precision: str = "auto") -> dict:
     import yaml
@@ -94,8 +88,8 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 
         for batch in loader:
             yield {k: v.to(device) for k, v in batch.items()}
 
-    precision = inference_precision(mixed_precision, device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    precision = resolve_mixed_precision(mixed_precision, device.type == "cuda")  # auto: as in training
+    dtype = autocast_dtype(precision)
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = timed_predict(model, list(on_device(loader)), len(examples), state)
     scores = classification_metrics(labels, out["y_pred"], arm.label_names, loss=out["loss"])

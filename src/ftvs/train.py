@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ftvs import checkpoint as ckpt
 from ftvs.arms import build_arm
 from ftvs.batching import IndexedDataset, LengthGroupedBatchSampler, make_collate
-from ftvs.config import TrainConfig, config_differences
+from ftvs.config import TrainConfig, config_differences, resolve_mixed_precision
 from ftvs.data import load_metadata, load_split
 from ftvs.errors import FtvsError
 from ftvs.fileio import (
@@ -46,9 +46,7 @@ class NonFiniteLoss(FtvsError):
 def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
 
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    precision = resolve_mixed_precision(cfg.mixed_precision, torch.cuda.is_available())
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~free speed for fp32 parts
         torch.backends.cudnn.allow_tf32 = True
