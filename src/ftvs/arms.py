@@ -105,13 +105,13 @@ class TrimmedTokenizer:
     @classmethod
     def fit(cls, base, texts, max_length: int, max_vocab: int, name: str, lowercase: bool = False):
         counts = collections.Counter()
-        for ids in base_ids(base, [t.lower() for t in texts] if lowercase else texts, max_length):
+        for ids in base_ids(base, cased(texts, lowercase), max_length):
             counts.update(ids)
         kept = [i for i, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: max(0, max_vocab - 2)]]
         return cls(base, kept, name, lowercase)
 
     def encode(self, texts, max_length: int) -> list[list[int]]:
-        texts = [t.lower() for t in texts] if self.lowercase else texts
+        texts = cased(texts, self.lowercase)
         return [self.lookup[np.asarray(ids, dtype=np.int64)].tolist() for ids in base_ids(self.base, texts, max_length)]
 
     def save(self, out_dir: Path) -> None:
@@ -131,6 +131,11 @@ class TrimmedTokenizer:
         lower = ", lower-cased input" if self.lowercase else ""
         return {"type": f"{type(self.base).__name__} ({self.name}), trimmed to the training vocabulary{lower}",
                 "base_vocab_size": len(self.base), "vocab_size": self.vocab_size}
+
+
+def cased(texts, lowercase: bool):
+    """The texts as the scratch tokenizer reads them (`--lowercase`)."""
+    return [t.lower() for t in texts] if lowercase else texts
 
 
 def base_ids(tokenizer, texts, max_length: int) -> list[list[int]]:
@@ -222,8 +227,7 @@ def scratch_model_config(cfg, vocab_size: int, num_labels: int) -> ScratchConfig
 
 def build_scratch_tokenizer(cfg, train_texts) -> TrimmedTokenizer:
     if cfg.tokenizer == "bpe":
-        base = train_bpe_tokenizer([t.lower() for t in train_texts] if cfg.lowercase else train_texts,
-                                   cfg.bpe_vocab_size)
+        base = train_bpe_tokenizer(cased(train_texts, cfg.lowercase), cfg.bpe_vocab_size)
         name = f"bpe-{cfg.bpe_vocab_size}"
     else:
         from ftvs.pretrained import load_tokenizer
