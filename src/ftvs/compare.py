@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ftvs.config import SCRATCH_ONLY
+from ftvs.config import FINETUNE_ONLY, SCRATCH_ONLY
 from ftvs.errors import FtvsError
 from ftvs.fileio import atomic_write_bytes, read_json, read_jsonl, write_json
 
@@ -469,8 +469,7 @@ def describe_model(run: Run) -> dict:
             "learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
             "weight_decay", "warmup_ratio", "lr_scheduler_type", "max_grad_norm", "dropout", "token_dropout",
             "label_smoothing", "early_stopping_patience", "lora_r", "lora_alpha", "C") if run.config.get(k) is not None
-            and not (run.arm != "finetune" and k.startswith("lora"))
-            and not (run.arm != "scratch" and k in SCRATCH_ONLY)},
+            and not (run.arm != "finetune" and k in FINETUNE_ONLY) and not (run.arm != "scratch" and k in SCRATCH_ONLY)},
         "resolved": run.config.get("resolved") or {},
     }
 
