@@ -112,7 +112,6 @@ import copy
 import ctypes
 import fnmatch
 import importlib.resources
-import importlib.util
 import math
 import os
 import re
@@ -1340,10 +1339,6 @@ class Study:
         """`ftvs compare STUDY/study.json --out STUDY/report`: every evaluated run of the registry (sweeps
         included; compare groups seeds by arm/method/model/train_fraction), plus the report."""
         done = [r for r in self.reg["runs"].values() if r["state"] == "completed"]
-        if importlib.util.find_spec("ftvs.compare") is None:
-            self.reg["stages"]["compare"] = {"state": "skipped", "error": "this ftvs has no `compare` command"}
-            self.progress.say("compare: skipped (this ftvs has no `compare` command)")
-            return
         if len(done) < 2:
             self.reg["stages"]["compare"] = {"state": "skipped", "error": "fewer than two completed runs"}
             self.progress.say("compare: skipped (fewer than two completed runs)")
