@@ -523,10 +523,6 @@ class PaddedReferenceClassifier(ScratchClassifier):
             block.attn = ReferenceCausalSelfAttention(cfg)
 
 
-def padded_reference_model(cfg) -> PaddedReferenceClassifier:
-    return PaddedReferenceClassifier(cfg)
-
-
 def pad_to_length(sequences, length: int, pad_id: int) -> dict:
     input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
@@ -548,7 +544,7 @@ class ReferenceStepRunner:
         from ftvs.batching import IndexedDataset
         from ftvs.train import lr_lambda
 
-        self.model = padded_reference_model(model_cfg)
+        self.model = PaddedReferenceClassifier(model_cfg)
         self.model.load_state_dict(state_dict)
         self.model.to(device)
         self.device, self.cfg = device, cfg
@@ -613,7 +609,7 @@ def reference_equivalence(arm, examples, state_dict) -> float:
     length, masked attention) on a few examples, in eval mode: ~0 shows both compute the same function."""
     from ftvs.arms import PAD_ID
 
-    ref = padded_reference_model(arm.model.config)
+    ref = PaddedReferenceClassifier(arm.model.config)
     ref.load_state_dict(state_dict)
     ref.eval()
     was = arm.model.training
@@ -731,13 +727,11 @@ def inference_bench(model, collate, examples, labels, device, latency_n: int, th
 
 
 def token_ids(arm, texts, encoded=None) -> list:
-    """Token id lists of `texts` (what `encoded` already is, unless the arm encodes into cached features)."""
+    """Token id lists of a fine-tuned arm's `texts` (what `encoded` already is, unless the arm encodes into
+    cached features): the arm's own tokenisation, as `encode` does it before the feature pass."""
     if encoded is not None and not getattr(arm, "feature_cache", False):
         return encoded
-    from ftvs.arms import base_ids
-
-    empty = getattr(arm, "empty_id", arm.pad_id)
-    return [ids or [empty] for ids in base_ids(arm.tokenizer, texts, arm.max_length)]
+    return arm._token_ids(texts)
 
 
 def make_train_config(args, kind: str, batch_size: int):
