@@ -1,11 +1,11 @@
-# --- pre-trained model fixtures (ftvs.pretrained): tiny random decoder-only models, never downloaded ---
+# --- pre-trained model fixtures (tests/builders.py): tiny random decoder-only models, never downloaded ---
 import pytest as _pytest
 
 
 @_pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory):
     """Folder with a tiny random Llama (hidden 32, 2 layers, 4 heads) + a small BPE tokenizer with a pad token."""
-    from ftvs.pretrained import tiny_model_dir
+    from builders import tiny_model_dir
 
     return tiny_model_dir(tmp_path_factory.mktemp("tiny_llama") / "model", model_type="llama")
 
@@ -13,6 +13,35 @@ def tiny_llama_dir(tmp_path_factory):
 @_pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory):
     """Folder with a tiny random GPT-2 + a small BPE tokenizer WITHOUT a pad token (like the real GPT-2)."""
-    from ftvs.pretrained import tiny_model_dir
+    from builders import tiny_model_dir
 
     return tiny_model_dir(tmp_path_factory.mktemp("tiny_gpt2") / "model", model_type="gpt2")
+
+
+# --- a real from-scratch run on a Banking77 subset, shared by test_train, test_arms_scratch, test_evaluate ---
+
+
+@_pytest.fixture(scope="session")
+def banking_small(tmp_path_factory):
+    from builders import BANKING77
+
+    from ftvs.data import prepare
+
+    if not BANKING77.is_dir():
+        _pytest.skip(f"Banking77 CSVs not found at {BANKING77}")
+    out = tmp_path_factory.mktemp("b77")
+    prepare(str(BANKING77), out, max_train_examples=3000, seed=0)
+    return out
+
+
+@_pytest.fixture(scope="session")
+def trained_run(banking_small, tmp_path_factory):
+    """Five epochs of the tiny preset on 3,000 Banking77 texts (about a minute on one CPU thread)."""
+    from ftvs.cli import main
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    code = main(["train", "scratch", "--data", str(banking_small), "--output_dir", str(run), "--preset", "tiny",
+                 "--num_train_epochs", "5", "--max_seq_length", "48", "--learning_rate", "2e-3",
+                 "--pooling", "mean", "--disable_tqdm"])
+    assert code == 0
+    return run

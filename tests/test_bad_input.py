@@ -219,9 +219,8 @@ def test_train_config_errors(toy, toy_run, tmp_path, capsys):
 
 
 def test_encoder_only_model_is_refused(toy, tmp_path, capsys):
+    from builders import build_tiny_tokenizer
     from transformers import BertConfig, BertModel
-
-    from ftvs.pretrained import build_tiny_tokenizer
 
     folder = tmp_path / "tiny-bert"
     tok = build_tiny_tokenizer()

@@ -6,6 +6,7 @@ Split properties (stratification, determinism, disjointness) live in tests/test_
 
 import pytest
 import torch
+from builders import build_tiny_tokenizer, finetune_arm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -51,10 +52,8 @@ def test_scratch_logits_ignore_right_padding(pooling, seqs, extra, positional, s
 
 @pytest.fixture(scope="module")
 def llama_arm(tiny_llama_dir):
-    from ftvs.finetune import build_finetune_arm
-
     torch.manual_seed(0)
-    arm = build_finetune_arm(str(tiny_llama_dir), ["a", "b", "c"], method="full", max_length=32)
+    arm = finetune_arm(tiny_llama_dir, ["a", "b", "c"], method="full", max_seq_length=32)
     arm.model.eval()
     return arm
 
@@ -80,8 +79,6 @@ texts = st.lists(st.lists(st.sampled_from(WORDS), min_size=1, max_size=10).map("
 
 @pytest.fixture(scope="module")
 def base_tokenizer():
-    from ftvs.pretrained import build_tiny_tokenizer
-
     return build_tiny_tokenizer()
 
 

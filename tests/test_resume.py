@@ -165,7 +165,7 @@ def test_scratch_sigkill_resume_is_exact(small_b77, tmp_path, capsys):
 
 @needs_banking77
 def test_finetune_lora_sigkill_resume_is_exact(small_b77, tiny_llama_dir, tmp_path, capsys):
-    pytest.importorskip("ftvs.finetune")
+    pytest.importorskip("ftvs.arms.finetune")
     args = ["finetune", "--data", str(small_b77), "--model_name_or_path", str(tiny_llama_dir), "--method", "lora",
             "--max_seq_length", "24", *COMMON_FLAGS]
     _kill_resume_matches(args, tmp_path, seed=12, capsys=capsys)

@@ -731,7 +731,7 @@ def token_ids(arm, texts, encoded=None) -> list:
     cached features): the arm's own tokenisation, as `encode` does it before the feature pass."""
     if encoded is not None and not getattr(arm, "feature_cache", False):
         return encoded
-    return arm._token_ids(texts)
+    return arm.token_ids(texts)
 
 
 def make_train_config(args, kind: str, batch_size: int):

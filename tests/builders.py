@@ -1,0 +1,101 @@
+"""Test assets: tiny random decoder-only models built from a config (never downloaded), and where the
+real Banking77 CSVs live. Test modules import these as `from builders import ...` (pytest puts tests/
+on the path)."""
+
+from pathlib import Path
+
+import pytest
+
+BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
+needs_banking77 = pytest.mark.skipif(
+    not BANKING77.is_dir(), reason=f"Banking77 CSVs not found at {BANKING77}"
+)
+
+_TINY_CORPUS = """\
+I am still waiting on my card? What can I do if my card still hasn't arrived after 2 weeks?
+How do I top up my account with a transfer? My transfer has not arrived yet, why is it pending?
+Why was I charged a fee for my cash withdrawal? The exchange rate on my payment looks wrong.
+Can I change my PIN at an ATM? My card was declined at the shop. I lost my phone, please freeze my card.
+How long does a bank transfer take to arrive? Is there a limit on top ups? I want to close my account.
+The quick brown fox jumps over the lazy dog. Hello world! Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 2024.
+"""
+
+
+def build_tiny_tokenizer(vocab_size: int = 512, *, with_pad: bool = True):
+    """A small byte-level BPE tokenizer trained in milliseconds on a fixed corpus (deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<|endoftext|>"] + (["<pad>"] if with_pad else [])
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_TINY_CORPUS.splitlines() * 4, trainer=trainer)
+    kwargs = {"unk_token": "<unk>", "eos_token": "<|endoftext|>"}
+    if with_pad:
+        kwargs["pad_token"] = "<pad>"
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
+
+
+def tiny_model_dir(path, *, model_type: str = "llama", with_pad: bool = True, seed: int = 0) -> Path:
+    """Write a tiny random decoder-only causal LM (hidden 32, 2 layers, 4 heads) + tokenizer to `path`.
+
+    model_type "llama" (tokenizer with a pad token by default) or "gpt2" (tokenizer without a pad
+    token by default, like the real GPT-2). Used by tests so nothing is ever downloaded.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    path = Path(path)
+    if model_type == "gpt2" and with_pad is True:
+        with_pad = False
+    tokenizer = build_tiny_tokenizer(with_pad=with_pad)
+    vocab = len(tokenizer)
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
+    if model_type == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=eos,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            tie_word_embeddings=True,
+        )
+    elif model_type == "gpt2":
+        config = GPT2Config(
+            vocab_size=vocab,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=256,
+            bos_token_id=eos,
+            eos_token_id=eos,
+        )
+    else:
+        raise ValueError(f"tiny_model_dir: unsupported model_type {model_type!r}")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def finetune_arm(model_dir, label_names, **settings):
+    """A fresh fine-tuning arm of `model_dir`: `TrainConfig` defaults, then `settings` (its field names)."""
+    from ftvs.arms import build_finetune_arm
+    from ftvs.config import TrainConfig
+
+    cfg = TrainConfig(arm="finetune", model_name_or_path=str(model_dir), **settings)
+    return build_finetune_arm(cfg, [], label_names)

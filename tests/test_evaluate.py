@@ -1,0 +1,23 @@
+"""Evaluating a trained run: metrics and predictions, here in bf16."""
+
+import json
+
+from builders import needs_banking77
+
+from ftvs.cli import main
+
+
+@needs_banking77
+def test_bf16_inference_is_recorded_and_agrees_with_fp32(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    assert main(["evaluate", str(run), "--mixed_precision", "bf16"]) == 0
+    bf16 = json.loads((run / "metrics.json").read_text())
+    fp32 = json.loads((trained_run / "metrics.json").read_text())
+    assert bf16["inference"]["precision"] == "bf16" and fp32["inference"]["precision"] == "no"
+    a = json.loads((run / "predictions.json").read_text())["y_pred"]
+    b = json.loads((trained_run / "predictions.json").read_text())["y_pred"]
+    assert sum(x == y for x, y in zip(a, b)) / len(a) > 0.95
+    assert abs(bf16["test"]["accuracy"] - fp32["test"]["accuracy"]) < 0.02
