@@ -32,6 +32,7 @@ from ftvs.arms.hf import (
     SequenceClassifier,
     base_model,
     enable_gradient_checkpointing,
+    feature_head_matches,
     head_name,
     load_classifier,
     pooled_features,
@@ -115,33 +116,17 @@ class FinetuneArm(Arm):
                 self.head = active[net.active_adapter]
 
         self.wrapper = SequenceClassifier(net)
-        self.head_names, self.base_names = self._split_trainable()
+        self.head_names, self.base_names = trainable_names(
+            net, self.head, self.head_name, method, unfreeze_top_k
+        )
         for name, p in net.named_parameters():
             p.requires_grad_(name in self.head_names or name in self.base_names)
         self.wrapper.base_frozen = method == "frozen"
-        self.feature_cache = method == "frozen" and feature_cache and self._feature_cache_reproduces_logits()
+        self.feature_cache = method == "frozen" and feature_cache and self._feature_cache_works()
         self.model: nn.Module = FeatureHead(self.head) if self.feature_cache else self.wrapper
         self._epoch_state = None
 
     # --- what trains ---------------------------------------------------------------------------
-
-    def _split_trainable(self) -> tuple[set[str], set[str]]:
-        """Names (in `net`'s namespace) of head parameters and of base parameters the method ever trains."""
-        named = dict(self.net.named_parameters())
-        if self.method == "lora":
-            trained = {n for n, p in named.items() if p.requires_grad}  # as peft set them up
-            head = {
-                n for n in trained if f".{self.head_name}." in f".{n}" or n.startswith(f"{self.head_name}.")
-            }
-            return head, trained - head
-        head_ids = {id(p) for p in self.head.parameters()}
-        head = {n for n, p in named.items() if id(p) in head_ids}
-        if self.method == "frozen":
-            return head, set()
-        base_named = {n: p for n, p in named.items() if n not in head}
-        if self.method == "full" or self.unfreeze_top_k is None:
-            return head, set(base_named)
-        return head, top_blocks_names(self.net, base_named, self.unfreeze_top_k)
 
     def on_epoch_start(self, epoch: int) -> None:
         if self.method != "unfreeze":
@@ -221,20 +206,10 @@ class FinetuneArm(Arm):
         """Pooled base features (hidden state at the last non-pad token) of every example, in input order."""
         return pooled_features(base_model(self.net), token_ids, self.pad_id, batch_size)
 
-    def _feature_cache_reproduces_logits(self) -> bool:
+    def _feature_cache_works(self) -> bool:
         """Check on two short texts that head(cached features) gives the full model's logits; warn if not."""
         ids = self.token_ids(["a short check", "another, slightly longer sentence to compare the two paths"])
-        was_training = self.wrapper.training
-        self.wrapper.eval()
-        try:
-            with torch.inference_mode():
-                batch = pad_token_batch(ids, self.pad_id)
-                device = next(self.wrapper.parameters()).device
-                slow = self.wrapper(**{k: v.to(device) for k, v in batch.items()}).float().cpu()
-                fast = FeatureHead(self.head)(torch.stack(self.features(ids)).to(device)).float().cpu()
-        finally:
-            self.wrapper.train(was_training)
-        if torch.allclose(slow, fast, atol=1e-4, rtol=1e-3):
+        if feature_head_matches(self.wrapper, self.head, ids, self.pad_id):
             return True
         warnings.warn(
             f"{type(self.hf).__name__}: the frozen feature cache does not reproduce the model's own "
@@ -320,6 +295,23 @@ class FinetuneArm(Arm):
                 "note": "params_trainable counts the base once unfrozen",
             }
         return desc
+
+
+def trainable_names(net, head: nn.Module, head_name: str, method: str, top_k: int | None):
+    """Names (in `net`'s namespace) of head parameters and of base parameters `method` ever trains."""
+    named = dict(net.named_parameters())
+    if method == "lora":
+        trained = {n for n, p in named.items() if p.requires_grad}  # as peft set them up
+        heads = {n for n in trained if f".{head_name}." in f".{n}" or n.startswith(f"{head_name}.")}
+        return heads, trained - heads
+    head_ids = {id(p) for p in head.parameters()}
+    heads = {n for n, p in named.items() if id(p) in head_ids}
+    if method == "frozen":
+        return heads, set()
+    base_named = {n: p for n, p in named.items() if n not in heads}
+    if method == "full" or top_k is None:
+        return heads, set(base_named)
+    return heads, top_blocks_names(net, base_named, top_k)
 
 
 def _architecture(hf_model) -> dict:

@@ -137,6 +137,22 @@ def pooled_features(
     return out
 
 
+def feature_head_matches(wrapper: SequenceClassifier, head: nn.Linear, token_ids, pad_id: int) -> bool:
+    """Whether `head` on pooled features reproduces the full model's logits for `token_ids`."""
+    was_training = wrapper.training
+    wrapper.eval()
+    try:
+        with torch.inference_mode():
+            batch = pad_token_batch(token_ids, pad_id)
+            device = next(wrapper.parameters()).device
+            slow = wrapper(**{k: v.to(device) for k, v in batch.items()}).float().cpu()
+            features = pooled_features(base_model(wrapper.net), token_ids, pad_id, batch_size=64)
+            fast = FeatureHead(head)(torch.stack(features).to(device)).float().cpu()
+    finally:
+        wrapper.train(was_training)
+    return torch.allclose(slow, fast, atol=1e-4, rtol=1e-3)
+
+
 @contextlib.contextmanager
 def quiet_transformers():
     """Hide the "newly initialized score.weight" load report (the new head is intended) and the
