@@ -17,7 +17,7 @@ DEFAULT_LEARNING_RATES = {"scratch": 1e-3, "lora": 5e-4, "full": 3e-5, "frozen":
 
 def describe_default_learning_rates() -> str:
     """The table above in words, for help texts: "scratch 1e-3, lora 5e-4, ..."."""
-    return ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LEARNING_RATES.items())
+    return ", ".join(f"{name} {lr:.0e}".replace("e-0", "e-") for name, lr in DEFAULT_LEARNING_RATES.items())
 
 
 def decay_param_groups(named_params, weight_decay: float, lr_of=lambda name: None, no_decay_ids=frozenset()):
