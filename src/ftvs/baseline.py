@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import yaml
 
+from ftvs import rundir
 from ftvs.data import load_metadata, load_split
 from ftvs.errors import FtvsError
 from ftvs.fileio import (
@@ -39,7 +40,7 @@ from ftvs.fileio import (
     save_tensors,
     write_json,
 )
-from ftvs.metrics import classification_metrics, summary_metrics
+from ftvs.metrics import classification_metrics, summary_metrics, train_val_gap
 
 ARM = "baseline"
 METHOD = "tfidf_logreg"
@@ -177,7 +178,7 @@ class BaselineModel:
             metadata={"format": str(FORMAT_VERSION)},
         )
         s = asdict(self.settings)
-        write_json(tmp / "ftvs.json", {
+        write_json(tmp / rundir.MODEL_MARKER, {
             "arm": ARM,
             "method": METHOD,
             "format": FORMAT_VERSION,
@@ -191,7 +192,7 @@ class BaselineModel:
     @classmethod
     def load(cls, model_dir) -> BaselineModel:
         model_dir = Path(model_dir)
-        marker = read_json(model_dir / "ftvs.json", "model marker")
+        marker = read_json(model_dir / rundir.MODEL_MARKER, "model marker")
         if marker.get("arm") != ARM:
             raise FtvsError(f"{model_dir} holds a {marker.get('arm')!r} model, not a TF-IDF baseline")
         raw = dict(marker.get("settings") or {})
@@ -292,10 +293,101 @@ def fit_baseline(train_texts, train_labels, val_texts, val_labels, label_names, 
 # ------------------------------------------------------------------------------------------- the run
 
 
-def _gap(train: dict, val: dict) -> dict:
-    """Train minus val for accuracy, macro-F1 and loss (the convention of `ftvs evaluate`)."""
-    return {k: train[k] - val[k] for k in ("accuracy", "macro_f1", "loss")
-            if train.get(k) is not None and val.get(k) is not None}
+def _load_splits(data_dir: Path, out: Path) -> tuple[dict, list[str], dict]:
+    """metadata, label names and the three (texts, labels) splits, with the input checks."""
+    if not data_dir.is_dir():
+        raise FtvsError(f"data folder {data_dir} not found; create it with `ftvs prepare ... --output_dir {data_dir}`")
+    marker = rundir.read_marker(out)
+    if marker and marker.get("arm") != ARM:
+        arm = marker.get("arm")
+        raise FtvsError(f"{out} already holds a {arm!r} run; pick another --output_dir for the baseline")
+    meta = load_metadata(data_dir)
+    label_names = list(meta.get("label_names") or [])
+    if not label_names:
+        raise FtvsError(f"{data_dir}/metadata.json has no label_names; re-run `ftvs prepare`")
+    splits = {name: load_split(data_dir, name) for name in ("train", "val", "test")}
+    if not splits["train"][0]:
+        raise FtvsError(f"{data_dir}/train.jsonl is empty")
+    bad = [y for name in ("train", "val", "test") for y in splits[name][1] if not 0 <= y < len(label_names)]
+    if bad:
+        raise FtvsError(f"label {bad[0]} is outside 0..{len(label_names) - 1} (metadata.json label_names); re-run `ftvs prepare`")
+    return meta, label_names, splits
+
+
+def _run_config(settings: BaselineSettings, meta: dict, data_dir: Path, out: Path, run_name: str,
+                num_train: int) -> dict:
+    return {
+        "arm": ARM, "method": METHOD, "model_name": METHOD, "run_name": run_name,
+        "data": str(data_dir), "data_dir": str(data_dir), "output_dir": str(out), "seed": settings.seed,
+        "dataset": meta.get("source") or data_dir.name,
+        "word_ngrams": list(settings.word_ngrams), "char_ngrams": list(settings.char_ngrams),
+        "analyzer_char": "char_wb", "min_df": settings.min_df, "max_features": settings.max_features,
+        "lowercase": settings.lowercase, "sublinear_tf": settings.sublinear_tf,
+        "C_grid": list(settings.C_grid), "solver": settings.solver, "max_iter": settings.max_iter,
+        "tol": settings.tol, "train_fraction": meta.get("train_fraction", 1.0),
+        "num_train_examples": num_train, "num_train_epochs": 1, "world_size": 1,
+    }
+
+
+def _write_config(out: Path, config: dict) -> None:
+    atomic_write_bytes(out / rundir.CONFIG, yaml.safe_dump(config, sort_keys=False).encode())
+
+
+def _fit_scores(model: BaselineModel, splits: dict, num_labels: int) -> tuple[dict, dict]:
+    """Accuracy, macro-F1 and loss on train and val (None on an empty val split): the one "epoch"."""
+    out = []
+    for name in ("train", "val"):
+        texts, labels = splits[name]
+        if not texts:
+            out.append({"accuracy": None, "macro_f1": None, "loss": None})
+            continue
+        proba = model.predict_proba(texts)
+        out.append(summary_metrics(labels, proba.argmax(1), num_labels) | {"loss": _nll(proba, labels)})
+    return out[0], out[1]
+
+
+def _write_history(out: Path, record: dict, train_m: dict, val_m: dict, num_train: int) -> None:
+    seconds = record["seconds_total"]
+    hist_path = out / rundir.HISTORY
+    hist_path.unlink(missing_ok=True)
+    append_jsonl(hist_path, {
+        "epoch": 1, "step": record["iterations"],
+        "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"], "train_macro_f1": train_m["macro_f1"],
+        "val_loss": val_m["loss"], "val_accuracy": val_m["accuracy"], "val_macro_f1": val_m["macro_f1"],
+        "lr": None, "epoch_seconds": seconds, "elapsed_seconds": seconds,
+        "examples_per_second": num_train / seconds if seconds > 0 else None,
+    })
+
+
+def _metrics_record(config: dict, model: BaselineModel, record: dict, scores: dict, out: Path) -> dict:
+    """metrics.json of the baseline, in the layout `ftvs evaluate` writes for the neural runs."""
+    train_m, val_m, test_m = scores["train"], scores["val"], scores["test"]
+    n_test, infer_seconds, train_seconds = scores["num_test"], scores["infer_seconds"], record["seconds_total"]
+    desc = model.describe()
+    gap = train_val_gap(train_m, val_m)
+    stop_reason = "converged" if record["converged"] else "max_iter"
+    return {
+        "run_name": config["run_name"], "arm": ARM, "method": METHOD, "model_name": METHOD,
+        "dataset": config["dataset"], "data_dir": config["data_dir"], "seed": config["seed"],
+        "test": test_m, "num_test_examples": n_test,
+        "inference": {
+            "seconds_total": infer_seconds,
+            "seconds_per_1000": infer_seconds / n_test * 1000 if n_test else None,
+            "examples_per_second": n_test / infer_seconds if infer_seconds > 0 else None,
+            "batch_size": n_test, "device": f"cpu ({platform.processor() or platform.machine()}, "
+                                             f"{os.cpu_count()} cores)",
+        },
+        "params": {"total": desc["params_total"], "trainable": desc["params_trainable"]},
+        "size_on_disk_bytes": dir_size_bytes(rundir.model_dir(out)),
+        "training": {
+            "seconds_total": train_seconds, "seconds_per_epoch": train_seconds, "epochs_run": 1,
+            "best_epoch": 1, "status": "completed", "stop_reason": stop_reason,
+            "model_selection": {"chosen_C": record["chosen_C"], "grid": record["grid"]},
+        },
+        "best_val": val_m,
+        "train_val_gap": {"best": gap, "last": dict(gap)},
+        "model": desc,
+    }
 
 
 def run_baseline(data_dir, output_dir, settings: BaselineSettings | None = None, run_name: str | None = None,
@@ -304,128 +396,44 @@ def run_baseline(data_dir, output_dir, settings: BaselineSettings | None = None,
     metrics.json and predictions.json into `output_dir`. Returns the metrics dict."""
     settings = settings or BaselineSettings()
     data_dir, out = Path(data_dir), Path(output_dir)
-    if not data_dir.is_dir():
-        raise FtvsError(f"data folder {data_dir} not found; create it with `ftvs prepare ... --output_dir {data_dir}`")
-    marker = out / "model" / "ftvs.json"
-    if marker.is_file():
-        arm = read_json(marker, "model marker").get("arm")
-        if arm != ARM:
-            raise FtvsError(f"{out} already holds a {arm!r} run; pick another --output_dir for the baseline")
-    meta = load_metadata(data_dir)
-    label_names = list(meta.get("label_names") or [])
-    if not label_names:
-        raise FtvsError(f"{data_dir}/metadata.json has no label_names; re-run `ftvs prepare`")
-    train_x, train_y = load_split(data_dir, "train")
-    val_x, val_y = load_split(data_dir, "val")
-    test_x, test_y = load_split(data_dir, "test")
-    if not train_x:
-        raise FtvsError(f"{data_dir}/train.jsonl is empty")
-    bad = [y for y in train_y + val_y + test_y if not 0 <= y < len(label_names)]
-    if bad:
-        raise FtvsError(f"label {bad[0]} is outside 0..{len(label_names) - 1} (metadata.json label_names); re-run `ftvs prepare`")
+    meta, label_names, splits = _load_splits(data_dir, out)
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = splits["train"], splits["val"], splits["test"]
     run_name = run_name or out.name
 
     with RunLock(out):
-        for stale in ("metrics.json", "predictions.json"):
-            (out / stale).unlink(missing_ok=True)
-        config = {
-            "arm": ARM, "method": METHOD, "model_name": METHOD, "run_name": run_name,
-            "data": str(data_dir), "data_dir": str(data_dir), "output_dir": str(out), "seed": settings.seed,
-            "dataset": meta.get("source") or data_dir.name,
-            "word_ngrams": list(settings.word_ngrams), "char_ngrams": list(settings.char_ngrams),
-            "analyzer_char": "char_wb", "min_df": settings.min_df, "max_features": settings.max_features,
-            "lowercase": settings.lowercase, "sublinear_tf": settings.sublinear_tf,
-            "C_grid": list(settings.C_grid), "solver": settings.solver, "max_iter": settings.max_iter,
-            "tol": settings.tol, "train_fraction": meta.get("train_fraction", 1.0),
-            "num_train_examples": len(train_x), "num_train_epochs": 1, "world_size": 1,
-        }
-        summary = {"status": "running", "arm": ARM, "run_name": run_name}
-        write_json(out / "train_summary.json", summary)
-        atomic_write_bytes(out / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+        rundir.clear_results(out)
+        config = _run_config(settings, meta, data_dir, out, run_name, len(train_x))
+        write_json(out / rundir.TRAIN_SUMMARY, {"status": "running", "arm": ARM, "run_name": run_name})
+        _write_config(out, config)
 
         model, record = fit_baseline(train_x, train_y, val_x, val_y, label_names, settings, log=log)
-        train_seconds = record["seconds_total"]
         config["C"] = record["chosen_C"]
-        atomic_write_bytes(out / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+        _write_config(out, config)
+        model.save(rundir.model_dir(out))
+        model = BaselineModel.load(rundir.model_dir(out))  # evaluate what is on disk
 
-        model.save(out / "model")
-        model = BaselineModel.load(out / "model")  # evaluate what is on disk
-
-        tr_proba = model.predict_proba(train_x)
-        train_m = summary_metrics(train_y, tr_proba.argmax(1), len(label_names)) | {"loss": _nll(tr_proba, train_y)}
-        if val_x:
-            va_proba = model.predict_proba(val_x)
-            val_m = summary_metrics(val_y, va_proba.argmax(1), len(label_names)) | {"loss": _nll(va_proba, val_y)}
-        else:
-            val_m = {"accuracy": None, "macro_f1": None, "loss": None}
-
+        train_m, val_m = _fit_scores(model, splits, len(label_names))
         t0 = time.perf_counter()
         te_proba = model.predict_proba(test_x)
         y_pred = te_proba.argmax(1)
         infer_seconds = time.perf_counter() - t0
-        n_test = len(test_x)
         test_m = classification_metrics(test_y, y_pred, label_names, loss=_nll(te_proba, test_y))
 
-        hist_path = out / "history.jsonl"
-        hist_path.unlink(missing_ok=True)
-        append_jsonl(hist_path, {
-            "epoch": 1, "step": record["iterations"],
-            "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"], "train_macro_f1": train_m["macro_f1"],
-            "val_loss": val_m["loss"], "val_accuracy": val_m["accuracy"], "val_macro_f1": val_m["macro_f1"],
-            "lr": None, "epoch_seconds": train_seconds, "elapsed_seconds": train_seconds,
-            "examples_per_second": len(train_x) / train_seconds if train_seconds > 0 else None,
+        _write_history(out, record, train_m, val_m, len(train_x))
+        write_json(out / rundir.TRAIN_SUMMARY, {
+            "status": "completed", "arm": ARM, "run_name": run_name, "seconds_total": record["seconds_total"],
+            "seconds_per_epoch": record["seconds_total"], "epochs_run": 1, "best_epoch": 1,
+            "stop_reason": "converged" if record["converged"] else "max_iter", "model_selection": record,
         })
-        stop_reason = "converged" if record["converged"] else "max_iter"
-        summary = {
-            "status": "completed", "arm": ARM, "run_name": run_name, "seconds_total": train_seconds,
-            "seconds_per_epoch": train_seconds, "epochs_run": 1, "best_epoch": 1, "stop_reason": stop_reason,
-            "model_selection": record,
-        }
-        write_json(out / "train_summary.json", summary)
-
-        desc = model.describe()
-        gap = _gap(train_m, val_m)
-        metrics = {
-            "run_name": run_name, "arm": ARM, "method": METHOD, "model_name": METHOD,
-            "dataset": config["dataset"], "data_dir": str(data_dir), "seed": settings.seed,
-            "test": test_m, "num_test_examples": n_test,
-            "inference": {
-                "seconds_total": infer_seconds,
-                "seconds_per_1000": infer_seconds / n_test * 1000 if n_test else None,
-                "examples_per_second": n_test / infer_seconds if infer_seconds > 0 else None,
-                "batch_size": n_test, "device": f"cpu ({platform.processor() or platform.machine()}, "
-                                                 f"{os.cpu_count()} cores)",
-            },
-            "params": {"total": desc["params_total"], "trainable": desc["params_trainable"]},
-            "size_on_disk_bytes": dir_size_bytes(out / "model"),
-            "training": {
-                "seconds_total": train_seconds, "seconds_per_epoch": train_seconds, "epochs_run": 1,
-                "best_epoch": 1, "status": "completed", "stop_reason": stop_reason,
-                "model_selection": {"chosen_C": record["chosen_C"], "grid": record["grid"]},
-            },
-            "best_val": val_m,
-            "train_val_gap": {"best": gap, "last": dict(gap)},
-            "model": desc,
-        }
-        write_json(out / "predictions.json", {
-            "label_names": label_names, "y_true": [int(y) for y in test_y], "y_pred": [int(y) for y in y_pred],
-            "confidence": [float(p) for p in te_proba.max(1)],
-        })
-        write_json(out / "metrics.json", metrics)
-        _figures(out, run_name, label_names, test_m["confusion_matrix"])
+        scores = {"train": train_m, "val": val_m, "test": test_m, "num_test": len(test_x),
+                  "infer_seconds": infer_seconds}
+        metrics = _metrics_record(config, model, record, scores, out)
+        rundir.write_results(out, metrics, label_names, test_y, y_pred, te_proba.max(1))
+        rundir.write_figures(out, label_names, test_m["confusion_matrix"], run_name=run_name,
+                             curves_title=f"{run_name} (TF-IDF baseline: one fit = one epoch)")
     log(f"baseline: test accuracy {test_m['accuracy']:.4f}, macro-F1 {test_m['macro_f1']:.4f}, "
-        f"trained in {train_seconds:.1f}s (C={record['chosen_C']:g}) -> {out}")
+        f"trained in {record['seconds_total']:.1f}s (C={record['chosen_C']:g}) -> {out}")
     return metrics
-
-
-def _figures(out: Path, run_name: str, label_names, matrix) -> None:
-    """The per-run figures every run dir has (training_curves.png, confusion_matrix.png)."""
-    from ftvs.fileio import read_jsonl
-    from ftvs.plots import plot_confusion_matrix, plot_training_curves
-
-    plot_training_curves(read_jsonl(out / "history.jsonl"), out / "training_curves.png",
-                         title=f"{run_name} (TF-IDF baseline: one fit = one epoch)")
-    plot_confusion_matrix(matrix, label_names, out / "confusion_matrix.png", title=f"{run_name}: test confusion matrix")
 
 
 # ------------------------------------------------------------------------------------------------ CLI

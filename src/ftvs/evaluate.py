@@ -10,26 +10,20 @@ from pathlib import Path
 
 import torch
 
+from ftvs import rundir
 from ftvs.arms import load_arm
 from ftvs.config import autocast_dtype, resolve_mixed_precision
 from ftvs.data import load_metadata, load_split
 from ftvs.errors import FtvsError
-from ftvs.fileio import dir_size_bytes, read_json, read_jsonl, write_json
+from ftvs.fileio import dir_size_bytes
 from ftvs.inference import make_eval_loader, predict_loader, timed_predict
-from ftvs.metrics import classification_metrics
-from ftvs.plots import plot_confusion_matrix, plot_training_curves
-
-
-def train_val_gap(row: dict) -> dict:
-    return {k: row[f"train_{k}"] - row[f"val_{k}"] for k in ("accuracy", "macro_f1", "loss")
-            if row.get(f"train_{k}") is not None and row.get(f"val_{k}") is not None}
+from ftvs.metrics import classification_metrics, epoch_gap
 
 
 def training_record(run_dir: Path) -> dict:
     """Training time, best epoch and train–val gaps from a run's history and summary."""
-    history = read_jsonl(run_dir / "history.jsonl") if (run_dir / "history.jsonl").exists() else []
-    summary = read_json(run_dir / "train_summary.json", "training summary") \
-        if (run_dir / "train_summary.json").exists() else {}
+    history = rundir.read_history(run_dir)
+    summary = rundir.read_summary(run_dir)
     if not history:
         return {"training": {"status": summary.get("status", "unknown")}, "best_val": {}, "train_val_gap": {}}
     best = max(history, key=lambda r: r["val_macro_f1"])
@@ -44,7 +38,7 @@ def training_record(run_dir: Path) -> dict:
                      "status": summary.get("status", "unknown"), "stop_reason": summary.get("stop_reason"),
                      "examples_per_second": sum(r["examples_per_second"] for r in history) / len(history)},
         "best_val": {"accuracy": best["val_accuracy"], "macro_f1": best["val_macro_f1"], "loss": best["val_loss"]},
-        "train_val_gap": {"best": train_val_gap(best), "last": train_val_gap(history[-1])},
+        "train_val_gap": {"best": epoch_gap(best), "last": epoch_gap(history[-1])},
     }
 
 
@@ -57,14 +51,12 @@ def check_labels(arm_labels, data_labels, data_dir) -> None:
 
 def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 128,
                  mixed_precision: str = "auto") -> dict:
-    import yaml
-
     run_dir = Path(run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    cfg = rundir.read_config(run_dir)
     data_dir = data_dir or cfg.get("data")
     if not data_dir:
         raise FtvsError(f"{run_dir} does not name its data; pass --data DIR")
-    arm = load_arm(run_dir / "model")
+    arm = load_arm(rundir.model_dir(run_dir))
     meta = load_metadata(data_dir)
     check_labels(arm.label_names, meta["label_names"], data_dir)
     texts, labels = load_split(data_dir, split)
@@ -107,27 +99,20 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 
         # a reloaded model is frozen for inference: what was trainable comes from the training record
         "params": {"total": description["params_total"],
                    "trainable": cfg.get("resolved", {}).get("params_trainable", description["params_trainable"])},
-        "size_on_disk_bytes": dir_size_bytes(run_dir / "model"),
+        "size_on_disk_bytes": dir_size_bytes(rundir.model_dir(run_dir)),
         "model": description,
         **training_record(run_dir),
     }
     if not state.is_main_process:  # every process holds the same gathered results; one writes them
         return metrics
-    write_json(run_dir / "metrics.json", metrics)
-    write_json(run_dir / "predictions.json", {"label_names": arm.label_names, "y_true": list(labels),
-                                               "y_pred": out["y_pred"].tolist(),
-                                               "confidence": [round(float(c), 6) for c in out["confidence"]]})
-    history = read_jsonl(run_dir / "history.jsonl") if (run_dir / "history.jsonl").exists() else []
-    if history:
-        plot_training_curves(history, run_dir / "training_curves.png", title=run_dir.name)
-    plot_confusion_matrix(scores["confusion_matrix"], arm.label_names, run_dir / "confusion_matrix.png",
-                          title=f"{run_dir.name}: test confusion matrix")
+    rundir.write_results(run_dir, metrics, arm.label_names, labels, out["y_pred"], out["confidence"])
+    rundir.write_figures(run_dir, arm.label_names, scores["confusion_matrix"], run_name=run_dir.name)
     return metrics
 
 
 def predict_texts(run_dir, texts: list[str], batch_size: int = 64) -> list[dict]:
-    model_dir = Path(run_dir) / "model"
-    if (model_dir / "ftvs.json").is_file() and read_json(model_dir / "ftvs.json").get("arm") == "baseline":
+    model_dir = rundir.model_dir(run_dir)
+    if rundir.read_marker(run_dir).get("arm") == "baseline":
         from ftvs.baseline import BaselineModel
 
         model = BaselineModel.load(model_dir)
@@ -149,7 +134,7 @@ def cmd_evaluate(args) -> int:
 
     PartialState().print(f"{m['run_name']}: accuracy {t['accuracy']:.4f} | macro-F1 {t['macro_f1']:.4f} | weighted-F1 "
           f"{t['weighted_f1']:.4f} | {m['inference']['seconds_per_1000']:.2f} s per 1,000 examples | "
-          f"{m['params']['total']:,} params -> {Path(args.run_dir) / 'metrics.json'}")
+          f"{m['params']['total']:,} params -> {Path(args.run_dir) / rundir.METRICS}")
     return 0
 
 

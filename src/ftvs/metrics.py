@@ -1,5 +1,7 @@
 """The one metrics function: every model (scratch, fine-tuned, TF-IDF baseline) is scored by it."""
 
+import math
+
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -36,3 +38,22 @@ def summary_metrics(y_true, y_pred, num_labels: int) -> dict:
         y_true, y_pred, labels=list(range(num_labels)), average="macro", zero_division=0
     )
     return {"accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0, "macro_f1": float(f)}
+
+
+GAP_KEYS = ("accuracy", "macro_f1", "loss")
+
+
+def train_val_gap(train: dict, val: dict) -> dict:
+    """Train minus val for accuracy, macro-F1 and loss, where both are known numbers. Positive accuracy/F1
+    gaps and negative loss gaps mean the model fits its training data better than unseen data."""
+    out = {}
+    for k in GAP_KEYS:
+        a, b = train.get(k), val.get(k)
+        if isinstance(a, int | float) and isinstance(b, int | float) and math.isfinite(a) and math.isfinite(b):
+            out[k] = a - b
+    return out
+
+
+def epoch_gap(row: dict) -> dict:
+    """`train_val_gap` of one history.jsonl row (keys `train_<metric>`, `val_<metric>`)."""
+    return train_val_gap({k: row.get(f"train_{k}") for k in GAP_KEYS}, {k: row.get(f"val_{k}") for k in GAP_KEYS})

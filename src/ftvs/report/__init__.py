@@ -11,18 +11,21 @@ import argparse
 import shutil
 from pathlib import Path
 
-from ftvs.errors import FtvsError
+from ftvs.comparison import COMPARISON_JSON, compare
+from ftvs.errors import FtvsError, closest
 from ftvs.fileio import atomic_write_bytes, read_json, write_json
+from ftvs.report.builder import build_blocks, report_title
+from ftvs.report.render import to_html, to_markdown, write_pdf
 
 FORMATS = ("md", "html", "pdf")
+REPORT_FILES = {"md": "report.md", "html": "report.html", "pdf": "report.pdf"}
+PDF_INFO = "report_pdf.json"  # pages and layout level the PDF was fitted at
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
     out = tuple(f.strip().lower() for f in str(text).split(",") if f.strip())
     bad = [f for f in out if f not in FORMATS]
     if bad or not out:
-        from ftvs.errors import closest
-
         hint = closest(bad[0], FORMATS) if bad else ""
         raise FtvsError(f"unknown report format {bad[0] if bad else text!r}{hint}; choose from {', '.join(FORMATS)}")
     return out
@@ -30,9 +33,6 @@ def parse_formats(text: str) -> tuple[str, ...]:
 
 def build_report(comparison: dict, out_dir, formats=FORMATS, fig_dir=None) -> dict[str, Path]:
     """Write report.md (figures beside it), report.html (self-contained) and report.pdf into out_dir."""
-    from ftvs.report.builder import build_blocks, report_title
-    from ftvs.report.render import to_html, to_markdown, write_pdf
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fig_dir = Path(fig_dir) if fig_dir else out
@@ -48,15 +48,14 @@ def build_report(comparison: dict, out_dir, formats=FORMATS, fig_dir=None) -> di
     title = report_title(comparison)
     written: dict[str, Path] = {}
     if "md" in formats:
-        atomic_write_bytes(out / "report.md", to_markdown(blocks).encode("utf-8"))
-        written["md"] = out / "report.md"
+        written["md"] = out / REPORT_FILES["md"]
+        atomic_write_bytes(written["md"], to_markdown(blocks).encode("utf-8"))
     if "html" in formats:
-        atomic_write_bytes(out / "report.html", to_html(blocks, fig_dir, title).encode("utf-8"))
-        written["html"] = out / "report.html"
+        written["html"] = out / REPORT_FILES["html"]
+        atomic_write_bytes(written["html"], to_html(blocks, fig_dir, title).encode("utf-8"))
     if "pdf" in formats:
-        info = write_pdf(blocks, fig_dir, title, out / "report.pdf")
-        written["pdf"] = out / "report.pdf"
-        write_json(out / "report_pdf.json", info)
+        written["pdf"] = out / REPORT_FILES["pdf"]
+        write_json(out / PDF_INFO, write_pdf(blocks, fig_dir, title, written["pdf"]))
     return written
 
 
@@ -86,12 +85,10 @@ def cmd_report(args) -> int:
     if args.runs:
         if args.comparison:
             raise FtvsError("give either RUN_DIRs or --comparison, not both")
-        from ftvs.compare import compare
-
         comparison = compare(args.runs, out, n_resamples=args.bootstrap, seed=args.seed)
         fig_dir = out
     else:
-        path = Path(args.comparison) if args.comparison else out / "comparison.json"
+        path = Path(args.comparison) if args.comparison else out / COMPARISON_JSON
         if not path.is_file():
             raise FtvsError(f"{path} not found; pass RUN_DIRs to compare, or run `ftvs compare RUN_DIR... --out {out}`")
         comparison = read_json(path, "comparison")
@@ -100,10 +97,10 @@ def cmd_report(args) -> int:
         fig_dir = path.parent
         if fig_dir.resolve() != out.resolve():
             out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "comparison.json", comparison)
-    for fmt, path in build_report(comparison, out, formats=formats, fig_dir=fig_dir).items():
+            write_json(out / COMPARISON_JSON, comparison)
+    for kind, path in build_report(comparison, out, formats=formats, fig_dir=fig_dir).items():
         extra = ""
-        if fmt == "pdf" and (out / "report_pdf.json").is_file():
-            extra = f" ({read_json(out / 'report_pdf.json')['pages']} pages)"
+        if kind == "pdf" and (out / PDF_INFO).is_file():
+            extra = f" ({read_json(out / PDF_INFO)['pages']} pages)"
         print(f"wrote {path}{extra}")
     return 0

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import re
 from importlib import resources
 from pathlib import Path
 from string import Template
 
 from ftvs.errors import FtvsError
+from ftvs.fileio import atomic_write_bytes
 
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _CODE = re.compile(r"`([^`]+)`")
@@ -179,8 +181,6 @@ def write_pdf(blocks: list[dict], fig_dir: Path, title: str, path: Path, min_pag
             f"report.pdf needs WeasyPrint and the Pango libraries ({e.__class__.__name__}: {e}); "
             "`pip install weasyprint` and `apt-get install libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core`, "
             "or pass --formats md,html") from None
-    import logging
-
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)
     rendered: dict[int, object] = {}
@@ -200,7 +200,5 @@ def write_pdf(blocks: list[dict], fig_dir: Path, title: str, path: Path, min_pag
         while k > 0 and len(render(k).pages) < min_pages and len(render(k - 1).pages) <= max_pages:
             k -= 1
     doc = render(k)
-    from ftvs.fileio import atomic_write_bytes
-
     atomic_write_bytes(path, doc.write_pdf())
     return {"pages": len(doc.pages), "level": k, "min_pages": min_pages, "max_pages": max_pages}
