@@ -40,7 +40,9 @@ def mean_std(values) -> tuple[float | None, float | None]:
 def _delta_points(a: dict, b: dict) -> list[dict]:
     pa = {p["num_train_examples"]: p for p in a["points"] if p.get("num_train_examples") and p.get("mean") is not None}
     pb = {p["num_train_examples"]: p for p in b["points"] if p.get("num_train_examples") and p.get("mean") is not None}
-    return [{"num_train_examples": n, "delta": pa[n]["mean"] - pb[n]["mean"],
+    # the stds of two independent means add in quadrature; an unknown (one-seed) std counts as 0
+    return [{"num_train_examples": n, **{k: pa[n][k] for k in ("train_fraction",) if k in pa[n]},
+             "delta": pa[n]["mean"] - pb[n]["mean"],
              "delta_std": math.sqrt((pa[n].get("std") or 0.0) ** 2 + (pb[n].get("std") or 0.0) ** 2)}
             for n in sorted(set(pa) & set(pb))]
 
@@ -64,8 +66,8 @@ def _crossings(points: list[dict], a_label: str, b_label: str) -> list[dict]:
 def crossovers(curves: list[dict]) -> list[dict]:
     """Where two data-size curves cross, for every pair of curves.
 
-    `curves`: [{"label", "arm", "points": [{"num_train_examples", "mean", "std"}]}], `mean`/`std` the
-    test macro-F1 over seeds at that size. Returns one record per pair, A the fine-tuned curve when
+    `curves`: [{"label", "arm", "points": [{"num_train_examples", "mean", "std", "train_fraction"
+    (optional, passed through)}]}], `mean`/`std` the test macro-F1 over seeds at that size. Returns one record per pair, A the fine-tuned curve when
     exactly one of the two is: {"a", "b", "a_arm", "b_arm", "rule", "points": [{"num_train_examples",
     "delta" (A − B), "delta_std"}], "crossings": [{"a", "b", "between_examples": [lo, hi],
     "leader_below", "leader_above", "interpolated_examples"}]}.

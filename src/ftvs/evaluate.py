@@ -12,6 +12,7 @@ import torch
 
 from ftvs import rundir
 from ftvs.arms import load_arm
+from ftvs.baseline import BaselineModel
 from ftvs.config import autocast_dtype, resolve_mixed_precision
 from ftvs.data import load_metadata, load_split
 from ftvs.errors import FtvsError
@@ -113,8 +114,6 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 
 def predict_texts(run_dir, texts: list[str], batch_size: int = 64) -> list[dict]:
     model_dir = rundir.model_dir(run_dir)
     if rundir.read_marker(run_dir).get("arm") == "baseline":
-        from ftvs.baseline import BaselineModel
-
         model = BaselineModel.load(model_dir)
         proba = model.predict_proba(texts)
         return [{"text": t, "label": model.label_names[int(p.argmax())], "probability": float(p.max())}

@@ -1,102 +1,43 @@
-"""`ftvs compare` / `ftvs report` on REAL tiny runs of every arm (Banking77 subset): sections, figures,
-numbers in the text equal to the JSON, significance maths, PDF page budget, HTML rendered by Chromium."""
+"""`ftvs report` on REAL tiny runs of every arm (Banking77 subset): sections, figures, numbers in the
+text equal to the JSON, PDF page budget, HTML rendered by Chromium, rebuilding from comparison.json,
+published results (see tests/compare_runs.py for the runs)."""
 
 import base64
-import csv
 import json
 import re
 import shutil
 import subprocess
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+from compare_runs import NUM, build_tiny_study, md_table, metrics_of
 
 from ftvs.cli import main
 from ftvs.compare import find_pair
-from ftvs.data import prepare, subsample_train
-from ftvs.metrics import classification_metrics
-from ftvs.stats import fast_macro_f1, holm, mcnemar_exact, paired_bootstrap
 
-BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 SECTIONS = ["## 1. Model descriptions", "## 2. Dataset description", "## 3. Training and evaluation",
             "## 4. Comparative analysis", "### Training curves", "### Convergence", "### Stability", "### Overfitting",
             "### Who wins, and by how much", "### Cost", "### When would training from scratch be preferred?",
             "### Sensitivity to model size and data size", "### Practical insights", "### Preprocessing"]
-NUM = r"[+-]?\d+\.\d+"
-
-
-def _subset(folder: Path, per_class_train: int, per_class_test: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", per_class_train), ("test", per_class_test)):
-        with open(BANKING77 / f"{split}.csv", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        taken, keep = defaultdict(int), []
-        for r in rows:
-            if taken[r["category"]] < n:
-                taken[r["category"]] += 1
-                keep.append({"text": r["text"], "category": r["category"]})
-        with open(folder / f"{split}.csv", "w", encoding="utf-8", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["text", "category"])
-            w.writeheader()
-            w.writerows(keep)
-    return folder
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tiny_llama_dir):
     """Tiny real runs of each arm on one data folder, compared and reported with the CLI."""
-    if not BANKING77.is_dir():
-        pytest.skip(f"Banking77 CSVs not found at {BANKING77}")
-    root = tmp_path_factory.mktemp("study")
-    data = root / "data"
-    prepare(str(_subset(root / "csv", 8, 4)), data, seed=0)  # 77 classes: ~550 train, 308 test
-    half = root / "data_half"
-    subsample_train(data, half, 0.5, seed=0)
-    runs = root / "runs"
-    common = ["--data", str(data), "--num_train_epochs", "2", "--max_seq_length", "32", "--disable_tqdm",
-              "--per_device_train_batch_size", "64"]
-    assert main(["train", "scratch", "--output_dir", str(runs / "scratch_tiny"), "--preset", "tiny",
-                 "--learning_rate", "3e-3", *common]) == 0
-    assert main(["train", "finetune", "--output_dir", str(runs / "ft_lora"), "--model", str(tiny_llama_dir),
-                 "--method", "lora", *common]) == 0
-    assert main(["baseline", "--data", str(data), "--output_dir", str(runs / "baseline_s0"), "--C", "10"]) == 0
-    assert main(["baseline", "--data", str(data), "--output_dir", str(runs / "baseline_s1"), "--C", "3",
-                 "--seed", "1"]) == 0
-    assert main(["baseline", "--data", str(half), "--output_dir", str(runs / "baseline_half"), "--C", "10"]) == 0
-    out = root / "report"
-    assert main(["compare", str(runs), "--out", str(out)]) == 0  # a study folder: runs found recursively
-    comparison = json.loads((out / "comparison.json").read_text())
-    return {"root": root, "data": data, "runs": runs, "out": out, "c": comparison,
-            "md": (out / "report.md").read_text(encoding="utf-8"),
-            "html": (out / "report.html").read_text(encoding="utf-8")}
+    return build_tiny_study(tmp_path_factory, tiny_llama_dir)
 
 
 def parse_p(text: str) -> float:
     return 0.0 if text == "< 1e-300" else float(text)
 
 
-def _metrics(study, name):
-    return json.loads((study["runs"] / name / "metrics.json").read_text())
-
-
-def test_all_runs_grouped_and_every_section_present(study):
-    c, md, html = study["c"], study["md"], study["html"]
-    assert sorted(r["run"] for r in c["runs"]) == ["baseline_half", "baseline_s0", "baseline_s1", "ft_lora",
-                                                   "scratch_tiny"]
-    assert {r["arm"] for r in c["runs"]} == {"finetune", "scratch", "baseline"}
+def test_every_section_present(study):
+    md, html = study["md"], study["html"]
     for heading in SECTIONS:
         assert heading in md, heading
         assert heading.lstrip("# ") in html, heading
-    groups = {g["label"]: g for g in c["groups"]}
-    seeds = groups["TF-IDF + LogReg"]
-    assert seeds["n"] == 2 and seeds["macro_f1_std"] is not None
-    vals = [r["macro_f1"] for r in c["runs"] if r["run"] in ("baseline_s0", "baseline_s1")]
-    assert seeds["macro_f1_mean"] == pytest.approx(np.mean(vals))
-    assert seeds["macro_f1_std"] == pytest.approx(np.std(vals, ddof=1))
-    assert (study["out"] / "comparison.md").read_text().count("\n| ") == 5
 
 
 def test_every_figure_is_written_referenced_and_embedded(study):
@@ -116,24 +57,13 @@ def test_every_figure_is_written_referenced_and_embedded(study):
     assert "<style>" in html and "<link" not in html
 
 
-def _table(md: str, caption_start: str) -> list[list[str]]:
-    lines = md.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"*{caption_start}"))
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip("|").split(" | ")])
-    return rows[2:] if rows and rows[1][0].startswith("---") else rows[1:]
-
-
 def test_numbers_in_the_text_equal_the_json(study):
     c, md = study["c"], study["md"]
     # 1. results table = each run's metrics.json
-    rows = _table(md, "Test-set results")
+    rows = md_table(md, "Test-set results")
     assert len(rows) == len(c["runs"])
     for cells in rows:
-        m = _metrics(study, cells[0])
+        m = metrics_of(study, cells[0])
         assert cells[3] == f"{m['test']['accuracy']:.4f}"
         assert cells[4] == f"{m['test']['macro_f1']:.4f}"
         assert cells[5] == f"{m['test']['weighted_f1']:.4f}"
@@ -161,7 +91,7 @@ def test_numbers_in_the_text_equal_the_json(study):
     acc_diff = ca.mean() - cb.mean()
     assert float(hit.group(6)) == pytest.approx(acc_diff, abs=5e-5)
     # 3. significance table rows
-    for cells in _table(md, "Paired tests"):
+    for cells in md_table(md, "Paired tests"):
         p = find_pair(c["significance"], cells[0], cells[1])
         d = [float(v) for v in re.findall(NUM, cells[3])]
         assert d == pytest.approx([p["macro_f1"]["diff"], p["macro_f1"]["ci_low"], p["macro_f1"]["ci_high"]], abs=5e-5)
@@ -184,25 +114,6 @@ def test_numbers_in_the_text_equal_the_json(study):
     ranking = re.search(r"by test macro-F1 \(mean over seeds\): (.*)\.\n", md).group(1)
     means = sorted((g["macro_f1_mean"] for g in c["groups"] if g["train_fraction"] == 1.0), reverse=True)
     assert [float(v) for v in re.findall(r"\d\. .+? (\d\.\d{4})", ranking)] == pytest.approx(means, abs=5e-5)
-
-
-def test_significance_maths():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 7, 400)
-    y[:3] = 6  # class 5 might never occur; F1 of an absent, never-predicted class is 0 in both
-    a = np.where(rng.random(400) < 0.8, y, rng.integers(0, 7, 400))
-    b = np.where(rng.random(400) < 0.6, y, rng.integers(0, 7, 400))
-    names = [f"c{i}" for i in range(8)]
-    assert fast_macro_f1(y, a, 8) == pytest.approx(classification_metrics(y, a, names)["macro_f1"], abs=1e-12)
-    mc = mcnemar_exact([0] * 10, [0] * 10, [1] * 10)
-    assert (mc["a_only_correct"], mc["b_only_correct"]) == (10, 0) and mc["p_value"] == pytest.approx(2 * 0.5 ** 10)
-    assert mcnemar_exact([0, 1], [0, 1], [0, 1])["p_value"] == 1.0
-    boot = paired_bootstrap(y, a, b, 8, n_resamples=500, seed=1)
-    for k in ("accuracy", "macro_f1"):
-        assert boot[k]["ci_low"] < boot[k]["diff"] < boot[k]["ci_high"]
-    assert boot["accuracy"]["diff"] == pytest.approx((a == y).mean() - (b == y).mean())
-    assert paired_bootstrap(y, a, b, 8, n_resamples=500, seed=1) == boot  # seeded
-    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
 
 
 def test_pdf_fits_the_page_budget(study):
@@ -238,36 +149,6 @@ def test_html_renders_in_headless_chromium(study, tmp_path):
     assert img.std() > 20
 
 
-def test_sweeps_from_tagged_runs_and_missing_sweep_hint(study):
-    sw = study["c"]["sweeps"]
-    series = {s["label"]: s for s in sw["data_size"]}
-    pts = series["TF-IDF + LogReg"]["points"]
-    assert [p["train_fraction"] for p in pts] == [0.5, 1.0]
-    assert pts[0]["num_train_examples"] < pts[1]["num_train_examples"]
-    half = _metrics(study, "baseline_half")["test"]["macro_f1"]
-    assert pts[0]["macro_f1_mean"] == pytest.approx(half)
-    hit = re.search(rf"\*\*TF-IDF \+ LogReg\*\*: macro-F1 ({NUM}) with ([\d,]+) training examples, ({NUM}) with "
-                    rf"([\d,]+)", study["md"])
-    assert float(hit.group(1)) == pytest.approx(pts[0]["macro_f1_mean"], abs=5e-5)
-    assert int(hit.group(2).replace(",", "")) == pts[0]["num_train_examples"]
-    assert not sw["model_size"]
-    assert "`ftvs study --preset banking77`" in study["md"]
-
-
-def test_refuses_runs_scored_on_different_test_sets(study, tmp_path, capsys):
-    odd = tmp_path / "odd"
-    shutil.copytree(study["runs"] / "baseline_s0", odd)
-    pred = json.loads((odd / "predictions.json").read_text())
-    pred["y_true"] = pred["y_true"][::-1]
-    (odd / "predictions.json").write_text(json.dumps(pred))
-    m = json.loads((odd / "metrics.json").read_text())
-    m["run_name"] = "odd"
-    (odd / "metrics.json").write_text(json.dumps(m))
-    code = main(["compare", str(study["runs"] / "ft_lora"), str(odd), "--out", str(tmp_path / "cmp"), "--no-report"])
-    assert code == 2
-    assert "same test set" in capsys.readouterr().err
-
-
 def test_report_rebuilds_from_comparison_json(study, tmp_path):
     out = tmp_path / "again"
     assert main(["report", "--comparison", str(study["out"] / "comparison.json"), "--out", str(out),
@@ -289,8 +170,8 @@ def test_published_reference_results_are_cited_next_to_ours(study, tmp_path):
     assert main(["compare", str(tmp_path / "study.json"), "--out", str(out), "--formats", "md", "--bootstrap", "200"]) == 0
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "### Against published results" in md
-    rows = _table(md, "Test accuracy reported elsewhere")
-    scratch_acc = _metrics(study, "scratch_tiny")["test"]["accuracy"]
+    rows = md_table(md, "Test accuracy reported elsewhere")
+    scratch_acc = metrics_of(study, "scratch_tiny")["test"]["accuracy"]
     (scratch,) = [r for r in rows if r[0] == "paper: scratch"]
     assert scratch[2] == "0.9195" and float(scratch[4]) == pytest.approx(scratch_acc, abs=1e-4)
     assert float(scratch[5]) == pytest.approx(scratch_acc - 0.9195, abs=1e-4)
