@@ -52,22 +52,83 @@ def _build(tmp_path_factory, tiny_llama_dir) -> dict:
     half = root / "data_half"
     subsample_train(data, half, 0.5, seed=0)
     runs = root / "runs"
-    common = ["--data", str(data), "--num_train_epochs", "2", "--max_seq_length", "32", "--disable_tqdm",
-              "--per_device_train_batch_size", "64"]
-    assert main(["train", "scratch", "--output_dir", str(runs / "scratch_tiny"), "--preset", "tiny",
-                 "--learning_rate", "3e-3", *common]) == 0
-    assert main(["train", "finetune", "--output_dir", str(runs / "ft_lora"), "--model", str(tiny_llama_dir),
-                 "--method", "lora", *common]) == 0
-    assert main(["baseline", "--data", str(data), "--output_dir", str(runs / "baseline_s0"), "--C", "10"]) == 0
-    assert main(["baseline", "--data", str(data), "--output_dir", str(runs / "baseline_s1"), "--C", "3",
-                 "--seed", "1"]) == 0
-    assert main(["baseline", "--data", str(half), "--output_dir", str(runs / "baseline_half"), "--C", "10"]) == 0
+    common = [
+        "--data",
+        str(data),
+        "--num_train_epochs",
+        "2",
+        "--max_seq_length",
+        "32",
+        "--disable_tqdm",
+        "--per_device_train_batch_size",
+        "64",
+    ]
+    assert (
+        main(
+            [
+                "train",
+                "scratch",
+                "--output_dir",
+                str(runs / "scratch_tiny"),
+                "--preset",
+                "tiny",
+                "--learning_rate",
+                "3e-3",
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "finetune",
+                "--output_dir",
+                str(runs / "ft_lora"),
+                "--model",
+                str(tiny_llama_dir),
+                "--method",
+                "lora",
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["baseline", "--data", str(data), "--output_dir", str(runs / "baseline_s0"), "--C", "10"]) == 0
+    )
+    assert (
+        main(
+            [
+                "baseline",
+                "--data",
+                str(data),
+                "--output_dir",
+                str(runs / "baseline_s1"),
+                "--C",
+                "3",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["baseline", "--data", str(half), "--output_dir", str(runs / "baseline_half"), "--C", "10"]) == 0
+    )
     out = root / "report"
     assert main(["compare", str(runs), "--out", str(out)]) == 0  # a study folder: runs found recursively
     comparison = json.loads((out / "comparison.json").read_text())
-    return {"root": root, "data": data, "runs": runs, "out": out, "c": comparison,
-            "md": (out / "report.md").read_text(encoding="utf-8"),
-            "html": (out / "report.html").read_text(encoding="utf-8")}
+    return {
+        "root": root,
+        "data": data,
+        "runs": runs,
+        "out": out,
+        "c": comparison,
+        "md": (out / "report.md").read_text(encoding="utf-8"),
+        "html": (out / "report.html").read_text(encoding="utf-8"),
+    }
 
 
 def metrics_of(study, name):
@@ -78,7 +139,7 @@ def md_table(md: str, caption_start: str) -> list[list[str]]:
     lines = md.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"*{caption_start}"))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([c.strip() for c in line.strip("|").split(" | ")])

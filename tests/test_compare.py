@@ -20,8 +20,13 @@ def study(tmp_path_factory, tiny_llama_dir):
 
 def test_all_runs_found_recursively_and_seeds_grouped(study):
     c = study["c"]
-    assert sorted(r["run"] for r in c["runs"]) == ["baseline_half", "baseline_s0", "baseline_s1", "ft_lora",
-                                                   "scratch_tiny"]
+    assert sorted(r["run"] for r in c["runs"]) == [
+        "baseline_half",
+        "baseline_s0",
+        "baseline_s1",
+        "ft_lora",
+        "scratch_tiny",
+    ]
     assert {r["arm"] for r in c["runs"]} == {"finetune", "scratch", "baseline"}
     groups = {g["label"]: g for g in c["groups"]}
     seeds = groups["TF-IDF + LogReg"]
@@ -40,8 +45,11 @@ def test_sweeps_from_tagged_runs_and_missing_sweep_hint(study):
     assert pts[0]["num_train_examples"] < pts[1]["num_train_examples"]
     half = metrics_of(study, "baseline_half")["test"]["macro_f1"]
     assert pts[0]["macro_f1_mean"] == pytest.approx(half)
-    hit = re.search(rf"\*\*TF-IDF \+ LogReg\*\*: macro-F1 ({NUM}) with ([\d,]+) training examples, ({NUM}) with "
-                    rf"([\d,]+)", study["md"])
+    hit = re.search(
+        rf"\*\*TF-IDF \+ LogReg\*\*: macro-F1 ({NUM}) with ([\d,]+) training examples, ({NUM}) with "
+        rf"([\d,]+)",
+        study["md"],
+    )
     assert float(hit.group(1)) == pytest.approx(pts[0]["macro_f1_mean"], abs=5e-5)
     assert int(hit.group(2).replace(",", "")) == pts[0]["num_train_examples"]
     assert not sw["model_size"]
@@ -57,6 +65,8 @@ def test_refuses_runs_scored_on_different_test_sets(study, tmp_path, capsys):
     m = json.loads((odd / "metrics.json").read_text())
     m["run_name"] = "odd"
     (odd / "metrics.json").write_text(json.dumps(m))
-    code = main(["compare", str(study["runs"] / "ft_lora"), str(odd), "--out", str(tmp_path / "cmp"), "--no-report"])
+    code = main(
+        ["compare", str(study["runs"] / "ft_lora"), str(odd), "--out", str(tmp_path / "cmp"), "--no-report"]
+    )
     assert code == 2
     assert "same test set" in capsys.readouterr().err

@@ -17,10 +17,22 @@ from ftvs.cli import main
 from ftvs.compare import find_pair
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-SECTIONS = ["## 1. Model descriptions", "## 2. Dataset description", "## 3. Training and evaluation",
-            "## 4. Comparative analysis", "### Training curves", "### Convergence", "### Stability", "### Overfitting",
-            "### Who wins, and by how much", "### Cost", "### When would training from scratch be preferred?",
-            "### Sensitivity to model size and data size", "### Practical insights", "### Preprocessing"]
+SECTIONS = [
+    "## 1. Model descriptions",
+    "## 2. Dataset description",
+    "## 3. Training and evaluation",
+    "## 4. Comparative analysis",
+    "### Training curves",
+    "### Convergence",
+    "### Stability",
+    "### Overfitting",
+    "### Who wins, and by how much",
+    "### Cost",
+    "### When would training from scratch be preferred?",
+    "### Sensitivity to model size and data size",
+    "### Practical insights",
+    "### Preprocessing",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +54,15 @@ def test_every_section_present(study):
 
 def test_every_figure_is_written_referenced_and_embedded(study):
     figs = study["c"]["figures"]
-    expected = {"curves_overlay", "train_val_curves", "scores", "confusion_matrices", "per_class_diff", "cost",
-                "sweep_data_size"}
+    expected = {
+        "curves_overlay",
+        "train_val_curves",
+        "scores",
+        "confusion_matrices",
+        "per_class_diff",
+        "cost",
+        "sweep_data_size",
+    }
     assert expected <= set(figs), set(figs)
     for name in figs.values():
         path = study["out"] / name
@@ -70,9 +89,13 @@ def test_numbers_in_the_text_equal_the_json(study):
         assert cells[8].split("/")[0] == str(m["training"]["best_epoch"])
         assert float(cells[10]) == pytest.approx(m["inference"]["seconds_per_1000"], abs=6e-4)
     # 2. the headline fine-tuned vs from-scratch sentence = comparison.json significance
-    hit = re.search(rf"Fine-tuned \*\*(\S+)\*\* minus from-scratch \*\*(\S+)\*\*: macro-F1 ({NUM}) \(95% CI "
-                    rf"\[({NUM}), ({NUM})\]\), accuracy ({NUM}) .*?McNemar exact p (?:= )?(< 1e-300|\S+) \((\d+) vs (\d+) "
-                    r"discordant examples\), (significant|not significant)", md)
+    hit = re.search(
+        rf"Fine-tuned \*\*(\S+)\*\* minus from-scratch \*\*(\S+)\*\*: macro-F1 ({NUM}) \(95% CI "
+        rf"\[({NUM}), ({NUM})\]\), accuracy ({NUM}) .*?McNemar exact p (?:= )?(< 1e-300|\S+) \((\d+) vs "
+        rf"(\d+) "
+        r"discordant examples\), (significant|not significant)",
+        md,
+    )
     assert hit, "headline sentence missing"
     a, b = hit.group(1), hit.group(2)
     pair = find_pair(c["significance"], a, b)
@@ -94,19 +117,29 @@ def test_numbers_in_the_text_equal_the_json(study):
     for cells in md_table(md, "Paired tests"):
         p = find_pair(c["significance"], cells[0], cells[1])
         d = [float(v) for v in re.findall(NUM, cells[3])]
-        assert d == pytest.approx([p["macro_f1"]["diff"], p["macro_f1"]["ci_low"], p["macro_f1"]["ci_high"]], abs=5e-5)
+        assert d == pytest.approx(
+            [p["macro_f1"]["diff"], p["macro_f1"]["ci_low"], p["macro_f1"]["ci_high"]], abs=5e-5
+        )
         assert cells[4] == f"{p['mcnemar']['a_only_correct']}/{p['mcnemar']['b_only_correct']}"
         assert cells[7] == ("yes" if p["mcnemar"]["p_value"] < 0.05 else "no")
     # 4. convergence sentences = history.jsonl
-    for name, best, epochs, f1 in re.findall(rf"\*\*(\S+)\*\* peaked at epoch (\d+) of (\d+) \(val macro-F1 ({NUM})\)",
-                                             md):
-        hist = [json.loads(line) for line in (study["runs"] / name / "history.jsonl").read_text().splitlines()]
+    for name, best, epochs, f1 in re.findall(
+        rf"\*\*(\S+)\*\* peaked at epoch (\d+) of (\d+) \(val macro-F1 ({NUM})\)", md
+    ):
+        hist = [
+            json.loads(line) for line in (study["runs"] / name / "history.jsonl").read_text().splitlines()
+        ]
         top = max(hist, key=lambda r: r["val_macro_f1"])
-        assert (int(best), int(epochs), float(f1)) == (top["epoch"], len(hist), pytest.approx(top["val_macro_f1"],
-                                                                                                abs=5e-5))
+        assert (int(best), int(epochs), float(f1)) == (
+            top["epoch"],
+            len(hist),
+            pytest.approx(top["val_macro_f1"], abs=5e-5),
+        )
     # 5. dataset sentence = metadata.json
     meta = json.loads((study["data"] / "metadata.json").read_text())
-    hit = re.search(r"(\d+) classes, ([\d,]+) examples after cleaning: train ([\d,]+), val ([\d,]+), test ([\d,]+)", md)
+    hit = re.search(
+        r"(\d+) classes, ([\d,]+) examples after cleaning: train ([\d,]+), val ([\d,]+), test ([\d,]+)", md
+    )
     counts = [int(hit.group(i).replace(",", "")) for i in range(3, 6)]
     assert int(hit.group(1)) == meta["num_labels"]
     assert counts == [meta["splits"][s]["count"] for s in ("train", "val", "test")]
@@ -130,14 +163,27 @@ def test_pdf_fits_the_page_budget(study):
     assert json.loads((study["out"] / "report_pdf.json").read_text())["pages"] == pages
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian package `chromium`); the HTML render "
-                                             "check needs a real browser")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium not installed (Debian package `chromium`); the HTML render check needs a real browser",
+)
 def test_html_renders_in_headless_chromium(study, tmp_path):
     shot = tmp_path / "shot.png"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,2400", f"--screenshot={shot}",
-           (study["out"] / "report.html").as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1100,2400",
+        f"--screenshot={shot}",
+        (study["out"] / "report.html").as_uri(),
+    ]
     subprocess.run(cmd, capture_output=True, timeout=120, check=False)
     assert shot.is_file(), "Chromium wrote no screenshot"
     from PIL import Image
@@ -151,8 +197,20 @@ def test_html_renders_in_headless_chromium(study, tmp_path):
 
 def test_report_rebuilds_from_comparison_json(study, tmp_path):
     out = tmp_path / "again"
-    assert main(["report", "--comparison", str(study["out"] / "comparison.json"), "--out", str(out),
-                 "--formats", "md,html"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--comparison",
+                str(study["out"] / "comparison.json"),
+                "--out",
+                str(out),
+                "--formats",
+                "md,html",
+            ]
+        )
+        == 0
+    )
     assert (out / "report.md").read_text(encoding="utf-8") == study["md"]
     assert (out / "report.html").read_text(encoding="utf-8") == study["html"]
     assert main(["report", "--out", str(tmp_path / "empty")]) == 2
@@ -160,14 +218,37 @@ def test_report_rebuilds_from_comparison_json(study, tmp_path):
 
 def test_published_reference_results_are_cited_next_to_ours(study, tmp_path):
     runs = {n: str(study["runs"] / n) for n in ("scratch_tiny", "ft_lora", "baseline_s0")}
-    doc = {"runs": list(runs.values()),
-           "reference_results": [
-               {"name": "paper: scratch", "source": "seed report", "arm": "scratch", "test_accuracy": 0.9195},
-               {"name": "paper: GPT-2 + LoRA", "source": "seed report", "arm": "finetune", "method": "lora",
-                "model": "gpt2", "test_accuracy": 0.9154}]}
+    doc = {
+        "runs": list(runs.values()),
+        "reference_results": [
+            {"name": "paper: scratch", "source": "seed report", "arm": "scratch", "test_accuracy": 0.9195},
+            {
+                "name": "paper: GPT-2 + LoRA",
+                "source": "seed report",
+                "arm": "finetune",
+                "method": "lora",
+                "model": "gpt2",
+                "test_accuracy": 0.9154,
+            },
+        ],
+    }
     (tmp_path / "study.json").write_text(json.dumps(doc))
     out = tmp_path / "cmp"
-    assert main(["compare", str(tmp_path / "study.json"), "--out", str(out), "--formats", "md", "--bootstrap", "200"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(tmp_path / "study.json"),
+                "--out",
+                str(out),
+                "--formats",
+                "md",
+                "--bootstrap",
+                "200",
+            ]
+        )
+        == 0
+    )
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "### Against published results" in md
     rows = md_table(md, "Test accuracy reported elsewhere")

@@ -18,7 +18,12 @@ def test_results_are_written_once_and_read_back(tmp_path):
     assert rundir.is_evaluated(run)
     assert rundir.read_metrics(run) == metrics
     pred = rundir.read_predictions(run)
-    assert pred == {"label_names": ["a", "b"], "y_true": [0, 1], "y_pred": [0, 0], "confidence": [0.912346, 0.6]}
+    assert pred == {
+        "label_names": ["a", "b"],
+        "y_true": [0, 1],
+        "y_pred": [0, 0],
+        "confidence": [0.912346, 0.6],
+    }
     assert json.loads((run / rundir.PREDICTIONS).read_text()) == pred
     rundir.clear_results(run)
     assert not (run / rundir.METRICS).exists() and not (run / rundir.PREDICTIONS).exists()
@@ -27,8 +32,12 @@ def test_results_are_written_once_and_read_back(tmp_path):
 
 
 def test_missing_files_read_as_empty_and_bad_yaml_is_named(tmp_path):
-    assert (rundir.read_config(tmp_path), rundir.read_history(tmp_path), rundir.read_summary(tmp_path),
-            rundir.read_marker(tmp_path)) == ({}, [], {}, {})
+    assert (
+        rundir.read_config(tmp_path),
+        rundir.read_history(tmp_path),
+        rundir.read_summary(tmp_path),
+        rundir.read_marker(tmp_path),
+    ) == ({}, [], {}, {})
     (tmp_path / rundir.CONFIG).write_text("arm: [unclosed\n")
     with pytest.raises(FtvsError, match=rundir.CONFIG):
         rundir.read_config(tmp_path)
@@ -44,7 +53,13 @@ def test_figures_are_png_and_curves_need_a_history(tmp_path):
     assert (tmp_path / rundir.CONFUSION_MATRIX).read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / rundir.TRAINING_CURVES).exists()
     for epoch in (1, 2):
-        append_jsonl(tmp_path / rundir.HISTORY, {"epoch": epoch, "lr": 1e-3, **{
-            f"{s}_{k}": 0.5 for s in ("train", "val") for k in ("loss", "accuracy", "macro_f1")}})
+        append_jsonl(
+            tmp_path / rundir.HISTORY,
+            {
+                "epoch": epoch,
+                "lr": 1e-3,
+                **{f"{s}_{k}": 0.5 for s in ("train", "val") for k in ("loss", "accuracy", "macro_f1")},
+            },
+        )
     rundir.write_figures(tmp_path, ["a", "b"], [[3, 1], [0, 4]], run_name="r")
     assert (tmp_path / rundir.TRAINING_CURVES).read_bytes()[:4] == b"\x89PNG"

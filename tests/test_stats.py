@@ -19,7 +19,9 @@ def test_significance_maths():
     names = [f"c{i}" for i in range(8)]
     assert fast_macro_f1(y, a, 8) == pytest.approx(classification_metrics(y, a, names)["macro_f1"], abs=1e-12)
     mc = mcnemar_exact([0] * 10, [0] * 10, [1] * 10)
-    assert (mc["a_only_correct"], mc["b_only_correct"]) == (10, 0) and mc["p_value"] == pytest.approx(2 * 0.5 ** 10)
+    assert (mc["a_only_correct"], mc["b_only_correct"]) == (10, 0) and mc["p_value"] == pytest.approx(
+        2 * 0.5**10
+    )
     assert mcnemar_exact([0, 1], [0, 1], [0, 1])["p_value"] == 1.0
     boot = paired_bootstrap(y, a, b, 8, n_resamples=500, seed=1)
     for k in ("accuracy", "macro_f1"):
@@ -37,12 +39,17 @@ def test_mean_std_is_the_sample_std_and_unknown_for_one_seed():
 
 
 def _curve(label, arm, means, sizes=(100, 500, 1000), std=0.01):
-    return {"label": label, "arm": arm,
-            "points": [{"num_train_examples": n, "mean": m, "std": std} for n, m in zip(sizes, means)]}
+    return {
+        "label": label,
+        "arm": arm,
+        "points": [{"num_train_examples": n, "mean": m, "std": std} for n, m in zip(sizes, means)],
+    }
 
 
 def test_crossover_where_the_fine_tuning_advantage_disappears():
-    (pair,) = crossovers([_curve("scratch", "scratch", [0.30, 0.65, 0.74]), _curve("lora", "finetune", [0.60, 0.70, 0.72])])
+    (pair,) = crossovers(
+        [_curve("scratch", "scratch", [0.30, 0.65, 0.74]), _curve("lora", "finetune", [0.60, 0.70, 0.72])]
+    )
     assert (pair["a"], pair["b"]) == ("lora", "scratch")  # the fine-tuned curve is A
     assert [round(p["delta"], 2) for p in pair["points"]] == [0.30, 0.05, -0.02]
     assert pair["points"][0]["delta_std"] == pytest.approx(math.sqrt(2) * 0.01)
@@ -53,9 +60,13 @@ def test_crossover_where_the_fine_tuning_advantage_disappears():
 
 
 def test_no_crossover_for_a_curve_ahead_from_the_start_and_levelling_counts():
-    ahead = crossovers([_curve("lora", "finetune", [0.5, 0.6, 0.7]), _curve("scratch", "scratch", [0.6, 0.7, 0.8])])
+    ahead = crossovers(
+        [_curve("lora", "finetune", [0.5, 0.6, 0.7]), _curve("scratch", "scratch", [0.6, 0.7, 0.8])]
+    )
     assert ahead[0]["crossings"] == []  # scratch leads everywhere: nothing to catch up
-    level = crossovers([_curve("lora", "finetune", [0.6, 0.7, 0.7]), _curve("scratch", "scratch", [0.5, 0.7, 0.6])])
+    level = crossovers(
+        [_curve("lora", "finetune", [0.6, 0.7, 0.7]), _curve("scratch", "scratch", [0.5, 0.7, 0.6])]
+    )
     (c,) = level[0]["crossings"]  # level at 500 closes the gap; ahead again at 1000 is not a second crossing
     assert c["between_examples"] == [100, 500] and c["interpolated_examples"] == pytest.approx(500)
     twice = crossovers([_curve("a", "scratch", [0.6, 0.4, 0.6]), _curve("b", "baseline", [0.5, 0.5, 0.5])])

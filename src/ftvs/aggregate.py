@@ -9,8 +9,10 @@ from __future__ import annotations
 import itertools
 import math
 
-CROSSOVER_RULE = ("between two consecutive measured training-set sizes, the arm behind at the smaller size "
-                  "is level or ahead at the larger (mean macro-F1 over seeds)")
+CROSSOVER_RULE = (
+    "between two consecutive measured training-set sizes, the arm behind at the smaller size "
+    "is level or ahead at the larger (mean macro-F1 over seeds)"
+)
 
 
 def finite(v) -> float | None:
@@ -38,13 +40,26 @@ def mean_std(values) -> tuple[float | None, float | None]:
 
 
 def _delta_points(a: dict, b: dict) -> list[dict]:
-    pa = {p["num_train_examples"]: p for p in a["points"] if p.get("num_train_examples") and p.get("mean") is not None}
-    pb = {p["num_train_examples"]: p for p in b["points"] if p.get("num_train_examples") and p.get("mean") is not None}
+    pa = {
+        p["num_train_examples"]: p
+        for p in a["points"]
+        if p.get("num_train_examples") and p.get("mean") is not None
+    }
+    pb = {
+        p["num_train_examples"]: p
+        for p in b["points"]
+        if p.get("num_train_examples") and p.get("mean") is not None
+    }
     # the stds of two independent means add in quadrature; an unknown (one-seed) std counts as 0
-    return [{"num_train_examples": n, **{k: pa[n][k] for k in ("train_fraction",) if k in pa[n]},
-             "delta": pa[n]["mean"] - pb[n]["mean"],
-             "delta_std": math.sqrt((pa[n].get("std") or 0.0) ** 2 + (pb[n].get("std") or 0.0) ** 2)}
-            for n in sorted(set(pa) & set(pb))]
+    return [
+        {
+            "num_train_examples": n,
+            **{k: pa[n][k] for k in ("train_fraction",) if k in pa[n]},
+            "delta": pa[n]["mean"] - pb[n]["mean"],
+            "delta_std": math.sqrt((pa[n].get("std") or 0.0) ** 2 + (pb[n].get("std") or 0.0) ** 2),
+        }
+        for n in sorted(set(pa) & set(pb))
+    ]
 
 
 def _crossings(points: list[dict], a_label: str, b_label: str) -> list[dict]:
@@ -55,11 +70,16 @@ def _crossings(points: list[dict], a_label: str, b_label: str) -> list[dict]:
             continue
         x0, x1 = math.log(lo["num_train_examples"]), math.log(hi["num_train_examples"])
         at = math.exp(x0 + d0 / (d0 - d1) * (x1 - x0))
-        out.append({"a": a_label, "b": b_label,
-                    "between_examples": [lo["num_train_examples"], hi["num_train_examples"]],
-                    "leader_below": a_label if d0 > 0 else b_label,
-                    "leader_above": b_label if d0 > 0 else a_label,
-                    "interpolated_examples": at})
+        out.append(
+            {
+                "a": a_label,
+                "b": b_label,
+                "between_examples": [lo["num_train_examples"], hi["num_train_examples"]],
+                "leader_below": a_label if d0 > 0 else b_label,
+                "leader_above": b_label if d0 > 0 else a_label,
+                "interpolated_examples": at,
+            }
+        )
     return out
 
 
@@ -67,10 +87,10 @@ def crossovers(curves: list[dict]) -> list[dict]:
     """Where two data-size curves cross, for every pair of curves.
 
     `curves`: [{"label", "arm", "points": [{"num_train_examples", "mean", "std", "train_fraction"
-    (optional, passed through)}]}], `mean`/`std` the test macro-F1 over seeds at that size. Returns one record per pair, A the fine-tuned curve when
-    exactly one of the two is: {"a", "b", "a_arm", "b_arm", "rule", "points": [{"num_train_examples",
-    "delta" (A − B), "delta_std"}], "crossings": [{"a", "b", "between_examples": [lo, hi],
-    "leader_below", "leader_above", "interpolated_examples"}]}.
+    (optional, passed through)}]}], `mean`/`std` the test macro-F1 over seeds at that size. Returns one
+    record per pair, A the fine-tuned curve when exactly one of the two is: {"a", "b", "a_arm", "b_arm",
+    "rule", "points": [{"num_train_examples", "delta" (A − B), "delta_std"}], "crossings": [{"a", "b",
+    "between_examples": [lo, hi], "leader_below", "leader_above", "interpolated_examples"}]}.
 
     A crossing is a change of leader between two consecutive sizes measured for both curves: the curve
     behind at the smaller size is level or ahead at the larger one. A curve that is ahead at every size,
@@ -84,7 +104,15 @@ def crossovers(curves: list[dict]) -> list[dict]:
         if b.get("arm") == "finetune" and a.get("arm") != "finetune":
             a, b = b, a
         points = _delta_points(a, b)
-        out.append({"a": a["label"], "b": b["label"], "a_arm": a.get("arm"), "b_arm": b.get("arm"),
-                    "rule": CROSSOVER_RULE, "points": points,
-                    "crossings": _crossings(points, a["label"], b["label"])})
+        out.append(
+            {
+                "a": a["label"],
+                "b": b["label"],
+                "a_arm": a.get("arm"),
+                "b_arm": b.get("arm"),
+                "rule": CROSSOVER_RULE,
+                "points": points,
+                "crossings": _crossings(points, a["label"], b["label"]),
+            }
+        )
     return out

@@ -72,12 +72,20 @@ def _vectorizers(s: BaselineSettings, vocab_word=None, vocab_char=None):
 
     common = dict(lowercase=s.lowercase, sublinear_tf=s.sublinear_tf, dtype=np.float32)
     word = TfidfVectorizer(
-        analyzer="word", ngram_range=tuple(s.word_ngrams), min_df=1 if vocab_word else s.min_df,
-        max_features=None if vocab_word else s.max_features, vocabulary=vocab_word, **common,
+        analyzer="word",
+        ngram_range=tuple(s.word_ngrams),
+        min_df=1 if vocab_word else s.min_df,
+        max_features=None if vocab_word else s.max_features,
+        vocabulary=vocab_word,
+        **common,
     )
     char = TfidfVectorizer(
-        analyzer="char_wb", ngram_range=tuple(s.char_ngrams), min_df=1 if vocab_char else s.min_df,
-        max_features=None if vocab_char else s.max_features, vocabulary=vocab_char, **common,
+        analyzer="char_wb",
+        ngram_range=tuple(s.char_ngrams),
+        min_df=1 if vocab_char else s.min_df,
+        max_features=None if vocab_char else s.max_features,
+        vocabulary=vocab_char,
+        **common,
     )
     return word, char
 
@@ -99,8 +107,15 @@ def _nll(proba: np.ndarray, y) -> float:
 class BaselineModel:
     """Fitted TF-IDF vectorisers + linear classifier; scores with NumPy/SciPy, saves without pickle."""
 
-    def __init__(self, settings: BaselineSettings, word, char, coef: np.ndarray, intercept: np.ndarray,
-                 label_names: list[str]):
+    def __init__(
+        self,
+        settings: BaselineSettings,
+        word,
+        char,
+        coef: np.ndarray,
+        intercept: np.ndarray,
+        label_names: list[str],
+    ):
         self.settings = settings
         self.word, self.char = word, char
         self.coef = np.asarray(coef, dtype=np.float32)
@@ -146,12 +161,12 @@ class BaselineModel:
             "params_trainable": params,
             "tokenizer": {
                 "type": f"word {s.word_ngrams[0]}-{s.word_ngrams[1]}-grams + char_wb "
-                        f"{s.char_ngrams[0]}-{s.char_ngrams[1]}-grams (TF-IDF)",
+                f"{s.char_ngrams[0]}-{s.char_ngrams[1]}-grams (TF-IDF)",
                 "vocab_size": n_word + n_char,
                 "lowercase": s.lowercase,
             },
             "head": f"linear softmax over {n_word + n_char} sparse TF-IDF features "
-                    f"({len(self.label_names)} classes)",
+            f"({len(self.label_names)} classes)",
         }
 
     # persistence ---------------------------------------------------------------------------------
@@ -178,15 +193,18 @@ class BaselineModel:
             metadata={"format": str(FORMAT_VERSION)},
         )
         s = asdict(self.settings)
-        write_json(tmp / rundir.MODEL_MARKER, {
-            "arm": ARM,
-            "method": METHOD,
-            "format": FORMAT_VERSION,
-            "label_names": self.label_names,
-            "num_labels": len(self.label_names),
-            "settings": s,
-            "files": {"vocab": "vocab.json", "weights": "weights.safetensors"},
-        })
+        write_json(
+            tmp / rundir.MODEL_MARKER,
+            {
+                "arm": ARM,
+                "method": METHOD,
+                "format": FORMAT_VERSION,
+                "label_names": self.label_names,
+                "num_labels": len(self.label_names),
+                "settings": s,
+                "files": {"vocab": "vocab.json", "weights": "weights.safetensors"},
+            },
+        )
         replace_dir(tmp, model_dir)
 
     @classmethod
@@ -209,8 +227,9 @@ class BaselineModel:
         return cls(settings, word, char, t["coef"].numpy(), t["intercept"].numpy(), marker["label_names"])
 
 
-def fit_baseline(train_texts, train_labels, val_texts, val_labels, label_names, settings: BaselineSettings,
-                 log=print) -> tuple[BaselineModel, dict]:
+def fit_baseline(
+    train_texts, train_labels, val_texts, val_labels, label_names, settings: BaselineSettings, log=print
+) -> tuple[BaselineModel, dict]:
     """Fit the vectorisers on train, then one logistic regression per C;
     keep the C with the best validation macro-F1 (ties: smaller C). Returns the model and a record."""
     import warnings
@@ -223,7 +242,9 @@ def fit_baseline(train_texts, train_labels, val_texts, val_labels, label_names, 
     t0 = time.perf_counter()
     word, char = _vectorizers(settings)
     x_train = sp.hstack([word.fit_transform(train_texts), char.fit_transform(train_texts)], format="csr")
-    x_val = sp.hstack([word.transform(val_texts), char.transform(val_texts)], format="csr") if val_texts else None
+    x_val = (
+        sp.hstack([word.transform(val_texts), char.transform(val_texts)], format="csr") if val_texts else None
+    )
     t_feat = time.perf_counter() - t0
     log(f"baseline: {x_train.shape[0]} train texts -> {x_train.shape[1]} TF-IDF features ({t_feat:.1f}s)")
 
@@ -233,8 +254,13 @@ def fit_baseline(train_texts, train_labels, val_texts, val_labels, label_names, 
 
     def fit_one(c: float):
         t1 = time.perf_counter()
-        clf = LogisticRegression(C=c, solver=settings.solver, max_iter=settings.max_iter, tol=settings.tol,
-                                 random_state=settings.seed)
+        clf = LogisticRegression(
+            C=c,
+            solver=settings.solver,
+            max_iter=settings.max_iter,
+            tol=settings.tol,
+            random_state=settings.seed,
+        )
         clf.fit(x_train, y_train)
         return clf, time.perf_counter() - t1
 
@@ -265,13 +291,20 @@ def fit_baseline(train_texts, train_labels, val_texts, val_labels, label_names, 
         else:
             coef[clf.classes_] = clf.coef_
             intercept[clf.classes_] = clf.intercept_
-        trial = {"C": c, "seconds": seconds, "iterations": iterations, "converged": iterations < settings.max_iter}
+        trial = {
+            "C": c,
+            "seconds": seconds,
+            "iterations": iterations,
+            "converged": iterations < settings.max_iter,
+        }
         if x_val is not None:
             proba = _softmax(np.asarray(x_val @ coef.T, dtype=np.float64) + intercept)
             trial.update(summary_metrics(val_labels, proba.argmax(1), num_labels))
             trial["loss"] = _nll(proba, val_labels)
-        log(f"baseline: C={c:g} val macro-F1={trial.get('macro_f1', float('nan')):.4f} "
-            f"({trial['seconds']:.1f}s, {trial['iterations']} iterations)")
+        log(
+            f"baseline: C={c:g} val macro-F1={trial.get('macro_f1', float('nan')):.4f} "
+            f"({trial['seconds']:.1f}s, {trial['iterations']} iterations)"
+        )
         trials.append(trial)
         if best is None or trial.get("macro_f1", 0.0) > best[0].get("macro_f1", 0.0):
             best = (trial, coef, intercept)
@@ -296,7 +329,9 @@ def fit_baseline(train_texts, train_labels, val_texts, val_labels, label_names, 
 def _load_splits(data_dir: Path, out: Path) -> tuple[dict, list[str], dict]:
     """metadata, label names and the three (texts, labels) splits, with the input checks."""
     if not data_dir.is_dir():
-        raise FtvsError(f"data folder {data_dir} not found; create it with `ftvs prepare ... --output_dir {data_dir}`")
+        raise FtvsError(
+            f"data folder {data_dir} not found; create it with `ftvs prepare ... --output_dir {data_dir}`"
+        )
     marker = rundir.read_marker(out)
     if marker and marker.get("arm") != ARM:
         arm = marker.get("arm")
@@ -310,22 +345,41 @@ def _load_splits(data_dir: Path, out: Path) -> tuple[dict, list[str], dict]:
         raise FtvsError(f"{data_dir}/train.jsonl is empty")
     bad = [y for name in ("train", "val", "test") for y in splits[name][1] if not 0 <= y < len(label_names)]
     if bad:
-        raise FtvsError(f"label {bad[0]} is outside 0..{len(label_names) - 1} (metadata.json label_names); re-run `ftvs prepare`")
+        raise FtvsError(
+            f"label {bad[0]} is outside 0..{len(label_names) - 1} (metadata.json label_names); re-run "
+            "`ftvs prepare`"
+        )
     return meta, label_names, splits
 
 
-def _run_config(settings: BaselineSettings, meta: dict, data_dir: Path, out: Path, run_name: str,
-                num_train: int) -> dict:
+def _run_config(
+    settings: BaselineSettings, meta: dict, data_dir: Path, out: Path, run_name: str, num_train: int
+) -> dict:
     return {
-        "arm": ARM, "method": METHOD, "model_name": METHOD, "run_name": run_name,
-        "data": str(data_dir), "data_dir": str(data_dir), "output_dir": str(out), "seed": settings.seed,
+        "arm": ARM,
+        "method": METHOD,
+        "model_name": METHOD,
+        "run_name": run_name,
+        "data": str(data_dir),
+        "data_dir": str(data_dir),
+        "output_dir": str(out),
+        "seed": settings.seed,
         "dataset": meta.get("source") or data_dir.name,
-        "word_ngrams": list(settings.word_ngrams), "char_ngrams": list(settings.char_ngrams),
-        "analyzer_char": "char_wb", "min_df": settings.min_df, "max_features": settings.max_features,
-        "lowercase": settings.lowercase, "sublinear_tf": settings.sublinear_tf,
-        "C_grid": list(settings.C_grid), "solver": settings.solver, "max_iter": settings.max_iter,
-        "tol": settings.tol, "train_fraction": meta.get("train_fraction", 1.0),
-        "num_train_examples": num_train, "num_train_epochs": 1, "world_size": 1,
+        "word_ngrams": list(settings.word_ngrams),
+        "char_ngrams": list(settings.char_ngrams),
+        "analyzer_char": "char_wb",
+        "min_df": settings.min_df,
+        "max_features": settings.max_features,
+        "lowercase": settings.lowercase,
+        "sublinear_tf": settings.sublinear_tf,
+        "C_grid": list(settings.C_grid),
+        "solver": settings.solver,
+        "max_iter": settings.max_iter,
+        "tol": settings.tol,
+        "train_fraction": meta.get("train_fraction", 1.0),
+        "num_train_examples": num_train,
+        "num_train_epochs": 1,
+        "world_size": 1,
     }
 
 
@@ -350,38 +404,62 @@ def _write_history(out: Path, record: dict, train_m: dict, val_m: dict, num_trai
     seconds = record["seconds_total"]
     hist_path = out / rundir.HISTORY
     hist_path.unlink(missing_ok=True)
-    append_jsonl(hist_path, {
-        "epoch": 1, "step": record["iterations"],
-        "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"], "train_macro_f1": train_m["macro_f1"],
-        "val_loss": val_m["loss"], "val_accuracy": val_m["accuracy"], "val_macro_f1": val_m["macro_f1"],
-        "lr": None, "epoch_seconds": seconds, "elapsed_seconds": seconds,
-        "examples_per_second": num_train / seconds if seconds > 0 else None,
-    })
+    append_jsonl(
+        hist_path,
+        {
+            "epoch": 1,
+            "step": record["iterations"],
+            "train_loss": train_m["loss"],
+            "train_accuracy": train_m["accuracy"],
+            "train_macro_f1": train_m["macro_f1"],
+            "val_loss": val_m["loss"],
+            "val_accuracy": val_m["accuracy"],
+            "val_macro_f1": val_m["macro_f1"],
+            "lr": None,
+            "epoch_seconds": seconds,
+            "elapsed_seconds": seconds,
+            "examples_per_second": num_train / seconds if seconds > 0 else None,
+        },
+    )
 
 
 def _metrics_record(config: dict, model: BaselineModel, record: dict, scores: dict, out: Path) -> dict:
     """metrics.json of the baseline, in the layout `ftvs evaluate` writes for the neural runs."""
     train_m, val_m, test_m = scores["train"], scores["val"], scores["test"]
-    n_test, infer_seconds, train_seconds = scores["num_test"], scores["infer_seconds"], record["seconds_total"]
+    n_test, infer_seconds, train_seconds = (
+        scores["num_test"],
+        scores["infer_seconds"],
+        record["seconds_total"],
+    )
     desc = model.describe()
     gap = train_val_gap(train_m, val_m)
     stop_reason = "converged" if record["converged"] else "max_iter"
     return {
-        "run_name": config["run_name"], "arm": ARM, "method": METHOD, "model_name": METHOD,
-        "dataset": config["dataset"], "data_dir": config["data_dir"], "seed": config["seed"],
-        "test": test_m, "num_test_examples": n_test,
+        "run_name": config["run_name"],
+        "arm": ARM,
+        "method": METHOD,
+        "model_name": METHOD,
+        "dataset": config["dataset"],
+        "data_dir": config["data_dir"],
+        "seed": config["seed"],
+        "test": test_m,
+        "num_test_examples": n_test,
         "inference": {
             "seconds_total": infer_seconds,
             "seconds_per_1000": infer_seconds / n_test * 1000 if n_test else None,
             "examples_per_second": n_test / infer_seconds if infer_seconds > 0 else None,
-            "batch_size": n_test, "device": f"cpu ({platform.processor() or platform.machine()}, "
-                                             f"{os.cpu_count()} cores)",
+            "batch_size": n_test,
+            "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         },
         "params": {"total": desc["params_total"], "trainable": desc["params_trainable"]},
         "size_on_disk_bytes": dir_size_bytes(rundir.model_dir(out)),
         "training": {
-            "seconds_total": train_seconds, "seconds_per_epoch": train_seconds, "epochs_run": 1,
-            "best_epoch": 1, "status": "completed", "stop_reason": stop_reason,
+            "seconds_total": train_seconds,
+            "seconds_per_epoch": train_seconds,
+            "epochs_run": 1,
+            "best_epoch": 1,
+            "status": "completed",
+            "stop_reason": stop_reason,
             "model_selection": {"chosen_C": record["chosen_C"], "grid": record["grid"]},
         },
         "best_val": val_m,
@@ -390,8 +468,9 @@ def _metrics_record(config: dict, model: BaselineModel, record: dict, scores: di
     }
 
 
-def run_baseline(data_dir, output_dir, settings: BaselineSettings | None = None, run_name: str | None = None,
-                 log=print) -> dict:
+def run_baseline(
+    data_dir, output_dir, settings: BaselineSettings | None = None, run_name: str | None = None, log=print
+) -> dict:
     """Fit, save, reload, evaluate; writes config.yaml, history.jsonl, train_summary.json, model/,
     metrics.json and predictions.json into `output_dir`. Returns the metrics dict."""
     settings = settings or BaselineSettings()
@@ -420,19 +499,40 @@ def run_baseline(data_dir, output_dir, settings: BaselineSettings | None = None,
         test_m = classification_metrics(test_y, y_pred, label_names, loss=_nll(te_proba, test_y))
 
         _write_history(out, record, train_m, val_m, len(train_x))
-        write_json(out / rundir.TRAIN_SUMMARY, {
-            "status": "completed", "arm": ARM, "run_name": run_name, "seconds_total": record["seconds_total"],
-            "seconds_per_epoch": record["seconds_total"], "epochs_run": 1, "best_epoch": 1,
-            "stop_reason": "converged" if record["converged"] else "max_iter", "model_selection": record,
-        })
-        scores = {"train": train_m, "val": val_m, "test": test_m, "num_test": len(test_x),
-                  "infer_seconds": infer_seconds}
+        write_json(
+            out / rundir.TRAIN_SUMMARY,
+            {
+                "status": "completed",
+                "arm": ARM,
+                "run_name": run_name,
+                "seconds_total": record["seconds_total"],
+                "seconds_per_epoch": record["seconds_total"],
+                "epochs_run": 1,
+                "best_epoch": 1,
+                "stop_reason": "converged" if record["converged"] else "max_iter",
+                "model_selection": record,
+            },
+        )
+        scores = {
+            "train": train_m,
+            "val": val_m,
+            "test": test_m,
+            "num_test": len(test_x),
+            "infer_seconds": infer_seconds,
+        }
         metrics = _metrics_record(config, model, record, scores, out)
         rundir.write_results(out, metrics, label_names, test_y, y_pred, te_proba.max(1))
-        rundir.write_figures(out, label_names, test_m["confusion_matrix"], run_name=run_name,
-                             curves_title=f"{run_name} (TF-IDF baseline: one fit = one epoch)")
-    log(f"baseline: test accuracy {test_m['accuracy']:.4f}, macro-F1 {test_m['macro_f1']:.4f}, "
-        f"trained in {record['seconds_total']:.1f}s (C={record['chosen_C']:g}) -> {out}")
+        rundir.write_figures(
+            out,
+            label_names,
+            test_m["confusion_matrix"],
+            run_name=run_name,
+            curves_title=f"{run_name} (TF-IDF baseline: one fit = one epoch)",
+        )
+    log(
+        f"baseline: test accuracy {test_m['accuracy']:.4f}, macro-F1 {test_m['macro_f1']:.4f}, "
+        f"trained in {record['seconds_total']:.1f}s (C={record['chosen_C']:g}) -> {out}"
+    )
     return metrics
 
 
@@ -453,7 +553,9 @@ def _floats(text: str) -> tuple[float, ...]:
     try:
         vals = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 5,10,20, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers like 5,10,20, got {text!r}"
+        ) from None
     if not vals or any(v <= 0 for v in vals):
         raise argparse.ArgumentTypeError("C values must be positive")
     return vals
@@ -464,18 +566,28 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         "baseline",
         help="TF-IDF + logistic regression baseline, written as a run directory",
         description="Fit a TF-IDF (word 1-2-grams + char_wb 2-5-grams, sublinear tf) + logistic regression "
-                    "classifier on the train split, choose C on the val split, score the test split with the "
-                    "same metrics as the neural runs and write metrics.json, predictions.json, config.yaml, "
-                    "history.jsonl and model/ (no pickle) into --output_dir.",
+        "classifier on the train split, choose C on the val split, score the test split with the "
+        "same metrics as the neural runs and write metrics.json, predictions.json, config.yaml, "
+        "history.jsonl and model/ (no pickle) into --output_dir.",
     )
     p.add_argument("--data", required=True, help="prepared data folder (from `ftvs prepare`)")
     p.add_argument("--output_dir", required=True, help="run directory to write")
-    p.add_argument("--C", type=float, default=None, help="fixed inverse regularisation strength (skips the grid)")
-    p.add_argument("--C_grid", type=_floats, default=DEFAULT_C_GRID,
-                   help="C values tried on the val split, comma-separated (default: 5,10,20)")
+    p.add_argument(
+        "--C", type=float, default=None, help="fixed inverse regularisation strength (skips the grid)"
+    )
+    p.add_argument(
+        "--C_grid",
+        type=_floats,
+        default=DEFAULT_C_GRID,
+        help="C values tried on the val split, comma-separated (default: 5,10,20)",
+    )
     p.add_argument("--word_ngrams", type=_pair, default=(1, 2), help="word n-gram range lo,hi (default 1,2)")
-    p.add_argument("--char_ngrams", type=_pair, default=(2, 5), help="char_wb n-gram range lo,hi (default 2,5)")
-    p.add_argument("--min_df", type=int, default=1, help="drop n-grams seen in fewer training texts (default 1)")
+    p.add_argument(
+        "--char_ngrams", type=_pair, default=(2, 5), help="char_wb n-gram range lo,hi (default 2,5)"
+    )
+    p.add_argument(
+        "--min_df", type=int, default=1, help="drop n-grams seen in fewer training texts (default 1)"
+    )
     p.add_argument("--max_features", type=int, default=None, help="cap on features per vectoriser")
     p.add_argument("--max_iter", type=int, default=1000, help="lbfgs iteration cap (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -488,9 +600,13 @@ def cmd_baseline(args) -> int:
     if args.min_df < 1:
         raise FtvsError("--min_df must be at least 1")
     settings = BaselineSettings(
-        word_ngrams=tuple(args.word_ngrams), char_ngrams=tuple(args.char_ngrams), min_df=args.min_df,
-        max_features=args.max_features, C_grid=(args.C,) if args.C is not None else tuple(args.C_grid),
-        max_iter=args.max_iter, seed=args.seed,
+        word_ngrams=tuple(args.word_ngrams),
+        char_ngrams=tuple(args.char_ngrams),
+        min_df=args.min_df,
+        max_features=args.max_features,
+        C_grid=(args.C,) if args.C is not None else tuple(args.C_grid),
+        max_iter=args.max_iter,
+        seed=args.seed,
     )
     run_baseline(args.data, args.output_dir, settings, run_name=args.run_name)
     return 0

@@ -76,7 +76,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "compare",
         help="compare evaluated runs: table, significance, figures and the report",
-        description="Compare evaluated run folders (scratch, fine-tuned, baseline) scored on the same test set: "
+        description="Compare evaluated run folders (scratch, fine-tuned, baseline) scored on the same "
+        "test set: "
         "side-by-side table, seed groups (mean ± std), McNemar exact test and paired bootstrap CIs "
         "for every pair, overlaid curves, confusion matrices, per-class F1 differences, and sweeps "
         "(train_fraction / preset tags). Writes comparison.json, comparison.md, the figures and "

@@ -94,17 +94,26 @@ def write_results(run_dir, metrics: dict, label_names, y_true, y_pred, confidenc
     """predictions.json, then metrics.json: a run counts as evaluated once metrics.json exists, so it is
     written last and a reader never finds scores without the predictions behind them."""
     run_dir = Path(run_dir)
-    write_json(run_dir / PREDICTIONS, {
-        "label_names": list(label_names), "y_true": [int(y) for y in y_true], "y_pred": [int(y) for y in y_pred],
-        "confidence": [round(float(c), CONFIDENCE_DIGITS) for c in confidence]})
+    write_json(
+        run_dir / PREDICTIONS,
+        {
+            "label_names": list(label_names),
+            "y_true": [int(y) for y in y_true],
+            "y_pred": [int(y) for y in y_pred],
+            "confidence": [round(float(c), CONFIDENCE_DIGITS) for c in confidence],
+        },
+    )
     write_json(run_dir / METRICS, metrics)
 
 
-def write_figures(run_dir, label_names, confusion_matrix, run_name: str, curves_title: str | None = None) -> None:
+def write_figures(
+    run_dir, label_names, confusion_matrix, run_name: str, curves_title: str | None = None
+) -> None:
     """The per-run figures: training curves (when there is a history) and the test confusion matrix."""
     run_dir = Path(run_dir)
     history = read_history(run_dir)
     if history:
         plot_training_curves(history, run_dir / TRAINING_CURVES, title=curves_title or run_name)
-    plot_confusion_matrix(confusion_matrix, label_names, run_dir / CONFUSION_MATRIX,
-                          title=f"{run_name}: test confusion matrix")
+    plot_confusion_matrix(
+        confusion_matrix, label_names, run_dir / CONFUSION_MATRIX, title=f"{run_name}: test confusion matrix"
+    )

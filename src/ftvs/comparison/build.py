@@ -30,15 +30,20 @@ def compare(paths, out_dir, n_resamples: int = 2000, seed: int = 0, figures: boo
     comparison = {
         "ftvs_comparison_version": COMPARISON_VERSION,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "runs": rows, "groups": groups, "significance": sig,
+        "runs": rows,
+        "groups": groups,
+        "significance": sig,
         "models": [describe_model(r) for r in runs],
         "dataset": describe_dataset(runs, seed=seed),
         "sweeps": sweeps(runs, rows, studies),
         "studies": [s["path"] for s in studies],
-        "reference_results": [ref for s in studies for ref in (s["doc"].get("reference_results") or [])
-                              if isinstance(ref, dict)],
+        "reference_results": [
+            ref for s in studies for ref in (s["doc"].get("reference_results") or []) if isinstance(ref, dict)
+        ],
         "histories": {r.name: r.history for r in runs},
-        "focus": focus(groups, rows), "per_class_diff": None, "figures": {},
+        "focus": focus(groups, rows),
+        "per_class_diff": None,
+        "figures": {},
     }
     pair = best_runs_of_two_arms(runs, comparison["focus"])
     if pair:

@@ -9,12 +9,26 @@ def per_class_difference(run_a: Run, run_b: Run) -> dict:
     """Per-class test F1 of A minus B, sorted from A's biggest lead to B's."""
     pa = (run_a.metrics.get("test") or {}).get("per_class") or {}
     pb = (run_b.metrics.get("test") or {}).get("per_class") or {}
-    diffs = [{"class": c, "f1_a": pa[c]["f1"], "f1_b": pb[c]["f1"], "diff": pa[c]["f1"] - pb[c]["f1"],
-              "support": pa[c].get("support")} for c in pa if c in pb]
+    diffs = [
+        {
+            "class": c,
+            "f1_a": pa[c]["f1"],
+            "f1_b": pb[c]["f1"],
+            "diff": pa[c]["f1"] - pb[c]["f1"],
+            "support": pa[c].get("support"),
+        }
+        for c in pa
+        if c in pb
+    ]
     diffs.sort(key=lambda d: -d["diff"])
-    return {"a": run_a.name, "b": run_b.name, "classes": diffs,
-            "a_better": sum(d["diff"] > 0 for d in diffs), "b_better": sum(d["diff"] < 0 for d in diffs),
-            "ties": sum(d["diff"] == 0 for d in diffs)}
+    return {
+        "a": run_a.name,
+        "b": run_b.name,
+        "classes": diffs,
+        "a_better": sum(d["diff"] > 0 for d in diffs),
+        "b_better": sum(d["diff"] < 0 for d in diffs),
+        "ties": sum(d["diff"] == 0 for d in diffs),
+    }
 
 
 def representative(group: dict, rows_by_name: dict) -> str:
@@ -32,11 +46,20 @@ def focus(groups: list[dict], rows: list[dict]) -> dict:
     by_arm = {}
     for g in full:
         if g["arm"] not in by_arm:
-            by_arm[g["arm"]] = {"group": g["label"], "run": representative(g, by_name), "n": g["n"],
-                                "macro_f1_mean": g["macro_f1_mean"], "macro_f1_std": g["macro_f1_std"]}
-    return {"by_arm": by_arm, "arm_order": list(by_arm), "runs": [representative(g, by_name) for g in full],
-            "rule": "per arm: the full-data configuration with the best mean test macro-F1; within it the seed "
-                    "whose macro-F1 is closest to the configuration mean"}
+            by_arm[g["arm"]] = {
+                "group": g["label"],
+                "run": representative(g, by_name),
+                "n": g["n"],
+                "macro_f1_mean": g["macro_f1_mean"],
+                "macro_f1_std": g["macro_f1_std"],
+            }
+    return {
+        "by_arm": by_arm,
+        "arm_order": list(by_arm),
+        "runs": [representative(g, by_name) for g in full],
+        "rule": "per arm: the full-data configuration with the best mean test macro-F1; within it the seed "
+        "whose macro-F1 is closest to the configuration mean",
+    }
 
 
 def best_runs_of_two_arms(runs: list[Run], foc: dict) -> tuple[Run, Run] | None:

@@ -15,9 +15,13 @@ ARM_LABEL = {"finetune": "fine-tuned", "scratch": "from scratch", "baseline": "T
 
 def _evaluated_below(p: Path) -> list[Path]:
     """Evaluated run folders under a study folder, skipping exported models and half-written copies."""
-    return sorted(q.parent for q in p.rglob(rundir.METRICS)
-                  if q.parent.name != rundir.MODEL_DIR and ".old" not in q.parent.name
-                  and not q.parent.name.endswith(".tmp"))
+    return sorted(
+        q.parent
+        for q in p.rglob(rundir.METRICS)
+        if q.parent.name != rundir.MODEL_DIR
+        and ".old" not in q.parent.name
+        and not q.parent.name.endswith(".tmp")
+    )
 
 
 def _expand(raw: str, studies: list[dict]) -> list[Path]:
@@ -37,8 +41,11 @@ def _expand(raw: str, studies: list[dict]) -> list[Path]:
         elif p.is_dir():
             nested = _evaluated_below(p)
             if not nested:
-                why = " (training not evaluated yet? run `ftvs evaluate RUN_DIR`)" \
-                    if (p / rundir.HISTORY).is_file() else ""
+                why = (
+                    " (training not evaluated yet? run `ftvs evaluate RUN_DIR`)"
+                    if (p / rundir.HISTORY).is_file()
+                    else ""
+                )
                 raise FtvsError(f"{p} holds no evaluated run (no {rundir.METRICS} below it){why}")
             found.extend(nested)
         else:
@@ -69,8 +76,18 @@ def _runs_from_study(doc: dict, base: Path) -> list[Path]:
         entries = list(entries.values())
     out = []
     for e in entries:
-        path = e if isinstance(e, str) else next((e.get(k) for k in ("run_dir", "output_dir", "path", "dir")
-                                                  if isinstance(e, dict) and e.get(k)), None)
+        path = (
+            e
+            if isinstance(e, str)
+            else next(
+                (
+                    e.get(k)
+                    for k in ("run_dir", "output_dir", "path", "dir")
+                    if isinstance(e, dict) and e.get(k)
+                ),
+                None,
+            )
+        )
         if not path:
             continue
         p = Path(path)
@@ -95,15 +112,21 @@ class Run:
         m = self.metrics
         self.name = str(m.get("run_name") or self.path.name)
         self.arm = str(m.get("arm") or self.config.get("arm") or self.marker.get("arm") or "unknown")
-        self.method = m.get("method") or self.config.get("method") if self.arm == "finetune" else m.get("method")
-        self.method = str(self.method or {"scratch": "scratch", "baseline": "tfidf_logreg"}.get(self.arm, "-"))
+        self.method = (
+            m.get("method") or self.config.get("method") if self.arm == "finetune" else m.get("method")
+        )
+        self.method = str(
+            self.method or {"scratch": "scratch", "baseline": "tfidf_logreg"}.get(self.arm, "-")
+        )
         self.model_name = str(m.get("model_name") or self.config.get("model_name_or_path") or self.method)
         size = (self.config.get("extra") or {}).get("preset")
         if self.arm == "scratch" and size:  # study model-size sweep: the size name (a preset may be widened)
             self.model_name = f"scratch-{size}"
         self.seed = m.get("seed", self.config.get("seed"))
         if "test" not in m or "accuracy" not in (m.get("test") or {}):
-            raise FtvsError(f"{self.path}/{rundir.METRICS} has no test scores; re-run `ftvs evaluate {self.path}`")
+            raise FtvsError(
+                f"{self.path}/{rundir.METRICS} has no test scores; re-run `ftvs evaluate {self.path}`"
+            )
 
     def tag(self, key, default=None):
         """A sweep tag from config.yaml (top level or under `extra`), else from metrics.json."""

@@ -29,10 +29,16 @@ def check_same_test_set(runs: list[Run]) -> dict:
             problem = f"labels differ at {n_diff} of {len(y)} positions"
         if problem:
             raise FtvsError(
-                f"runs {ref.name!r} (data {ref.data_dir}) and {r.name!r} (data {r.data_dir}) were not scored on the "
-                f"same test set ({problem}); compare runs of one prepared data folder only")
-    return {"num_examples": len(ref_y), "num_labels": len(ref_names or []), "label_names": ref_names,
-            "data_dirs": sorted({str(r.data_dir) for r in runs})}
+                f"runs {ref.name!r} (data {ref.data_dir}) and {r.name!r} (data {r.data_dir}) were not "
+                "scored on the "
+                f"same test set ({problem}); compare runs of one prepared data folder only"
+            )
+    return {
+        "num_examples": len(ref_y),
+        "num_labels": len(ref_names or []),
+        "label_names": ref_names,
+        "data_dirs": sorted({str(r.data_dir) for r in runs}),
+    }
 
 
 def significance(runs: list[Run], n_resamples: int = 2000, seed: int = 0) -> dict:
@@ -66,21 +72,31 @@ def significance(runs: list[Run], n_resamples: int = 2000, seed: int = 0) -> dic
         # orient each pair so that A is the one with the higher test macro-F1
         a, b = (i, j) if point_f1[i] >= point_f1[j] else (j, i)
         mc = mcnemar_exact(y, preds[a], preds[b])
-        pairs.append({
-            "a": runs[a].name, "b": runs[b].name, "a_arm": runs[a].arm, "b_arm": runs[b].arm,
-            "mcnemar": mc,
-            "accuracy": ci(acc_boot[a] - acc_boot[b], point_acc[a] - point_acc[b]),
-            "macro_f1": ci(f1_boot[a] - f1_boot[b], point_f1[a] - point_f1[b]),
-        })
+        pairs.append(
+            {
+                "a": runs[a].name,
+                "b": runs[b].name,
+                "a_arm": runs[a].arm,
+                "b_arm": runs[b].arm,
+                "mcnemar": mc,
+                "accuracy": ci(acc_boot[a] - acc_boot[b], point_acc[a] - point_acc[b]),
+                "macro_f1": ci(f1_boot[a] - f1_boot[b], point_f1[a] - point_f1[b]),
+            }
+        )
     for pair, adj in zip(pairs, holm([p["mcnemar"]["p_value"] for p in pairs])):
         pair["mcnemar"]["p_holm"] = adj
         pair["significant"] = pair["mcnemar"]["p_value"] < ALPHA
         pair["significant_holm"] = adj < ALPHA
-    return {"test_set": {k: v for k, v in test.items() if k != "label_names"}, "alpha": ALPHA,
-            "n_resamples": int(n_resamples), "seed": int(seed), "confidence": 0.95,
-            "method": "McNemar exact (two-sided binomial on discordant pairs) + paired bias-corrected percentile "
-                      "bootstrap; Holm adjustment over all pairs",
-            "pairs": pairs}
+    return {
+        "test_set": {k: v for k, v in test.items() if k != "label_names"},
+        "alpha": ALPHA,
+        "n_resamples": int(n_resamples),
+        "seed": int(seed),
+        "confidence": 0.95,
+        "method": "McNemar exact (two-sided binomial on discordant pairs) + paired bias-corrected percentile "
+        "bootstrap; Holm adjustment over all pairs",
+        "pairs": pairs,
+    }
 
 
 def find_pair(sig: dict, a: str, b: str) -> dict | None:
@@ -92,8 +108,12 @@ def find_pair(sig: dict, a: str, b: str) -> dict | None:
             flipped = {**p, "a": a, "b": b, "a_arm": p["b_arm"], "b_arm": p["a_arm"]}
             for k in ("accuracy", "macro_f1"):
                 d = p[k]
-                flipped[k] = {"diff": -d["diff"], "ci_low": -d["ci_high"], "ci_high": -d["ci_low"],
-                              "excludes_zero": d["excludes_zero"]}
+                flipped[k] = {
+                    "diff": -d["diff"],
+                    "ci_low": -d["ci_high"],
+                    "ci_high": -d["ci_low"],
+                    "excludes_zero": d["excludes_zero"],
+                }
             mc = dict(p["mcnemar"])
             mc["a_only_correct"], mc["b_only_correct"] = mc["b_only_correct"], mc["a_only_correct"]
             flipped["mcnemar"] = mc

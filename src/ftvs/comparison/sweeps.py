@@ -20,10 +20,24 @@ def data_size_sweep(runs: list[Run], rows: list[dict]) -> list[dict]:
         for frac, members in sorted(by_frac.items()):
             mean, std = mean_std(m["macro_f1"] for m in members)
             n_train, _ = mean_std(m["num_train_examples"] for m in members)
-            points.append({"train_fraction": frac, "num_train_examples": int(n_train) if n_train else None,
-                           "macro_f1_mean": mean, "macro_f1_std": std, "n": len(members)})
-        out.append({"arm": arm, "method": method, "model_name": model_name,
-                    "label": group_label((arm, method, model_name, 1.0)), "points": points})
+            points.append(
+                {
+                    "train_fraction": frac,
+                    "num_train_examples": int(n_train) if n_train else None,
+                    "macro_f1_mean": mean,
+                    "macro_f1_std": std,
+                    "n": len(members),
+                }
+            )
+        out.append(
+            {
+                "arm": arm,
+                "method": method,
+                "model_name": model_name,
+                "label": group_label((arm, method, model_name, 1.0)),
+                "points": points,
+            }
+        )
     return out
 
 
@@ -41,21 +55,46 @@ def model_size_sweep(runs: list[Run], rows: list[dict]) -> list[dict]:
         points = []
         for model_name, members in by_model.items():
             mean, std = mean_std(m["macro_f1"] for m in members)
-            points.append({"model_name": model_name, "preset": members[0]["preset"],
-                           "params_total": members[0]["params_total"],
-                           "params_trainable": members[0]["params_trainable"],
-                           "macro_f1_mean": mean, "macro_f1_std": std, "n": len(members)})
+            points.append(
+                {
+                    "model_name": model_name,
+                    "preset": members[0]["preset"],
+                    "params_total": members[0]["params_total"],
+                    "params_trainable": members[0]["params_trainable"],
+                    "macro_f1_mean": mean,
+                    "macro_f1_std": std,
+                    "n": len(members),
+                }
+            )
         points.sort(key=lambda p: p["params_total"])
-        out.append({"arm": arm, "method": method, "label": ARM_LABEL.get(arm, arm) +
-                    ("" if arm != "finetune" else f" ({method})"), "points": points})
+        out.append(
+            {
+                "arm": arm,
+                "method": method,
+                "label": ARM_LABEL.get(arm, arm) + ("" if arm != "finetune" else f" ({method})"),
+                "points": points,
+            }
+        )
     return out
 
 
 def data_size_crossings(data_size: list[dict]) -> list[dict]:
     """Every change of leader between two data-size curves (`ftvs.aggregate.crossovers`), flat."""
-    curves = [{"label": s["label"], "arm": s["arm"],
-               "points": [{"num_train_examples": p["num_train_examples"], "mean": p["macro_f1_mean"],
-                           "std": p["macro_f1_std"]} for p in s["points"]]} for s in data_size]
+    curves = [
+        {
+            "label": s["label"],
+            "arm": s["arm"],
+            "points": [
+                {
+                    "num_train_examples": p["num_train_examples"],
+                    "mean": p["macro_f1_mean"],
+                    "std": p["macro_f1_std"],
+                }
+                for p in s["points"]
+            ],
+        }
+        for s in data_size
+    ]
     return [c for pair in crossovers(curves) for c in pair["crossings"]]
 
 
@@ -63,6 +102,12 @@ def sweeps(runs: list[Run], rows: list[dict], studies: list[dict]) -> dict:
     """Data-size sweep (macro-F1 vs #train examples per configuration) and model-size sweep (macro-F1 vs
     params per arm), from the runs' train_fraction / preset tags. Empty lists when there is no sweep."""
     data_size = data_size_sweep(runs, rows)
-    declared = [s["doc"].get("sweeps") for s in studies if isinstance(s.get("doc"), dict) and s["doc"].get("sweeps")]
-    return {"data_size": data_size, "model_size": model_size_sweep(runs, rows),
-            "crossovers": data_size_crossings(data_size), "declared": declared}
+    declared = [
+        s["doc"].get("sweeps") for s in studies if isinstance(s.get("doc"), dict) and s["doc"].get("sweeps")
+    ]
+    return {
+        "data_size": data_size,
+        "model_size": model_size_sweep(runs, rows),
+        "crossovers": data_size_crossings(data_size),
+        "declared": declared,
+    }

@@ -11,9 +11,19 @@ from ftvs.errors import FtvsError
 from ftvs.fileio import read_json
 from ftvs.metrics import epoch_gap
 
-GROUP_FIELDS = ("accuracy", "macro_f1", "weighted_f1", "best_epoch", "train_seconds_total",
-                "inference_seconds_per_1000", "params_total", "params_trainable", "num_train_examples",
-                "gap_best_macro_f1", "gap_last_macro_f1")
+GROUP_FIELDS = (
+    "accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "best_epoch",
+    "train_seconds_total",
+    "inference_seconds_per_1000",
+    "params_total",
+    "params_trainable",
+    "num_train_examples",
+    "gap_best_macro_f1",
+    "gap_last_macro_f1",
+)
 
 
 def convergence(history: list[dict]) -> dict:
@@ -39,31 +49,46 @@ def convergence(history: list[dict]) -> dict:
     losses = [(r["epoch"], finite(r.get("val_loss"))) for r in rows if finite(r.get("val_loss")) is not None]
     if losses:
         ep_min, loss_min = min(losses, key=lambda t: t[1])
-        out.update({"val_loss_min_epoch": int(ep_min), "val_loss_min": loss_min,
-                    "val_loss_rise_after_min": float(losses[-1][1] - loss_min)})
+        out.update(
+            {
+                "val_loss_min_epoch": int(ep_min),
+                "val_loss_min": loss_min,
+                "val_loss_rise_after_min": float(losses[-1][1] - loss_min),
+            }
+        )
     return out
 
 
 def _gaps(run: Run) -> dict:
-    """metrics.json's train–val gaps, else recomputed from the history (runs evaluated before they existed)."""
+    """metrics.json's train–val gaps, else recomputed from the history (runs evaluated before gaps were
+    recorded)."""
     gap = run.metrics.get("train_val_gap") or {}
     if run.history and not gap:
         best = max(run.history, key=lambda r: r.get("val_macro_f1") or -1)
         gap = {"best": epoch_gap(best), "last": epoch_gap(run.history[-1])}
-    return {f"gap_{when}_{k}": finite((gap.get(when) or {}).get(k))
-            for when in ("best", "last") for k in ("macro_f1", "loss")}
+    return {
+        f"gap_{when}_{k}": finite((gap.get(when) or {}).get(k))
+        for when in ("best", "last")
+        for k in ("macro_f1", "loss")
+    }
 
 
 def _timing(run: Run, conv: dict) -> dict:
     tr = run.metrics.get("training") or {}
     epochs_run = tr.get("epochs_run") or (len(run.history) or None)
     seconds = finite(tr.get("seconds_total"))
-    per_epoch = finite(tr.get("seconds_per_epoch")) or (seconds / epochs_run if seconds and epochs_run else None)
-    return {"train_seconds_total": seconds, "train_seconds_per_epoch": per_epoch,
-            "epochs_run": epochs_run, "best_epoch": tr.get("best_epoch", conv.get("best_epoch")),
-            "epochs_to_95pct_best": conv.get("epochs_to_95pct_best"),
-            "seconds_to_95pct_best": conv.get("seconds_to_95pct_best"),
-            "stop_reason": tr.get("stop_reason")}
+    per_epoch = finite(tr.get("seconds_per_epoch")) or (
+        seconds / epochs_run if seconds and epochs_run else None
+    )
+    return {
+        "train_seconds_total": seconds,
+        "train_seconds_per_epoch": per_epoch,
+        "epochs_run": epochs_run,
+        "best_epoch": tr.get("best_epoch", conv.get("best_epoch")),
+        "epochs_to_95pct_best": conv.get("epochs_to_95pct_best"),
+        "seconds_to_95pct_best": conv.get("seconds_to_95pct_best"),
+        "stop_reason": tr.get("stop_reason"),
+    }
 
 
 def table_row(run: Run) -> dict:
@@ -74,19 +99,31 @@ def table_row(run: Run) -> dict:
     tok = (m.get("model") or {}).get("tokenizer") or {}
     gaps = _gaps(run)
     return {
-        "run": run.name, "path": str(run.path), "dataset": m.get("dataset"), "arm": run.arm, "method": run.method,
-        "model_name": run.model_name, "seed": run.seed, "train_fraction": run.train_fraction, "preset": run.preset,
+        "run": run.name,
+        "path": str(run.path),
+        "dataset": m.get("dataset"),
+        "arm": run.arm,
+        "method": run.method,
+        "model_name": run.model_name,
+        "seed": run.seed,
+        "train_fraction": run.train_fraction,
+        "preset": run.preset,
         "num_train_examples": _num_train(run),
-        "params_total": params.get("total"), "params_trainable": _trainable(run, params),
-        "accuracy": finite(t.get("accuracy")), "macro_f1": finite(t.get("macro_f1")),
-        "weighted_f1": finite(t.get("weighted_f1")), "test_loss": finite(t.get("loss")),
+        "params_total": params.get("total"),
+        "params_trainable": _trainable(run, params),
+        "accuracy": finite(t.get("accuracy")),
+        "macro_f1": finite(t.get("macro_f1")),
+        "weighted_f1": finite(t.get("weighted_f1")),
+        "test_loss": finite(t.get("loss")),
         **_timing(run, conv),
         "inference_seconds_per_1000": finite(inf.get("seconds_per_1000")),
         "inference_device": inf.get("device"),
         "size_on_disk_bytes": m.get("size_on_disk_bytes"),
         "best_val_macro_f1": finite((m.get("best_val") or {}).get("macro_f1")),
-        "gap_best_macro_f1": gaps["gap_best_macro_f1"], "gap_best_loss": gaps["gap_best_loss"],
-        "gap_last_macro_f1": gaps["gap_last_macro_f1"], "gap_last_loss": gaps["gap_last_loss"],
+        "gap_best_macro_f1": gaps["gap_best_macro_f1"],
+        "gap_best_loss": gaps["gap_best_loss"],
+        "gap_last_macro_f1": gaps["gap_last_macro_f1"],
+        "gap_last_loss": gaps["gap_last_loss"],
         "tokenizer": tok.get("type") or tok.get("name"),
         "vocab_size": tok.get("vocab_size"),
         "num_test_examples": m.get("num_test_examples"),
@@ -97,7 +134,10 @@ def table_row(run: Run) -> dict:
 def _trainable(run: Run, params: dict):
     """Trainable parameters while training (train_summary / config `resolved`), else metrics.json's count
     (a reloaded model for evaluation may report 0 trainable)."""
-    for v in (run.summary.get("params_trainable"), (run.config.get("resolved") or {}).get("params_trainable")):
+    for v in (
+        run.summary.get("params_trainable"),
+        (run.config.get("resolved") or {}).get("params_trainable"),
+    ):
         if isinstance(v, int) and v > 0:
             return v
     return params.get("trainable")
@@ -124,9 +164,17 @@ def make_groups(runs: list[Run], rows: list[dict]) -> list[dict]:
     groups = []
     for key, idx in by_key.items():
         members = [rows[i] for i in idx]
-        g = {"key": list(key), "arm": key[0], "method": key[1], "model_name": key[2], "train_fraction": key[3],
-             "label": group_label(key), "runs": [m["run"] for m in members], "n": len(members),
-             "seeds": [m["seed"] for m in members]}
+        g = {
+            "key": list(key),
+            "arm": key[0],
+            "method": key[1],
+            "model_name": key[2],
+            "train_fraction": key[3],
+            "label": group_label(key),
+            "runs": [m["run"] for m in members],
+            "n": len(members),
+            "seeds": [m["seed"] for m in members],
+        }
         for field in GROUP_FIELDS:
             g[f"{field}_mean"], g[f"{field}_std"] = mean_std(m[field] for m in members)
         groups.append(g)
@@ -153,15 +201,24 @@ def _three(v) -> str:
 
 
 TABLE_COLUMNS = [
-    ("run", "run", str), ("arm", "arm", str), ("method", "method", str),
-    ("params total", "params_total", fmt.count), ("params trainable", "params_trainable", fmt.count),
-    ("accuracy", "accuracy", fmt.fixed), ("macro-F1", "macro_f1", fmt.fixed), ("weighted-F1", "weighted_f1", fmt.fixed),
-    ("train s", "train_seconds_total", fmt.seconds), ("s/epoch", "train_seconds_per_epoch", fmt.seconds),
-    ("epochs", "epochs_run", _whole), ("best epoch", "best_epoch", _whole),
+    ("run", "run", str),
+    ("arm", "arm", str),
+    ("method", "method", str),
+    ("params total", "params_total", fmt.count),
+    ("params trainable", "params_trainable", fmt.count),
+    ("accuracy", "accuracy", fmt.fixed),
+    ("macro-F1", "macro_f1", fmt.fixed),
+    ("weighted-F1", "weighted_f1", fmt.fixed),
+    ("train s", "train_seconds_total", fmt.seconds),
+    ("s/epoch", "train_seconds_per_epoch", fmt.seconds),
+    ("epochs", "epochs_run", _whole),
+    ("best epoch", "best_epoch", _whole),
     ("infer s/1k", "inference_seconds_per_1000", _three),
     ("disk", "size_on_disk_bytes", fmt.nbytes),
-    ("gap F1 best", "gap_best_macro_f1", _three), ("gap F1 last", "gap_last_macro_f1", _three),
-    ("gap loss best", "gap_best_loss", _three), ("gap loss last", "gap_last_loss", _three),
+    ("gap F1 best", "gap_best_macro_f1", _three),
+    ("gap F1 last", "gap_last_macro_f1", _three),
+    ("gap loss best", "gap_best_loss", _three),
+    ("gap loss last", "gap_last_loss", _three),
 ]
 
 

@@ -1,8 +1,8 @@
 """`ftvs report`: the comparative report (Markdown, self-contained HTML, PDF) built from a comparison.
 
-    ftvs report RUN_DIR... --out DIR         # compare the runs, then write the report
-    ftvs report --out DIR                    # rebuild from DIR/comparison.json
-    ftvs report --comparison FILE --out DIR  # rebuild from a comparison.json elsewhere
+ftvs report RUN_DIR... --out DIR         # compare the runs, then write the report
+ftvs report --out DIR                    # rebuild from DIR/comparison.json
+ftvs report --comparison FILE --out DIR  # rebuild from a comparison.json elsewhere
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ def parse_formats(text: str) -> tuple[str, ...]:
     bad = [f for f in out if f not in FORMATS]
     if bad or not out:
         hint = closest(bad[0], FORMATS) if bad else ""
-        raise FtvsError(f"unknown report format {bad[0] if bad else text!r}{hint}; choose from {', '.join(FORMATS)}")
+        raise FtvsError(
+            f"unknown report format {bad[0] if bad else text!r}{hint}; choose from {', '.join(FORMATS)}"
+        )
     return out
 
 
@@ -43,7 +45,9 @@ def build_report(comparison: dict, out_dir, formats=FORMATS, fig_dir=None) -> di
         fig_dir = out
     missing = [n for n in (comparison.get("figures") or {}).values() if not (fig_dir / n).is_file()]
     if missing:
-        raise FtvsError(f"figure {missing[0]} listed in comparison.json is missing from {fig_dir}; rerun `ftvs compare`")
+        raise FtvsError(
+            f"figure {missing[0]} listed in comparison.json is missing from {fig_dir}; rerun `ftvs compare`"
+        )
     blocks = build_blocks(comparison)
     title = report_title(comparison)
     written: dict[str, Path] = {}
@@ -63,17 +67,26 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "report",
         help="write the comparative report (report.md, report.html, report.pdf)",
-        description="Write the comparative report: model descriptions, dataset description, training and evaluation "
-                    "(curves, metrics, time, convergence, stability, overfitting) and the comparative analysis "
-                    "(significance, cost, when from-scratch is preferable, size/data sensitivity). With RUN_DIRs it "
-                    "runs `ftvs compare` first; without, it rebuilds from OUT/comparison.json (or --comparison).",
+        description="Write the comparative report: model descriptions, dataset description, training and "
+        "evaluation "
+        "(curves, metrics, time, convergence, stability, overfitting) and the comparative analysis "
+        "(significance, cost, when from-scratch is preferable, size/data sensitivity). With RUN_DIRs it "
+        "runs `ftvs compare` first; without, it rebuilds from OUT/comparison.json (or --comparison).",
     )
-    p.add_argument("runs", nargs="*", metavar="RUN_DIR",
-                   help="run folders, study folders, glob patterns or a study JSON (optional)")
+    p.add_argument(
+        "runs",
+        nargs="*",
+        metavar="RUN_DIR",
+        help="run folders, study folders, glob patterns or a study JSON (optional)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--comparison", help="an existing comparison.json to render (default OUT/comparison.json)")
-    p.add_argument("--formats", default="md,html,pdf", help="comma-separated subset of md,html,pdf (default all)")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples when comparing (default 2000)")
+    p.add_argument(
+        "--formats", default="md,html,pdf", help="comma-separated subset of md,html,pdf (default all)"
+    )
+    p.add_argument(
+        "--bootstrap", type=int, default=2000, help="bootstrap resamples when comparing (default 2000)"
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed when comparing (default 0)")
     p.set_defaults(func=cmd_report)
     return p
@@ -90,7 +103,9 @@ def cmd_report(args) -> int:
     else:
         path = Path(args.comparison) if args.comparison else out / COMPARISON_JSON
         if not path.is_file():
-            raise FtvsError(f"{path} not found; pass RUN_DIRs to compare, or run `ftvs compare RUN_DIR... --out {out}`")
+            raise FtvsError(
+                f"{path} not found; pass RUN_DIRs to compare, or run `ftvs compare RUN_DIR... --out {out}`"
+            )
         comparison = read_json(path, "comparison")
         if "runs" not in comparison or "significance" not in comparison:
             raise FtvsError(f"{path} is not a comparison.json written by `ftvs compare`")

@@ -18,7 +18,9 @@ from ftvs.report.sections_training import training_blocks
 
 def build_blocks(comparison: dict) -> list[dict]:
     x = Ctx(comparison)
-    blocks = title_blocks(x) + model_blocks(x) + dataset_blocks(x) + training_blocks(x) + comparative_blocks(x)
+    blocks = (
+        title_blocks(x) + model_blocks(x) + dataset_blocks(x) + training_blocks(x) + comparative_blocks(x)
+    )
     blocks += appendix_blocks(x)
     return [b for b in blocks if b]
 

@@ -47,12 +47,21 @@ class Ctx:
         self.sig = c.get("significance") or {}
         # a comparison.json written before `focus` existed: the same choice, made now
         foc = c.get("focus") or focus(self.groups, self.rows)
-        self.focus_runs = [self.by_name[n] for n in foc.get("runs", []) if n in self.by_name] or list(self.rows)
-        self.best = {arm: self.by_name[v["run"]] for arm, v in (foc.get("by_arm") or {}).items()
-                     if v.get("run") in self.by_name}
+        self.focus_runs = [self.by_name[n] for n in foc.get("runs", []) if n in self.by_name] or list(
+            self.rows
+        )
+        self.best = {
+            arm: self.by_name[v["run"]]
+            for arm, v in (foc.get("by_arm") or {}).items()
+            if v.get("run") in self.by_name
+        }
         ranked = [self.best[a] for a in foc.get("arm_order", []) if a in self.best]
         self.winner = ranked[0] if ranked else None
-        self.ft, self.sc, self.base = self.best.get("finetune"), self.best.get("scratch"), self.best.get("baseline")
+        self.ft, self.sc, self.base = (
+            self.best.get("finetune"),
+            self.best.get("scratch"),
+            self.best.get("baseline"),
+        )
         # per-run narrative for small comparisons; one typical run per full-data configuration for studies
         self.many = len(self.rows) > MANY_RUNS
         self.narrative_rows = self.focus_runs if self.many else list(self.rows)
@@ -66,14 +75,27 @@ class Ctx:
     def group_of(self, run_name: str) -> dict | None:
         return next((g for g in self.groups if run_name in g["runs"]), None)
 
+    def figure(self, key: str, width: int, caption: str) -> list[dict]:
+        """The figure block for comparison figure `key`, or nothing when it was not drawn."""
+        if key not in self.figures:
+            return []
+        return [{"t": "fig", "file": self.figures[key], "width": width, "caption": caption}]
+
     def representatives(self) -> list[dict]:
         """One row per full-data configuration: its typical seed (see comparison.json `focus.rule`)."""
         return list(self.focus_runs)
 
 
+def titled_list(title: str, items: list[str]) -> list[dict]:
+    """A sub-section of bullet points, or nothing when there is nothing to say."""
+    if not items:
+        return []
+    return [{"t": "h3", "text": title}, {"t": "ul", "items": items}]
+
+
 def describe_pair(p: dict, metric: str = "macro_f1") -> str:
     d = p[metric]
-    return (f"{signed(d['diff'])} (95% CI [{signed(d['ci_low'])}, {signed(d['ci_high'])}])")
+    return f"{signed(d['diff'])} (95% CI [{signed(d['ci_low'])}, {signed(d['ci_high'])}])"
 
 
 def significance_words(p: dict) -> str:
@@ -82,8 +104,10 @@ def significance_words(p: dict) -> str:
     verdict = "significant" if p["significant"] else "not significant"
     p_text = fmt.p_value(mc["p_value"])
     p_text = f"p {p_text}" if p_text.startswith("<") else f"p = {p_text}"
-    return (f"McNemar exact {p_text} ({mc['a_only_correct']} vs {mc['b_only_correct']} "
-            f"discordant examples), {verdict} at α = 0.05")
+    return (
+        f"McNemar exact {p_text} ({mc['a_only_correct']} vs {mc['b_only_correct']} "
+        f"discordant examples), {verdict} at α = 0.05"
+    )
 
 
 def verdict(p: dict, a_label: str, b_label: str) -> str:
