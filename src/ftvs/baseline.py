@@ -227,30 +227,12 @@ class BaselineModel:
         return cls(settings, word, char, t["coef"].numpy(), t["intercept"].numpy(), marker["label_names"])
 
 
-def fit_baseline(
-    train_texts, train_labels, val_texts, val_labels, label_names, settings: BaselineSettings, log=print
-) -> tuple[BaselineModel, dict]:
-    """Fit the vectorisers on train, then one logistic regression per C;
-    keep the C with the best validation macro-F1 (ties: smaller C). Returns the model and a record."""
+def _fit_grid(x_train, y_train, grid: list[float], settings: BaselineSettings) -> list[tuple]:
+    """One logistic regression per C: [(classifier, seconds)] in grid order."""
     import warnings
 
-    import scipy.sparse as sp
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-
-    num_labels = len(label_names)
-    t0 = time.perf_counter()
-    word, char = _vectorizers(settings)
-    x_train = sp.hstack([word.fit_transform(train_texts), char.fit_transform(train_texts)], format="csr")
-    x_val = (
-        sp.hstack([word.transform(val_texts), char.transform(val_texts)], format="csr") if val_texts else None
-    )
-    t_feat = time.perf_counter() - t0
-    log(f"baseline: {x_train.shape[0]} train texts -> {x_train.shape[1]} TF-IDF features ({t_feat:.1f}s)")
-
-    y_train = np.asarray(train_labels, dtype=np.int64)
-    present = np.unique(y_train)
-    grid = sorted(float(c) for c in settings.C_grid)
 
     def fit_one(c: float):
         t1 = time.perf_counter()
@@ -269,28 +251,57 @@ def fit_baseline(
     n_jobs = max(1, min(len(grid), os.cpu_count() or 1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        if n_jobs > 1:
-            from concurrent.futures import ThreadPoolExecutor
+        if n_jobs == 1:
+            return [fit_one(c) for c in grid]
+        from concurrent.futures import ThreadPoolExecutor
 
-            from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits
 
-            with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=n_jobs) as pool:
-                fitted = list(pool.map(fit_one, grid))
-        else:
-            fitted = [fit_one(c) for c in grid]
+        with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            return list(pool.map(fit_one, grid))
+
+
+def _full_weights(clf, present, num_labels: int, num_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients and intercepts for every label, whether or not it occurs in the training split."""
+    coef = np.zeros((num_labels, num_features), dtype=np.float32)
+    intercept = np.full(num_labels, -1e4, dtype=np.float32)  # classes absent from train: never predicted
+    if len(present) == 2 and clf.coef_.shape[0] == 1:  # binary: sklearn stores one row
+        coef[present[1]], intercept[present[1]] = clf.coef_[0], clf.intercept_[0]
+        intercept[present[0]] = 0.0
+        coef[present[0]] = 0.0
+    else:
+        coef[clf.classes_] = clf.coef_
+        intercept[clf.classes_] = clf.intercept_
+    return coef, intercept
+
+
+def fit_baseline(
+    train_texts, train_labels, val_texts, val_labels, label_names, settings: BaselineSettings, log=print
+) -> tuple[BaselineModel, dict]:
+    """Fit the vectorisers on train, then one logistic regression per C;
+    keep the C with the best validation macro-F1 (ties: smaller C). Returns the model and a record."""
+    import scipy.sparse as sp
+
+    num_labels = len(label_names)
+    t0 = time.perf_counter()
+    word, char = _vectorizers(settings)
+    x_train = sp.hstack([word.fit_transform(train_texts), char.fit_transform(train_texts)], format="csr")
+    x_val = (
+        sp.hstack([word.transform(val_texts), char.transform(val_texts)], format="csr") if val_texts else None
+    )
+    t_feat = time.perf_counter() - t0
+    log(f"baseline: {x_train.shape[0]} train texts -> {x_train.shape[1]} TF-IDF features ({t_feat:.1f}s)")
+
+    y_train = np.asarray(train_labels, dtype=np.int64)
+    present = np.unique(y_train)
+    grid = sorted(float(c) for c in settings.C_grid)
+
+    fitted = _fit_grid(x_train, y_train, grid, settings)
 
     trials, best = [], None
     for c, (clf, seconds) in zip(grid, fitted):
         iterations = int(np.max(clf.n_iter_))
-        coef = np.zeros((num_labels, x_train.shape[1]), dtype=np.float32)
-        intercept = np.full(num_labels, -1e4, dtype=np.float32)  # classes absent from train: never predicted
-        if len(present) == 2 and clf.coef_.shape[0] == 1:  # binary: sklearn stores one row
-            coef[present[1]], intercept[present[1]] = clf.coef_[0], clf.intercept_[0]
-            intercept[present[0]] = 0.0
-            coef[present[0]] = 0.0
-        else:
-            coef[clf.classes_] = clf.coef_
-            intercept[clf.classes_] = clf.intercept_
+        coef, intercept = _full_weights(clf, present, num_labels, x_train.shape[1])
         trial = {
             "C": c,
             "seconds": seconds,

@@ -62,18 +62,8 @@ def check_labels(arm_labels, data_labels, data_dir) -> None:
         )
 
 
-def evaluate_run(
-    run_dir, data_dir=None, split: str = "test", batch_size: int = 128, mixed_precision: str = "auto"
-) -> dict:
-    run_dir = Path(run_dir)
-    cfg = rundir.read_config(run_dir)
-    data_dir = data_dir or cfg.get("data")
-    if not data_dir:
-        raise FtvsError(f"{run_dir} does not name its data; pass --data DIR")
-    arm = load_arm(rundir.model_dir(run_dir))
-    meta = load_metadata(data_dir)
-    check_labels(arm.label_names, meta["label_names"], data_dir)
-    texts, labels = load_split(data_dir, split)
+def _predict_split(arm, texts, labels, batch_size: int, mixed_precision: str):
+    """Timed predictions of `texts`: (predict output, accelerate state, device, precision, #examples)."""
     # under `accelerate launch` every process scores a shard of the batches and predict_loader gathers
     # them (de-duplicating the padded tail): 1 or N processes give the same predictions and metrics
     from accelerate import PartialState
@@ -104,6 +94,24 @@ def evaluate_run(
     dtype = autocast_dtype(precision)
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = timed_predict(model, list(on_device(loader)), len(examples), state)
+    return out, state, device, precision, len(examples)
+
+
+def evaluate_run(
+    run_dir, data_dir=None, split: str = "test", batch_size: int = 128, mixed_precision: str = "auto"
+) -> dict:
+    run_dir = Path(run_dir)
+    cfg = rundir.read_config(run_dir)
+    data_dir = data_dir or cfg.get("data")
+    if not data_dir:
+        raise FtvsError(f"{run_dir} does not name its data; pass --data DIR")
+    arm = load_arm(rundir.model_dir(run_dir))
+    meta = load_metadata(data_dir)
+    check_labels(arm.label_names, meta["label_names"], data_dir)
+    texts, labels = load_split(data_dir, split)
+    out, state, device, precision, n_examples = _predict_split(
+        arm, texts, labels, batch_size, mixed_precision
+    )
     scores = classification_metrics(labels, out["y_pred"], arm.label_names, loss=out["loss"])
     description = arm.describe()
     metrics = {
@@ -118,11 +126,11 @@ def evaluate_run(
         "split": split,
         "seed": cfg.get("seed"),
         "test": scores,
-        "num_test_examples": len(examples),
+        "num_test_examples": n_examples,
         "inference": {
             "seconds_total": out["seconds"],
-            "seconds_per_1000": 1000 * out["seconds"] / max(1, len(examples)),
-            "examples_per_second": len(examples) / max(out["seconds"], 1e-9),
+            "seconds_per_1000": 1000 * out["seconds"] / max(1, n_examples),
+            "examples_per_second": n_examples / max(out["seconds"], 1e-9),
             "batch_size": batch_size,
             "device": str(device),
             "precision": precision,

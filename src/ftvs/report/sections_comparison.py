@@ -10,11 +10,7 @@ from ftvs.fmt import f3, f4, signed
 from ftvs.report.context import Ctx, arm_label, ratio, significance_words, times_phrase, titled_list, verdict
 
 
-def comparative_blocks(x: Ctx) -> list[dict]:
-    blocks = [
-        {"t": "h2", "text": "4. Comparative analysis"},
-        {"t": "h3", "text": "Who wins, and by how much"},
-    ]
+def _ranking_block(x: Ctx) -> list[dict]:
     reps = sorted(
         (g for g in x.groups if (g["train_fraction"] or 1.0) == 1.0), key=lambda g: -(g["macro_f1_mean"] or 0)
     )
@@ -23,56 +19,66 @@ def comparative_blocks(x: Ctx) -> list[dict]:
         + (f" ± {f4(g['macro_f1_std'])}" if g["macro_f1_std"] else "")
         for k, g in enumerate(reps)
     )
-    blocks.append(
+    return [
         {
             "t": "p",
             "text": f"Ranking of the full-data configurations by test macro-F1 (mean over seeds): {ranking}.",
         }
-    )
+    ]
+
+
+def _pairs_table(x: Ctx) -> list[dict]:
+    """Every paired test, or only those among the arms' best runs when there are many pairs."""
     pairs = x.sig.get("pairs") or []
     key_names = {r["run"] for r in (x.ft, x.sc, x.base) if r}
     shown = pairs if len(pairs) <= 6 else [p for p in pairs if p["a"] in key_names and p["b"] in key_names]
-    if shown:
-        rows = [
-            [
-                p["a"],
-                p["b"],
-                f"{signed(p['accuracy']['diff'])}\n[{signed(p['accuracy']['ci_low'])}, "
-                f"{signed(p['accuracy']['ci_high'])}]",
-                f"{signed(p['macro_f1']['diff'])}\n"
-                f"[{signed(p['macro_f1']['ci_low'])}, {signed(p['macro_f1']['ci_high'])}]",
-                f"{p['mcnemar']['a_only_correct']}/{p['mcnemar']['b_only_correct']}",
-                fmt.p_value(p["mcnemar"]["p_value"]),
-                fmt.p_value(p["mcnemar"]["p_holm"]),
-                "yes" if p["significant"] else "no",
-            ]
-            for p in shown
+    if not shown:
+        return []
+    rows = [
+        [
+            p["a"],
+            p["b"],
+            f"{signed(p['accuracy']['diff'])}\n[{signed(p['accuracy']['ci_low'])}, "
+            f"{signed(p['accuracy']['ci_high'])}]",
+            f"{signed(p['macro_f1']['diff'])}\n"
+            f"[{signed(p['macro_f1']['ci_low'])}, {signed(p['macro_f1']['ci_high'])}]",
+            f"{p['mcnemar']['a_only_correct']}/{p['mcnemar']['b_only_correct']}",
+            fmt.p_value(p["mcnemar"]["p_value"]),
+            fmt.p_value(p["mcnemar"]["p_holm"]),
+            "yes" if p["significant"] else "no",
         ]
-        blocks.append(
-            {
-                "t": "table",
-                "header": [
-                    "A",
-                    "B",
-                    "Δ accuracy [95% CI]",
-                    "Δ macro-F1 [95% CI]",
-                    "only A / only B right",
-                    "McNemar p",
-                    "Holm p",
-                    "p < 0.05",
-                ],
-                "rows": rows,
-                "caption": f"Paired tests on the test set, A − B (A has the higher macro-F1); "
-                f"95% CIs from a paired bias-corrected percentile bootstrap with {x.sig.get('n_resamples')} "
-                f"resamples (seed {x.sig.get('seed')}); McNemar's exact test on the accuracy; Holm p "
-                "adjusts for all pairs"
-                + (
-                    ""
-                    if len(shown) == len(pairs)
-                    else f"; {len(shown)} of {len(pairs)} pairs shown, all in comparison.json"
-                ),
-            }
-        )
+        for p in shown
+    ]
+    return [
+        {
+            "t": "table",
+            "header": [
+                "A",
+                "B",
+                "Δ accuracy [95% CI]",
+                "Δ macro-F1 [95% CI]",
+                "only A / only B right",
+                "McNemar p",
+                "Holm p",
+                "p < 0.05",
+            ],
+            "rows": rows,
+            "caption": f"Paired tests on the test set, A − B (A has the higher macro-F1); "
+            f"95% CIs from a paired bias-corrected percentile bootstrap with {x.sig.get('n_resamples')} "
+            f"resamples (seed {x.sig.get('seed')}); McNemar's exact test on the accuracy; Holm p "
+            "adjusts for all pairs"
+            + (
+                ""
+                if len(shown) == len(pairs)
+                else f"; {len(shown)} of {len(pairs)} pairs shown, all in comparison.json"
+            ),
+        }
+    ]
+
+
+def _headline_blocks(x: Ctx) -> list[dict]:
+    """Fine-tuned minus from-scratch, with the evidence for the gap; or what is missing to make it."""
+    blocks = []
     p = x.pair(x.ft, x.sc)
     if p:
         d = p["macro_f1"]
@@ -97,31 +103,42 @@ def comparative_blocks(x: Ctx) -> list[dict]:
                 "`ftvs compare`.",
             }
         )
+    return blocks
+
+
+def _per_class_blocks(x: Ctx) -> list[dict]:
     diff = x.c.get("per_class_diff")
-    if diff and "per_class_diff" in x.figures:
-        cls = diff["classes"]
-        top = ", ".join(f"{c['class']} ({signed(c['diff'], 3)})" for c in cls[:3] if c["diff"] > 0)
-        bottom = ", ".join(
-            f"{c['class']} ({signed(c['diff'], 3)})" for c in reversed(cls[-3:]) if c["diff"] < 0
-        )
-        text = (
-            f"Per class, **{diff['a']}** has the higher test F1 on {diff['a_better']} classes and "
-            f"**{diff['b']}** on "
-            f"{diff['b_better']} ({diff['ties']} ties)."
-        )
-        if top:
-            text += f" Largest leads of {diff['a']}: {top}."
-        if bottom:
-            text += f" Largest leads of {diff['b']}: {bottom}."
-        blocks += [
-            {
-                "t": "fig",
-                "file": x.figures["per_class_diff"],
-                "width": 92,
-                "caption": f"Per-class test F1 of {diff['a']} minus {diff['b']}, sorted.",
-            },
-            {"t": "p", "text": text},
-        ]
+    if not diff or "per_class_diff" not in x.figures:
+        return []
+    cls = diff["classes"]
+    top = ", ".join(f"{c['class']} ({signed(c['diff'], 3)})" for c in cls[:3] if c["diff"] > 0)
+    bottom = ", ".join(f"{c['class']} ({signed(c['diff'], 3)})" for c in reversed(cls[-3:]) if c["diff"] < 0)
+    text = (
+        f"Per class, **{diff['a']}** has the higher test F1 on {diff['a_better']} classes and "
+        f"**{diff['b']}** on "
+        f"{diff['b_better']} ({diff['ties']} ties)."
+    )
+    if top:
+        text += f" Largest leads of {diff['a']}: {top}."
+    if bottom:
+        text += f" Largest leads of {diff['b']}: {bottom}."
+    return [
+        {
+            "t": "fig",
+            "file": x.figures["per_class_diff"],
+            "width": 92,
+            "caption": f"Per-class test F1 of {diff['a']} minus {diff['b']}, sorted.",
+        },
+        {"t": "p", "text": text},
+    ]
+
+
+def comparative_blocks(x: Ctx) -> list[dict]:
+    blocks = [
+        {"t": "h2", "text": "4. Comparative analysis"},
+        {"t": "h3", "text": "Who wins, and by how much"},
+    ]
+    blocks += _ranking_block(x) + _pairs_table(x) + _headline_blocks(x) + _per_class_blocks(x)
     blocks += (
         reference_blocks(x)
         + cost_blocks(x)
@@ -216,8 +233,9 @@ def cost_blocks(x: Ctx) -> list[dict]:
     return blocks
 
 
-def preference_blocks(x: Ctx) -> list[dict]:
-    ft, sc, base = x.ft, x.sc, x.base
+def _finetune_vs_scratch_items(x: Ctx) -> list[str]:
+    """Whether the from-scratch model is worth its accuracy difference, from the paired test and costs."""
+    ft, sc = x.ft, x.sc
     items = []
     p = x.pair(ft, sc)
     if p:
@@ -279,6 +297,13 @@ def preference_blocks(x: Ctx) -> list[dict]:
                 "governance rules out third-party weights, or when labelled data is plentiful enough to "
                 "close the gap (see the sensitivity analysis)."
             )
+    return items
+
+
+def _against_baseline_items(x: Ctx) -> list[str]:
+    """Whether each transformer earns its cost over the TF-IDF baseline."""
+    ft, sc, base = x.ft, x.sc, x.base
+    items = []
     if base:
         for neural in (sc, ft):
             q = x.pair(neural, base)
@@ -311,6 +336,11 @@ def preference_blocks(x: Ctx) -> list[dict]:
                     "needs a "
                     "reason beyond accuracy on this data."
                 )
+    return items
+
+
+def preference_blocks(x: Ctx) -> list[dict]:
+    items = _finetune_vs_scratch_items(x) + _against_baseline_items(x)
     return titled_list("When would training from scratch be preferred?", items)
 
 

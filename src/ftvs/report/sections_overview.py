@@ -184,6 +184,111 @@ CLEANING_WORDS = {
 }
 
 
+def _dataset_overview(ds: dict, counts: dict) -> dict:
+    total = sum(v for v in counts.values() if v)
+    text = (
+        f"Source: `{ds.get('source')}`, {ds.get('num_labels')} classes, {total:,} examples after cleaning: "
+        + ", ".join(f"{k} {v:,}" for k, v in counts.items() if v is not None)
+        + "."
+    )
+    if ds.get("train_per_class_min") is not None:
+        text += (
+            f" Training examples per class range from {ds['train_per_class_min']:,} to "
+            f"{ds['train_per_class_max']:,} (median {ds['train_per_class_median']:g}), an imbalance ratio of "
+            f"{ds['train_per_class_max'] / max(1, ds['train_per_class_min']):.1f}."
+        )
+    return {"t": "p", "text": text}
+
+
+def _length_table(ds: dict, counts: dict) -> dict:
+    header = ["split", "examples", "words mean", "words median", "words p95", "words max"]
+    tokens = ds.get("length_tokens") or {}
+    if tokens:
+        header += ["tokens mean", "tokens p95", "tokens max"]
+    rows = []
+    for split, n in counts.items():
+        w = (ds.get("length_words") or {}).get(split) or {}
+        row = [split, fmt.grouped(n)] + [fmt.length(w.get(k)) for k in ("mean", "median", "p95", "max")]
+        if tokens:
+            t = tokens.get(split) or {}
+            row += [fmt.length(t.get(k)) for k in ("mean", "p95", "max")]
+        rows.append(row)
+    tok_note = (
+        f"; tokens counted with {ds['tokenizer_for_stats']}"
+        if ds.get("tokenizer_for_stats") and tokens
+        else ""
+    )
+    return {
+        "t": "table",
+        "header": header,
+        "rows": rows,
+        "caption": f"Split sizes and text lengths (words{tok_note})",
+    }
+
+
+def _cleaning_item(ds: dict) -> str:
+    cleaning = ds.get("cleaning") or {}
+    steps = [f"{words}: {cleaning[key]:,}" for key, words in CLEANING_WORDS.items() if key in cleaning]
+    steps += [
+        f"{key.replace('_', ' ')}: {value:,}"
+        for key, value in cleaning.items()
+        if key not in CLEANING_WORDS and key != "max_chars" and isinstance(value, int)
+    ]
+    if not steps:
+        return "No cleaning record in metadata.json."
+    cap = cleaning.get("max_chars")
+    cap_text = f"{cap:,} characters" if isinstance(cap, int) else "the length cap"
+    return (
+        f"Whitespace normalised, invalid UTF-8 repaired, texts longer than {cap_text} cut; counts per step: "
+        + "; ".join(steps)
+        + "."
+    )
+
+
+def _split_items(ds: dict) -> list[str]:
+    """Where the validation and test splits come from, and any cap on the training split."""
+    items = []
+    if ds.get("val_source") == "stratified":
+        items.append(
+            f"Validation split: a stratified {100 * (ds.get('validation_split') or 0):g}% of the training data "
+            f"(seed {ds.get('seed')})."
+        )
+    elif ds.get("val_source"):
+        items.append(f"Validation split taken from the source ({ds['val_source']}).")
+    if ds.get("test_source") == "source":
+        items.append("Test split: the source's own test set.")
+    elif ds.get("test_source") == "stratified":
+        items.append(
+            f"Test split: a stratified {100 * (ds.get('test_split') or 0):g}% of the source training data."
+        )
+    if ds.get("max_train_examples"):
+        items.append(f"Training split subsampled (stratified) to {ds['max_train_examples']:,} examples.")
+    return items
+
+
+def _input_items(x: Ctx, ds: dict) -> list[str]:
+    """How each reported model sees a text: n-grams, or tokens truncated to its maximum length."""
+    p95 = ((ds.get("length_tokens") or {}).get("train") or {}).get("p95")
+    items = []
+    for r in x.representatives():
+        m = x.models.get(r["run"], {})
+        if r["arm"] == "baseline":
+            items.append(
+                f"**{r['run']}**: lower-cased word and character n-grams weighted by TF-IDF; no truncation."
+            )
+        elif m.get("max_seq_length"):
+            over = ""
+            if p95 is not None:
+                over = f" (train p95 length {p95:g} tokens with the statistics tokenizer: " + (
+                    "most texts fit)" if p95 <= m["max_seq_length"] else "the longest 5% are truncated)"
+                )
+            items.append(
+                f"**{r['run']}**: {_tok_name(m.get('tokenizer') or {})}, truncated to {m['max_seq_length']} "
+                f"tokens{over}; batches padded to their longest text."
+            )
+    return items
+
+
 def dataset_blocks(x: Ctx) -> list[dict]:
     ds = x.c.get("dataset") or {}
     blocks = [{"t": "h2", "text": "2. Dataset description"}]
@@ -197,105 +302,10 @@ def dataset_blocks(x: Ctx) -> list[dict]:
             }
         )
         return blocks
-    splits = ds.get("splits") or {}
-    counts = {k: (v or {}).get("count") for k, v in splits.items()}
-    total = sum(v for v in counts.values() if v)
-    text = (
-        f"Source: `{ds.get('source')}`, {ds.get('num_labels')} classes, {total:,} examples after cleaning: "
-        + ", ".join(f"{k} {v:,}" for k, v in counts.items() if v is not None)
-        + "."
-    )
-    if ds.get("train_per_class_min") is not None:
-        text += (
-            f" Training examples per class range from {ds['train_per_class_min']:,} to "
-            f"{ds['train_per_class_max']:,} (median {ds['train_per_class_median']:g}), an imbalance ratio of "
-            f"{ds['train_per_class_max'] / max(1, ds['train_per_class_min']):.1f}."
-        )
-    blocks.append({"t": "p", "text": text})
-    header = ["split", "examples", "words mean", "words median", "words p95", "words max"]
-    tokens = ds.get("length_tokens") or {}
-    if tokens:
-        header += ["tokens mean", "tokens p95", "tokens max"]
-    rows = []
-    for split, n in counts.items():
-        w = (ds.get("length_words") or {}).get(split) or {}
-        row = [
-            split,
-            fmt.grouped(n),
-            fmt.length(w.get("mean")),
-            fmt.length(w.get("median")),
-            fmt.length(w.get("p95")),
-            fmt.length(w.get("max")),
-        ]
-        if tokens:
-            t = tokens.get(split) or {}
-            row += [fmt.length(t.get("mean")), fmt.length(t.get("p95")), fmt.length(t.get("max"))]
-        rows.append(row)
-    tok_note = (
-        f"; tokens counted with {ds['tokenizer_for_stats']}"
-        if ds.get("tokenizer_for_stats") and tokens
-        else ""
-    )
-    blocks.append(
-        {
-            "t": "table",
-            "header": header,
-            "rows": rows,
-            "caption": f"Split sizes and text lengths (words{tok_note})",
-        }
-    )
-    steps = []
-    cleaning = ds.get("cleaning") or {}
-    for key, words in CLEANING_WORDS.items():
-        if key in cleaning:
-            steps.append(f"{words}: {cleaning[key]:,}")
-    for key, value in cleaning.items():
-        if key not in CLEANING_WORDS and key != "max_chars" and isinstance(value, int):
-            steps.append(f"{key.replace('_', ' ')}: {value:,}")
-    cap = cleaning.get("max_chars")
-    cap_text = f"{cap:,} characters" if isinstance(cap, int) else "the length cap"
-    pre = [
-        f"Whitespace normalised, invalid UTF-8 repaired, texts longer than {cap_text} cut; counts per step: "
-        + "; ".join(steps)
-        + "."
-        if steps
-        else "No cleaning record in metadata.json."
-    ]
-    if ds.get("val_source") == "stratified":
-        pre.append(
-            f"Validation split: a stratified {100 * (ds.get('validation_split') or 0):g}% of the training "
-            "data "
-            f"(seed {ds.get('seed')})."
-        )
-    elif ds.get("val_source"):
-        pre.append(f"Validation split taken from the source ({ds['val_source']}).")
-    if ds.get("test_source") == "source":
-        pre.append("Test split: the source's own test set.")
-    elif ds.get("test_source") == "stratified":
-        pre.append(
-            f"Test split: a stratified {100 * (ds.get('test_split') or 0):g}% of the source training data."
-        )
-    if ds.get("max_train_examples"):
-        pre.append(f"Training split subsampled (stratified) to {ds['max_train_examples']:,} examples.")
-    for r in x.representatives():
-        m = x.models.get(r["run"], {})
-        if r["arm"] == "baseline":
-            pre.append(
-                f"**{r['run']}**: lower-cased word and character n-grams weighted by TF-IDF; no truncation."
-            )
-        elif m.get("max_seq_length"):
-            tok = m.get("tokenizer") or {}
-            p95 = ((tokens or {}).get("train") or {}).get("p95")
-            over = ""
-            if p95 is not None:
-                over = f" (train p95 length {p95:g} tokens with the statistics tokenizer: " + (
-                    "most texts fit)" if p95 <= m["max_seq_length"] else "the longest 5% are truncated)"
-                )
-            pre.append(
-                f"**{r['run']}**: {_tok_name(tok)}, truncated to {m['max_seq_length']} tokens{over}; "
-                "batches padded to their longest text."
-            )
-    blocks += [{"t": "h3", "text": "Preprocessing"}, {"t": "ul", "items": pre}]
+    counts = {k: (v or {}).get("count") for k, v in (ds.get("splits") or {}).items()}
+    blocks += [_dataset_overview(ds, counts), _length_table(ds, counts)]
+    items = [_cleaning_item(ds), *_split_items(ds), *_input_items(x, ds)]
+    blocks += [{"t": "h3", "text": "Preprocessing"}, {"t": "ul", "items": items}]
     ex = ds.get("examples") or []
     if ex:
         blocks.append(

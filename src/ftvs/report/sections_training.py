@@ -43,78 +43,88 @@ def result_rows(x: Ctx) -> list[list[str]]:
     return out
 
 
-def training_blocks(x: Ctx) -> list[dict]:
-    blocks = [{"t": "h2", "text": "3. Training and evaluation"}]
-    device = next((r["inference_device"] for r in x.rows if r.get("inference_device")), None)
-    if x.many:
-        blocks.append(
-            {
-                "t": "table",
-                "header": [
-                    "configuration",
-                    "seeds",
-                    "params",
-                    "accuracy",
-                    "macro-F1",
-                    "best epoch",
-                    "train s",
-                    "infer s/1k",
-                ],
-                "rows": [
-                    [
-                        g["label"],
-                        str(g["n"]),
-                        fmt.count(g["params_total_mean"]),
-                        fmt.pm(g["accuracy_mean"], g["accuracy_std"]),
-                        fmt.pm(g["macro_f1_mean"], g["macro_f1_std"]),
-                        fmt.pm(g["best_epoch_mean"], g["best_epoch_std"], 1),
-                        fmt.seconds(g["train_seconds_total_mean"]),
-                        f3(g["inference_seconds_per_1000_mean"]),
-                    ]
-                    for g in x.groups
-                    if (g["train_fraction"] or 1.0) == 1.0
-                ],
-                "caption": "Test-set results per full-data configuration, mean ± std over seeds "
-                f"({len(x.rows)} runs; "
-                "the per-run table is comparison.md)",
-            }
-        )
-    blocks.append(
+def _configuration_table(x: Ctx) -> list[dict]:
+    """Mean ± std per full-data configuration: the main table when there are many runs."""
+    if not x.many:
+        return []
+    return [
         {
             "t": "table",
-            "header": RESULT_COLUMNS,
-            "rows": result_rows(x),
-            "caption": ("Typical run of each full-data configuration: " if x.many else "")
-            + "Test-set results and costs (train s: total training seconds; best/epochs: epoch of "
-            "the best val macro-F1 / epochs run; to 95%: first epoch within 95% of that best; "
-            "infer s/1k: seconds to classify 1,000 test examples"
-            + (f", on {device}" if device else "")
-            + ")",
+            "header": [
+                "configuration",
+                "seeds",
+                "params",
+                "accuracy",
+                "macro-F1",
+                "best epoch",
+                "train s",
+                "infer s/1k",
+            ],
+            "rows": [
+                [
+                    g["label"],
+                    str(g["n"]),
+                    fmt.count(g["params_total_mean"]),
+                    fmt.pm(g["accuracy_mean"], g["accuracy_std"]),
+                    fmt.pm(g["macro_f1_mean"], g["macro_f1_std"]),
+                    fmt.pm(g["best_epoch_mean"], g["best_epoch_std"], 1),
+                    fmt.seconds(g["train_seconds_total_mean"]),
+                    f3(g["inference_seconds_per_1000_mean"]),
+                ]
+                for g in x.groups
+                if (g["train_fraction"] or 1.0) == 1.0
+            ],
+            "caption": "Test-set results per full-data configuration, mean ± std over seeds "
+            f"({len(x.rows)} runs; "
+            "the per-run table is comparison.md)",
         }
-    )
+    ]
+
+
+def _results_table(x: Ctx) -> dict:
+    device = next((r["inference_device"] for r in x.rows if r.get("inference_device")), None)
+    return {
+        "t": "table",
+        "header": RESULT_COLUMNS,
+        "rows": result_rows(x),
+        "caption": ("Typical run of each full-data configuration: " if x.many else "")
+        + "Test-set results and costs (train s: total training seconds; best/epochs: epoch of "
+        "the best val macro-F1 / epochs run; to 95%: first epoch within 95% of that best; "
+        "infer s/1k: seconds to classify 1,000 test examples" + (f", on {device}" if device else "") + ")",
+    }
+
+
+def _seed_table(x: Ctx) -> list[dict]:
+    """Seed groups beside the per-run table (small comparisons only)."""
     multi = [g for g in x.groups if g["n"] > 1]
-    if multi and not x.many:
-        rows = [
-            [
-                g["label"],
-                str(g["n"]),
-                f"{f4(g['accuracy_mean'])} ± {f4(g['accuracy_std'])}",
-                f"{f4(g['macro_f1_mean'])} ± {f4(g['macro_f1_std'])}",
-                f"{g['best_epoch_mean']:.1f} ± {g['best_epoch_std']:.1f}"
-                if g["best_epoch_std"] is not None
-                else "–",
-                f"{fmt.seconds(g['train_seconds_total_mean'])}",
-            ]
-            for g in multi
+    if not multi or x.many:
+        return []
+    rows = [
+        [
+            g["label"],
+            str(g["n"]),
+            f"{f4(g['accuracy_mean'])} ± {f4(g['accuracy_std'])}",
+            f"{f4(g['macro_f1_mean'])} ± {f4(g['macro_f1_std'])}",
+            f"{g['best_epoch_mean']:.1f} ± {g['best_epoch_std']:.1f}"
+            if g["best_epoch_std"] is not None
+            else "–",
+            f"{fmt.seconds(g['train_seconds_total_mean'])}",
         ]
-        blocks.append(
-            {
-                "t": "table",
-                "header": ["configuration", "seeds", "accuracy", "macro-F1", "best epoch", "train s (mean)"],
-                "rows": rows,
-                "caption": "Seed groups: mean ± standard deviation over seeds",
-            }
-        )
+        for g in multi
+    ]
+    return [
+        {
+            "t": "table",
+            "header": ["configuration", "seeds", "accuracy", "macro-F1", "best epoch", "train s (mean)"],
+            "rows": rows,
+            "caption": "Seed groups: mean ± standard deviation over seeds",
+        }
+    ]
+
+
+def training_blocks(x: Ctx) -> list[dict]:
+    blocks = [{"t": "h2", "text": "3. Training and evaluation"}]
+    blocks += [*_configuration_table(x), _results_table(x), *_seed_table(x)]
     blocks += x.figure(
         "scores",
         88,
