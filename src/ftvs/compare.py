@@ -1,75 +1,19 @@
 """`ftvs compare RUN_DIR... --out DIR`: side-by-side table, seed groups, significance, figures, report.
 
-The command on top of two layers: `ftvs.comparison` computes comparison.json (and re-exports its public
-names here, so `from ftvs.compare import find_pair` keeps working), `ftvs.report` renders the report
-from it. Neither layer imports this module.
+The command on top of two layers: `ftvs.comparison` computes comparison.json, `ftvs.report` renders
+the report from it; neither imports this module. `compare` and `find_pair` stay importable from here.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ftvs.comparison import (  # the public comparison API, importable from here as before
-    ARM_LABEL,
-    ARM_ORDER,
-    COMPARISON_JSON,
-    COMPARISON_MD,
-    COMPARISON_VERSION,
-    TABLE_COLUMNS,
-    Run,
-    best_runs_of_two_arms,
-    check_same_test_set,
-    compare,
-    convergence,
-    describe_dataset,
-    describe_model,
-    discover,
-    find_pair,
-    focus,
-    load_runs,
-    make_groups,
-    markdown_table,
-    per_class_difference,
-    representative,
-    resolve_data_dir,
-    significance,
-    sweeps,
-    table_cells,
-    table_row,
-)
+from ftvs.comparison import compare, find_pair, markdown_table
 from ftvs.errors import FtvsError
 from ftvs.report import build_report, parse_formats
 
-__all__ = [
-    "ARM_LABEL",
-    "ARM_ORDER",
-    "COMPARISON_JSON",
-    "COMPARISON_MD",
-    "COMPARISON_VERSION",
-    "TABLE_COLUMNS",
-    "Run",
-    "best_runs_of_two_arms",
-    "check_same_test_set",
-    "compare",
-    "convergence",
-    "describe_dataset",
-    "describe_model",
-    "discover",
-    "find_pair",
-    "focus",
-    "load_runs",
-    "make_groups",
-    "markdown_table",
-    "per_class_difference",
-    "representative",
-    "resolve_data_dir",
-    "significance",
-    "sweeps",
-    "table_cells",
-    "table_row",
-    "add_cli",
-    "cmd_compare",
-]
+# the rest of the comparison API lives in ftvs.comparison
+__all__ = ["add_cli", "cmd_compare", "compare", "find_pair"]
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
