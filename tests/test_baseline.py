@@ -16,10 +16,38 @@ from ftvs.errors import FtvsError
 from ftvs.metrics import classification_metrics
 
 BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
-METRIC_KEYS = {"run_name", "arm", "method", "model_name", "dataset", "data_dir", "seed", "test", "num_test_examples",
-               "inference", "params", "size_on_disk_bytes", "training", "best_val", "train_val_gap", "model"}
-HISTORY_KEYS = {"epoch", "step", "train_loss", "train_accuracy", "train_macro_f1", "val_loss", "val_accuracy",
-                "val_macro_f1", "lr", "epoch_seconds", "elapsed_seconds", "examples_per_second"}
+METRIC_KEYS = {
+    "run_name",
+    "arm",
+    "method",
+    "model_name",
+    "dataset",
+    "data_dir",
+    "seed",
+    "test",
+    "num_test_examples",
+    "inference",
+    "params",
+    "size_on_disk_bytes",
+    "training",
+    "best_val",
+    "train_val_gap",
+    "model",
+}
+HISTORY_KEYS = {
+    "epoch",
+    "step",
+    "train_loss",
+    "train_accuracy",
+    "train_macro_f1",
+    "val_loss",
+    "val_accuracy",
+    "val_macro_f1",
+    "lr",
+    "epoch_seconds",
+    "elapsed_seconds",
+    "examples_per_second",
+}
 
 
 def banking77_subset(folder: Path, per_class_train: int, per_class_test: int) -> Path:
@@ -59,8 +87,16 @@ def run(data_dir, tmp_path_factory):
 
 
 def test_writes_the_documented_run_dir(run, data_dir):
-    for name in ("metrics.json", "predictions.json", "config.yaml", "history.jsonl", "train_summary.json",
-                 "training_curves.png", "confusion_matrix.png", "model/ftvs.json"):
+    for name in (
+        "metrics.json",
+        "predictions.json",
+        "config.yaml",
+        "history.jsonl",
+        "train_summary.json",
+        "training_curves.png",
+        "confusion_matrix.png",
+        "model/ftvs.json",
+    ):
         assert (run / name).is_file(), name
     m = json.loads((run / "metrics.json").read_text())
     assert METRIC_KEYS <= set(m)
@@ -69,8 +105,13 @@ def test_writes_the_documented_run_dir(run, data_dir):
     assert tr["epochs_run"] == 1 and tr["best_epoch"] == 1 and tr["status"] == "completed"
     assert tr["seconds_per_epoch"] == tr["seconds_total"] > 0
     assert m["inference"]["seconds_per_1000"] == pytest.approx(
-        m["inference"]["seconds_total"] / m["num_test_examples"] * 1000)
-    assert set(m["train_val_gap"]) == {"best", "last"} and set(m["best_val"]) == {"accuracy", "macro_f1", "loss"}
+        m["inference"]["seconds_total"] / m["num_test_examples"] * 1000
+    )
+    assert set(m["train_val_gap"]) == {"best", "last"} and set(m["best_val"]) == {
+        "accuracy",
+        "macro_f1",
+        "loss",
+    }
     # params = coefficients + intercepts of every class
     n_feat = m["model"]["architecture"]["num_features"]
     assert m["params"]["total"] == m["params"]["trainable"] == 77 * (n_feat + 1)
@@ -81,7 +122,8 @@ def test_writes_the_documented_run_dir(run, data_dir):
     assert len(history) == 1 and HISTORY_KEYS <= set(history[0])
     # the gap follows `ftvs evaluate`: train minus val
     assert m["train_val_gap"]["last"]["macro_f1"] == pytest.approx(
-        history[0]["train_macro_f1"] - history[0]["val_macro_f1"])
+        history[0]["train_macro_f1"] - history[0]["val_macro_f1"]
+    )
 
 
 def test_scores_come_from_the_one_metrics_function_on_the_test_file_order(run, data_dir):

@@ -10,26 +10,21 @@ from pathlib import Path
 
 import torch
 
+from ftvs import rundir
 from ftvs.arms import load_arm
+from ftvs.baseline import BaselineModel
 from ftvs.config import autocast_dtype, resolve_mixed_precision
 from ftvs.data import load_metadata, load_split
 from ftvs.errors import FtvsError
-from ftvs.fileio import dir_size_bytes, read_json, read_jsonl, write_json
+from ftvs.fileio import dir_size_bytes
 from ftvs.inference import make_eval_loader, predict_loader, timed_predict
-from ftvs.metrics import classification_metrics
-from ftvs.plots import plot_confusion_matrix, plot_training_curves
-
-
-def train_val_gap(row: dict) -> dict:
-    return {k: row[f"train_{k}"] - row[f"val_{k}"] for k in ("accuracy", "macro_f1", "loss")
-            if row.get(f"train_{k}") is not None and row.get(f"val_{k}") is not None}
+from ftvs.metrics import classification_metrics, epoch_gap
 
 
 def training_record(run_dir: Path) -> dict:
     """Training time, best epoch and train–val gaps from a run's history and summary."""
-    history = read_jsonl(run_dir / "history.jsonl") if (run_dir / "history.jsonl").exists() else []
-    summary = read_json(run_dir / "train_summary.json", "training summary") \
-        if (run_dir / "train_summary.json").exists() else {}
+    history = rundir.read_history(run_dir)
+    summary = rundir.read_summary(run_dir)
     if not history:
         return {"training": {"status": summary.get("status", "unknown")}, "best_val": {}, "train_val_gap": {}}
     best = max(history, key=lambda r: r["val_macro_f1"])
@@ -38,36 +33,37 @@ def training_record(run_dir: Path) -> dict:
     # forward pass of the base) is part of what training costs
     preprocess = summary.get("seconds_preprocess") or 0.0
     return {
-        "training": {"seconds_total": seconds + preprocess, "seconds_per_epoch": seconds / len(history),
-                     "seconds_preprocess": preprocess,
-                     "epochs_run": len(history), "best_epoch": best["epoch"],
-                     "status": summary.get("status", "unknown"), "stop_reason": summary.get("stop_reason"),
-                     "examples_per_second": sum(r["examples_per_second"] for r in history) / len(history)},
-        "best_val": {"accuracy": best["val_accuracy"], "macro_f1": best["val_macro_f1"], "loss": best["val_loss"]},
-        "train_val_gap": {"best": train_val_gap(best), "last": train_val_gap(history[-1])},
+        "training": {
+            "seconds_total": seconds + preprocess,
+            "seconds_per_epoch": seconds / len(history),
+            "seconds_preprocess": preprocess,
+            "epochs_run": len(history),
+            "best_epoch": best["epoch"],
+            "status": summary.get("status", "unknown"),
+            "stop_reason": summary.get("stop_reason"),
+            "examples_per_second": sum(r["examples_per_second"] for r in history) / len(history),
+        },
+        "best_val": {
+            "accuracy": best["val_accuracy"],
+            "macro_f1": best["val_macro_f1"],
+            "loss": best["val_loss"],
+        },
+        "train_val_gap": {"best": epoch_gap(best), "last": epoch_gap(history[-1])},
     }
 
 
 def check_labels(arm_labels, data_labels, data_dir) -> None:
     if list(arm_labels) != list(data_labels):
         extra = sorted(set(data_labels) - set(arm_labels))[:3]
-        raise FtvsError(f"label set of {data_dir} differs from the model's ({len(data_labels)} vs {len(arm_labels)} "
-                        f"labels{', e.g. unknown ' + repr(extra) if extra else ''}); evaluate on the data it was trained on")
+        raise FtvsError(
+            f"label set of {data_dir} differs from the model's ({len(data_labels)} vs {len(arm_labels)} "
+            f"labels{', e.g. unknown ' + repr(extra) if extra else ''}); evaluate on the data it was "
+            "trained on"
+        )
 
 
-def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 128,
-                 mixed_precision: str = "auto") -> dict:
-    import yaml
-
-    run_dir = Path(run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
-    data_dir = data_dir or cfg.get("data")
-    if not data_dir:
-        raise FtvsError(f"{run_dir} does not name its data; pass --data DIR")
-    arm = load_arm(run_dir / "model")
-    meta = load_metadata(data_dir)
-    check_labels(arm.label_names, meta["label_names"], data_dir)
-    texts, labels = load_split(data_dir, split)
+def _predict_split(arm, texts, labels, batch_size: int, mixed_precision: str):
+    """Timed predictions of `texts`: (predict output, accelerate state, device, precision, #examples)."""
     # under `accelerate launch` every process scores a shard of the batches and predict_loader gathers
     # them (de-duplicating the padded tail): 1 or N processes give the same predictions and metrics
     from accelerate import PartialState
@@ -75,14 +71,20 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 
     from ftvs.launch import force_cpu
 
     state = PartialState(cpu=force_cpu())
-    device = state.device if state.num_processes > 1 else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        state.device
+        if state.num_processes > 1
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     model = arm.model.to(device).eval()
     examples = arm.encode(texts)
     loader = make_eval_loader(arm, examples, labels, batch_size)
     if state.num_processes > 1:
         from accelerate.data_loader import prepare_data_loader
 
-        loader = prepare_data_loader(loader, device, state.num_processes, state.process_index, put_on_device=False)
+        loader = prepare_data_loader(
+            loader, device, state.num_processes, state.process_index, put_on_device=False
+        )
 
     def on_device(loader):
         for batch in loader:
@@ -92,64 +94,97 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 
     dtype = autocast_dtype(precision)
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = timed_predict(model, list(on_device(loader)), len(examples), state)
+    return out, state, device, precision, len(examples)
+
+
+def evaluate_run(
+    run_dir, data_dir=None, split: str = "test", batch_size: int = 128, mixed_precision: str = "auto"
+) -> dict:
+    run_dir = Path(run_dir)
+    cfg = rundir.read_config(run_dir)
+    data_dir = data_dir or cfg.get("data")
+    if not data_dir:
+        raise FtvsError(f"{run_dir} does not name its data; pass --data DIR")
+    arm = load_arm(rundir.model_dir(run_dir))
+    meta = load_metadata(data_dir)
+    check_labels(arm.label_names, meta["label_names"], data_dir)
+    texts, labels = load_split(data_dir, split)
+    out, state, device, precision, n_examples = _predict_split(
+        arm, texts, labels, batch_size, mixed_precision
+    )
     scores = classification_metrics(labels, out["y_pred"], arm.label_names, loss=out["loss"])
     description = arm.describe()
     metrics = {
-        "run_name": run_dir.name, "arm": arm.kind, "method": getattr(arm, "method", None),
-        "model_name": cfg.get("model_name_or_path") if arm.kind == "finetune" else f"scratch-{cfg.get('preset')}",
-        "dataset": meta.get("source"), "data_dir": str(data_dir), "split": split, "seed": cfg.get("seed"),
-        "test": scores, "num_test_examples": len(examples),
-        "inference": {"seconds_total": out["seconds"], "seconds_per_1000": 1000 * out["seconds"] / max(1, len(examples)),
-                      "examples_per_second": len(examples) / max(out["seconds"], 1e-9), "batch_size": batch_size,
-                      "device": str(device), "precision": precision, "torch_threads": torch.get_num_threads(),
-                      "num_processes": state.num_processes,
-                      "machine": platform.processor() or platform.machine()},
+        "run_name": run_dir.name,
+        "arm": arm.kind,
+        "method": getattr(arm, "method", None),
+        "model_name": cfg.get("model_name_or_path")
+        if arm.kind == "finetune"
+        else f"scratch-{cfg.get('preset')}",
+        "dataset": meta.get("source"),
+        "data_dir": str(data_dir),
+        "split": split,
+        "seed": cfg.get("seed"),
+        "test": scores,
+        "num_test_examples": n_examples,
+        "inference": {
+            "seconds_total": out["seconds"],
+            "seconds_per_1000": 1000 * out["seconds"] / max(1, n_examples),
+            "examples_per_second": n_examples / max(out["seconds"], 1e-9),
+            "batch_size": batch_size,
+            "device": str(device),
+            "precision": precision,
+            "torch_threads": torch.get_num_threads(),
+            "num_processes": state.num_processes,
+            "machine": platform.processor() or platform.machine(),
+        },
         # a reloaded model is frozen for inference: what was trainable comes from the training record
-        "params": {"total": description["params_total"],
-                   "trainable": cfg.get("resolved", {}).get("params_trainable", description["params_trainable"])},
-        "size_on_disk_bytes": dir_size_bytes(run_dir / "model"),
+        "params": {
+            "total": description["params_total"],
+            "trainable": cfg.get("resolved", {}).get("params_trainable", description["params_trainable"]),
+        },
+        "size_on_disk_bytes": dir_size_bytes(rundir.model_dir(run_dir)),
         "model": description,
         **training_record(run_dir),
     }
     if not state.is_main_process:  # every process holds the same gathered results; one writes them
         return metrics
-    write_json(run_dir / "metrics.json", metrics)
-    write_json(run_dir / "predictions.json", {"label_names": arm.label_names, "y_true": list(labels),
-                                               "y_pred": out["y_pred"].tolist(),
-                                               "confidence": [round(float(c), 6) for c in out["confidence"]]})
-    history = read_jsonl(run_dir / "history.jsonl") if (run_dir / "history.jsonl").exists() else []
-    if history:
-        plot_training_curves(history, run_dir / "training_curves.png", title=run_dir.name)
-    plot_confusion_matrix(scores["confusion_matrix"], arm.label_names, run_dir / "confusion_matrix.png",
-                          title=f"{run_dir.name}: test confusion matrix")
+    rundir.write_results(run_dir, metrics, arm.label_names, labels, out["y_pred"], out["confidence"])
+    rundir.write_figures(run_dir, arm.label_names, scores["confusion_matrix"], run_name=run_dir.name)
     return metrics
 
 
 def predict_texts(run_dir, texts: list[str], batch_size: int = 64) -> list[dict]:
-    model_dir = Path(run_dir) / "model"
-    if (model_dir / "ftvs.json").is_file() and read_json(model_dir / "ftvs.json").get("arm") == "baseline":
-        from ftvs.baseline import BaselineModel
-
+    model_dir = rundir.model_dir(run_dir)
+    if rundir.read_marker(run_dir).get("arm") == "baseline":
         model = BaselineModel.load(model_dir)
         proba = model.predict_proba(texts)
-        return [{"text": t, "label": model.label_names[int(p.argmax())], "probability": float(p.max())}
-                for t, p in zip(texts, proba)]
+        return [
+            {"text": t, "label": model.label_names[int(p.argmax())], "probability": float(p.max())}
+            for t, p in zip(texts, proba)
+        ]
     arm = load_arm(model_dir)
     examples = arm.encode(texts)
     loader = make_eval_loader(arm, examples, [-1] * len(examples), batch_size)
     out = predict_loader(arm.model.eval(), loader, len(examples))
-    return [{"text": t, "label": arm.label_names[p], "probability": float(c)}
-            for t, p, c in zip(texts, out["y_pred"], out["confidence"])]
+    return [
+        {"text": t, "label": arm.label_names[p], "probability": float(c)}
+        for t, p, c in zip(texts, out["y_pred"], out["confidence"])
+    ]
 
 
 def cmd_evaluate(args) -> int:
-    m = evaluate_run(args.run_dir, args.data, args.split, args.per_device_eval_batch_size, args.mixed_precision)
+    m = evaluate_run(
+        args.run_dir, args.data, args.split, args.per_device_eval_batch_size, args.mixed_precision
+    )
     t = m["test"]
     from accelerate import PartialState
 
-    PartialState().print(f"{m['run_name']}: accuracy {t['accuracy']:.4f} | macro-F1 {t['macro_f1']:.4f} | weighted-F1 "
-          f"{t['weighted_f1']:.4f} | {m['inference']['seconds_per_1000']:.2f} s per 1,000 examples | "
-          f"{m['params']['total']:,} params -> {Path(args.run_dir) / 'metrics.json'}")
+    PartialState().print(
+        f"{m['run_name']}: accuracy {t['accuracy']:.4f} | macro-F1 {t['macro_f1']:.4f} | weighted-F1 "
+        f"{t['weighted_f1']:.4f} | {m['inference']['seconds_per_1000']:.2f} s per 1,000 examples | "
+        f"{m['params']['total']:,} params -> {Path(args.run_dir) / rundir.METRICS}"
+    )
     return 0
 
 
@@ -159,7 +194,11 @@ def cmd_predict(args) -> int:
         path = Path(args.file)
         if not path.is_file():
             raise FtvsError(f"--file {path} does not exist")
-        texts += [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        texts += [
+            line.strip()
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if line.strip()
+        ]
     if not texts:
         raise FtvsError("no text to classify; pass texts as arguments or --file FILE (one per line)")
     for row in predict_texts(args.run_dir, texts):
@@ -168,22 +207,40 @@ def cmd_predict(args) -> int:
 
 
 def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help="score a trained run on the test split -> metrics.json",
-                              description="Load RUN_DIR/model (the best epoch), predict the test split, time inference "
-                                          "and write metrics.json, predictions.json, training_curves.png and "
-                                          "confusion_matrix.png into RUN_DIR.")
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score a trained run on the test split -> metrics.json",
+        description="Load RUN_DIR/model (the best epoch), predict the test split, time inference "
+        "and write metrics.json, predictions.json, training_curves.png and "
+        "confusion_matrix.png into RUN_DIR.",
+    )
     p.add_argument("run_dir", help="a run folder written by `ftvs train`")
     p.add_argument("--data", help="prepared data folder (default: the one the run was trained on)")
-    p.add_argument("--split", default="test", choices=("test", "val", "train"), help="split to score (default test)")
-    p.add_argument("--per_device_eval_batch_size", "--batch-size", type=int, default=128,
-                   help="inference batch size (default 128); recorded with the timing")
-    p.add_argument("--mixed_precision", "--mixed-precision", default="auto", choices=("auto", "no", "bf16", "fp16"),
-                   help="autocast for inference: auto = bf16 on CUDA (as in training), fp32 on CPU; recorded with "
-                        "the timing")
+    p.add_argument(
+        "--split", default="test", choices=("test", "val", "train"), help="split to score (default test)"
+    )
+    p.add_argument(
+        "--per_device_eval_batch_size",
+        "--batch-size",
+        type=int,
+        default=128,
+        help="inference batch size (default 128); recorded with the timing",
+    )
+    p.add_argument(
+        "--mixed_precision",
+        "--mixed-precision",
+        default="auto",
+        choices=("auto", "no", "bf16", "fp16"),
+        help="autocast for inference: auto = bf16 on CUDA (as in training), fp32 on CPU; recorded with "
+        "the timing",
+    )
     p.set_defaults(func=cmd_evaluate)
 
-    p = subparsers.add_parser("predict", help="classify texts with a trained run",
-                              description="Print label, probability and text, one line per input.")
+    p = subparsers.add_parser(
+        "predict",
+        help="classify texts with a trained run",
+        description="Print label, probability and text, one line per input.",
+    )
     p.add_argument("run_dir", help="a run folder written by `ftvs train`")
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--file", help="a text file with one input per line")

@@ -69,8 +69,9 @@ def plot_curves_overlay(comparison: dict, path: Path) -> str | None:
         ep = [r["epoch"] for r in rows]
         secs = [r.get("elapsed_seconds") for r in rows]
         marker = "o" if len(rows) == 1 else None
-        kw = dict(color=colours.get(name), ls=styles.get(name, "-"), marker=marker, ms=4, lw=1.5,
-                  label=_short(name))
+        kw = dict(
+            color=colours.get(name), ls=styles.get(name, "-"), marker=marker, ms=4, lw=1.5, label=_short(name)
+        )
         for col, key in ((0, "val_macro_f1"), (1, "val_loss")):
             vals = [r.get(key) for r in rows]
             axes[0, col].plot(ep, vals, **kw)
@@ -89,8 +90,15 @@ def plot_curves_overlay(comparison: dict, path: Path) -> str | None:
     axes[0, 0].set_title("validation macro-F1")
     axes[0, 1].set_title("validation loss")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, -0.04))
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=min(4, len(labels)),
+        fontsize=8,
+        frameon=False,
+        bbox_to_anchor=(0.5, -0.04),
+    )
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return _save(fig, path)
 
@@ -111,10 +119,24 @@ def plot_train_val(comparison: dict, path: Path) -> str | None:
         marker = "o" if len(rows) == 1 else None
         for sub, (key, label) in enumerate((("macro_f1", "macro-F1"), ("loss", "loss"))):
             ax = axes[2 * block + sub, col]
-            ax.plot(ep, [r.get(f"train_{key}") for r in rows], color=colours.get(name), lw=1.5, marker=marker,
-                    label="train")
-            ax.plot(ep, [r.get(f"val_{key}") for r in rows], color=colours.get(name), lw=1.5, ls="--",
-                    marker=marker or "s", ms=3, label="val")
+            ax.plot(
+                ep,
+                [r.get(f"train_{key}") for r in rows],
+                color=colours.get(name),
+                lw=1.5,
+                marker=marker,
+                label="train",
+            )
+            ax.plot(
+                ep,
+                [r.get(f"val_{key}") for r in rows],
+                color=colours.get(name),
+                lw=1.5,
+                ls="--",
+                marker=marker or "s",
+                ms=3,
+                label="val",
+            )
             ax.set_ylabel(label, fontsize=8)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if len(ep) == 1:
@@ -180,8 +202,11 @@ def plot_per_class_diff(comparison: dict, path: Path) -> str | None:
         ax.set_xticks([])
         ax.set_xlabel(f"{n} classes, sorted by difference")
     ax.set_ylabel("test F1 difference")
-    ax.set_title(f"per-class F1: {_short(diff['a'], 30)} minus {_short(diff['b'], 30)} "
-                 f"(better for A in {diff['a_better']}, for B in {diff['b_better']})", fontsize=9)
+    ax.set_title(
+        f"per-class F1: {_short(diff['a'], 30)} minus {_short(diff['b'], 30)} "
+        f"(better for A in {diff['a_better']}, for B in {diff['b_better']})",
+        fontsize=9,
+    )
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
@@ -197,13 +222,30 @@ def plot_scores(comparison: dict, path: Path) -> str | None:
     for ax, key, label in ((axes[0], "accuracy", "test accuracy"), (axes[1], "macro_f1", "test macro-F1")):
         means = [g[f"{key}_mean"] or 0 for g in groups]
         stds = [g[f"{key}_std"] or 0 for g in groups]
-        ax.bar(x, means, yerr=[s if s else 0 for s in stds], capsize=4,
-               color=[cmap(i % 10) for i in range(len(groups))], width=0.7)
+        ax.bar(
+            x,
+            means,
+            yerr=[s if s else 0 for s in stds],
+            capsize=4,
+            color=[cmap(i % 10) for i in range(len(groups))],
+            width=0.7,
+        )
         for xi, m, g in zip(x, means, groups):
-            ax.text(xi, m, f"{m:.3f}" + (f"\n±{g[f'{key}_std']:.3f}" if g[f"{key}_std"] else ""), ha="center",
-                    va="bottom", fontsize=7)
-        ax.set_xticks(x, [_short(g["label"], 22) + (f"\n(n={g['n']})" if g["n"] > 1 else "") for g in groups],
-                      rotation=20, ha="right", fontsize=7)
+            ax.text(
+                xi,
+                m,
+                f"{m:.3f}" + (f"\n±{g[f'{key}_std']:.3f}" if g[f"{key}_std"] else ""),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+        ax.set_xticks(
+            x,
+            [_short(g["label"], 22) + (f"\n(n={g['n']})" if g["n"] > 1 else "") for g in groups],
+            rotation=20,
+            ha="right",
+            fontsize=7,
+        )
         ax.set_ylim(0, min(1.0, max(means) * 1.18 + 0.02))
         ax.set_title(label + " (mean ± std over seeds)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
@@ -218,13 +260,20 @@ def plot_cost(comparison: dict, path: Path) -> str | None:
         return None
     colours = _colours(comparison)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.0))
-    for ax, key, label in ((axes[0], "train_seconds_total", "training seconds (log)"),
-                           (axes[1], "inference_seconds_per_1000", "inference seconds per 1,000 examples (log)")):
+    for ax, key, label in (
+        (axes[0], "train_seconds_total", "training seconds (log)"),
+        (axes[1], "inference_seconds_per_1000", "inference seconds per 1,000 examples (log)"),
+    ):
         pts = [r for r in rows if r[key]]
         for r in pts:
             ax.scatter(r[key], r["macro_f1"], color=colours.get(r["run"]), s=40, zorder=3)
-            ax.annotate(_short(r["run"], 20), (r[key], r["macro_f1"]), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                _short(r["run"], 20),
+                (r[key], r["macro_f1"]),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label, fontsize=8)
@@ -235,19 +284,32 @@ def plot_cost(comparison: dict, path: Path) -> str | None:
     return _save(fig, path)
 
 
-def _plot_sweep(series: list, path: Path, x_key: str, xlabel: str, title: str, keep=None, annotate=None) -> str | None:
+def _plot_sweep(
+    series: list, path: Path, x_key: str, xlabel: str, title: str, keep=None, annotate=None
+) -> str | None:
     """Test macro-F1 (mean ± std over seeds) against `x_key` on a log axis, one line per series."""
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     for s in series:
         pts = [p for p in s["points"] if keep(p)] if keep else s["points"]
-        ax.errorbar([p[x_key] for p in pts], [p["macro_f1_mean"] for p in pts],
-                    yerr=[p["macro_f1_std"] or 0 for p in pts], marker="o", capsize=3, label=_short(s["label"], 30))
+        ax.errorbar(
+            [p[x_key] for p in pts],
+            [p["macro_f1_mean"] for p in pts],
+            yerr=[p["macro_f1_std"] or 0 for p in pts],
+            marker="o",
+            capsize=3,
+            label=_short(s["label"], 30),
+        )
         if annotate:
             for p in pts:
-                ax.annotate(annotate(p), (p[x_key], p["macro_f1_mean"]),
-                            fontsize=6, xytext=(3, -9), textcoords="offset points")
+                ax.annotate(
+                    annotate(p),
+                    (p[x_key], p["macro_f1_mean"]),
+                    fontsize=6,
+                    xytext=(3, -9),
+                    textcoords="offset points",
+                )
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test macro-F1")
@@ -259,15 +321,25 @@ def _plot_sweep(series: list, path: Path, x_key: str, xlabel: str, title: str, k
 
 
 def plot_data_sweep(comparison: dict, path: Path) -> str | None:
-    return _plot_sweep(comparison["sweeps"]["data_size"], path, "num_train_examples", "training examples (log)",
-                       "sensitivity to training-set size (mean ± std over seeds)",
-                       keep=lambda p: p["num_train_examples"])
+    return _plot_sweep(
+        comparison["sweeps"]["data_size"],
+        path,
+        "num_train_examples",
+        "training examples (log)",
+        "sensitivity to training-set size (mean ± std over seeds)",
+        keep=lambda p: p["num_train_examples"],
+    )
 
 
 def plot_model_sweep(comparison: dict, path: Path) -> str | None:
-    return _plot_sweep(comparison["sweeps"]["model_size"], path, "params_total", "parameters (log)",
-                       "sensitivity to model size",
-                       annotate=lambda p: _short(str(p["preset"] or p["model_name"]), 16))
+    return _plot_sweep(
+        comparison["sweeps"]["model_size"],
+        path,
+        "params_total",
+        "parameters (log)",
+        "sensitivity to model size",
+        annotate=lambda p: _short(str(p["preset"] or p["model_name"]), 16),
+    )
 
 
 def make_figures(runs, comparison: dict, out: Path) -> dict[str, str]:

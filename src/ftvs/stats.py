@@ -29,8 +29,14 @@ def mcnemar_exact(y_true, pred_a, pred_b) -> dict:
     a_only, b_only = int((ca & ~cb).sum()), int((~ca & cb).sum())
     n = a_only + b_only
     p = 1.0 if n == 0 else float(binomtest(a_only, n, 0.5, alternative="two-sided").pvalue)
-    return {"a_only_correct": a_only, "b_only_correct": b_only, "both_correct": int((ca & cb).sum()),
-            "both_wrong": int((~ca & ~cb).sum()), "discordant": n, "p_value": min(1.0, p)}
+    return {
+        "a_only_correct": a_only,
+        "b_only_correct": b_only,
+        "both_correct": int((ca & cb).sum()),
+        "both_wrong": int((~ca & ~cb).sum()),
+        "discordant": n,
+        "p_value": min(1.0, p),
+    }
 
 
 def _macro_f1_from_counts(tp, pred_count, true_count) -> np.ndarray:
@@ -97,13 +103,19 @@ def bootstrap_interval(diffs, point: float, confidence: float = 0.95) -> dict:
     z = float(norm.ppf((1 + confidence) / 2))
     lo_q, hi_q = float(norm.cdf(2 * z0 - z)), float(norm.cdf(2 * z0 + z))
     lo, hi = np.percentile(d, [100 * lo_q, 100 * hi_q])
-    return {"diff": float(point), "ci_low": float(min(lo, point)), "ci_high": float(max(hi, point)),
-            "std": float(d.std(ddof=1)) if b > 1 else 0.0, "excludes_zero": bool(lo > 0 or hi < 0),
-            "bias_z0": z0}
+    return {
+        "diff": float(point),
+        "ci_low": float(min(lo, point)),
+        "ci_high": float(max(hi, point)),
+        "std": float(d.std(ddof=1)) if b > 1 else 0.0,
+        "excludes_zero": bool(lo > 0 or hi < 0),
+        "bias_z0": z0,
+    }
 
 
-def paired_bootstrap(y_true, pred_a, pred_b, num_labels: int, n_resamples: int = 2000, seed: int = 0,
-                     confidence: float = 0.95) -> dict:
+def paired_bootstrap(
+    y_true, pred_a, pred_b, num_labels: int, n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> dict:
     """Bias-corrected percentile bootstrap CI of (A - B) accuracy and macro-F1, same resampled indices for
     both."""
     y = np.asarray(y_true, dtype=np.int64)
@@ -124,7 +136,9 @@ def paired_bootstrap(y_true, pred_a, pred_b, num_labels: int, n_resamples: int =
         return out
 
     return {
-        "n_resamples": int(n_resamples), "seed": int(seed), "confidence": confidence,
+        "n_resamples": int(n_resamples),
+        "seed": int(seed),
+        "confidence": confidence,
         "accuracy": summary(acc_d, ca.mean() - cb.mean()),
         "macro_f1": summary(f1_d, fast_macro_f1(y, pa, num_labels) - fast_macro_f1(y, pb, num_labels)),
     }

@@ -1,8 +1,8 @@
 """`ftvs report`: the comparative report (Markdown, self-contained HTML, PDF) built from a comparison.
 
-    ftvs report RUN_DIR... --out DIR         # compare the runs, then write the report
-    ftvs report --out DIR                    # rebuild from DIR/comparison.json
-    ftvs report --comparison FILE --out DIR  # rebuild from a comparison.json elsewhere
+ftvs report RUN_DIR... --out DIR         # compare the runs, then write the report
+ftvs report --out DIR                    # rebuild from DIR/comparison.json
+ftvs report --comparison FILE --out DIR  # rebuild from a comparison.json elsewhere
 """
 
 from __future__ import annotations
@@ -11,28 +11,30 @@ import argparse
 import shutil
 from pathlib import Path
 
-from ftvs.errors import FtvsError
+from ftvs.comparison import COMPARISON_JSON, compare
+from ftvs.errors import FtvsError, closest
 from ftvs.fileio import atomic_write_bytes, read_json, write_json
+from ftvs.report.builder import build_blocks, report_title
+from ftvs.report.render import to_html, to_markdown, write_pdf
 
 FORMATS = ("md", "html", "pdf")
+REPORT_FILES = {"md": "report.md", "html": "report.html", "pdf": "report.pdf"}
+PDF_INFO = "report_pdf.json"  # pages and layout level the PDF was fitted at
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
     out = tuple(f.strip().lower() for f in str(text).split(",") if f.strip())
     bad = [f for f in out if f not in FORMATS]
     if bad or not out:
-        from ftvs.errors import closest
-
         hint = closest(bad[0], FORMATS) if bad else ""
-        raise FtvsError(f"unknown report format {bad[0] if bad else text!r}{hint}; choose from {', '.join(FORMATS)}")
+        raise FtvsError(
+            f"unknown report format {bad[0] if bad else text!r}{hint}; choose from {', '.join(FORMATS)}"
+        )
     return out
 
 
 def build_report(comparison: dict, out_dir, formats=FORMATS, fig_dir=None) -> dict[str, Path]:
     """Write report.md (figures beside it), report.html (self-contained) and report.pdf into out_dir."""
-    from ftvs.report.builder import build_blocks, report_title
-    from ftvs.report.render import to_html, to_markdown, write_pdf
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fig_dir = Path(fig_dir) if fig_dir else out
@@ -43,20 +45,21 @@ def build_report(comparison: dict, out_dir, formats=FORMATS, fig_dir=None) -> di
         fig_dir = out
     missing = [n for n in (comparison.get("figures") or {}).values() if not (fig_dir / n).is_file()]
     if missing:
-        raise FtvsError(f"figure {missing[0]} listed in comparison.json is missing from {fig_dir}; rerun `ftvs compare`")
+        raise FtvsError(
+            f"figure {missing[0]} listed in comparison.json is missing from {fig_dir}; rerun `ftvs compare`"
+        )
     blocks = build_blocks(comparison)
     title = report_title(comparison)
     written: dict[str, Path] = {}
     if "md" in formats:
-        atomic_write_bytes(out / "report.md", to_markdown(blocks).encode("utf-8"))
-        written["md"] = out / "report.md"
+        written["md"] = out / REPORT_FILES["md"]
+        atomic_write_bytes(written["md"], to_markdown(blocks).encode("utf-8"))
     if "html" in formats:
-        atomic_write_bytes(out / "report.html", to_html(blocks, fig_dir, title).encode("utf-8"))
-        written["html"] = out / "report.html"
+        written["html"] = out / REPORT_FILES["html"]
+        atomic_write_bytes(written["html"], to_html(blocks, fig_dir, title).encode("utf-8"))
     if "pdf" in formats:
-        info = write_pdf(blocks, fig_dir, title, out / "report.pdf")
-        written["pdf"] = out / "report.pdf"
-        write_json(out / "report_pdf.json", info)
+        written["pdf"] = out / REPORT_FILES["pdf"]
+        write_json(out / PDF_INFO, write_pdf(blocks, fig_dir, title, written["pdf"]))
     return written
 
 
@@ -64,17 +67,26 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "report",
         help="write the comparative report (report.md, report.html, report.pdf)",
-        description="Write the comparative report: model descriptions, dataset description, training and evaluation "
-                    "(curves, metrics, time, convergence, stability, overfitting) and the comparative analysis "
-                    "(significance, cost, when from-scratch is preferable, size/data sensitivity). With RUN_DIRs it "
-                    "runs `ftvs compare` first; without, it rebuilds from OUT/comparison.json (or --comparison).",
+        description="Write the comparative report: model descriptions, dataset description, training and "
+        "evaluation "
+        "(curves, metrics, time, convergence, stability, overfitting) and the comparative analysis "
+        "(significance, cost, when from-scratch is preferable, size/data sensitivity). With RUN_DIRs it "
+        "runs `ftvs compare` first; without, it rebuilds from OUT/comparison.json (or --comparison).",
     )
-    p.add_argument("runs", nargs="*", metavar="RUN_DIR",
-                   help="run folders, study folders, glob patterns or a study JSON (optional)")
+    p.add_argument(
+        "runs",
+        nargs="*",
+        metavar="RUN_DIR",
+        help="run folders, study folders, glob patterns or a study JSON (optional)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--comparison", help="an existing comparison.json to render (default OUT/comparison.json)")
-    p.add_argument("--formats", default="md,html,pdf", help="comma-separated subset of md,html,pdf (default all)")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples when comparing (default 2000)")
+    p.add_argument(
+        "--formats", default="md,html,pdf", help="comma-separated subset of md,html,pdf (default all)"
+    )
+    p.add_argument(
+        "--bootstrap", type=int, default=2000, help="bootstrap resamples when comparing (default 2000)"
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed when comparing (default 0)")
     p.set_defaults(func=cmd_report)
     return p
@@ -86,24 +98,24 @@ def cmd_report(args) -> int:
     if args.runs:
         if args.comparison:
             raise FtvsError("give either RUN_DIRs or --comparison, not both")
-        from ftvs.compare import compare
-
         comparison = compare(args.runs, out, n_resamples=args.bootstrap, seed=args.seed)
         fig_dir = out
     else:
-        path = Path(args.comparison) if args.comparison else out / "comparison.json"
+        path = Path(args.comparison) if args.comparison else out / COMPARISON_JSON
         if not path.is_file():
-            raise FtvsError(f"{path} not found; pass RUN_DIRs to compare, or run `ftvs compare RUN_DIR... --out {out}`")
+            raise FtvsError(
+                f"{path} not found; pass RUN_DIRs to compare, or run `ftvs compare RUN_DIR... --out {out}`"
+            )
         comparison = read_json(path, "comparison")
         if "runs" not in comparison or "significance" not in comparison:
             raise FtvsError(f"{path} is not a comparison.json written by `ftvs compare`")
         fig_dir = path.parent
         if fig_dir.resolve() != out.resolve():
             out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "comparison.json", comparison)
-    for fmt, path in build_report(comparison, out, formats=formats, fig_dir=fig_dir).items():
+            write_json(out / COMPARISON_JSON, comparison)
+    for kind, path in build_report(comparison, out, formats=formats, fig_dir=fig_dir).items():
         extra = ""
-        if fmt == "pdf" and (out / "report_pdf.json").is_file():
-            extra = f" ({read_json(out / 'report_pdf.json')['pages']} pages)"
+        if kind == "pdf" and (out / PDF_INFO).is_file():
+            extra = f" ({read_json(out / PDF_INFO)['pages']} pages)"
         print(f"wrote {path}{extra}")
     return 0

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import re
 from importlib import resources
 from pathlib import Path
 from string import Template
 
 from ftvs.errors import FtvsError
+from ftvs.fileio import atomic_write_bytes
 
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _CODE = re.compile(r"`([^`]+)`")
@@ -118,14 +120,20 @@ def to_html_body(blocks: list[dict], fig_dir: Path, scale: float = 1.0) -> str:
             table_no += 1
             aligns = _aligns(b)
             cls = " ".join(["data"] + ([b["cls"]] if b.get("cls") else []))
-            rows = [f"<table class=\"{cls}\">"]
+            rows = [f'<table class="{cls}">']
             if b.get("caption"):
                 rows.append(f"<caption>Table {table_no}. {inline_html(b['caption'])}</caption>")
-            rows.append("<thead><tr>" + "".join(f"<th class=\"{a}\">{inline_html(h)}</th>"
-                                                 for h, a in zip(b["header"], aligns)) + "</tr></thead><tbody>")
+            rows.append(
+                "<thead><tr>"
+                + "".join(f'<th class="{a}">{inline_html(h)}</th>' for h, a in zip(b["header"], aligns))
+                + "</tr></thead><tbody>"
+            )
             for r in b["rows"]:
-                rows.append("<tr>" + "".join(f"<td class=\"{a}\">{_cell_html(c)}</td>" for c, a in zip(r, aligns))
-                            + "</tr>")
+                rows.append(
+                    "<tr>"
+                    + "".join(f'<td class="{a}">{_cell_html(c)}</td>' for c, a in zip(r, aligns))
+                    + "</tr>"
+                )
             rows.append("</tbody></table>")
             out.append("".join(rows))
         elif t == "fig":
@@ -133,9 +141,11 @@ def to_html_body(blocks: list[dict], fig_dir: Path, scale: float = 1.0) -> str:
             path = Path(fig_dir) / b["file"]
             width = max(25, min(100, round(min(b.get("width", 100), _natural_width(path)) * scale)))
             src = _img_data(path) if path.is_file() else ""
-            out.append(f'<figure id="fig-{slug(b["file"])}"><img src="{src}" alt="{html.escape(b["caption"])}" '
-                       f'style="width:{width}%"><figcaption>Figure {fig_no}. {inline_html(b["caption"])}'
-                       f"</figcaption></figure>")
+            out.append(
+                f'<figure id="fig-{slug(b["file"])}"><img src="{src}" alt="{html.escape(b["caption"])}" '
+                f'style="width:{width}%"><figcaption>Figure {fig_no}. {inline_html(b["caption"])}'
+                f"</figcaption></figure>"
+            )
     return "\n".join(out)
 
 
@@ -145,31 +155,43 @@ def _asset(name: str) -> str:
 
 def to_html(blocks: list[dict], fig_dir: Path, title: str, extra_css: str = "", scale: float = 1.0) -> str:
     return Template(_asset("report.html")).substitute(
-        title=html.escape(title), css=_asset("report.css") + "\n" + extra_css,
+        title=html.escape(title),
+        css=_asset("report.css") + "\n" + extra_css,
         body=to_html_body(blocks, fig_dir, scale=scale),
     )
 
 
 # print layouts: (base font pt, figure scale, table font pt, margin mm); DEFAULT_LEVEL first, then
 # smaller ones while the report is too long, or larger ones while it is too short
-PDF_LEVELS = [(12.0, 1.2, 9.5, 18), (11.2, 1.1, 9.0, 17), (10.5, 1.0, 8.5, 16), (10.0, 0.92, 8.0, 15),
-              (9.5, 0.84, 7.5, 14), (9.0, 0.76, 7.2, 13), (8.6, 0.68, 6.8, 12), (8.2, 0.6, 6.5, 11)]
+PDF_LEVELS = [
+    (12.0, 1.2, 9.5, 18),
+    (11.2, 1.1, 9.0, 17),
+    (10.5, 1.0, 8.5, 16),
+    (10.0, 0.92, 8.0, 15),
+    (9.5, 0.84, 7.5, 14),
+    (9.0, 0.76, 7.2, 13),
+    (8.6, 0.68, 6.8, 12),
+    (8.2, 0.6, 6.5, 11),
+]
 DEFAULT_LEVEL = 2
 
 
 def _print_css(level) -> str:
     font, _, table_font, margin = level
-    return (f"@page {{ size: A4; margin: {margin}mm {margin}mm {margin + 2}mm {margin}mm; "
-            f"@bottom-center {{ content: counter(page) ' / ' counter(pages); font-size: 8pt; color: #666; }} }}\n"
-            f"body {{ font-size: {font}pt; max-width: none; margin: 0; padding: 0; }}\n"
-            f"table.data {{ font-size: {table_font}pt; }}\n"
-            "table.data td.r, table.data th.r { white-space: normal; }\n"
-            "table.data th { overflow-wrap: anywhere; }\n"
-            "table.data td { overflow-wrap: anywhere; }\n")
+    return (
+        f"@page {{ size: A4; margin: {margin}mm {margin}mm {margin + 2}mm {margin}mm; "
+        f"@bottom-center {{ content: counter(page) ' / ' counter(pages); font-size: 8pt; color: #666; }} }}\n"
+        f"body {{ font-size: {font}pt; max-width: none; margin: 0; padding: 0; }}\n"
+        f"table.data {{ font-size: {table_font}pt; }}\n"
+        "table.data td.r, table.data th.r { white-space: normal; }\n"
+        "table.data th { overflow-wrap: anywhere; }\n"
+        "table.data td { overflow-wrap: anywhere; }\n"
+    )
 
 
-def write_pdf(blocks: list[dict], fig_dir: Path, title: str, path: Path, min_pages: int = 4,
-              max_pages: int = 6) -> dict:
+def write_pdf(
+    blocks: list[dict], fig_dir: Path, title: str, path: Path, min_pages: int = 4, max_pages: int = 6
+) -> dict:
     """Lay out with WeasyPrint at the default size; shrink while longer than max_pages, grow while shorter
     than min_pages (never past max_pages). Returns {"pages", "level", ...}."""
     try:
@@ -177,10 +199,10 @@ def write_pdf(blocks: list[dict], fig_dir: Path, title: str, path: Path, min_pag
     except (ImportError, OSError) as e:  # OSError: pango/harfbuzz system libraries missing
         raise FtvsError(
             f"report.pdf needs WeasyPrint and the Pango libraries ({e.__class__.__name__}: {e}); "
-            "`pip install weasyprint` and `apt-get install libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core`, "
-            "or pass --formats md,html") from None
-    import logging
-
+            "`pip install weasyprint` and `apt-get install libpango-1.0-0 libpangoft2-1.0-0 "
+            "fonts-dejavu-core`, "
+            "or pass --formats md,html"
+        ) from None
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)
     rendered: dict[int, object] = {}
@@ -188,8 +210,10 @@ def write_pdf(blocks: list[dict], fig_dir: Path, title: str, path: Path, min_pag
     def render(k: int):
         if k not in rendered:
             level = PDF_LEVELS[k]
-            rendered[k] = HTML(string=to_html(blocks, fig_dir, title, _print_css(level), scale=level[1]),
-                               base_url=str(fig_dir)).render()
+            rendered[k] = HTML(
+                string=to_html(blocks, fig_dir, title, _print_css(level), scale=level[1]),
+                base_url=str(fig_dir),
+            ).render()
         return rendered[k]
 
     k = DEFAULT_LEVEL
@@ -200,7 +224,5 @@ def write_pdf(blocks: list[dict], fig_dir: Path, title: str, path: Path, min_pag
         while k > 0 and len(render(k).pages) < min_pages and len(render(k - 1).pages) <= max_pages:
             k -= 1
     doc = render(k)
-    from ftvs.fileio import atomic_write_bytes
-
     atomic_write_bytes(path, doc.write_pdf())
     return {"pages": len(doc.pages), "level": k, "min_pages": min_pages, "max_pages": max_pages}

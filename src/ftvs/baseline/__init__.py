@@ -1,0 +1,341 @@
+"""`ftvs baseline`: TF-IDF + logistic regression, written as a run directory like any neural run.
+
+Features are word 1-2-grams and character 2-5-grams (`char_wb`, inside word boundaries), both with
+sublinear TF and IDF weighting, L2-normalised per block and stacked. The classifier is a multinomial
+logistic regression (lbfgs); C is picked on the validation split from a small grid (one fit per
+value, run in parallel threads, one per core; the training time reported is the wall time of the whole
+grid), or fixed with `--C`.
+
+The fitted model is saved without pickle: `model/vocab.json` (both vocabularies), `model/weights.safetensors`
+(IDF vectors, coefficients, intercepts) and `model/ftvs.json` (`arm: baseline`, label names, feature
+settings). `BaselineModel.load` rebuilds it with NumPy/SciPy only, and the test predictions are made by
+that reloaded model, so the scores describe exactly what is on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import yaml
+
+from ftvs import rundir
+from ftvs.baseline.model import (
+    ARM,
+    DEFAULT_C_GRID,
+    FORMAT_VERSION,
+    METHOD,
+    BaselineModel,
+    BaselineSettings,
+    fit_baseline,
+    mean_nll,
+)
+from ftvs.data import load_metadata, load_split
+from ftvs.errors import FtvsError
+from ftvs.fileio import RunLock, append_jsonl, atomic_write_bytes, dir_size_bytes, write_json
+from ftvs.metrics import classification_metrics, summary_metrics, train_val_gap
+
+__all__ = [
+    "ARM",
+    "DEFAULT_C_GRID",
+    "FORMAT_VERSION",
+    "METHOD",
+    "BaselineModel",
+    "BaselineSettings",
+    "add_cli",
+    "cmd_baseline",
+    "fit_baseline",
+    "run_baseline",
+]
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+
+def _load_splits(data_dir: Path, out: Path) -> tuple[dict, list[str], dict]:
+    """metadata, label names and the three (texts, labels) splits, with the input checks."""
+    if not data_dir.is_dir():
+        raise FtvsError(
+            f"data folder {data_dir} not found; create it with `ftvs prepare ... --output_dir {data_dir}`"
+        )
+    marker = rundir.read_marker(out)
+    if marker and marker.get("arm") != ARM:
+        arm = marker.get("arm")
+        raise FtvsError(f"{out} already holds a {arm!r} run; pick another --output_dir for the baseline")
+    meta = load_metadata(data_dir)
+    label_names = list(meta.get("label_names") or [])
+    if not label_names:
+        raise FtvsError(f"{data_dir}/metadata.json has no label_names; re-run `ftvs prepare`")
+    splits = {name: load_split(data_dir, name) for name in ("train", "val", "test")}
+    if not splits["train"][0]:
+        raise FtvsError(f"{data_dir}/train.jsonl is empty")
+    bad = [y for name in ("train", "val", "test") for y in splits[name][1] if not 0 <= y < len(label_names)]
+    if bad:
+        raise FtvsError(
+            f"label {bad[0]} is outside 0..{len(label_names) - 1} (metadata.json label_names); re-run "
+            "`ftvs prepare`"
+        )
+    return meta, label_names, splits
+
+
+def _run_config(
+    settings: BaselineSettings, meta: dict, data_dir: Path, out: Path, run_name: str, num_train: int
+) -> dict:
+    return {
+        "arm": ARM,
+        "method": METHOD,
+        "model_name": METHOD,
+        "run_name": run_name,
+        "data": str(data_dir),
+        "data_dir": str(data_dir),
+        "output_dir": str(out),
+        "seed": settings.seed,
+        "dataset": meta.get("source") or data_dir.name,
+        "word_ngrams": list(settings.word_ngrams),
+        "char_ngrams": list(settings.char_ngrams),
+        "analyzer_char": "char_wb",
+        "min_df": settings.min_df,
+        "max_features": settings.max_features,
+        "lowercase": settings.lowercase,
+        "sublinear_tf": settings.sublinear_tf,
+        "C_grid": list(settings.C_grid),
+        "solver": settings.solver,
+        "max_iter": settings.max_iter,
+        "tol": settings.tol,
+        "train_fraction": meta.get("train_fraction", 1.0),
+        "num_train_examples": num_train,
+        "num_train_epochs": 1,
+        "world_size": 1,
+    }
+
+
+def _write_config(out: Path, config: dict) -> None:
+    atomic_write_bytes(out / rundir.CONFIG, yaml.safe_dump(config, sort_keys=False).encode())
+
+
+def _fit_scores(model: BaselineModel, splits: dict, num_labels: int) -> tuple[dict, dict]:
+    """Accuracy, macro-F1 and loss on train and val (None on an empty val split): the one "epoch"."""
+    out = []
+    for name in ("train", "val"):
+        texts, labels = splits[name]
+        if not texts:
+            out.append({"accuracy": None, "macro_f1": None, "loss": None})
+            continue
+        proba = model.predict_proba(texts)
+        out.append(summary_metrics(labels, proba.argmax(1), num_labels) | {"loss": mean_nll(proba, labels)})
+    return out[0], out[1]
+
+
+def _write_history(out: Path, record: dict, train_m: dict, val_m: dict, num_train: int) -> None:
+    seconds = record["seconds_total"]
+    hist_path = out / rundir.HISTORY
+    hist_path.unlink(missing_ok=True)
+    append_jsonl(
+        hist_path,
+        {
+            "epoch": 1,
+            "step": record["iterations"],
+            "train_loss": train_m["loss"],
+            "train_accuracy": train_m["accuracy"],
+            "train_macro_f1": train_m["macro_f1"],
+            "val_loss": val_m["loss"],
+            "val_accuracy": val_m["accuracy"],
+            "val_macro_f1": val_m["macro_f1"],
+            "lr": None,
+            "epoch_seconds": seconds,
+            "elapsed_seconds": seconds,
+            "examples_per_second": num_train / seconds if seconds > 0 else None,
+        },
+    )
+
+
+def _metrics_record(config: dict, model: BaselineModel, record: dict, scores: dict, out: Path) -> dict:
+    """metrics.json of the baseline, in the layout `ftvs evaluate` writes for the neural runs."""
+    train_m, val_m, test_m = scores["train"], scores["val"], scores["test"]
+    n_test, infer_seconds, train_seconds = (
+        scores["num_test"],
+        scores["infer_seconds"],
+        record["seconds_total"],
+    )
+    desc = model.describe()
+    gap = train_val_gap(train_m, val_m)
+    stop_reason = "converged" if record["converged"] else "max_iter"
+    return {
+        "run_name": config["run_name"],
+        "arm": ARM,
+        "method": METHOD,
+        "model_name": METHOD,
+        "dataset": config["dataset"],
+        "data_dir": config["data_dir"],
+        "seed": config["seed"],
+        "test": test_m,
+        "num_test_examples": n_test,
+        "inference": {
+            "seconds_total": infer_seconds,
+            "seconds_per_1000": infer_seconds / n_test * 1000 if n_test else None,
+            "examples_per_second": n_test / infer_seconds if infer_seconds > 0 else None,
+            "batch_size": n_test,
+            "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        },
+        "params": {"total": desc["params_total"], "trainable": desc["params_trainable"]},
+        "size_on_disk_bytes": dir_size_bytes(rundir.model_dir(out)),
+        "training": {
+            "seconds_total": train_seconds,
+            "seconds_per_epoch": train_seconds,
+            "epochs_run": 1,
+            "best_epoch": 1,
+            "status": "completed",
+            "stop_reason": stop_reason,
+            "model_selection": {"chosen_C": record["chosen_C"], "grid": record["grid"]},
+        },
+        "best_val": val_m,
+        "train_val_gap": {"best": gap, "last": dict(gap)},
+        "model": desc,
+    }
+
+
+def run_baseline(
+    data_dir, output_dir, settings: BaselineSettings | None = None, run_name: str | None = None, log=print
+) -> dict:
+    """Fit, save, reload, evaluate; writes config.yaml, history.jsonl, train_summary.json, model/,
+    metrics.json and predictions.json into `output_dir`. Returns the metrics dict."""
+    settings = settings or BaselineSettings()
+    data_dir, out = Path(data_dir), Path(output_dir)
+    meta, label_names, splits = _load_splits(data_dir, out)
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = splits["train"], splits["val"], splits["test"]
+    run_name = run_name or out.name
+
+    with RunLock(out):
+        rundir.clear_results(out)
+        config = _run_config(settings, meta, data_dir, out, run_name, len(train_x))
+        write_json(out / rundir.TRAIN_SUMMARY, {"status": "running", "arm": ARM, "run_name": run_name})
+        _write_config(out, config)
+
+        model, record = fit_baseline(train_x, train_y, val_x, val_y, label_names, settings, log=log)
+        config["C"] = record["chosen_C"]
+        _write_config(out, config)
+        model.save(rundir.model_dir(out))
+        model = BaselineModel.load(rundir.model_dir(out))  # evaluate what is on disk
+
+        train_m, val_m = _fit_scores(model, splits, len(label_names))
+        t0 = time.perf_counter()
+        te_proba = model.predict_proba(test_x)
+        y_pred = te_proba.argmax(1)
+        infer_seconds = time.perf_counter() - t0
+        test_m = classification_metrics(test_y, y_pred, label_names, loss=mean_nll(te_proba, test_y))
+
+        _write_history(out, record, train_m, val_m, len(train_x))
+        write_json(
+            out / rundir.TRAIN_SUMMARY,
+            {
+                "status": "completed",
+                "arm": ARM,
+                "run_name": run_name,
+                "seconds_total": record["seconds_total"],
+                "seconds_per_epoch": record["seconds_total"],
+                "epochs_run": 1,
+                "best_epoch": 1,
+                "stop_reason": "converged" if record["converged"] else "max_iter",
+                "model_selection": record,
+            },
+        )
+        scores = {
+            "train": train_m,
+            "val": val_m,
+            "test": test_m,
+            "num_test": len(test_x),
+            "infer_seconds": infer_seconds,
+        }
+        metrics = _metrics_record(config, model, record, scores, out)
+        rundir.write_results(out, metrics, label_names, test_y, y_pred, te_proba.max(1))
+        rundir.write_figures(
+            out,
+            label_names,
+            test_m["confusion_matrix"],
+            run_name=run_name,
+            curves_title=f"{run_name} (TF-IDF baseline: one fit = one epoch)",
+        )
+    log(
+        f"baseline: test accuracy {test_m['accuracy']:.4f}, macro-F1 {test_m['macro_f1']:.4f}, "
+        f"trained in {record['seconds_total']:.1f}s (C={record['chosen_C']:g}) -> {out}"
+    )
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two integers like 1,2, got {text!r}") from None
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"need 1 <= low <= high, got {text!r}")
+    return lo, hi
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers like 5,10,20, got {text!r}"
+        ) from None
+    if not vals or any(v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError("C values must be positive")
+    return vals
+
+
+def add_cli(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "baseline",
+        help="TF-IDF + logistic regression baseline, written as a run directory",
+        description="Fit a TF-IDF (word 1-2-grams + char_wb 2-5-grams, sublinear tf) + logistic regression "
+        "classifier on the train split, choose C on the val split, score the test split with the "
+        "same metrics as the neural runs and write metrics.json, predictions.json, config.yaml, "
+        "history.jsonl and model/ (no pickle) into --output_dir.",
+    )
+    p.add_argument("--data", required=True, help="prepared data folder (from `ftvs prepare`)")
+    p.add_argument("--output_dir", required=True, help="run directory to write")
+    p.add_argument(
+        "--C", type=float, default=None, help="fixed inverse regularisation strength (skips the grid)"
+    )
+    p.add_argument(
+        "--C_grid",
+        type=_floats,
+        default=DEFAULT_C_GRID,
+        help="C values tried on the val split, comma-separated (default: 5,10,20)",
+    )
+    p.add_argument("--word_ngrams", type=_pair, default=(1, 2), help="word n-gram range lo,hi (default 1,2)")
+    p.add_argument(
+        "--char_ngrams", type=_pair, default=(2, 5), help="char_wb n-gram range lo,hi (default 2,5)"
+    )
+    p.add_argument(
+        "--min_df", type=int, default=1, help="drop n-grams seen in fewer training texts (default 1)"
+    )
+    p.add_argument("--max_features", type=int, default=None, help="cap on features per vectoriser")
+    p.add_argument("--max_iter", type=int, default=1000, help="lbfgs iteration cap (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--run_name", default=None, help="name shown in comparisons (default: the folder name)")
+    p.set_defaults(func=cmd_baseline)
+    return p
+
+
+def cmd_baseline(args) -> int:
+    if args.min_df < 1:
+        raise FtvsError("--min_df must be at least 1")
+    settings = BaselineSettings(
+        word_ngrams=tuple(args.word_ngrams),
+        char_ngrams=tuple(args.char_ngrams),
+        min_df=args.min_df,
+        max_features=args.max_features,
+        C_grid=(args.C,) if args.C is not None else tuple(args.C_grid),
+        max_iter=args.max_iter,
+        seed=args.seed,
+    )
+    run_baseline(args.data, args.output_dir, settings, run_name=args.run_name)
+    return 0

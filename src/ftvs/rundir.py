@@ -1,0 +1,119 @@
+"""The run folder: its file names, and the one reader/writer of its evaluation results and figures.
+
+Every run, from scratch, fine-tuned or the TF-IDF baseline, has the same layout, so `ftvs compare`
+treats them alike:
+
+    RUN_DIR/config.yaml           the resolved training config
+    RUN_DIR/history.jsonl         one line per epoch (train/val scores, lr, seconds)
+    RUN_DIR/train_summary.json    status, stop reason, timings
+    RUN_DIR/model/                the best epoch's exported model, with model/ftvs.json naming its arm
+    RUN_DIR/checkpoint/           the training state to resume from
+    RUN_DIR/metrics.json          test scores and costs (written by evaluation; marks an evaluated run)
+    RUN_DIR/predictions.json      test labels and predictions (paired significance tests read them)
+    RUN_DIR/training_curves.png, RUN_DIR/confusion_matrix.png
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ftvs.errors import FtvsError
+from ftvs.fileio import read_json, read_jsonl, write_json
+from ftvs.plots import plot_confusion_matrix, plot_training_curves
+
+CONFIG = "config.yaml"
+HISTORY = "history.jsonl"
+TRAIN_SUMMARY = "train_summary.json"
+MODEL_DIR = "model"
+MODEL_MARKER = "ftvs.json"  # inside MODEL_DIR: which arm wrote the model, and how to load it
+CHECKPOINT_DIR = "checkpoint"
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.json"
+TRAINING_CURVES = "training_curves.png"
+CONFUSION_MATRIX = "confusion_matrix.png"
+DATA_METADATA = "metadata.json"  # inside a prepared data folder, which a run names in its config
+
+CONFIDENCE_DIGITS = 6  # enough to rank predictions, small enough to keep predictions.json readable
+
+
+def is_evaluated(path: Path) -> bool:
+    return path.is_dir() and (path / METRICS).is_file()
+
+
+def model_dir(run_dir) -> Path:
+    return Path(run_dir) / MODEL_DIR
+
+
+def read_config(run_dir) -> dict:
+    """config.yaml as a dict; {} when the run has none (an evaluated-only or foreign run)."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise FtvsError(f"{path} is not valid YAML ({e}); restore it or re-run the training") from None
+    return data if isinstance(data, dict) else {}
+
+
+def read_history(run_dir) -> list[dict]:
+    path = Path(run_dir) / HISTORY
+    return read_jsonl(path) if path.is_file() else []
+
+
+def read_summary(run_dir) -> dict:
+    path = Path(run_dir) / TRAIN_SUMMARY
+    return read_json(path, "training summary") if path.is_file() else {}
+
+
+def read_marker(run_dir) -> dict:
+    path = model_dir(run_dir) / MODEL_MARKER
+    return read_json(path, "model marker") if path.is_file() else {}
+
+
+def read_metrics(run_dir) -> dict:
+    return read_json(Path(run_dir) / METRICS, "metrics")
+
+
+def read_predictions(run_dir) -> dict:
+    path = Path(run_dir) / PREDICTIONS
+    if not path.is_file():
+        raise FtvsError(f"{path} missing; re-run `ftvs evaluate {run_dir}` to write test predictions")
+    return read_json(path, "predictions")
+
+
+def clear_results(run_dir) -> None:
+    """Remove a previous evaluation, so a failed re-run cannot leave stale scores behind."""
+    for name in (METRICS, PREDICTIONS):
+        (Path(run_dir) / name).unlink(missing_ok=True)
+
+
+def write_results(run_dir, metrics: dict, label_names, y_true, y_pred, confidence) -> None:
+    """predictions.json, then metrics.json: a run counts as evaluated once metrics.json exists, so it is
+    written last and a reader never finds scores without the predictions behind them."""
+    run_dir = Path(run_dir)
+    write_json(
+        run_dir / PREDICTIONS,
+        {
+            "label_names": list(label_names),
+            "y_true": [int(y) for y in y_true],
+            "y_pred": [int(y) for y in y_pred],
+            "confidence": [round(float(c), CONFIDENCE_DIGITS) for c in confidence],
+        },
+    )
+    write_json(run_dir / METRICS, metrics)
+
+
+def write_figures(
+    run_dir, label_names, confusion_matrix, run_name: str, curves_title: str | None = None
+) -> None:
+    """The per-run figures: training curves (when there is a history) and the test confusion matrix."""
+    run_dir = Path(run_dir)
+    history = read_history(run_dir)
+    if history:
+        plot_training_curves(history, run_dir / TRAINING_CURVES, title=curves_title or run_name)
+    plot_confusion_matrix(
+        confusion_matrix, label_names, run_dir / CONFUSION_MATRIX, title=f"{run_name}: test confusion matrix"
+    )
