@@ -115,3 +115,60 @@ def load_checkpoint(run_dir, device="cpu") -> dict:
         "rng_tensors": {k: v for k, v in rng.items() if not k.startswith("running.")},
         "running": {k.removeprefix("running."): v for k, v in rng.items() if k.startswith("running.")},
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# The training loop's state, over every process
+# --------------------------------------------------------------------------------------------------
+
+
+def save_training_state(run_dir, accelerator, arm, optimizer, scheduler, state: dict, *, preds: list,
+                        labels: list, loss_sum) -> None:
+    """Checkpoint a run: every process calls it (each one's running statistics of the epoch in progress and
+    RNG state are gathered, for an exact multi-process resume), the main process writes it. `state` is the
+    loop's JSON state; `preds`/`labels` (lists of tensors) and `loss_sum` the epoch's statistics so far."""
+    accelerator.wait_for_everyone()
+    mine = {"preds": torch.cat(preds).cpu() if preds else torch.zeros(0, dtype=torch.long),
+            "labels": torch.cat(labels).cpu() if labels else torch.zeros(0, dtype=torch.long),
+            "loss_sum": loss_sum.detach().reshape(1).cpu().double()}
+    others = []  # (statistics, RNG tensors, RNG meta) of every process but the main one
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        others = gather_object([(mine, *rng_state())])[1:]
+    if not accelerator.is_main_process:
+        return
+    for r, (stats, rng_tensors, _) in enumerate(others, start=1):
+        mine.update({f"rank{r}.{k}": v for k, v in {**stats, **rng_tensors}.items()})
+    # the arm holds the unwrapped module, so tensor names do not depend on DDP/compile wrappers
+    save_checkpoint(run_dir, model_state=arm.trainable_state_dict(), optimizer=optimizer, scheduler=scheduler,
+                    state={**state, "world_size": accelerator.num_processes,
+                           "rank_rng": [meta for *_, meta in others]},
+                    running=mine)
+
+
+def load_training_state(run_dir, accelerator, arm, optimizer, scheduler) -> tuple[dict, dict]:
+    """Restore a run's checkpoint into the arm's trainable weights, the optimizer, the schedule and this
+    process's RNGs. Returns the loop's saved state and this process's running statistics of the epoch in
+    progress (empty at an epoch boundary)."""
+    loaded = load_checkpoint(run_dir, accelerator.device)
+    try:
+        arm.load_trainable_state_dict(loaded["model"])
+        optimizer.load_state_dict(loaded["optimizer"])
+        scheduler.load_state_dict(loaded["state"]["scheduler"])
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as e:
+        raise FtvsError(f"checkpoint in {Path(run_dir) / CHECKPOINT_DIR} is corrupt or does not fit this model "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); delete it to restart") from None
+    state = loaded["state"]
+    saved_world = state.get("world_size", 1)  # checkpoints from before it was recorded: 1
+    if saved_world != accelerator.num_processes:
+        raise FtvsError(f"{run_dir} was trained on {saved_world} process(es), this is {accelerator.num_processes}; "
+                        f"resume it with `accelerate launch --num_processes {saved_world} -m ftvs train ...`")
+    # process r > 0 continues from its own RNG stream and epoch statistics (stored as running.rank{r}.*)
+    rank = accelerator.process_index
+    if rank:
+        mine = {k.split(".", 1)[1]: v for k, v in loaded["running"].items() if k.startswith(f"rank{rank}.")}
+        restore_rng(mine, state["rank_rng"][rank - 1])
+        return state, mine
+    restore_rng(loaded["rng_tensors"], state["rng"])
+    return state, {k: v for k, v in loaded["running"].items() if not k.startswith("rank")}
