@@ -167,8 +167,7 @@ def _add_models(subparsers) -> None:
 
 
 # modules that register their own sub-commands (optional ones are skipped until they exist)
-COMMAND_MODULES = ["ftvs.data", "ftvs.evaluate", "ftvs.baseline", "ftvs.compare", "ftvs.report", "ftvs.study",
-                   "ftvs.bench"]
+COMMAND_MODULES = ["ftvs.data", "ftvs.evaluate", "ftvs.baseline", "ftvs.compare", "ftvs.report", "ftvs.study"]
 
 
 def build_parser() -> argparse.ArgumentParser:

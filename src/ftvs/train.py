@@ -169,14 +169,17 @@ class TrainStep:
         return logits, loss, labels
 
 
+def make_train_sampler(arm, examples: list, cfg: TrainConfig) -> LengthGroupedBatchSampler:
+    lengths = [arm.example_length(e) for e in examples]
+    return LengthGroupedBatchSampler(lengths, cfg.per_device_train_batch_size, cfg.seed, grouped=cfg.length_grouping)
+
+
 def build_train_step(cfg: TrainConfig, arm, examples: list, labels: list, accelerator,
                      batch_sampler=None) -> TrainStep:
     """The training step as `ftvs train` sets it up: the length-grouped batch sampler (or `batch_sampler`:
     the benchmarks choose which of its batches they time), dynamic padding, the arm's AdamW groups (fused
     on CUDA), Accelerate, optional torch.compile and the LR schedule. `cfg.learning_rate` must be set."""
-    sampler = batch_sampler or LengthGroupedBatchSampler(
-        [arm.example_length(e) for e in examples], cfg.per_device_train_batch_size, cfg.seed,
-        grouped=cfg.length_grouping)
+    sampler = batch_sampler or make_train_sampler(arm, examples, cfg)
     # its own generator: creating a loader iterator draws a seed, which must not advance the global RNG
     # (a resumed epoch creates its iterator after the RNG restore, an uninterrupted one before the checkpoint)
     loader = DataLoader(IndexedDataset(examples, labels), batch_sampler=sampler, collate_fn=make_collate(arm),
