@@ -12,65 +12,8 @@ import typing
 from ftvs import __version__
 from ftvs.errors import FtvsError
 
-# flag help, one place; YAML config keys are the same names
-HELP = {
-    "data": "prepared data folder (from `ftvs prepare`)",
-    "output_dir": "run folder: config, history, checkpoints, best model, metrics",
-    "seed": "seed for Python, NumPy, torch and the batch order (default %(default)s)",
-    "preset": "from-scratch size preset: tiny, small, medium, large (see `ftvs models`)",
-    "n_layer": "override the preset's number of transformer blocks",
-    "n_head": "override the preset's attention heads",
-    "n_embd": "override the preset's width",
-    "d_ff": "override the preset's feed-forward width",
-    "pooling": "how token states become one vector: last (last non-pad token), mean or max",
-    "positional": "position embeddings: learned or sinusoidal",
-    "dropout": "dropout in embeddings, attention, MLP and head",
-    "token_dropout": "word dropout: during training each token becomes <unk> with this probability",
-    "lowercase": "lower-case texts before the from-scratch tokenizer (merges 'Card'/'card'; the fine-tuned "
-                 "arm always sees the original text)",
-    "tokenizer": "pre-trained tokenizer to reuse (name or path; trimmed to the training vocabulary), or 'bpe' to "
-                 "train a byte-level BPE on the training split",
-    "bpe_vocab_size": "vocabulary size when --tokenizer bpe",
-    "max_vocab": "keep at most this many most frequent training tokens in the embedding table",
-    "model_name_or_path": "pre-trained decoder-only model: built-in 'smollm2-135m' (offline), a Hub id (gpt2, "
-                          "EleutherAI/pythia-160m, Qwen/Qwen2.5-0.5B, ...) or a local folder",
-    "method": "lora (adapters + head), full (all weights), frozen (head only), unfreeze (head, then top blocks)",
-    "lora_r": "LoRA rank",
-    "lora_alpha": "LoRA scaling alpha",
-    "lora_dropout": "dropout on the LoRA path",
-    "lora_target_modules": "modules to adapt (default: attention projections of the architecture)",
-    "unfreeze_after_epochs": "method unfreeze: epochs of head-only training before unfreezing",
-    "unfreeze_top_k": "method unfreeze: number of top blocks to unfreeze (default all)",
-    "base_lr_ratio": "method unfreeze: base learning rate = learning_rate x this ratio",
-    "gradient_checkpointing": "recompute activations in backward to save memory",
-    "feature_cache": "method frozen: run the base once and train the head on cached features",
-    "max_seq_length": "truncate texts to this many tokens (batches are padded to their longest text only)",
-    "num_train_epochs": "maximum epochs (early stopping may end sooner)",
-    "per_device_train_batch_size": "training batch size per process",
-    "per_device_eval_batch_size": "evaluation batch size per process",
-    "gradient_accumulation_steps": "batches per optimizer step",
-    "learning_rate": "peak learning rate (default per arm/method: scratch 1e-3, lora 5e-4, full 3e-5, frozen 1e-3)",
-    "weight_decay": "AdamW weight decay on weight matrices (not biases, norms, embeddings)",
-    "adam_beta1": "AdamW beta1",
-    "adam_beta2": "AdamW beta2",
-    "warmup_ratio": "fraction of steps with linear warm-up",
-    "lr_scheduler_type": "decay after warm-up: cosine, linear or constant",
-    "max_grad_norm": "gradient clipping norm (0 disables)",
-    "label_smoothing": "label smoothing of the cross-entropy",
-    "early_stopping_patience": "stop after this many epochs without a val macro-F1 gain (0 disables)",
-    "mixed_precision": "auto (bf16 on CUDA, fp32 on CPU), no, bf16 or fp16",
-    "compile": "torch.compile the model",
-    "length_grouping": "group training batches by length (less padding)",
-    "logging_steps": "update the progress bar and check for NaN every N batches",
-    "save_steps": "also checkpoint every N optimizer steps (0: end of every epoch only)",
-    "skip_nan_steps": "tolerate up to N optimizer steps with NaN/Inf loss (skipped) before failing",
-    "max_train_steps": "stop after N optimizer steps (smoke tests)",
-    "num_workers": "DataLoader worker processes",
-    "disable_tqdm": "no progress bars",
-}
-
-
 def _add_config_flags(parser, arm: str) -> None:
+    """One flag per TrainConfig field the arm reads, with the field's help and default."""
     from ftvs.config import FINETUNE_ONLY, SCRATCH_ONLY, TrainConfig
 
     skip = {"arm", "extra"} | (FINETUNE_ONLY if arm == "scratch" else SCRATCH_ONLY)
@@ -81,8 +24,8 @@ def _add_config_flags(parser, arm: str) -> None:
         names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         if f.name == "model_name_or_path":
             names.append("--model")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = HELP.get(f.name, "") + (f" (default {default})" if default not in (None, "") else "")
+        default = f.metadata["default_text"]() if f.metadata["default_text"] else f.default
+        help_text = (f.metadata["help"] + (f" (default {default})" if default not in (None, "") else "")).replace("%", "%%")
         kind = hints[f.name]
         if kind is bool:
             parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -90,7 +33,7 @@ def _add_config_flags(parser, arm: str) -> None:
             parser.add_argument(*names, dest=f.name, nargs="+", default=None, help=help_text)
         else:
             base = next((t for t in typing.get_args(kind) if t is not type(None)), kind) if typing.get_args(kind) else kind
-            parser.add_argument(*names, dest=f.name, type=base, default=None, help=help_text.replace("%", "%%"))
+            parser.add_argument(*names, dest=f.name, type=base, default=None, help=help_text)
 
 
 def cmd_train(args) -> int:
