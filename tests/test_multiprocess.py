@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -65,22 +64,6 @@ def _launch(args, n, timeout=180):
 
 
 # --- fast checks -------------------------------------------------------------------------------------
-
-
-def test_launch_command_for_one_and_several_processes():
-    one = launch_command(["evaluate", "RUN"], 1)
-    assert one[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and "--cpu" in one
-    assert one[-4:] == ["-m", "ftvs", "evaluate", "RUN"] and "--multi_gpu" not in one
-    two = launch_command(["train", "scratch", "--data", "D"], 2, mixed_precision="no")
-    assert two[:2] == ["env", "ACCELERATE_USE_CPU=true"]  # reaches every worker: gloo on the CPU
-    assert "--multi_gpu" in two and two[two.index("--num_processes") + 1] == "2"
-    assert two[two.index("--main_process_port") + 1] == "0"  # a free port: jobs can run side by side
-    gpu = launch_command(["train", "finetune"], 4, mixed_precision="bf16", cpu=False)
-    assert gpu[0] == sys.executable and gpu[gpu.index("--mixed_precision") + 1] == "bf16"
-    with pytest.raises(ValueError):
-        launch_command([], 0)
-    with pytest.raises(ValueError):
-        launch_command([], 2, mixed_precision="fp32")
 
 
 @pytest.mark.parametrize("num_examples,batch,procs", [(290, 16, 2), (300, 16, 2), (300, 16, 3), (301, 7, 4), (20, 16, 4)])
