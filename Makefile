@@ -25,7 +25,7 @@ test: setup
 	$(VENV)/bin/python -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
 
 # needs ../shared/data/banking77 (the real Banking77 CSVs); see benchmarks/RESULTS.md
 bench: setup

@@ -12,6 +12,7 @@ import typing
 from ftvs import __version__
 from ftvs.errors import FtvsError
 
+
 def _add_config_flags(parser, arm: str) -> None:
     """One flag per TrainConfig field the arm reads, with the field's help and default."""
     from ftvs.config import FINETUNE_ONLY, SCRATCH_ONLY, TrainConfig

@@ -17,7 +17,8 @@ from ftvs.errors import FtvsError, closest
 
 def default_learning_rates() -> str:
     """The arms' table of default learning rates, in words (the help of --learning_rate)."""
-    from ftvs.arms import ScratchArm  # TODO(lead, after the arms/ merge): ftvs.arms.describe_default_learning_rates
+    # TODO(lead, after the arms/ merge): return ftvs.arms.describe_default_learning_rates()
+    from ftvs.arms import ScratchArm
     from ftvs.finetune import DEFAULT_LEARNING_RATES
 
     table = {"scratch": ScratchArm.default_learning_rate, **DEFAULT_LEARNING_RATES}
