@@ -36,8 +36,10 @@ from pathlib import Path
 
 import torch
 from bench_flops import FlopModel, counted_flops, linear_flop_profile, model_shape
-from bench_machine import MatmulProbe, PeakMemory, choose_threads, machine_info, percentile, summary
+from bench_inference import inference_bench
+from bench_machine import MatmulProbe, PeakMemory, choose_threads, machine_info, summary
 from bench_reference import ReferenceStepRunner, reference_equivalence
+from bench_report import TARGETS, comparisons_of, format_table, ratio_block, summarise_windows
 from bench_step import FtvsStepTimer
 from bench_trainer import trainer_round
 
@@ -45,67 +47,41 @@ from ftvs.config import autocast_dtype, resolve_mixed_precision
 from ftvs.errors import FtvsError
 
 DEFAULTS = {  # per arm: (batch size, warm-up steps, rounds, steps per round, latency examples, throughput examples)
-    "scratch": dict(batch_size=32, warmup_steps=5, rounds=5, steps_per_round=10, latency_examples=200,
-                    throughput_examples=2048, throughput_batch_size=256),
-    "finetune": dict(batch_size=16, warmup_steps=2, rounds=3, steps_per_round=3, latency_examples=30,
-                     throughput_examples=256, throughput_batch_size=64),
+    "scratch": dict(
+        batch_size=32,
+        warmup_steps=5,
+        rounds=5,
+        steps_per_round=10,
+        latency_examples=200,
+        throughput_examples=2048,
+        throughput_batch_size=256,
+    ),
+    "finetune": dict(
+        batch_size=16,
+        warmup_steps=2,
+        rounds=3,
+        steps_per_round=3,
+        latency_examples=30,
+        throughput_examples=256,
+        throughput_batch_size=64,
+    ),
 }
 QUICK = {
-    "scratch": dict(warmup_steps=2, rounds=2, steps_per_round=3, latency_examples=20, throughput_examples=256),
+    "scratch": dict(
+        warmup_steps=2, rounds=2, steps_per_round=3, latency_examples=20, throughput_examples=256
+    ),
     "finetune": dict(warmup_steps=1, rounds=1, steps_per_round=2, latency_examples=5, throughput_examples=32),
 }
 BATCH_ORDER = {
     "spread": "the length-grouped sampler's batches, visited in van der Corput order over their padded sizes "
-              "(the timed steps sample the epoch's batch sizes evenly; see SpreadBatches)",
+    "(the timed steps sample the epoch's batch sizes evenly; see SpreadBatches)",
     "epoch": "the length-grouped sampler's batches in its own shuffled order",
 }
-TARGETS = {"a_scratch_vs_padded_reference": 2.0, "b_finetune_vs_trainer": 1.0, "c_finetune_mfu_cpu": 0.40}
 
 
 # --------------------------------------------------------------------------------------------------
 # Inference
 # --------------------------------------------------------------------------------------------------
-
-
-def inference_bench(model, collate, examples, labels, device, latency_n: int, throughput_n: int,
-                    batch_size: int, memory: PeakMemory) -> dict:
-    """Latency at batch 1 (collate + copy to device + forward + argmax back on the host, texts already
-    tokenised) and throughput of `ftvs.inference.timed_predict` over sorted batches of `batch_size`."""
-    from ftvs.batching import sorted_batches
-    from ftvs.inference import timed_predict
-
-    model.eval()
-    memory.reset()
-    times = []
-    warm = 3
-    with torch.inference_mode():
-        for i, ex in enumerate(examples[: latency_n + warm]):
-            t0 = time.perf_counter()
-            batch = {k: v.to(device) for k, v in collate([ex]).items()}
-            model(**batch).argmax(-1).cpu()
-            if i >= warm:
-                times.append(time.perf_counter() - t0)
-    latency_mem = memory.read()
-
-    sub, sub_labels = examples[:throughput_n], labels[:throughput_n]
-    batches = []
-    memory.reset()
-    for idx in sorted_batches([len(e) for e in sub], batch_size):  # as ftvs.inference.make_eval_loader
-        batch = collate([sub[i] for i in idx])
-        batch["labels"] = torch.as_tensor([sub_labels[i] for i in idx], dtype=torch.long)
-        batch["index"] = torch.as_tensor(idx, dtype=torch.long)
-        batches.append({k: v.to(device) for k, v in batch.items()})
-    out = timed_predict(model, batches, len(sub))
-    return {
-        "latency_batch1_ms": {"p50": 1e3 * percentile(times, 0.5), "p95": 1e3 * percentile(times, 0.95),
-                              "mean": 1e3 * statistics.fmean(times) if times else None, "n": len(times)},
-        "throughput": {"batch_size": batch_size, "examples": len(sub), "seconds": out["seconds"],
-                       "examples_per_second": len(sub) / max(out["seconds"], 1e-12)},
-        "peak_memory_latency": latency_mem, "peak_memory_throughput": memory.read(),
-        "note": "latency: collate + copy to device + forward + argmax on the host, texts pre-tokenised, "
-                "3 warm-up examples; throughput: ftvs.inference.timed_predict on length-sorted batches already "
-                "on the device, after 2 warm-up batches",
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -125,10 +101,18 @@ def make_train_config(args, kind: str, batch_size: int, total_steps: int):
     """The training config of the benchmarked step; its LR schedule spans the benchmark's steps."""
     from ftvs.config import build_config
 
-    values = {"arm": kind, "data": str(args.data), "output_dir": "bench", "seed": args.seed,
-              "max_seq_length": args.max_seq_length, "per_device_train_batch_size": batch_size,
-              "mixed_precision": args.mixed_precision, "compile": args.compile, "disable_tqdm": True,
-              "max_train_steps": total_steps}
+    values = {
+        "arm": kind,
+        "data": str(args.data),
+        "output_dir": "bench",
+        "seed": args.seed,
+        "max_seq_length": args.max_seq_length,
+        "per_device_train_batch_size": batch_size,
+        "mixed_precision": args.mixed_precision,
+        "compile": args.compile,
+        "disable_tqdm": True,
+        "max_train_steps": total_steps,
+    }
     if kind == "scratch":
         values.update(preset=args.preset, tokenizer=args.tokenizer)
     else:
@@ -154,8 +138,9 @@ def flop_model_of(timer, arm, accelerator, cross_check: bool) -> tuple:
         profile = linear_flop_profile(timer.model, sample, grad=True)
     n_layer, d_attn = model_shape(arm)
     trains_below_head = profile["tok_w"] > 0
-    flop_model = FlopModel(profile, n_layer, d_attn, attention_backward=trains_below_head,
-                           uses_attention="input_ids" in sample)
+    flop_model = FlopModel(
+        profile, n_layer, d_attn, attention_backward=trains_below_head, uses_attention="input_ids" in sample
+    )
     B, T = sample["input_ids"].shape if "input_ids" in sample else (len(sample_labels), 1)
     if not cross_check:
         return flop_model, None
@@ -164,11 +149,14 @@ def flop_model_of(timer, arm, accelerator, cross_check: bool) -> tuple:
     if not counted:
         return flop_model, None
     linear_only = FlopModel(profile, n_layer, d_attn, trains_below_head, uses_attention=False)
-    return flop_model, {"batch_shape": [B, T], "flop_counter_mode": counted,
-                        "analytic_linear_part": linear_only.train_step(B, T),
-                        "analytic_with_attention": flop_model.train_step(B, T),
-                        "six_n_t": 6 * profile["weights_called"] * B * T,
-                        "note": "FlopCounterMode counts matmuls (and CUDA SDPA, not CPU fused attention)"}
+    return flop_model, {
+        "batch_shape": [B, T],
+        "flop_counter_mode": counted,
+        "analytic_linear_part": linear_only.train_step(B, T),
+        "analytic_with_attention": flop_model.train_step(B, T),
+        "six_n_t": 6 * profile["weights_called"] * B * T,
+        "note": "FlopCounterMode counts matmuls (and CUDA SDPA, not CPU fused attention)",
+    }
 
 
 def timed_rounds(kind, args, settings, timer, baseline_step, probe, memory, log) -> dict:
@@ -186,9 +174,11 @@ def timed_rounds(kind, args, settings, timer, baseline_step, probe, memory, log)
             theirs.append(measured(memory, baseline_step, per_round))
             timer.model.train()
         probes.extend(probe.measure(args.probe_repeats))
-        log(f"  round {r + 1}/{rounds}: ftvs {ours[-1]['examples'] / ours[-1]['seconds']:.1f} ex/s"
+        log(
+            f"  round {r + 1}/{rounds}: ftvs {ours[-1]['examples'] / ours[-1]['seconds']:.1f} ex/s"
             + (f", baseline {theirs[-1]['examples'] / theirs[-1]['seconds']:.1f} ex/s" if theirs else "")
-            + f", matmul {probes[-1]:.1f} GFLOP/s")
+            + f", matmul {probes[-1]:.1f} GFLOP/s"
+        )
     return {"warm": warm, "ours": ours, "theirs": theirs, "probes": probes}
 
 
@@ -207,14 +197,74 @@ def arm_inference(arm, timer, accelerator, data, settings, memory) -> dict:
             return pad_token_batch(examples, arm.pad_id)
     else:
         infer_model, infer_examples, collate = timer.model, arm.encode(infer_texts), arm.collate
-    return inference_bench(infer_model, collate, infer_examples, infer_labels, accelerator.device,
-                           settings["latency_examples"], settings["throughput_examples"],
-                           settings["throughput_batch_size"], memory)
+    return inference_bench(
+        infer_model,
+        collate,
+        infer_examples,
+        infer_labels,
+        accelerator.device,
+        settings["latency_examples"],
+        settings["throughput_examples"],
+        settings["throughput_batch_size"],
+        memory,
+    )
+
+
+def baseline_step_of(kind, arm, cfg, data, train_examples, initial_state, accelerator):
+    """`steps -> timing window` of the baseline: the padded reference (scratch) or Trainer (finetune)."""
+    device, precision, labels = accelerator.device, accelerator.mixed_precision, data["train_labels"]
+    if kind == "scratch":
+        reference = ReferenceStepRunner(
+            initial_state,
+            arm.model.config,
+            train_examples,
+            labels,
+            cfg,
+            device,
+            precision,
+            cfg.max_train_steps,
+        )
+        return reference.run
+    # Trainer needs token ids, also where ftvs trains on cached features
+    trainer_examples = token_ids(arm, data["train_texts"], train_examples)
+
+    def trainer_steps(steps):
+        return trainer_round(arm, trainer_examples, labels, cfg, precision, 1, steps, device)
+
+    return trainer_steps
+
+
+def baseline_results(kind, arm, cfg, timed, flop_model, peak, equivalence) -> dict:
+    ours, theirs = timed["ours"], timed["theirs"]
+    if kind == "scratch":
+        return {
+            "reference": {
+                "name": "PaddedReferenceClassifier (seed approach): same sizes and parameters, every batch padded "
+                f"to {cfg.max_seq_length}, unfused attention with an explicit causal mask, shuffled batches",
+                "logit_max_abs_diff_vs_ftvs": equivalence,
+                "train": summarise_windows(theirs, None, peak, timed["warm"][1]),
+                "ratio": ratio_block(ours, theirs, TARGETS["a_scratch_vs_padded_reference"]),
+            }
+        }
+    cached = "; ftvs trains the head on cached base features, Trainer runs the frozen base every step"
+    return {
+        "trainer": {
+            "name": "transformers.Trainer defaults (DataCollatorWithPadding, random order, "
+            f"{theirs[0].get('optimizer')}), same model object, data, batch size and learning rate"
+            + (cached if getattr(arm, "feature_cache", False) else ""),
+            "train": summarise_windows(theirs, flop_model, peak),
+            "trainer_reported_train_samples_per_second": [
+                w.get("trainer_train_samples_per_second") for w in theirs
+            ],
+            "ratio": ratio_block(ours, theirs, TARGETS["b_finetune_vs_trainer"]),
+        }
+    }
 
 
 def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log) -> dict:
     from ftvs.arms import build_arm
-    from ftvs.train import make_accelerator, resolve_config
+    from ftvs.launch import make_accelerator
+    from ftvs.train import resolve_config
 
     settings = arm_settings(kind, args)
     bs, rounds, per_round = settings["batch_size"], settings["rounds"], settings["steps_per_round"]
@@ -232,25 +282,21 @@ def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log) -> dict:
     encode_seconds = time.perf_counter() - t0
     desc = arm.describe()
     name = f"scratch-{cfg.preset}" if kind == "scratch" else f"{cfg.model_name_or_path} ({cfg.method})"
-    log(f"[{kind}] {name}: {desc['params_total']:,} params ({desc['params_trainable']:,} trainable), batch {bs}, "
-        f"{len(train_examples):,} train examples, device {device}, precision {accelerator.mixed_precision}")
+    log(
+        f"[{kind}] {name}: {desc['params_total']:,} params ({desc['params_trainable']:,} trainable), batch {bs}, "
+        f"{len(train_examples):,} train examples, device {device}, precision {accelerator.mixed_precision}"
+    )
 
     initial_state = copy.deepcopy(arm.model.state_dict()) if kind == "scratch" else None
     equivalence = reference_equivalence(arm, train_examples, initial_state) if kind == "scratch" else None
-    timer = FtvsStepTimer(arm, cfg, train_examples, train_labels, accelerator, spread=args.batch_order == "spread")
+    timer = FtvsStepTimer(
+        arm, cfg, train_examples, train_labels, accelerator, spread=args.batch_order == "spread"
+    )
     flop_model, check = flop_model_of(timer, arm, accelerator, cross_check=not args.quick)
 
     baseline_step = None
-    if kind == "scratch" and args.compare:
-        baseline_step = ReferenceStepRunner(initial_state, arm.model.config, train_examples, train_labels, cfg,
-                                            device, accelerator.mixed_precision, total_steps).run
-    elif kind == "finetune" and args.compare:
-        # Trainer needs token ids, also where ftvs trains on cached features
-        trainer_examples = token_ids(arm, data["train_texts"], train_examples)
-
-        def baseline_step(steps):
-            return trainer_round(arm, trainer_examples, train_labels, cfg, accelerator.mixed_precision, 1, steps,
-                                 device)
+    if args.compare:
+        baseline_step = baseline_step_of(kind, arm, cfg, data, train_examples, initial_state, accelerator)
     timed = timed_rounds(kind, args, settings, timer, baseline_step, probe, memory, log)
     ours, theirs = timed["ours"], timed["theirs"]
     host_syncs = timer.count_host_syncs(args.sync_check_steps) if device.type == "cuda" else None
@@ -260,36 +306,36 @@ def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log) -> dict:
 
     peak = statistics.median(timed["probes"])
     train = summarise_windows(ours, flop_model, peak, timed["warm"][0])
-    train.update(nonfinite=nonfinite, fused_adamw=timer.fused_adamw, rounds=rounds, steps_per_round=per_round,
-                 warmup_steps=settings["warmup_steps"], host_syncs=host_syncs,
-                 batch_order=BATCH_ORDER[args.batch_order])
+    train.update(
+        nonfinite=nonfinite,
+        fused_adamw=timer.fused_adamw,
+        rounds=rounds,
+        steps_per_round=per_round,
+        warmup_steps=settings["warmup_steps"],
+        host_syncs=host_syncs,
+        batch_order=BATCH_ORDER[args.batch_order],
+    )
     result = {
-        "arm": kind, "model": name, "method": cfg.method if kind == "finetune" else None,
-        "params_total": desc["params_total"], "params_trainable": desc["params_trainable"],
-        "batch_size": bs, "max_seq_length": cfg.max_seq_length, "learning_rate": cfg.learning_rate,
-        "device": str(device), "mixed_precision": accelerator.mixed_precision, "compile": cfg.compile,
-        "build_seconds": build_seconds, "encode_seconds": encode_seconds,
-        "train": train, "flops": {**flop_model.describe(), "cross_check": check},
+        "arm": kind,
+        "model": name,
+        "method": cfg.method if kind == "finetune" else None,
+        "params_total": desc["params_total"],
+        "params_trainable": desc["params_trainable"],
+        "batch_size": bs,
+        "max_seq_length": cfg.max_seq_length,
+        "learning_rate": cfg.learning_rate,
+        "device": str(device),
+        "mixed_precision": accelerator.mixed_precision,
+        "compile": cfg.compile,
+        "build_seconds": build_seconds,
+        "encode_seconds": encode_seconds,
+        "train": train,
+        "flops": {**flop_model.describe(), "cross_check": check},
         "matmul_probe_interleaved_gflops": summary(timed["probes"]),
         "inference": arm_inference(arm, timer, accelerator, data, settings, memory),
     }
-    if kind == "scratch" and theirs:
-        result["reference"] = {
-            "name": "PaddedReferenceClassifier (seed approach): same sizes and parameters, every batch padded "
-                    f"to {cfg.max_seq_length}, unfused attention with an explicit causal mask, shuffled batches",
-            "logit_max_abs_diff_vs_ftvs": equivalence, "train": summarise_windows(theirs, None, peak, timed["warm"][1]),
-            "ratio": ratio_block(ours, theirs, TARGETS["a_scratch_vs_padded_reference"]),
-        }
-    if kind == "finetune" and theirs:
-        result["trainer"] = {
-            "name": "transformers.Trainer defaults (DataCollatorWithPadding, random order, "
-                    f"{theirs[0].get('optimizer')}), same model object, data, batch size and learning rate"
-                    + ("; ftvs trains the head on cached base features, Trainer runs the frozen base every step"
-                       if getattr(arm, "feature_cache", False) else ""),
-            "train": summarise_windows(theirs, flop_model, peak),
-            "trainer_reported_train_samples_per_second": [w.get("trainer_train_samples_per_second") for w in theirs],
-            "ratio": ratio_block(ours, theirs, TARGETS["b_finetune_vs_trainer"]),
-        }
+    if theirs:
+        result.update(baseline_results(kind, arm, cfg, timed, flop_model, peak, equivalence))
     accelerator.free_memory()
     return result
 
@@ -300,39 +346,6 @@ def measured(memory: PeakMemory, fn, *args) -> dict:
     result = fn(*args)
     result["peak_memory"] = memory.read()
     return result
-
-
-def summarise_windows(windows, flop_model, peak_gflops, warmup=None) -> dict:
-    seconds = sum(w["seconds"] for w in windows)
-    examples = sum(w["examples"] for w in windows)
-    tokens = sum(w["tokens"] for w in windows)
-    padded = sum(w["padded_tokens"] for w in windows)
-    out = {"steps": sum(w["steps"] for w in windows), "seconds": seconds, "examples": examples,
-           "examples_per_second": examples / seconds, "tokens_per_second": tokens / seconds,
-           "padded_tokens_per_second": padded / seconds, "padding_fraction": 1 - tokens / max(1, padded),
-           "tokens_per_example": tokens / max(1, examples),
-           "per_round_examples_per_second": summary([w["examples"] / w["seconds"] for w in windows]),
-           "step_seconds_median": statistics.median([w["seconds"] / w["steps"] for w in windows])}
-    peaks = [w["peak_memory"] for w in [*windows, *([warmup] if warmup else [])] if "peak_memory" in w]
-    if peaks:
-        out["peak_memory"] = {"bytes": max(m["bytes"] for m in peaks), "kind": peaks[0]["kind"] + ", max over "
-                              "the timed windows and the warm-up; on CPU the RSS includes whatever the process "
-                              "already holds (weights, allocator caches): compare CUDA numbers"}
-    if flop_model is not None:
-        flops = sum(flop_model.train_step(b, t) for w in windows for b, t in w["shapes"])
-        useful = flops * tokens / max(1, padded)
-        achieved = flops / seconds / 1e9
-        out.update(flops=flops, achieved_gflops=achieved, mfu=achieved / peak_gflops,
-                   mfu_useful=useful / seconds / 1e9 / peak_gflops, peak_gflops_used=peak_gflops)
-    return out
-
-
-def ratio_block(ours, theirs, target: float) -> dict:
-    per_round = [(a["examples"] / a["seconds"]) / (b["examples"] / b["seconds"]) for a, b in zip(ours, theirs)]
-    overall = (sum(a["examples"] for a in ours) / sum(a["seconds"] for a in ours)) / \
-              (sum(b["examples"] for b in theirs) / sum(b["seconds"] for b in theirs))
-    return {"examples_per_second_ratio": overall, "per_round": per_round,
-            "per_round_median": statistics.median(per_round), "target": target, "meets_target": overall >= target}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,29 +361,14 @@ def load_data(data_dir, max_train: int | None, seed: int) -> dict:
     test_texts, test_labels = load_split(data_dir, "test")
     if max_train and len(train_texts) > max_train:
         train_texts, train_labels = train_texts[:max_train], train_labels[:max_train]
-    return {"label_names": meta["label_names"], "train_texts": list(train_texts), "train_labels": list(train_labels),
-            "test_texts": list(test_texts), "test_labels": list(test_labels), "source": meta.get("source")}
-
-
-def comparisons_of(results: dict, cuda: bool) -> dict:
-    """The three side-by-side numbers: (a) scratch vs the padded reference, (b) LoRA vs Trainer, (c) MFU."""
-    comparisons = {}
-    if "scratch" in results and "reference" in results["scratch"]:
-        r = results["scratch"]["reference"]["ratio"]
-        comparisons["a_scratch_vs_padded_reference"] = {
-            "what": "examples/s of the ftvs scratch training step / the padded reference loop", **r}
-    if "finetune" in results:
-        ft = results["finetune"]
-        if "trainer" in ft:
-            comparisons["b_finetune_vs_trainer"] = {
-                "what": "examples/s of the ftvs fine-tuning step / transformers.Trainer", **ft["trainer"]["ratio"]}
-        comparisons["c_finetune_mfu"] = {
-            "what": "analytic FLOP/s of the ftvs fine-tuning step / probed matmul FLOP/s (same dtype, probe "
-                    "interleaved with the timed rounds)",
-            "mfu": ft["train"]["mfu"], "mfu_useful": ft["train"]["mfu_useful"],
-            "target": TARGETS["c_finetune_mfu_cpu"] if not cuda else None,
-            "meets_target": ft["train"]["mfu"] >= TARGETS["c_finetune_mfu_cpu"] if not cuda else None}
-    return comparisons
+    return {
+        "label_names": meta["label_names"],
+        "train_texts": list(train_texts),
+        "train_labels": list(train_labels),
+        "test_texts": list(test_texts),
+        "test_labels": list(test_labels),
+        "source": meta.get("source"),
+    }
 
 
 def log(msg: str) -> None:
@@ -380,7 +378,9 @@ def log(msg: str) -> None:
 def run(args) -> dict:
     """The whole benchmark: machine, matmul probe, each arm; returns the report (written with --output)."""
     if not Path(args.data, "metadata.json").is_file():
-        raise FtvsError(f"{args.data} is not a prepared data folder (no metadata.json); run `ftvs prepare` first")
+        raise FtvsError(
+            f"{args.data} is not a prepared data folder (no metadata.json); run `ftvs prepare` first"
+        )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
     threads = choose_threads(args.threads)
@@ -394,10 +394,12 @@ def run(args) -> dict:
     size = args.probe_size or (8192 if cuda else 2048)
     probe = MatmulProbe(device, dtype, size)
     start_probe = probe.measure(max(3, args.probe_repeats))
-    log(f"machine: {machine['cpu_model']}, {machine['cpu_count']} cpus, torch {machine['torch']} "
+    log(
+        f"machine: {machine['cpu_model']}, {machine['cpu_count']} cpus, torch {machine['torch']} "
         f"({threads['threads']} threads, {threads['mode']}), load {machine['loadavg_1min']}, "
         f"{machine.get('gpu', 'no GPU')}; matmul {size}^2 {probe.describe()['dtype']}: "
-        f"{statistics.median(start_probe):.1f} GFLOP/s")
+        f"{statistics.median(start_probe):.1f} GFLOP/s"
+    )
 
     data = load_data(args.data, args.max_train_examples, args.seed)
     arms = ["scratch", "finetune"] if args.arm == "both" else [args.arm]
@@ -405,12 +407,16 @@ def run(args) -> dict:
     machine["loadavg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     report = {
         "command": "python benchmarks/bench.py " + " ".join(args.argv),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds_total": time.perf_counter() - started,
-        "quick": args.quick, "data": str(args.data), "dataset": data["source"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds_total": time.perf_counter() - started,
+        "quick": args.quick,
+        "data": str(args.data),
+        "dataset": data["source"],
         "num_train_examples": len(data["train_texts"]),
         "machine": machine,
         "matmul_probe": {**probe.describe(), "gflops_at_start": summary(start_probe)},
-        "results": results, "comparisons": comparisons_of(results, cuda),
+        "results": results,
+        "comparisons": comparisons_of(results, cuda),
     }
     if args.output:
         from ftvs.fileio import write_json
@@ -420,98 +426,80 @@ def run(args) -> dict:
     return report
 
 
-def format_table(report: dict) -> str:
-    m = report["machine"]
-    lines = [f"benchmarks/bench.py | {m['cpu_model']} | {m['cpu_count']} cpus | torch {m['torch']} "
-             f"({m['threads_choice']['threads']} threads) | {m.get('gpu', 'CPU only')} | "
-             f"matmul {report['matmul_probe']['size']}^2 {report['matmul_probe']['dtype']} "
-             f"{report['matmul_probe']['gflops_at_start']['median']:.1f} GFLOP/s"]
-    for kind, r in report["results"].items():
-        t, inf = r["train"], r["inference"]
-        lines += ["", f"{kind}: {r['model']} | {r['params_total']:,} params ({r['params_trainable']:,} trainable) | "
-                      f"batch {r['batch_size']} | {r['device']} {r['mixed_precision']}",
-                  f"  {'metric':<36} {'ftvs':>14} {'baseline':>14}"]
-        base = r.get("reference", r.get("trainer"))
-        bt = base["train"] if base else {}
-
-        def row(label, key, fmt, src_a=t, src_b=bt, out=lines):
-            a = src_a.get(key)
-            b = src_b.get(key) if src_b else None
-            out.append(f"  {label:<36} {format(a, fmt) if a is not None else '-':>14} "
-                         f"{format(b, fmt) if b is not None else '-':>14}")
-
-        row("train examples/s", "examples_per_second", ".1f")
-        row("train tokens/s (real)", "tokens_per_second", ".0f")
-        row("train tokens/s (padded)", "padded_tokens_per_second", ".0f")
-        row("real tokens per example", "tokens_per_example", ".1f")
-        row("padding fraction", "padding_fraction", ".2f")
-        row("step seconds (median)", "step_seconds_median", ".4f")
-        row("achieved GFLOP/s", "achieved_gflops", ".1f")
-        row("MFU (padded tokens)", "mfu", ".1%")
-        row("MFU (real tokens)", "mfu_useful", ".1%")
-        lines.append(f"  {'train peak memory (MiB)':<36} {t['peak_memory']['bytes'] / 2**20:>14.0f} "
-                     f"{bt['peak_memory']['bytes'] / 2**20 if bt.get('peak_memory') else float('nan'):>14.0f}")
-        lines.append(f"  {'latency batch 1 p50 / p95 (ms)':<36} "
-                     f"{inf['latency_batch1_ms']['p50']:>7.2f} / {inf['latency_batch1_ms']['p95']:.2f}")
-        lines.append(f"  {'inference ex/s (batch ' + str(inf['throughput']['batch_size']) + ')':<36} "
-                     f"{inf['throughput']['examples_per_second']:>14.1f}")
-        if base:
-            lines.append(f"  baseline: {base['name']}")
-        if r.get("reference"):
-            lines.append(f"  reference logits max |diff| vs ftvs: {r['reference']['logit_max_abs_diff_vs_ftvs']:.2e}")
-    if report["comparisons"]:
-        lines += ["", f"{'comparison':<36} {'value':>10} {'target':>8}  per-round"]
-        for key, c in report["comparisons"].items():
-            if "examples_per_second_ratio" in c:
-                rounds = ", ".join(f"{x:.2f}" for x in c["per_round"])
-                lines.append(f"{key:<36} {c['examples_per_second_ratio']:>9.2f}x {c['target']:>7.1f}x  [{rounds}]"
-                             f"{'' if c['meets_target'] else '  BELOW TARGET'}")
-            else:
-                target = f"{c['target']:.0%}" if c.get("target") is not None else "-"
-                lines.append(f"{key:<36} {c['mfu']:>10.1%} {target:>8}  (real tokens only: {c['mfu_useful']:.1%})"
-                             f"{'  BELOW TARGET' if c.get('meets_target') is False else ''}")
-    return "\n".join(lines)
-
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python benchmarks/bench.py",
         description="Benchmark ftvs on a prepared dataset: training throughput, inference latency (batch 1) and "
-                    "throughput, peak memory, a matmul probe and the MFU of the training step; side by side with "
-                    "(a) a padded-to-max-length reference loop (scratch) and (b) transformers.Trainer (finetune), "
-                    "in one process on the same data, model and batch size. Writes JSON with --output.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "throughput, peak memory, a matmul probe and the MFU of the training step; side by side with "
+        "(a) a padded-to-max-length reference loop (scratch) and (b) transformers.Trainer (finetune), "
+        "in one process on the same data, model and batch size. Writes JSON with --output.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--data", required=True, help="prepared data folder (from `ftvs prepare`)")
-    p.add_argument("--arm", choices=("scratch", "finetune", "both"), default="scratch", help="what to benchmark")
+    p.add_argument(
+        "--arm", choices=("scratch", "finetune", "both"), default="scratch", help="what to benchmark"
+    )
     p.add_argument("--preset", default="tiny", help="scratch: size preset")
     p.add_argument("--tokenizer", default="smollm2-135m", help="scratch: tokenizer (name/path, or 'bpe')")
-    p.add_argument("--model", "--model_name_or_path", dest="model", default="smollm2-135m",
-                   help="finetune: pre-trained model")
-    p.add_argument("--method", default="lora", choices=("lora", "full", "frozen", "unfreeze"), help="finetune: method")
-    p.add_argument("--batch_size", "--batch-size", type=int, default=None,
-                   help="training batch size (default: scratch 32, finetune 16)")
+    p.add_argument(
+        "--model",
+        "--model_name_or_path",
+        dest="model",
+        default="smollm2-135m",
+        help="finetune: pre-trained model",
+    )
+    p.add_argument(
+        "--method", default="lora", choices=("lora", "full", "frozen", "unfreeze"), help="finetune: method"
+    )
+    p.add_argument(
+        "--batch_size",
+        "--batch-size",
+        type=int,
+        default=None,
+        help="training batch size (default: scratch 32, finetune 16)",
+    )
     p.add_argument("--max_seq_length", "--max-seq-length", type=int, default=128, help="truncation length")
     p.add_argument("--warmup_steps", "--warmup-steps", type=int, default=None, help="untimed steps first")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (ftvs and baseline alternate)")
-    p.add_argument("--steps_per_round", "--steps-per-round", type=int, default=None, help="timed steps per round")
+    p.add_argument(
+        "--steps_per_round", "--steps-per-round", type=int, default=None, help="timed steps per round"
+    )
     p.add_argument("--latency_examples", type=int, default=None, help="examples timed one by one")
-    p.add_argument("--throughput_examples", type=int, default=None, help="examples for the inference throughput")
+    p.add_argument(
+        "--throughput_examples", type=int, default=None, help="examples for the inference throughput"
+    )
     p.add_argument("--throughput_batch_size", type=int, default=None, help="inference batch size")
     p.add_argument("--max_train_examples", type=int, default=None, help="use only the first N training texts")
-    p.add_argument("--mixed_precision", default="auto", choices=("auto", "no", "bf16", "fp16"),
-                   help="as for training (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument(
+        "--mixed_precision",
+        default="auto",
+        choices=("auto", "no", "bf16", "fp16"),
+        help="as for training (auto: bf16 on CUDA, fp32 on CPU)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the ftvs model")
-    p.add_argument("--threads", default="auto", help="CPU threads: a number or auto (probe 1 vs torch's default)")
-    p.add_argument("--probe_size", type=int, default=None, help="matmul probe size (default 2048 CPU, 8192 GPU)")
+    p.add_argument(
+        "--threads", default="auto", help="CPU threads: a number or auto (probe 1 vs torch's default)"
+    )
+    p.add_argument(
+        "--probe_size", type=int, default=None, help="matmul probe size (default 2048 CPU, 8192 GPU)"
+    )
     p.add_argument("--probe_repeats", type=int, default=3, help="probe matmuls after each round")
-    p.add_argument("--batch_order", choices=tuple(BATCH_ORDER), default="spread",
-                   help="ftvs batches: spread (a representative sample of the epoch's batch sizes in every "
-                        "window) or epoch (the sampler's own order: a few steps may be a biased sample)")
-    p.add_argument("--sync_check_steps", type=int, default=10,
-                   help="CUDA: extra steps run under torch.cuda.set_sync_debug_mode to count host syncs")
-    p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
-                   help="run the baseline side by side")
+    p.add_argument(
+        "--batch_order",
+        choices=tuple(BATCH_ORDER),
+        default="spread",
+        help="ftvs batches: spread (a representative sample of the epoch's batch sizes in every "
+        "window) or epoch (the sampler's own order: a few steps may be a biased sample)",
+    )
+    p.add_argument(
+        "--sync_check_steps",
+        type=int,
+        default=10,
+        help="CUDA: extra steps run under torch.cuda.set_sync_debug_mode to count host syncs",
+    )
+    p.add_argument(
+        "--compare", action=argparse.BooleanOptionalAction, default=True, help="run the baseline side by side"
+    )
     p.add_argument("--quick", action="store_true", help="a short run (smoke test): few steps, few examples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", "-o", help="write the results as JSON to this file")

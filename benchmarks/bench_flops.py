@@ -25,8 +25,16 @@ def linear_flop_profile(model: nn.Module, batch: dict, grad: bool) -> dict:
     input_ids = batch.get("input_ids")
     B = next(iter(batch.values())).shape[0]
     T = input_ids.shape[1] if input_ids is not None else 1
-    prof = {"tok_fwd": 0, "tok_act": 0, "tok_w": 0, "seq_fwd": 0, "seq_act": 0, "seq_w": 0,
-            "weights_called": 0, "weights_trainable_called": 0}
+    prof = {
+        "tok_fwd": 0,
+        "tok_act": 0,
+        "tok_w": 0,
+        "seq_fwd": 0,
+        "seq_act": 0,
+        "seq_w": 0,
+        "weights_called": 0,
+        "weights_trainable_called": 0,
+    }
     seen = set()
 
     def hook(module, inputs, output):
@@ -47,8 +55,11 @@ def linear_flop_profile(model: nn.Module, batch: dict, grad: bool) -> dict:
             prof["weights_trainable_called"] += weight.numel() if weight.requires_grad else 0
 
     linear_types = (nn.Linear,)
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, linear_types) or type(m).__name__ == "Conv1D"]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, linear_types) or type(m).__name__ == "Conv1D"
+    ]
     try:
         with torch.set_grad_enabled(grad):
             model(**batch)
@@ -61,7 +72,9 @@ def linear_flop_profile(model: nn.Module, batch: dict, grad: bool) -> dict:
 class FlopModel:
     """Analytic FLOPs of one training step for a batch of shape (B, T)."""
 
-    def __init__(self, profile: dict, n_layer: int, d_attn: int, attention_backward: bool, uses_attention: bool):
+    def __init__(
+        self, profile: dict, n_layer: int, d_attn: int, attention_backward: bool, uses_attention: bool
+    ):
         self.p = profile
         self.n_layer = n_layer if uses_attention else 0
         self.d_attn = d_attn
@@ -76,14 +89,22 @@ class FlopModel:
 
     def describe(self) -> dict:
         p = self.p
-        return {"formula": FLOPS_FORMULA,
-                "per_token_flops": {"forward": p["tok_fwd"], "backward_activation_grads": p["tok_act"],
-                                    "backward_weight_grads": p["tok_w"]},
-                "per_sequence_flops": {"forward": p["seq_fwd"], "backward_activation_grads": p["seq_act"],
-                                       "backward_weight_grads": p["seq_w"]},
-                "matmul_weights_on_forward_path": p["weights_called"],
-                "trainable_matmul_weights": p["weights_trainable_called"],
-                "attention": {"layers": self.n_layer, "d": self.d_attn, "backward": self.attention_backward}}
+        return {
+            "formula": FLOPS_FORMULA,
+            "per_token_flops": {
+                "forward": p["tok_fwd"],
+                "backward_activation_grads": p["tok_act"],
+                "backward_weight_grads": p["tok_w"],
+            },
+            "per_sequence_flops": {
+                "forward": p["seq_fwd"],
+                "backward_activation_grads": p["seq_act"],
+                "backward_weight_grads": p["seq_w"],
+            },
+            "matmul_weights_on_forward_path": p["weights_called"],
+            "trainable_matmul_weights": p["weights_trainable_called"],
+            "attention": {"layers": self.n_layer, "d": self.d_attn, "backward": self.attention_backward},
+        }
 
 
 def counted_flops(model, batch, labels) -> float | None:
@@ -97,7 +118,6 @@ def counted_flops(model, batch, labels) -> float | None:
         F.cross_entropy(model(**batch).float(), labels).backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
-
 
 
 def model_shape(arm) -> tuple[int, int]:

@@ -44,8 +44,12 @@ def machine_info() -> dict:
             info[mod] = None
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, gpu_memory_bytes=props.total_memory, cuda_version=torch.version.cuda,
-                    bf16_supported=torch.cuda.is_bf16_supported())
+        info.update(
+            gpu=props.name,
+            gpu_memory_bytes=props.total_memory,
+            cuda_version=torch.version.cuda,
+            bf16_supported=torch.cuda.is_bf16_supported(),
+        )
     return info
 
 
@@ -73,7 +77,11 @@ def choose_threads(spec: str) -> dict:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load >= default:  # already more runnable threads than cores: a short probe can hit a calm moment
         torch.set_num_threads(1)
-        return {"threads": 1, "mode": f"auto (load average {load:.1f} >= {default} cores)", "default": default}
+        return {
+            "threads": 1,
+            "mode": f"auto (load average {load:.1f} >= {default} cores)",
+            "default": default,
+        }
     x, w = torch.randn(256, 512), torch.randn(512, 512)
     medians: dict[int, float] = {}
     for _ in range(2):  # alternate so a burst of load does not decide alone
@@ -87,8 +95,12 @@ def choose_threads(spec: str) -> dict:
             medians[n] = min(medians.get(n, math.inf), statistics.median(times))
     best = min(medians, key=medians.get)
     torch.set_num_threads(best)
-    return {"threads": best, "mode": "auto", "default": default,
-            "probe_ms": {str(k): round(v * 1e3, 4) for k, v in medians.items()}}
+    return {
+        "threads": best,
+        "mode": "auto",
+        "default": default,
+        "probe_ms": {str(k): round(v * 1e3, 4) for k, v in medians.items()},
+    }
 
 
 class PeakMemory:
@@ -110,7 +122,10 @@ class PeakMemory:
 
     def read(self) -> dict:
         if self.device.type == "cuda":
-            return {"bytes": torch.cuda.max_memory_allocated(self.device), "kind": "cuda max_memory_allocated"}
+            return {
+                "bytes": torch.cuda.max_memory_allocated(self.device),
+                "kind": "cuda max_memory_allocated",
+            }
         try:
             for line in Path("/proc/self/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -118,8 +133,10 @@ class PeakMemory:
         except OSError:
             pass
         scale = 1 if sys.platform == "darwin" else 1024
-        return {"bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
-                "kind": "peak RSS of the process so far (ru_maxrss)"}
+        return {
+            "bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
+            "kind": "peak RSS of the process so far (ru_maxrss)",
+        }
 
 
 class MatmulProbe:
@@ -148,8 +165,12 @@ class MatmulProbe:
         return out
 
     def describe(self) -> dict:
-        return {"op": "torch.mm", "size": self.size, "dtype": str(self.dtype).replace("torch.", ""),
-                "device": str(self.device)}
+        return {
+            "op": "torch.mm",
+            "size": self.size,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+        }
 
 
 def summary(values) -> dict:
@@ -168,9 +189,13 @@ def percentile(values, q: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-
 def window(seconds: float, shapes) -> dict:
     """A timed window of `seconds` over batches of (batch size, padded length, real tokens) `shapes`."""
-    return {"seconds": seconds, "steps": len(shapes), "examples": sum(b for b, _, _ in shapes),
-            "padded_tokens": sum(b * t for b, t, _ in shapes), "tokens": sum(r for _, _, r in shapes),
-            "shapes": [(b, t) for b, t, _ in shapes]}
+    return {
+        "seconds": seconds,
+        "steps": len(shapes),
+        "examples": sum(b for b, _, _ in shapes),
+        "padded_tokens": sum(b * t for b, t, _ in shapes),
+        "tokens": sum(r for _, _, r in shapes),
+        "shapes": [(b, t) for b, t, _ in shapes],
+    }

@@ -25,7 +25,9 @@ class ReferenceCausalSelfAttention(nn.Module):
         self.attn_dropout = nn.Dropout(cfg.dropout)
         self.resid_dropout = nn.Dropout(cfg.dropout)
         mask = torch.tril(torch.ones(cfg.max_position, cfg.max_position, dtype=torch.bool))
-        self.register_buffer("causal_mask", mask.view(1, 1, cfg.max_position, cfg.max_position), persistent=False)
+        self.register_buffer(
+            "causal_mask", mask.view(1, 1, cfg.max_position, cfg.max_position), persistent=False
+        )
 
     def forward(self, x):
         B, T, C = x.shape
@@ -63,7 +65,9 @@ class ReferenceStepRunner:
     """The seed repo's loop: shuffled batches, each padded to max_length, plain AdamW (same groups and
     fusing as ftvs), clipping, the same schedule and precision (autocast in the run's mixed precision)."""
 
-    def __init__(self, state_dict, model_cfg, examples, labels, cfg, device, precision: str, total_steps: int):
+    def __init__(
+        self, state_dict, model_cfg, examples, labels, cfg, device, precision: str, total_steps: int
+    ):
         from torch.utils.data import DataLoader
 
         from ftvs.arms import PAD_ID, decay_param_groups, embedding_param_ids
@@ -84,17 +88,26 @@ class ReferenceStepRunner:
             return batch
 
         g = torch.Generator().manual_seed(cfg.seed)
-        self.loader = DataLoader(IndexedDataset(examples, labels), batch_size=cfg.per_device_train_batch_size,
-                                 shuffle=True, generator=g, collate_fn=collate, pin_memory=device.type == "cuda")
+        self.loader = DataLoader(
+            IndexedDataset(examples, labels),
+            batch_size=cfg.per_device_train_batch_size,
+            shuffle=True,
+            generator=g,
+            collate_fn=collate,
+            pin_memory=device.type == "cuda",
+        )
         fused = {"fused": True} if device.type == "cuda" else {}
-        groups = decay_param_groups(self.model.named_parameters(), cfg.weight_decay,
-                                    no_decay_ids=embedding_param_ids(self.model))
+        groups = decay_param_groups(
+            self.model.named_parameters(), cfg.weight_decay, no_decay_ids=embedding_param_ids(self.model)
+        )
         for group in groups:
             group.pop("names", None)
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                           **fused)
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), **fused
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(cfg.lr_scheduler_type, int(cfg.warmup_ratio * total_steps), total_steps))
+            self.optimizer, lr_lambda(cfg.lr_scheduler_type, int(cfg.warmup_ratio * total_steps), total_steps)
+        )
         self._it = None
 
     def _next_batch(self):
@@ -116,9 +129,14 @@ class ReferenceStepRunner:
             batch = self._next_batch()
             ids, mask = batch["input_ids"], batch["attention_mask"]
             shapes.append((ids.shape[0], ids.shape[1], int(mask.sum())))
-            ids, mask, labels = (batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels"))
-            with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32,
-                                enabled=self.autocast_dtype is not None):
+            ids, mask, labels = (
+                batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")
+            )
+            with torch.autocast(
+                device.type,
+                dtype=self.autocast_dtype or torch.float32,
+                enabled=self.autocast_dtype is not None,
+            ):
                 logits = model(ids, mask)
             loss = F.cross_entropy(logits.float(), labels)
             loss.backward()
@@ -148,4 +166,3 @@ def reference_equivalence(arm, examples, state_dict) -> float:
     finally:
         arm.model.train(was)
     return float((ours.float() - theirs.float()).abs().max())
-

@@ -107,8 +107,12 @@ class FtvsStepTimer:
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
-        return {"steps": steps, "synchronizing_ops": len(syncs), "per_step": len(syncs) / max(1, steps),
-                "examples": sorted(set(syncs))[:5]}
+        return {
+            "steps": steps,
+            "synchronizing_ops": len(syncs),
+            "per_step": len(syncs) / max(1, steps),
+            "examples": sorted(set(syncs))[:5],
+        }
 
     def run(self, steps: int) -> dict:
         self.model.train()

@@ -211,7 +211,7 @@ out["bf16_supported"] = torch.cuda.is_bf16_supported()
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from ftvs.config import build_config
 from ftvs.model import ScratchClassifier, ScratchConfig
-from ftvs.train import make_accelerator
+from ftvs.launch import make_accelerator
 
 def attention_kernels(fn):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

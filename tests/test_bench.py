@@ -35,10 +35,37 @@ def test_bench_quick_scratch_writes_the_documented_json(tmp_path, capsys):
     prepare(str(source), data, tokenizer="none", seed=0)
     out = tmp_path / "bench.json"
 
-    code = bench.main(["--data", str(data), "--arm", "scratch", "--quick", "--tokenizer", "bpe",
-                 "--max_seq_length", "32", "--batch_size", "8", "--warmup_steps", "1", "--rounds", "1",
-                 "--steps_per_round", "2", "--latency_examples", "4", "--throughput_examples", "16",
-                 "--throughput_batch_size", "8", "--probe_size", "256", "--output", str(out)])
+    code = bench.main(
+        [
+            "--data",
+            str(data),
+            "--arm",
+            "scratch",
+            "--quick",
+            "--tokenizer",
+            "bpe",
+            "--max_seq_length",
+            "32",
+            "--batch_size",
+            "8",
+            "--warmup_steps",
+            "1",
+            "--rounds",
+            "1",
+            "--steps_per_round",
+            "2",
+            "--latency_examples",
+            "4",
+            "--throughput_examples",
+            "16",
+            "--throughput_batch_size",
+            "8",
+            "--probe_size",
+            "256",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert {"command", "machine", "matmul_probe", "results", "comparisons"} <= set(report)
@@ -60,13 +87,28 @@ def test_bench_times_the_training_step_that_train_builds():
 
     from ftvs.arms import build_arm
     from ftvs.config import build_config
-    from ftvs.train import TrainStep, make_accelerator, resolve_config
+    from ftvs.launch import make_accelerator
+    from ftvs.train import TrainStep, resolve_config
 
     texts = [template.format(i, "now " * (i % 7)) for template in TOPICS.values() for i in range(12)]
     labels = [n for n in range(len(TOPICS)) for _ in range(12)]
-    cfg = build_config({}, {"data": "unused", "output_dir": "unused", "tokenizer": "bpe", "bpe_vocab_size": 200,
-                            "n_layer": 1, "n_embd": 16, "n_head": 2, "d_ff": 32, "max_seq_length": 16,
-                            "per_device_train_batch_size": 8, "mixed_precision": "no", "max_train_steps": 20})
+    cfg = build_config(
+        {},
+        {
+            "data": "unused",
+            "output_dir": "unused",
+            "tokenizer": "bpe",
+            "bpe_vocab_size": 200,
+            "n_layer": 1,
+            "n_embd": 16,
+            "n_head": 2,
+            "d_ff": 32,
+            "max_seq_length": 16,
+            "per_device_train_batch_size": 8,
+            "mixed_precision": "no",
+            "max_train_steps": 20,
+        },
+    )
     arm = build_arm(cfg, texts, list(TOPICS))
     cfg = resolve_config(cfg, arm)
     examples = arm.encode(texts)

@@ -21,4 +21,3 @@ def test_launch_command_for_one_and_several_processes():
         launch_command([], 0)
     with pytest.raises(ValueError):
         launch_command([], 2, mixed_precision="fp32")
-

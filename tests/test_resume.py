@@ -25,24 +25,76 @@ from tiny_runs import assert_one_line_error
 from ftvs.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-BANKING77 = next((p for p in (ROOT.parent / "shared" / "data" / "banking77", Path("/work/shared/data/banking77"))
-                  if (p / "train.csv").is_file()), ROOT.parent / "shared" / "data" / "banking77")
+BANKING77 = next(
+    (
+        p
+        for p in (ROOT.parent / "shared" / "data" / "banking77", Path("/work/shared/data/banking77"))
+        if (p / "train.csv").is_file()
+    ),
+    ROOT.parent / "shared" / "data" / "banking77",
+)
 needs_banking77 = pytest.mark.skipif(
     not (BANKING77 / "train.csv").is_file(), reason=f"Banking77 CSVs not found at {BANKING77}"
 )
 
 # small enough that a run is a few seconds of compute on a shared 2-core machine
-SCRATCH_FLAGS = ["--tokenizer", "bpe", "--bpe_vocab_size", "400", "--n_layer", "1", "--n_embd", "32", "--n_head", "2",
-                 "--d_ff", "64", "--max_seq_length", "24", "--learning_rate", "1e-2"]
-COMMON_FLAGS = ["--num_train_epochs", "3", "--per_device_train_batch_size", "32", "--per_device_eval_batch_size", "256",
-                "--seed", "7", "--save_steps", "1", "--disable_tqdm", "--no-evaluate", "--mixed_precision", "no"]
-HISTORY_KEYS = ("epoch", "step", "train_loss", "train_accuracy", "train_macro_f1", "val_loss", "val_accuracy",
-                "val_macro_f1", "lr")
+SCRATCH_FLAGS = [
+    "--tokenizer",
+    "bpe",
+    "--bpe_vocab_size",
+    "400",
+    "--n_layer",
+    "1",
+    "--n_embd",
+    "32",
+    "--n_head",
+    "2",
+    "--d_ff",
+    "64",
+    "--max_seq_length",
+    "24",
+    "--learning_rate",
+    "1e-2",
+]
+COMMON_FLAGS = [
+    "--num_train_epochs",
+    "3",
+    "--per_device_train_batch_size",
+    "32",
+    "--per_device_eval_batch_size",
+    "256",
+    "--seed",
+    "7",
+    "--save_steps",
+    "1",
+    "--disable_tqdm",
+    "--no-evaluate",
+    "--mixed_precision",
+    "no",
+]
+HISTORY_KEYS = (
+    "epoch",
+    "step",
+    "train_loss",
+    "train_accuracy",
+    "train_macro_f1",
+    "val_loss",
+    "val_accuracy",
+    "val_macro_f1",
+    "lr",
+)
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONHASHSEED="0")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONHASHSEED="0",
+    )
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -166,8 +218,18 @@ def test_scratch_sigkill_resume_is_exact(small_b77, tmp_path, capsys):
 @needs_banking77
 def test_finetune_lora_sigkill_resume_is_exact(small_b77, tiny_llama_dir, tmp_path, capsys):
     pytest.importorskip("ftvs.finetune")
-    args = ["finetune", "--data", str(small_b77), "--model_name_or_path", str(tiny_llama_dir), "--method", "lora",
-            "--max_seq_length", "24", *COMMON_FLAGS]
+    args = [
+        "finetune",
+        "--data",
+        str(small_b77),
+        "--model_name_or_path",
+        str(tiny_llama_dir),
+        "--method",
+        "lora",
+        "--max_seq_length",
+        "24",
+        *COMMON_FLAGS,
+    ]
     _kill_resume_matches(args, tmp_path, seed=12, capsys=capsys)
     # a truncated fine-tuned export: `ftvs evaluate` is a one-line error, not a SafetensorError traceback
     broken = tmp_path / "broken"
@@ -186,7 +248,9 @@ def test_finetune_lora_sigkill_resume_is_exact(small_b77, tiny_llama_dir, tmp_pa
 def test_run_dir_is_locked_while_training(small_b77, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["scratch", "--data", str(small_b77), *SCRATCH_FLAGS, *COMMON_FLAGS, "--num_train_epochs", "50"]
-    first = subprocess.Popen(_cmd(args, run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        _cmd(args, run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 120
         while _checkpoint_step(run) < 1:

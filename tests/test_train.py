@@ -6,10 +6,20 @@ import pytest
 from tiny_runs import TINY_SCRATCH_FLAGS, prepare_tiny_dataset
 
 from ftvs.cli import main
-from ftvs.train import PROGRESS_FILE, ProgressFile
+from ftvs.progress import PROGRESS_FILE, ProgressFile, read_progress
 
-PROGRESS_KEYS = {"phase", "epoch", "num_epochs", "epochs_done", "step_in_epoch", "steps_per_epoch", "global_step",
-                 "elapsed_seconds", "epoch_elapsed_seconds", "updated_unix"}
+PROGRESS_KEYS = {
+    "phase",
+    "epoch",
+    "num_epochs",
+    "epochs_done",
+    "step_in_epoch",
+    "steps_per_epoch",
+    "global_step",
+    "elapsed_seconds",
+    "epoch_elapsed_seconds",
+    "updated_unix",
+}
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +29,24 @@ def tiny_data(tmp_path_factory):
 
 def test_a_finished_run_says_done_in_its_progress_file(tiny_data, tmp_path):
     run = tmp_path / "run"
-    argv = ["train", "scratch", "--data", str(tiny_data), "--output_dir", str(run), *TINY_SCRATCH_FLAGS,
-            "--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--early_stopping_patience", "0",
-            "--no-evaluate"]
+    argv = [
+        "train",
+        "scratch",
+        "--data",
+        str(tiny_data),
+        "--output_dir",
+        str(run),
+        *TINY_SCRATCH_FLAGS,
+        "--num_train_epochs",
+        "2",
+        "--per_device_train_batch_size",
+        "16",
+        "--early_stopping_patience",
+        "0",
+        "--no-evaluate",
+    ]
     assert main(argv) == 0
-    progress = json.loads((run / PROGRESS_FILE).read_text())
+    progress = read_progress(run)
     assert set(progress) == PROGRESS_KEYS
     assert progress["phase"] == "done"
     assert progress["epochs_done"] == progress["num_epochs"] == progress["epoch"] == 2
@@ -39,7 +62,12 @@ def test_progress_is_written_at_epoch_start_then_at_most_once_a_second_and_only_
     progress = ProgressFile(path, num_epochs=3, steps_per_epoch=50, enabled=True)
     progress.start_epoch(1, step_in_epoch=0, global_step=50)
     first = json.loads(path.read_text())
-    assert (first["phase"], first["epoch"], first["epochs_done"], first["step_in_epoch"]) == ("train", 2, 1, 0)
+    assert (first["phase"], first["epoch"], first["epochs_done"], first["step_in_epoch"]) == (
+        "train",
+        2,
+        1,
+        0,
+    )
     for i in range(1, 50):  # fast steps: far less than a second apart
         progress.tick(i, 50 + i)
     assert json.loads(path.read_text()) == first
@@ -53,4 +81,4 @@ def test_progress_is_written_at_epoch_start_then_at_most_once_a_second_and_only_
     silent = ProgressFile(other, num_epochs=3, steps_per_epoch=50, enabled=False)
     silent.start_epoch(0, 0, 0)
     silent.done(3, 150)
-    assert not other.exists()
+    assert not other.exists() and read_progress(tmp_path / "never") is None

@@ -16,9 +16,27 @@ INTENTS = {
 }
 FILLER = "please help me today why is it that my account the app now".split()
 # one block, width 32, BPE of 300 tokens, 24 tokens per text
-TINY_SCRATCH_FLAGS = ["--tokenizer", "bpe", "--bpe_vocab_size", "300", "--n_layer", "1", "--n_embd", "32",
-                      "--n_head", "2", "--d_ff", "64", "--max_seq_length", "24", "--learning_rate", "3e-3",
-                      "--mixed_precision", "no", "--disable_tqdm"]
+TINY_SCRATCH_FLAGS = [
+    "--tokenizer",
+    "bpe",
+    "--bpe_vocab_size",
+    "300",
+    "--n_layer",
+    "1",
+    "--n_embd",
+    "32",
+    "--n_head",
+    "2",
+    "--d_ff",
+    "64",
+    "--max_seq_length",
+    "24",
+    "--learning_rate",
+    "3e-3",
+    "--mixed_precision",
+    "no",
+    "--disable_tqdm",
+]
 
 
 def prepare_tiny_dataset(root: Path, num_train: int = 200, num_test: int = 40, seed: int = 0) -> Path:

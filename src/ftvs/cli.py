@@ -26,14 +26,22 @@ def _add_config_flags(parser, arm: str) -> None:
         if f.name == "model_name_or_path":
             names.append("--model")
         default = f.metadata["default_text"]() if f.metadata["default_text"] else f.default
-        help_text = (f.metadata["help"] + (f" (default {default})" if default not in (None, "") else "")).replace("%", "%%")
+        help_text = (
+            f.metadata["help"] + (f" (default {default})" if default not in (None, "") else "")
+        ).replace("%", "%%")
         kind = hints[f.name]
         if kind is bool:
-            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(
+                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         elif typing.get_origin(kind) in (list,) or kind == list[str] | None:
             parser.add_argument(*names, dest=f.name, nargs="+", default=None, help=help_text)
         else:
-            base = next((t for t in typing.get_args(kind) if t is not type(None)), kind) if typing.get_args(kind) else kind
+            base = (
+                next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+                if typing.get_args(kind)
+                else kind
+            )
             parser.add_argument(*names, dest=f.name, type=base, default=None, help=help_text)
 
 
@@ -47,7 +55,7 @@ def cmd_train(args) -> int:
 
         saved = Path(args.resume) / "config.yaml"
         if saved.is_file():  # `--resume RUN_DIR` alone continues with the run's own config
-            from ftvs.train import read_saved_config
+            from ftvs.config import read_saved_config
 
             file_values = read_saved_config(Path(args.resume))
     cli_values = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
@@ -61,8 +69,10 @@ def cmd_train(args) -> int:
     from accelerate import PartialState
 
     log = PartialState().print  # under `accelerate launch`, the main process alone prints
-    log(f"trained {summary['epochs_run']} epochs in {summary['seconds_total']:.1f}s; best epoch "
-          f"{summary['best_epoch']} (val macro-F1 {summary['best_val_macro_f1']:.4f}); stop: {summary['stop_reason']}")
+    log(
+        f"trained {summary['epochs_run']} epochs in {summary['seconds_total']:.1f}s; best epoch "
+        f"{summary['best_epoch']} (val macro-F1 {summary['best_val_macro_f1']:.4f}); stop: {summary['stop_reason']}"
+    )
     if args.evaluate and summary.get("status") == "completed":
         from ftvs.evaluate import evaluate_run
 
@@ -74,14 +84,25 @@ def cmd_train(args) -> int:
 def _add_train(subparsers) -> None:
     p = subparsers.add_parser("train", help="train one model (from scratch or fine-tuned)")
     arms = p.add_subparsers(dest="arm", metavar="{scratch,finetune}", required=True)
-    for arm, text in (("scratch", "train a small decoder-only transformer from random initialisation"),
-                      ("finetune", "fine-tune a pre-trained decoder-only LM with a classification head")):
-        sp = arms.add_parser(arm, help=text, description=text + ". Flags override --config; YAML keys are the flag "
-                             "names without dashes.")
+    for arm, text in (
+        ("scratch", "train a small decoder-only transformer from random initialisation"),
+        ("finetune", "fine-tune a pre-trained decoder-only LM with a classification head"),
+    ):
+        sp = arms.add_parser(
+            arm,
+            help=text,
+            description=text + ". Flags override --config; YAML keys are the flag names without dashes.",
+        )
         sp.add_argument("--config", help="YAML file of flag values (flags given here override it)")
-        sp.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
-        sp.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
-                        help="evaluate on the test split when training ends (default on)")
+        sp.add_argument(
+            "--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped"
+        )
+        sp.add_argument(
+            "--evaluate",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="evaluate on the test split when training ends (default on)",
+        )
         _add_config_flags(sp, arm)
         sp.set_defaults(func=cmd_train)
 
@@ -90,22 +111,37 @@ def cmd_models(args) -> int:
     from ftvs.model import PRESETS, ScratchClassifier, ScratchConfig
 
     vocab = args.vocab_size
-    print(f"from-scratch presets (vocabulary {vocab:,}, {args.num_labels} classes, max length {args.max_seq_length}):")
-    print(f"{'preset':<8} {'layers':>6} {'width':>6} {'heads':>5} {'ffn':>6} {'params':>11} {'embedding':>10} {'non-emb':>10}")
+    print(
+        f"from-scratch presets (vocabulary {vocab:,}, {args.num_labels} classes, max length {args.max_seq_length}):"
+    )
+    print(
+        f"{'preset':<8} {'layers':>6} {'width':>6} {'heads':>5} {'ffn':>6} {'params':>11} {'embedding':>10} {'non-emb':>10}"
+    )
     for name, sizes in PRESETS.items():
-        cfg = ScratchConfig(vocab_size=vocab, num_labels=args.num_labels, max_position=args.max_seq_length, **sizes)
+        cfg = ScratchConfig(
+            vocab_size=vocab, num_labels=args.num_labels, max_position=args.max_seq_length, **sizes
+        )
         n = ScratchClassifier(cfg).num_parameters()
-        print(f"{name:<8} {sizes['n_layer']:>6} {sizes['n_embd']:>6} {sizes['n_head']:>5} {sizes['d_ff']:>6} "
-              f"{n['total']:>11,} {n['embedding']:>10,} {n['non_embedding']:>10,}")
+        print(
+            f"{name:<8} {sizes['n_layer']:>6} {sizes['n_embd']:>6} {sizes['n_head']:>5} {sizes['d_ff']:>6} "
+            f"{n['total']:>11,} {n['embedding']:>10,} {n['non_embedding']:>10,}"
+        )
     return 0
 
 
 def _add_models(subparsers) -> None:
-    p = subparsers.add_parser("models", help="print the from-scratch presets and their parameter counts",
-                              description="Parameter counts include the embedding table, whose size depends on the "
-                                          "trimmed vocabulary of your data (Banking77 with the SmolLM2 tokenizer: ~5k).")
-    p.add_argument("--vocab_size", "--vocab-size", type=int, default=5000, help="trimmed vocabulary size (default 5000)")
-    p.add_argument("--num_labels", "--num-labels", type=int, default=77, help="number of classes (default 77)")
+    p = subparsers.add_parser(
+        "models",
+        help="print the from-scratch presets and their parameter counts",
+        description="Parameter counts include the embedding table, whose size depends on the "
+        "trimmed vocabulary of your data (Banking77 with the SmolLM2 tokenizer: ~5k).",
+    )
+    p.add_argument(
+        "--vocab_size", "--vocab-size", type=int, default=5000, help="trimmed vocabulary size (default 5000)"
+    )
+    p.add_argument(
+        "--num_labels", "--num-labels", type=int, default=77, help="number of classes (default 77)"
+    )
     p.add_argument("--max_seq_length", type=int, default=128, help="positions (default 128)")
     p.set_defaults(func=cmd_models)
 
@@ -118,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftvs",
         description="Fine-tuning vs. from-scratch: prepare a text-classification dataset, train a small decoder-only "
-                    "transformer from scratch and fine-tune a pre-trained decoder LM on it, evaluate both and "
-                    "write the comparative report.")
+        "transformer from scratch and fine-tune a pre-trained decoder LM on it, evaluate both and "
+        "write the comparative report.",
+    )
     parser.add_argument("--version", action="version", version=f"ftvs {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -156,8 +193,11 @@ def main(argv=None) -> int:
     except OSError as e:
         if e.errno != errno.ENOSPC or args.debug:
             raise
-        print(f"ftvs: error: disk full while writing {e.filename or 'results'}; free space, then rerun "
-              "(training continues with --resume RUN_DIR)", file=sys.stderr)
+        print(
+            f"ftvs: error: disk full while writing {e.filename or 'results'}; free space, then rerun "
+            "(training continues with --resume RUN_DIR)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("ftvs: interrupted; resume with --resume RUN_DIR", file=sys.stderr)

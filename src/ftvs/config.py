@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from ftvs.errors import FtvsError, closest
+from ftvs.fileio import atomic_write_bytes
 
 
 def default_learning_rates() -> str:
@@ -45,59 +46,95 @@ class TrainConfig:
     n_head: int | None = option(None, "override the preset's attention heads")
     n_embd: int | None = option(None, "override the preset's width")
     d_ff: int | None = option(None, "override the preset's feed-forward width")
-    pooling: str = option("last", "how token states become one vector: last (last non-pad token), mean or max",
-                          choices=("last", "mean", "max"))
-    positional: str = option("learned", "position embeddings: learned or sinusoidal", choices=("learned", "sinusoidal"))
+    pooling: str = option(
+        "last",
+        "how token states become one vector: last (last non-pad token), mean or max",
+        choices=("last", "mean", "max"),
+    )
+    positional: str = option(
+        "learned", "position embeddings: learned or sinusoidal", choices=("learned", "sinusoidal")
+    )
     dropout: float = option(0.1, "dropout in embeddings, attention, MLP and head")
-    token_dropout: float = option(0.0, "word dropout: during training each token becomes <unk> with this probability")
-    tokenizer: str = option("smollm2-135m", "pre-trained tokenizer to reuse (name or path; trimmed to the training "
-                            "vocabulary), or 'bpe' to train a byte-level BPE on the training split")
+    token_dropout: float = option(
+        0.0, "word dropout: during training each token becomes <unk> with this probability"
+    )
+    tokenizer: str = option(
+        "smollm2-135m",
+        "pre-trained tokenizer to reuse (name or path; trimmed to the training "
+        "vocabulary), or 'bpe' to train a byte-level BPE on the training split",
+    )
     bpe_vocab_size: int = option(8000, "vocabulary size when --tokenizer bpe")
-    max_vocab: int = option(16000, "keep at most this many most frequent training tokens in the embedding table")
-    lowercase: bool = option(False, "lower-case texts before the from-scratch tokenizer (merges 'Card'/'card'; the "
-                             "fine-tuned arm always sees the original text)")
+    max_vocab: int = option(
+        16000, "keep at most this many most frequent training tokens in the embedding table"
+    )
+    lowercase: bool = option(
+        False,
+        "lower-case texts before the from-scratch tokenizer (merges 'Card'/'card'; the "
+        "fine-tuned arm always sees the original text)",
+    )
     # fine-tuned model
-    model_name_or_path: str = option("smollm2-135m", "pre-trained decoder-only model: built-in 'smollm2-135m' "
-                                     "(offline), a Hub id (gpt2, EleutherAI/pythia-160m, Qwen/Qwen2.5-0.5B, ...) or a "
-                                     "local folder")
-    method: str = option("lora", "lora (adapters + head), full (all weights), frozen (head only), unfreeze (head, "
-                         "then top blocks)", choices=("lora", "full", "frozen", "unfreeze"))
+    model_name_or_path: str = option(
+        "smollm2-135m",
+        "pre-trained decoder-only model: built-in 'smollm2-135m' "
+        "(offline), a Hub id (gpt2, EleutherAI/pythia-160m, Qwen/Qwen2.5-0.5B, ...) or a "
+        "local folder",
+    )
+    method: str = option(
+        "lora",
+        "lora (adapters + head), full (all weights), frozen (head only), unfreeze (head, then top blocks)",
+        choices=("lora", "full", "frozen", "unfreeze"),
+    )
     lora_r: int = option(8, "LoRA rank")
     lora_alpha: int = option(16, "LoRA scaling alpha")
     lora_dropout: float = option(0.05, "dropout on the LoRA path")
-    lora_target_modules: list[str] | None = option(None, "modules to adapt (default: attention projections of the "
-                                                   "architecture)")
+    lora_target_modules: list[str] | None = option(
+        None, "modules to adapt (default: attention projections of the architecture)"
+    )
     unfreeze_after_epochs: int = option(1, "method unfreeze: epochs of head-only training before unfreezing")
-    unfreeze_top_k: int | None = option(None, "method unfreeze: number of top blocks to unfreeze (default all)")
+    unfreeze_top_k: int | None = option(
+        None, "method unfreeze: number of top blocks to unfreeze (default all)"
+    )
     base_lr_ratio: float = option(0.1, "method unfreeze: base learning rate = learning_rate x this ratio")
     gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
-    feature_cache: bool = option(True, "method frozen: run the base once and train the head on cached features")
+    feature_cache: bool = option(
+        True, "method frozen: run the base once and train the head on cached features"
+    )
     # optimisation
-    max_seq_length: int = option(128, "truncate texts to this many tokens (batches are padded to their longest "
-                                 "text only)")
+    max_seq_length: int = option(
+        128, "truncate texts to this many tokens (batches are padded to their longest text only)"
+    )
     num_train_epochs: int = option(10, "maximum epochs (early stopping may end sooner)")
     per_device_train_batch_size: int = option(32, "training batch size per process")
     per_device_eval_batch_size: int = option(128, "evaluation batch size per process")
     gradient_accumulation_steps: int = option(1, "batches per optimizer step")
-    learning_rate: float | None = option(None, "peak learning rate", default_text=lambda: "per arm/method: "
-                                         + default_learning_rates())
-    weight_decay: float = option(0.01, "AdamW weight decay on weight matrices (not biases, norms, embeddings)")
+    learning_rate: float | None = option(
+        None, "peak learning rate", default_text=lambda: "per arm/method: " + default_learning_rates()
+    )
+    weight_decay: float = option(
+        0.01, "AdamW weight decay on weight matrices (not biases, norms, embeddings)"
+    )
     adam_beta1: float = option(0.9, "AdamW beta1")
     adam_beta2: float = option(0.999, "AdamW beta2")
     warmup_ratio: float = option(0.06, "fraction of steps with linear warm-up")
-    lr_scheduler_type: str = option("cosine", "decay after warm-up: cosine, linear or constant",
-                                    choices=("cosine", "linear", "constant"))
+    lr_scheduler_type: str = option(
+        "cosine", "decay after warm-up: cosine, linear or constant", choices=("cosine", "linear", "constant")
+    )
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 disables)")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
-    early_stopping_patience: int = option(5, "stop after this many epochs without a val macro-F1 gain (0 disables)")
+    early_stopping_patience: int = option(
+        5, "stop after this many epochs without a val macro-F1 gain (0 disables)"
+    )
     # runtime
-    mixed_precision: str = option("auto", "auto (bf16 on CUDA, fp32 on CPU), no, bf16 or fp16",
-                                  choices=("auto", "no", "bf16", "fp16"))
+    mixed_precision: str = option(
+        "auto", "auto (bf16 on CUDA, fp32 on CPU), no, bf16 or fp16", choices=("auto", "no", "bf16", "fp16")
+    )
     compile: bool = option(False, "torch.compile the model")
     length_grouping: bool = option(True, "group training batches by length (less padding)")
     logging_steps: int = option(20, "update the progress bar and check for NaN every N batches")
     save_steps: int = option(0, "also checkpoint every N optimizer steps (0: end of every epoch only)")
-    skip_nan_steps: int = option(0, "tolerate up to N optimizer steps with NaN/Inf loss (skipped) before failing")
+    skip_nan_steps: int = option(
+        0, "tolerate up to N optimizer steps with NaN/Inf loss (skipped) before failing"
+    )
     max_train_steps: int | None = option(None, "stop after N optimizer steps (smoke tests, benchmarks)")
     num_workers: int = option(0, "DataLoader worker processes")
     disable_tqdm: bool = option(False, "no progress bars")
@@ -107,25 +144,44 @@ class TrainConfig:
         def bad(key, why, fix):
             raise FtvsError(f"invalid {key}={getattr(self, key)!r}: {why}; {fix}")
 
-        for key, allowed in ((f.name, f.metadata["choices"]) for f in dataclasses.fields(self)
-                             if f.metadata.get("choices")):
+        for key, allowed in (
+            (f.name, f.metadata["choices"]) for f in dataclasses.fields(self) if f.metadata.get("choices")
+        ):
             value = getattr(self, key)
             if value not in allowed:
-                bad(key, f"must be one of {', '.join(allowed)}", f"use one of them{closest(str(value), allowed)}")
+                bad(
+                    key,
+                    f"must be one of {', '.join(allowed)}",
+                    f"use one of them{closest(str(value), allowed)}",
+                )
         from ftvs.model import PRESETS
 
         if self.arm == "scratch" and self.preset not in PRESETS:
-            bad("preset", "unknown preset", f"choose from {', '.join(PRESETS)}{closest(self.preset, PRESETS)}")
+            bad(
+                "preset", "unknown preset", f"choose from {', '.join(PRESETS)}{closest(self.preset, PRESETS)}"
+            )
         if self.learning_rate is not None and not self.learning_rate > 0:
             bad("learning_rate", "must be > 0", "use e.g. 1e-3 (scratch) or 5e-4 (LoRA)")
-        for key in ("max_seq_length", "num_train_epochs", "per_device_train_batch_size",
-                    "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
+        for key in (
+            "max_seq_length",
+            "num_train_epochs",
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+        ):
             if getattr(self, key) < 1:
                 bad(key, "must be >= 1", "use a positive integer")
         for key in ("dropout", "token_dropout", "lora_dropout", "warmup_ratio", "label_smoothing"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, "must be in [0, 1)", "use e.g. 0.1")
-        for key in ("weight_decay", "max_grad_norm", "early_stopping_patience", "save_steps", "skip_nan_steps"):
+        for key in (
+            "weight_decay",
+            "max_grad_norm",
+            "early_stopping_patience",
+            "save_steps",
+            "skip_nan_steps",
+        ):
             if getattr(self, key) < 0:
                 bad(key, "must be >= 0", "use 0 to disable")
         if self.arm == "scratch" and self.n_embd and self.n_head and self.n_embd % self.n_head:
@@ -138,11 +194,34 @@ class TrainConfig:
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 # keys that only one arm reads (its `train` subcommand shows only its own flags)
-SCRATCH_ONLY = {"dropout", "preset", "n_layer", "n_head", "n_embd", "d_ff", "pooling", "positional", "tokenizer",
-                "bpe_vocab_size", "max_vocab", "token_dropout", "lowercase"}
-FINETUNE_ONLY = {"model_name_or_path", "method", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-                 "unfreeze_after_epochs", "unfreeze_top_k", "base_lr_ratio", "gradient_checkpointing",
-                 "feature_cache"}
+SCRATCH_ONLY = {
+    "dropout",
+    "preset",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "d_ff",
+    "pooling",
+    "positional",
+    "tokenizer",
+    "bpe_vocab_size",
+    "max_vocab",
+    "token_dropout",
+    "lowercase",
+}
+FINETUNE_ONLY = {
+    "model_name_or_path",
+    "method",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "unfreeze_after_epochs",
+    "unfreeze_top_k",
+    "base_lr_ratio",
+    "gradient_checkpointing",
+    "feature_cache",
+}
 # keys that may differ between an interrupted run and its resumption without changing the result
 RESUME_FREE_KEYS = {"output_dir", "disable_tqdm", "logging_steps", "save_steps", "num_workers", "data"}
 
@@ -154,7 +233,9 @@ def load_yaml(path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise FtvsError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from None
+        raise FtvsError(
+            f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix its syntax"
+        ) from None
     if not isinstance(data, dict):
         raise FtvsError(f"config file {path} must be a mapping of flag names to values")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -166,7 +247,9 @@ def build_config(file_values: dict, cli_values: dict) -> TrainConfig:
     for source, values in (("config file", file_values), ("flags", cli_values)):
         for key, value in values.items():
             if key not in FIELDS:
-                raise FtvsError(f"unknown {source} key {key!r}{closest(key, FIELDS)}; see `ftvs train --help`")
+                raise FtvsError(
+                    f"unknown {source} key {key!r}{closest(key, FIELDS)}; see `ftvs train --help`"
+                )
             if value is not None:
                 merged[key] = value
     try:
@@ -199,3 +282,19 @@ def config_differences(saved: dict, current: dict, free_keys=RESUME_FREE_KEYS) -
     saved = {**{k: defaults[k] for k in current if k in defaults}, **saved}
     keys = (set(saved) | set(current)) - free_keys
     return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+def write_config(run_dir: Path, cfg: TrainConfig, extra: dict) -> None:
+    """RUN/config.yaml: the run's full config, and under `resolved:` what the run derived from it."""
+    text = yaml.safe_dump({**cfg.to_dict(), "resolved": extra}, sort_keys=False)
+    atomic_write_bytes(run_dir / "config.yaml", text.encode())
+
+
+def read_saved_config(run_dir: Path) -> dict:
+    """A run's config as written by `write_config`, without the `resolved:` part."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FtvsError(f"{run_dir} has no config.yaml; it is not an ftvs run dir")
+    data = yaml.safe_load(path.read_text()) or {}
+    data.pop("resolved", None)
+    return data

@@ -18,14 +18,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ftvs import checkpoint as ckpt
 from ftvs.arms import build_arm
 from ftvs.batching import IndexedDataset, LengthGroupedBatchSampler, make_collate
-from ftvs.config import TrainConfig, config_differences, resolve_mixed_precision
+from ftvs.config import (
+    TrainConfig,
+    config_differences,
+    read_saved_config,
+    write_config,
+)
 from ftvs.data import load_metadata, load_split
 from ftvs.errors import FtvsError
 from ftvs.fileio import (
@@ -39,10 +43,9 @@ from ftvs.fileio import (
     write_json,
 )
 from ftvs.inference import make_eval_loader, predict_loader
-from ftvs.launch import force_cpu
+from ftvs.launch import make_accelerator
 from ftvs.metrics import summary_metrics
-
-PROGRESS_FILE = "progress.json"
+from ftvs.progress import PROGRESS_FILE, ProgressFile
 
 
 class NonFiniteLoss(FtvsError):
@@ -56,8 +59,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         raise FtvsError("no --output_dir given; name a folder for the run")
     accelerator = make_accelerator(cfg)
     if accelerator.distributed_type == "FSDP":  # checkpoints/export would hold one process's shard only
-        raise FtvsError("FSDP is not supported yet (checkpoints and model export are written from unsharded "
-                        "parameters); launch with DDP (`accelerate launch --multi_gpu ...`), see docs/multi_gpu.md")
+        raise FtvsError(
+            "FSDP is not supported yet (checkpoints and model export are written from unsharded "
+            "parameters); launch with DDP (`accelerate launch --multi_gpu ...`), see docs/multi_gpu.md"
+        )
     main = accelerator.is_main_process
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +72,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             for name in (ckpt.CHECKPOINT_DIR, "model"):
                 recover_dir(run_dir / name)
         accelerator.wait_for_everyone()
-        resume = resume and ckpt.has_checkpoint(run_dir)  # --resume of a run that never checkpointed starts it
+        resume = resume and ckpt.has_checkpoint(
+            run_dir
+        )  # --resume of a run that never checkpointed starts it
         check_run_dir(run_dir, cfg, resume)
         setup = set_up(cfg, accelerator)
         state, running = start_or_resume(setup, run_dir, resume)
@@ -77,23 +84,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Set-up: accelerator, schedule, the training step
 # --------------------------------------------------------------------------------------------------
-
-
-def make_accelerator(cfg: TrainConfig):
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
-
-    precision = resolve_mixed_precision(cfg.mixed_precision, torch.cuda.is_available())
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~free speed for fp32 parts
-        torch.backends.cudnn.allow_tf32 = True
-    # freeze-then-unfreeze leaves the base without gradients for the first epochs: DDP must expect that
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.arm == "finetune" and cfg.method == "unfreeze")
-    # the train loader's batches are pinned on CUDA: copy them asynchronously (a blocking copy makes the
-    # host wait for the GPU to finish the previous step before it can queue the next one)
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                       cpu=force_cpu(), kwargs_handlers=[ddp],
-                       dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()))
 
 
 def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
@@ -119,8 +109,11 @@ def forward_backward(accelerator, model, batch: dict, cfg: TrainConfig) -> tuple
     accelerator.backward(loss)
     if not accelerator.sync_gradients:
         return logits, loss, labels, None
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) \
-        if cfg.max_grad_norm > 0 else torch.zeros((), device=accelerator.device)
+    grad_norm = (
+        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        if cfg.max_grad_norm > 0
+        else torch.zeros((), device=accelerator.device)
+    )
     return logits, loss, labels, ~(torch.isfinite(loss.detach()) & torch.isfinite(torch.as_tensor(grad_norm)))
 
 
@@ -131,10 +124,25 @@ class TrainStep:
     and the schedule. Non-finite losses or gradients are flagged on the device (`nonfinite`, `first_bad`:
     no host sync per step) unless --skip_nan_steps tolerates a few, which costs a sync per optimizer step."""
 
-    def __init__(self, cfg, accelerator, model, optimizer, scheduler, sampler, loader, total_steps: int,
-                 warmup_steps: int):
-        self.cfg, self.accelerator, self.model, self.optimizer, self.scheduler = \
-            cfg, accelerator, model, optimizer, scheduler
+    def __init__(
+        self,
+        cfg,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        sampler,
+        loader,
+        total_steps: int,
+        warmup_steps: int,
+    ):
+        self.cfg, self.accelerator, self.model, self.optimizer, self.scheduler = (
+            cfg,
+            accelerator,
+            model,
+            optimizer,
+            scheduler,
+        )
         self.sampler, self.loader = sampler, loader
         self.steps_per_epoch = max(1, math.ceil(len(loader) / cfg.gradient_accumulation_steps))
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
@@ -145,7 +153,9 @@ class TrainStep:
     def reset_fault_flags(self) -> None:
         device = self.accelerator.device
         self.nonfinite = torch.zeros((), device=device, dtype=torch.bool)
-        self.first_bad = torch.full((), -1, device=device, dtype=torch.long)  # optimizer step of the first fault
+        self.first_bad = torch.full(
+            (), -1, device=device, dtype=torch.long
+        )  # optimizer step of the first fault
 
     def __call__(self, batch: dict) -> tuple:
         """(logits, loss, labels) of one micro-batch."""
@@ -163,31 +173,41 @@ class TrainStep:
                     optimizer.step()
                 self.scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                self.first_bad = torch.where(self.nonfinite & (self.first_bad < 0), self.global_step + 1,
-                                             self.first_bad)
+                self.first_bad = torch.where(
+                    self.nonfinite & (self.first_bad < 0), self.global_step + 1, self.first_bad
+                )
                 self.global_step += 1
         return logits, loss, labels
 
 
 def make_train_sampler(arm, examples: list, cfg: TrainConfig) -> LengthGroupedBatchSampler:
     lengths = [arm.example_length(e) for e in examples]
-    return LengthGroupedBatchSampler(lengths, cfg.per_device_train_batch_size, cfg.seed, grouped=cfg.length_grouping)
+    return LengthGroupedBatchSampler(
+        lengths, cfg.per_device_train_batch_size, cfg.seed, grouped=cfg.length_grouping
+    )
 
 
-def build_train_step(cfg: TrainConfig, arm, examples: list, labels: list, accelerator,
-                     batch_sampler=None) -> TrainStep:
+def build_train_step(
+    cfg: TrainConfig, arm, examples: list, labels: list, accelerator, batch_sampler=None
+) -> TrainStep:
     """The training step as `ftvs train` sets it up: the length-grouped batch sampler (or `batch_sampler`:
     the benchmarks choose which of its batches they time), dynamic padding, the arm's AdamW groups (fused
     on CUDA), Accelerate, optional torch.compile and the LR schedule. `cfg.learning_rate` must be set."""
     sampler = batch_sampler or make_train_sampler(arm, examples, cfg)
     # its own generator: creating a loader iterator draws a seed, which must not advance the global RNG
     # (a resumed epoch creates its iterator after the RNG restore, an uninterrupted one before the checkpoint)
-    loader = DataLoader(IndexedDataset(examples, labels), batch_sampler=sampler, collate_fn=make_collate(arm),
-                        num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(),
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    loader = DataLoader(
+        IndexedDataset(examples, labels),
+        batch_sampler=sampler,
+        collate_fn=make_collate(arm),
+        num_workers=cfg.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     fused = {"fused": True} if torch.cuda.is_available() else {}
-    optimizer = torch.optim.AdamW(arm.param_groups(cfg), lr=cfg.learning_rate,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2), **fused)
+    optimizer = torch.optim.AdamW(
+        arm.param_groups(cfg), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), **fused
+    )
     model, optimizer, loader = accelerator.prepare(arm.model, optimizer, loader)
     if cfg.compile:
         model = torch.compile(model)
@@ -195,8 +215,12 @@ def build_train_step(cfg: TrainConfig, arm, examples: list, labels: list, accele
     if cfg.max_train_steps:
         total_steps = min(total_steps, cfg.max_train_steps)
     warmup_steps = int(cfg.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_scheduler_type, warmup_steps, total_steps))
-    return TrainStep(cfg, accelerator, model, optimizer, scheduler, sampler, loader, total_steps, warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.lr_scheduler_type, warmup_steps, total_steps)
+    )
+    return TrainStep(
+        cfg, accelerator, model, optimizer, scheduler, sampler, loader, total_steps, warmup_steps
+    )
 
 
 def resolve_config(cfg: TrainConfig, arm) -> TrainConfig:
@@ -240,48 +264,55 @@ def set_up(cfg: TrainConfig, accelerator) -> Setup:
     encode_seconds = time.perf_counter() - t0
 
     step = build_train_step(cfg, arm, train_examples, train_labels, accelerator)
-    val_loader = accelerator.prepare(make_eval_loader(arm, val_examples, val_labels, cfg.per_device_eval_batch_size,
-                                                      cfg.num_workers))
+    val_loader = accelerator.prepare(
+        make_eval_loader(arm, val_examples, val_labels, cfg.per_device_eval_batch_size, cfg.num_workers)
+    )
     description = arm.describe()
-    resolved = {"world_size": accelerator.num_processes, "device": str(accelerator.device),
-                "mixed_precision": accelerator.mixed_precision,
-                "effective_batch_size": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
-                * accelerator.num_processes,
-                "steps_per_epoch": step.steps_per_epoch, "total_steps": step.total_steps,
-                "warmup_steps": step.warmup_steps,
-                "num_train_examples": len(train_examples), "num_val_examples": len(val_examples),
-                "params_total": description["params_total"], "params_trainable": description["params_trainable"]}
+    resolved = {
+        "world_size": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,
+        "effective_batch_size": cfg.per_device_train_batch_size
+        * cfg.gradient_accumulation_steps
+        * accelerator.num_processes,
+        "steps_per_epoch": step.steps_per_epoch,
+        "total_steps": step.total_steps,
+        "warmup_steps": step.warmup_steps,
+        "num_train_examples": len(train_examples),
+        "num_val_examples": len(val_examples),
+        "params_total": description["params_total"],
+        "params_trainable": description["params_trainable"],
+    }
     accelerator.print(
         f"{cfg.arm} | {description['params_total']:,} params ({description['params_trainable']:,} trainable) | "
         f"{len(train_examples):,} train / {len(val_examples):,} val | device {accelerator.device} | "
-        f"{step.steps_per_epoch} steps/epoch x {cfg.num_train_epochs} epochs")
-    return Setup(cfg, accelerator, arm, step, val_loader, list(val_labels), label_names, encode_seconds,
-                 description, resolved)
+        f"{step.steps_per_epoch} steps/epoch x {cfg.num_train_epochs} epochs"
+    )
+    return Setup(
+        cfg,
+        accelerator,
+        arm,
+        step,
+        val_loader,
+        list(val_labels),
+        label_names,
+        encode_seconds,
+        description,
+        resolved,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
-# The run folder's config; fresh start or resume
+# Fresh start or resume
 # --------------------------------------------------------------------------------------------------
-
-
-def write_config(run_dir: Path, cfg: TrainConfig, extra: dict) -> None:
-    text = yaml.safe_dump({**cfg.to_dict(), "resolved": extra}, sort_keys=False)
-    atomic_write_bytes(run_dir / "config.yaml", text.encode())
-
-
-def read_saved_config(run_dir: Path) -> dict:
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise FtvsError(f"{run_dir} has no config.yaml; it is not an ftvs run dir")
-    data = yaml.safe_load(path.read_text()) or {}
-    data.pop("resolved", None)
-    return data
 
 
 def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool) -> None:
     started = (run_dir / "history.jsonl").exists() or ckpt.has_checkpoint(run_dir)
     if started and not resume:
-        raise FtvsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output_dir")
+        raise FtvsError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --output_dir"
+        )
     if resume and (run_dir / "config.yaml").is_file():
         saved = read_saved_config(run_dir)
         current = cfg.to_dict()
@@ -290,14 +321,23 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool) -> None:
         diff = config_differences(saved, current)
         if diff:
             shown = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:4])
-            raise FtvsError(f"--resume with a different config ({shown}); rerun with the original settings or a new --output_dir")
+            raise FtvsError(
+                f"--resume with a different config ({shown}); rerun with the original settings or a new --output_dir"
+            )
 
 
 def start_or_resume(setup: Setup, run_dir: Path, resume: bool) -> tuple[dict, dict]:
     """The loop's state (epoch, batches done in it, best so far, ...) and this process's running statistics
     of an epoch in progress: fresh, or restored with the weights, optimizer, schedule and RNGs."""
-    state = {"epoch": 0, "batches_done": 0, "best_val_macro_f1": -1.0, "best_epoch": 0, "epochs_without_gain": 0,
-             "train_seconds": 0.0, "encode_seconds": setup.encode_seconds}
+    state = {
+        "epoch": 0,
+        "batches_done": 0,
+        "best_val_macro_f1": -1.0,
+        "best_epoch": 0,
+        "epochs_without_gain": 0,
+        "train_seconds": 0.0,
+        "encode_seconds": setup.encode_seconds,
+    }
     step, history = setup.step, run_dir / "history.jsonl"
     if not resume:
         if setup.main:
@@ -306,7 +346,9 @@ def start_or_resume(setup: Setup, run_dir: Path, resume: bool) -> tuple[dict, di
             for stale in ("history.jsonl", "metrics.json"):
                 (run_dir / stale).unlink(missing_ok=True)
         return state, {}
-    saved, running = ckpt.load_training_state(run_dir, setup.accelerator, setup.arm, step.optimizer, step.scheduler)
+    saved, running = ckpt.load_training_state(
+        run_dir, setup.accelerator, setup.arm, step.optimizer, step.scheduler
+    )
     state.update({k: saved[k] for k in state if k in saved})
     step.global_step = saved["global_step"]
     step.nonfinite_skipped = saved.get("nonfinite_skipped", 0)
@@ -316,8 +358,10 @@ def start_or_resume(setup: Setup, run_dir: Path, resume: bool) -> tuple[dict, di
         for r in rows:
             append_jsonl(history, r)
         write_config(run_dir, setup.cfg, setup.resolved)
-    setup.accelerator.print(f"resumed {run_dir} at epoch {state['epoch'] + 1}, batch {state['batches_done']}, "
-                            f"step {step.global_step}")
+    setup.accelerator.print(
+        f"resumed {run_dir} at epoch {state['epoch'] + 1}, batch {state['batches_done']}, "
+        f"step {step.global_step}"
+    )
     return state, running
 
 
@@ -332,7 +376,10 @@ def fit(setup: Setup, run_dir: Path, state: dict, running: dict) -> dict:
     stop_reason = "max_epochs"
     start_epoch = state["epoch"]
     if patience and state["epochs_without_gain"] >= patience:
-        start_epoch, stop_reason = cfg.num_train_epochs, "early_stopping"  # it had stopped: nothing left to train
+        start_epoch, stop_reason = (
+            cfg.num_train_epochs,
+            "early_stopping",
+        )  # it had stopped: nothing left to train
     for epoch in range(start_epoch, cfg.num_train_epochs):
         skip = state["batches_done"] if epoch == start_epoch else 0
         trained = train_epoch(setup, run_dir, state, epoch, skip, running if skip else {}, progress)
@@ -352,7 +399,9 @@ def fit(setup: Setup, run_dir: Path, state: dict, running: dict) -> dict:
     return finish(setup, run_dir, state, stop_reason, progress.started)
 
 
-def train_epoch(setup: Setup, run_dir: Path, state: dict, epoch: int, skip: int, running: dict, progress) -> dict:
+def train_epoch(
+    setup: Setup, run_dir: Path, state: dict, epoch: int, skip: int, running: dict, progress
+) -> dict:
     """One pass over the training batches (after the first `skip`, already trained before a resume)."""
     cfg, accelerator, step = setup.cfg, setup.accelerator, setup.step
     device, num_batches = accelerator.device, len(step.loader)
@@ -363,15 +412,24 @@ def train_epoch(setup: Setup, run_dir: Path, state: dict, epoch: int, skip: int,
     loader = accelerator.skip_first_batches(step.loader, skip) if skip else step.loader
     preds = [running["preds"].to(device)] if "preds" in running else []
     golds = [running["labels"].to(device)] if "labels" in running else []
-    loss_sum = running["loss_sum"].to(device).sum() if "loss_sum" in running \
+    loss_sum = (
+        running["loss_sum"].to(device).sum()
+        if "loss_sum" in running
         else torch.zeros((), device=device, dtype=torch.float64)
+    )
     step.reset_fault_flags()
     step.model.train()
     progress.start_epoch(epoch, skip, step.global_step)
     epoch_start, seen, reached_max_steps, i = time.perf_counter(), 0, False, skip - 1
-    bar = tqdm(total=num_batches, initial=skip, desc=f"epoch {epoch + 1}/{cfg.num_train_epochs}",
-               disable=cfg.disable_tqdm or not setup.main, leave=False, unit="batch",
-               mininterval=0.5 if sys.stderr.isatty() else 30)
+    bar = tqdm(
+        total=num_batches,
+        initial=skip,
+        desc=f"epoch {epoch + 1}/{cfg.num_train_epochs}",
+        disable=cfg.disable_tqdm or not setup.main,
+        leave=False,
+        unit="batch",
+        mininterval=0.5 if sys.stderr.isatty() else 30,
+    )
     for i, batch in enumerate(loader, start=skip):
         logits, loss, labels = step(batch)
         preds.append(logits.detach().argmax(-1))
@@ -382,13 +440,28 @@ def train_epoch(setup: Setup, run_dir: Path, state: dict, epoch: int, skip: int,
         progress.tick(i + 1, step.global_step)
         if (i + 1) % cfg.logging_steps == 0 or i + 1 == num_batches:
             check_finite(setup, run_dir, state, epoch)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{step.scheduler.get_last_lr()[0]:.2e}",
-                            ex_s=f"{seen / (time.perf_counter() - epoch_start):.0f}")
-        if accelerator.sync_gradients and cfg.save_steps and step.global_step % cfg.save_steps == 0 \
-                and i + 1 < num_batches:
-            check_finite(setup, run_dir, state, epoch)  # never overwrite the last good checkpoint with NaN weights
-            save_state(setup, run_dir, {**state, "epoch": epoch, "batches_done": i + 1},
-                       [p.cpu() for p in preds], [g.cpu() for g in golds], loss_sum)
+            bar.set_postfix(
+                loss=f"{loss.item():.4f}",
+                lr=f"{step.scheduler.get_last_lr()[0]:.2e}",
+                ex_s=f"{seen / (time.perf_counter() - epoch_start):.0f}",
+            )
+        if (
+            accelerator.sync_gradients
+            and cfg.save_steps
+            and step.global_step % cfg.save_steps == 0
+            and i + 1 < num_batches
+        ):
+            check_finite(
+                setup, run_dir, state, epoch
+            )  # never overwrite the last good checkpoint with NaN weights
+            save_state(
+                setup,
+                run_dir,
+                {**state, "epoch": epoch, "batches_done": i + 1},
+                [p.cpu() for p in preds],
+                [g.cpu() for g in golds],
+                loss_sum,
+            )
         if cfg.max_train_steps and step.global_step >= cfg.max_train_steps:
             reached_max_steps = True
             break
@@ -396,26 +469,46 @@ def train_epoch(setup: Setup, run_dir: Path, state: dict, epoch: int, skip: int,
     check_finite(setup, run_dir, state, epoch)
     seconds = time.perf_counter() - epoch_start
     state["train_seconds"] += seconds
-    return {"preds": preds, "labels": golds, "loss_sum": loss_sum, "examples": seen, "seconds": seconds,
-            "batches": i + 1, "reached_max_steps": reached_max_steps}
+    return {
+        "preds": preds,
+        "labels": golds,
+        "loss_sum": loss_sum,
+        "examples": seen,
+        "seconds": seconds,
+        "batches": i + 1,
+        "reached_max_steps": reached_max_steps,
+    }
 
 
 def end_epoch(setup: Setup, run_dir: Path, state: dict, epoch: int, trained: dict) -> None:
     """Train statistics over every process, validation, the history row, the best model so far."""
     accelerator, step, num_labels = setup.accelerator, setup.step, len(setup.label_names)
-    preds, gold = (accelerator.gather(accelerator.pad_across_processes(
-        torch.cat(t).to(accelerator.device), pad_index=-1)) for t in (trained["preds"], trained["labels"]))
+    preds, gold = (
+        accelerator.gather(
+            accelerator.pad_across_processes(torch.cat(t).to(accelerator.device), pad_index=-1)
+        )
+        for t in (trained["preds"], trained["labels"])
+    )
     preds, gold = preds[gold >= 0], gold[gold >= 0]
     train_loss = accelerator.reduce(trained["loss_sum"].reshape(1), "sum").item() / max(1, gold.numel())
     train_stats = summary_metrics(gold.cpu().numpy(), preds.cpu().numpy(), num_labels)
     val = predict_loader(step.model, setup.val_loader, len(setup.val_labels), accelerator)
     val_stats = summary_metrics(setup.val_labels, val["y_pred"], num_labels)
     seconds = trained["seconds"]
-    row = {"epoch": epoch + 1, "step": step.global_step, "train_loss": train_loss,
-           "train_accuracy": train_stats["accuracy"], "train_macro_f1": train_stats["macro_f1"],
-           "val_loss": val["loss"], "val_accuracy": val_stats["accuracy"], "val_macro_f1": val_stats["macro_f1"],
-           "lr": step.scheduler.get_last_lr()[0], "epoch_seconds": seconds, "elapsed_seconds": state["train_seconds"],
-           "examples_per_second": trained["examples"] * accelerator.num_processes / max(seconds, 1e-9)}
+    row = {
+        "epoch": epoch + 1,
+        "step": step.global_step,
+        "train_loss": train_loss,
+        "train_accuracy": train_stats["accuracy"],
+        "train_macro_f1": train_stats["macro_f1"],
+        "val_loss": val["loss"],
+        "val_accuracy": val_stats["accuracy"],
+        "val_macro_f1": val_stats["macro_f1"],
+        "lr": step.scheduler.get_last_lr()[0],
+        "epoch_seconds": seconds,
+        "elapsed_seconds": state["train_seconds"],
+        "examples_per_second": trained["examples"] * accelerator.num_processes / max(seconds, 1e-9),
+    }
     improved = val_stats["macro_f1"] > state["best_val_macro_f1"]
     if improved:
         state.update(best_val_macro_f1=val_stats["macro_f1"], best_epoch=epoch + 1, epochs_without_gain=0)
@@ -428,68 +521,47 @@ def end_epoch(setup: Setup, run_dir: Path, state: dict, epoch: int, trained: dic
     accelerator.print(
         f"epoch {epoch + 1:>3} | train loss {train_loss:.4f} acc {train_stats['accuracy']:.4f} | "
         f"val loss {val['loss']:.4f} acc {val_stats['accuracy']:.4f} macro-F1 {val_stats['macro_f1']:.4f}"
-        f"{' *' if improved else ''} | {seconds:.1f}s {row['examples_per_second']:.0f} ex/s")
+        f"{' *' if improved else ''} | {seconds:.1f}s {row['examples_per_second']:.0f} ex/s"
+    )
 
 
 def save_state(setup: Setup, run_dir: Path, state: dict, preds: list, labels: list, loss_sum) -> None:
     """Checkpoint the loop at `state["epoch"]`, `state["batches_done"]` (every process calls it)."""
     step = setup.step
-    ckpt.save_training_state(run_dir, setup.accelerator, setup.arm, step.optimizer, step.scheduler,
-                             {**state, "global_step": step.global_step, "nonfinite_skipped": step.nonfinite_skipped},
-                             preds=preds, labels=labels, loss_sum=loss_sum)
+    ckpt.save_training_state(
+        run_dir,
+        setup.accelerator,
+        setup.arm,
+        step.optimizer,
+        step.scheduler,
+        {**state, "global_step": step.global_step, "nonfinite_skipped": step.nonfinite_skipped},
+        preds=preds,
+        labels=labels,
+        loss_sum=loss_sum,
+    )
 
 
 def finish(setup: Setup, run_dir: Path, state: dict, stop_reason: str, started: float) -> dict:
     setup.accelerator.wait_for_everyone()
     history = read_jsonl(run_dir / "history.jsonl") if (run_dir / "history.jsonl").exists() else []
-    summary = {"status": "completed", "stop_reason": stop_reason, "epochs_run": len(history),
-               "best_epoch": state["best_epoch"], "best_val_macro_f1": state["best_val_macro_f1"],
-               "seconds_total": state["train_seconds"] + state["encode_seconds"],
-               "seconds_per_epoch": state["train_seconds"] / max(1, len(history)),
-               "seconds_preprocess": state["encode_seconds"],
-               "global_step": setup.step.global_step, "wall_seconds_this_process": time.perf_counter() - started,
-               "nonfinite_steps_skipped": setup.step.nonfinite_skipped, "model": setup.description,
-               **setup.resolved}
+    summary = {
+        "status": "completed",
+        "stop_reason": stop_reason,
+        "epochs_run": len(history),
+        "best_epoch": state["best_epoch"],
+        "best_val_macro_f1": state["best_val_macro_f1"],
+        "seconds_total": state["train_seconds"] + state["encode_seconds"],
+        "seconds_per_epoch": state["train_seconds"] / max(1, len(history)),
+        "seconds_preprocess": state["encode_seconds"],
+        "global_step": setup.step.global_step,
+        "wall_seconds_this_process": time.perf_counter() - started,
+        "nonfinite_steps_skipped": setup.step.nonfinite_skipped,
+        "model": setup.description,
+        **setup.resolved,
+    }
     if setup.main:
         write_json(run_dir / "train_summary.json", summary)
     return summary
-
-
-class ProgressFile:
-    """RUN/progress.json, from which `ftvs study` shows progress and ETA: written atomically at the start of
-    every epoch, at most once a second while training, at the validation pass and at the end ("done"); by
-    the main process only. Steps count the micro-batches of an epoch (the progress bar's unit)."""
-
-    MIN_INTERVAL_SECONDS = 1.0
-
-    def __init__(self, path: Path, num_epochs: int, steps_per_epoch: int, enabled: bool):
-        self.path, self.num_epochs, self.steps_per_epoch, self.enabled = path, num_epochs, steps_per_epoch, enabled
-        self.started = self.epoch_started = self.last_write = time.perf_counter()
-        self.epoch = 0  # 0-based, of the epoch in progress
-
-    def start_epoch(self, epoch: int, step_in_epoch: int, global_step: int) -> None:
-        self.epoch, self.epoch_started = epoch, time.perf_counter()
-        self.write("train", step_in_epoch, global_step)
-
-    def tick(self, step_in_epoch: int, global_step: int) -> None:
-        if self.enabled and time.perf_counter() - self.last_write >= self.MIN_INTERVAL_SECONDS:
-            self.write("train", step_in_epoch, global_step)
-
-    def done(self, epochs_done: int, global_step: int) -> None:
-        self.epoch = max(0, epochs_done - 1)
-        self.write("done", self.steps_per_epoch, global_step, epochs_done)
-
-    def write(self, phase: str, step_in_epoch: int, global_step: int, epochs_done: int | None = None) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        write_json(self.path, {
-            "phase": phase, "epoch": self.epoch + 1, "num_epochs": self.num_epochs,
-            "epochs_done": self.epoch if epochs_done is None else epochs_done,
-            "step_in_epoch": step_in_epoch, "steps_per_epoch": self.steps_per_epoch, "global_step": global_step,
-            "elapsed_seconds": now - self.started, "epoch_elapsed_seconds": now - self.epoch_started,
-            "updated_unix": time.time()})
-        self.last_write = now
 
 
 def check_finite(setup: Setup, run_dir: Path, state: dict, epoch: int) -> None:
@@ -508,13 +580,28 @@ def _export_best(arm, run_dir: Path) -> None:
 
 def _fail_nonfinite(run_dir: Path, main: bool, state: dict, epoch: int, cfg: TrainConfig, step: int):
     fp32 = "" if cfg.mixed_precision == "no" else "use --mixed_precision no (fp32), "
-    kept = (f"the best model so far (epoch {state['best_epoch']}) is kept in {run_dir / 'model'}"
-            if state["best_epoch"] else "no epoch finished, so no model was saved")
-    msg = (f"loss or gradients became NaN/Inf at optimizer step {step} (epoch {epoch + 1}); lower --learning_rate "
-           f"(now {cfg.learning_rate:g}), {fp32}or pass --skip_nan_steps N to tolerate a few; {kept}")
+    kept = (
+        f"the best model so far (epoch {state['best_epoch']}) is kept in {run_dir / 'model'}"
+        if state["best_epoch"]
+        else "no epoch finished, so no model was saved"
+    )
+    msg = (
+        f"loss or gradients became NaN/Inf at optimizer step {step} (epoch {epoch + 1}); lower --learning_rate "
+        f"(now {cfg.learning_rate:g}), {fp32}or pass --skip_nan_steps N to tolerate a few; {kept}"
+    )
     if main:
-        summary = read_json(run_dir / "train_summary.json") if (run_dir / "train_summary.json").exists() else {}
-        write_json(run_dir / "train_summary.json", {**summary, "status": "failed", "stop_reason": "nonfinite",
-                                                     "error": msg, "best_epoch": state["best_epoch"],
-                                                     "failed_step": step})
+        summary = (
+            read_json(run_dir / "train_summary.json") if (run_dir / "train_summary.json").exists() else {}
+        )
+        write_json(
+            run_dir / "train_summary.json",
+            {
+                **summary,
+                "status": "failed",
+                "stop_reason": "nonfinite",
+                "error": msg,
+                "best_epoch": state["best_epoch"],
+                "failed_step": step,
+            },
+        )
     raise NonFiniteLoss(msg)
