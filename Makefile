@@ -25,9 +25,9 @@ test: setup
 	$(VENV)/bin/python -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
 
 # needs ../shared/data/banking77 (the real Banking77 CSVs); see benchmarks/RESULTS.md
 bench: setup
 	$(VENV)/bin/ftvs prepare ../shared/data/banking77 --output_dir data/banking77
-	$(VENV)/bin/ftvs bench --data data/banking77 --arm both --output benchmarks/results_cpu.json
+	$(PY) benchmarks/bench.py --data data/banking77 --arm both --output benchmarks/results_cpu.json

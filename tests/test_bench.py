@@ -1,4 +1,4 @@
-"""Smoke test of `ftvs bench --quick` (scratch arm, a few steps, a tiny synthetic dataset).
+"""Smoke test of `python benchmarks/bench.py --quick` (scratch arm, a few steps, a tiny synthetic dataset).
 
 Benchmarks are not unit tests: nothing here asserts a timing or a ratio, only that the command runs end
 to end and writes the documented JSON keys.
@@ -6,9 +6,14 @@ to end and writes the documented JSON keys.
 
 import csv
 import json
+import sys
+from pathlib import Path
 
-from ftvs.cli import main
 from ftvs.data import prepare
+
+# the harness lives beside the package, not in it: benchmarks/ is not installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench  # noqa: E402
 
 TOPICS = {
     "card": "my card {} was declined at the shop {}",
@@ -30,10 +35,37 @@ def test_bench_quick_scratch_writes_the_documented_json(tmp_path, capsys):
     prepare(str(source), data, tokenizer="none", seed=0)
     out = tmp_path / "bench.json"
 
-    code = main(["bench", "--data", str(data), "--arm", "scratch", "--quick", "--tokenizer", "bpe",
-                 "--max_seq_length", "32", "--batch_size", "8", "--warmup_steps", "1", "--rounds", "1",
-                 "--steps_per_round", "2", "--latency_examples", "4", "--throughput_examples", "16",
-                 "--throughput_batch_size", "8", "--probe_size", "256", "--output", str(out)])
+    code = bench.main(
+        [
+            "--data",
+            str(data),
+            "--arm",
+            "scratch",
+            "--quick",
+            "--tokenizer",
+            "bpe",
+            "--max_seq_length",
+            "32",
+            "--batch_size",
+            "8",
+            "--warmup_steps",
+            "1",
+            "--rounds",
+            "1",
+            "--steps_per_round",
+            "2",
+            "--latency_examples",
+            "4",
+            "--throughput_examples",
+            "16",
+            "--throughput_batch_size",
+            "8",
+            "--probe_size",
+            "256",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert {"command", "machine", "matmul_probe", "results", "comparisons"} <= set(report)
@@ -47,3 +79,44 @@ def test_bench_quick_scratch_writes_the_documented_json(tmp_path, capsys):
     a = report["comparisons"]["a_scratch_vs_padded_reference"]
     assert {"examples_per_second_ratio", "per_round", "target", "meets_target"} <= set(a)
     assert "a_scratch_vs_padded_reference" in capsys.readouterr().out
+
+
+def test_bench_times_the_training_step_that_train_builds():
+    """The timed step is ftvs.train's TrainStep, fed the sampler's batches, with their shapes recorded."""
+    from bench_step import FtvsStepTimer
+
+    from ftvs.arms import build_arm
+    from ftvs.config import build_config
+    from ftvs.launch import make_accelerator
+    from ftvs.train import TrainStep, resolve_config
+
+    texts = [template.format(i, "now " * (i % 7)) for template in TOPICS.values() for i in range(12)]
+    labels = [n for n in range(len(TOPICS)) for _ in range(12)]
+    cfg = build_config(
+        {},
+        {
+            "data": "unused",
+            "output_dir": "unused",
+            "tokenizer": "bpe",
+            "bpe_vocab_size": 200,
+            "n_layer": 1,
+            "n_embd": 16,
+            "n_head": 2,
+            "d_ff": 32,
+            "max_seq_length": 16,
+            "per_device_train_batch_size": 8,
+            "mixed_precision": "no",
+            "max_train_steps": 20,
+        },
+    )
+    arm = build_arm(cfg, texts, list(TOPICS))
+    cfg = resolve_config(cfg, arm)
+    examples = arm.encode(texts)
+    timer = FtvsStepTimer(arm, cfg, examples, labels, make_accelerator(cfg), spread=True)
+    assert isinstance(timer.step, TrainStep)
+    window = timer.run(8)  # 48 examples / 8: one epoch is 6 steps, so this crosses into the next epoch
+    assert timer.step.global_step == 8 and timer.epoch == 1
+    assert window["steps"] == 8 and window["examples"] == 64
+    lengths = sorted(len(e) for e in examples)
+    assert all(1 <= t <= lengths[-1] for _, t in window["shapes"])
+    assert lengths[-1] in [t for _, t in window["shapes"]]  # the longest batch of the epoch was among them

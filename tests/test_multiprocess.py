@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -41,25 +40,69 @@ TOPICS = {
 FILLER = "please help me today why is it that my account the app i can not you do we now".split()
 # 288 / 20 -> 15 batches: a short one, and an odd count that 2 processes pad with a whole batch
 TRAIN_BATCH, EVAL_BATCH, EPOCHS = 20, 16, 30
-TRAIN_FLAGS = ["--tokenizer", "bpe", "--bpe_vocab_size", "300", "--n_layer", "1", "--n_embd", "32", "--n_head", "2",
-               "--d_ff", "64", "--max_seq_length", "24", "--learning_rate", "3e-3", "--num_train_epochs", str(EPOCHS),
-               "--early_stopping_patience", "3", "--per_device_train_batch_size", str(TRAIN_BATCH),
-               "--per_device_eval_batch_size", str(EVAL_BATCH), "--seed", "3", "--save_steps", "1", "--disable_tqdm",
-               "--mixed_precision", "no"]
-HISTORY_KEYS = ("epoch", "step", "train_loss", "train_accuracy", "train_macro_f1", "val_loss", "val_accuracy",
-                "val_macro_f1", "lr")
+TRAIN_FLAGS = [
+    "--tokenizer",
+    "bpe",
+    "--bpe_vocab_size",
+    "300",
+    "--n_layer",
+    "1",
+    "--n_embd",
+    "32",
+    "--n_head",
+    "2",
+    "--d_ff",
+    "64",
+    "--max_seq_length",
+    "24",
+    "--learning_rate",
+    "3e-3",
+    "--num_train_epochs",
+    str(EPOCHS),
+    "--early_stopping_patience",
+    "3",
+    "--per_device_train_batch_size",
+    str(TRAIN_BATCH),
+    "--per_device_eval_batch_size",
+    str(EVAL_BATCH),
+    "--seed",
+    "3",
+    "--save_steps",
+    "1",
+    "--disable_tqdm",
+    "--mixed_precision",
+    "no",
+]
+HISTORY_KEYS = (
+    "epoch",
+    "step",
+    "train_loss",
+    "train_accuracy",
+    "train_macro_f1",
+    "val_loss",
+    "val_accuracy",
+    "val_macro_f1",
+    "lr",
+)
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", PYTHONHASHSEED="0")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        PYTHONHASHSEED="0",
+    )
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
 def _launch(args, n, timeout=180):
-    proc = subprocess.run(launch_command([str(a) for a in args], n), env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        launch_command([str(a) for a in args], n), env=_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
     return proc
 
@@ -67,23 +110,9 @@ def _launch(args, n, timeout=180):
 # --- fast checks -------------------------------------------------------------------------------------
 
 
-def test_launch_command_for_one_and_several_processes():
-    one = launch_command(["evaluate", "RUN"], 1)
-    assert one[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and "--cpu" in one
-    assert one[-4:] == ["-m", "ftvs", "evaluate", "RUN"] and "--multi_gpu" not in one
-    two = launch_command(["train", "scratch", "--data", "D"], 2, mixed_precision="no")
-    assert two[:2] == ["env", "ACCELERATE_USE_CPU=true"]  # reaches every worker: gloo on the CPU
-    assert "--multi_gpu" in two and two[two.index("--num_processes") + 1] == "2"
-    assert two[two.index("--main_process_port") + 1] == "0"  # a free port: jobs can run side by side
-    gpu = launch_command(["train", "finetune"], 4, mixed_precision="bf16", cpu=False)
-    assert gpu[0] == sys.executable and gpu[gpu.index("--mixed_precision") + 1] == "bf16"
-    with pytest.raises(ValueError):
-        launch_command([], 0)
-    with pytest.raises(ValueError):
-        launch_command([], 2, mixed_precision="fp32")
-
-
-@pytest.mark.parametrize("num_examples,batch,procs", [(290, 16, 2), (300, 16, 2), (300, 16, 3), (301, 7, 4), (20, 16, 4)])
+@pytest.mark.parametrize(
+    "num_examples,batch,procs", [(290, 16, 2), (300, 16, 2), (300, 16, 3), (301, 7, 4), (20, 16, 4)]
+)
 def test_sharded_training_batches_cover_every_example_each_epoch(num_examples, batch, procs):
     """accelerate deals the length-grouped batches to processes; no example may be dropped in any epoch
     (with a `batch_size` attribute on the sampler, a whole round was dropped whenever the shuffled short
@@ -96,7 +125,9 @@ def test_sharded_training_batches_cover_every_example_each_epoch(num_examples, b
     sampler = LengthGroupedBatchSampler(lengths, batch, seed=0)
     for epoch in range(6):
         sampler.set_epoch(epoch)
-        shards = [list(BatchSamplerShard(sampler, num_processes=procs, process_index=p)) for p in range(procs)]
+        shards = [
+            list(BatchSamplerShard(sampler, num_processes=procs, process_index=p)) for p in range(procs)
+        ]
         assert {len(s) for s in shards} == {len(BatchSamplerShard(sampler, procs, 0))}  # equal, as len() says
         assert {i for s in shards for b in s for i in b} == set(range(num_examples))
 
@@ -173,8 +204,10 @@ def test_evaluating_one_checkpoint_with_one_and_two_processes_is_identical(run2,
     for n in (1, 2):
         run = shutil.copytree(run2, tmp_path / f"eval{n}")
         _launch(["evaluate", run, "--batch-size", EVAL_BATCH], n)
-        outputs[n] = (json.loads((run / "predictions.json").read_text()),
-                      json.loads((run / "metrics.json").read_text()))
+        outputs[n] = (
+            json.loads((run / "predictions.json").read_text()),
+            json.loads((run / "metrics.json").read_text()),
+        )
     (p1, m1), (p2, m2) = outputs[1], outputs[2]
     assert m1["inference"]["num_processes"] == 1 and m2["inference"]["num_processes"] == 2
     assert len(p1["y_pred"]) == 101 and p1["y_true"] == p2["y_true"]
@@ -188,7 +221,9 @@ def test_two_process_run_killed_and_resumed_matches_the_uninterrupted_run(run2, 
     run = tmp_path / "run"
     total = _history(run2)[-1]["step"]
     target = random.Random(5).randrange(total // 3, 2 * total // 3)
-    cmd = launch_command(["train", "scratch", "--data", str(synth_data), "--output_dir", str(run), *TRAIN_FLAGS], 2)
+    cmd = launch_command(
+        ["train", "scratch", "--data", str(synth_data), "--output_dir", str(run), *TRAIN_FLAGS], 2
+    )
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     try:
@@ -209,8 +244,17 @@ def test_two_process_run_killed_and_resumed_matches_the_uninterrupted_run(run2, 
     assert [r["epoch"] for r in h_run] == [r["epoch"] for r in h_ref]
     for a, b in zip(h_ref, h_run):
         for key in HISTORY_KEYS:
-            assert b[key] == pytest.approx(a[key], abs=1e-6, rel=0), (a["epoch"], key, a[key], b[key], stopped_at)
-    w_ref, w_run = load_file(run2 / "model" / "model.safetensors"), load_file(run / "model" / "model.safetensors")
+            assert b[key] == pytest.approx(a[key], abs=1e-6, rel=0), (
+                a["epoch"],
+                key,
+                a[key],
+                b[key],
+                stopped_at,
+            )
+    w_ref, w_run = (
+        load_file(run2 / "model" / "model.safetensors"),
+        load_file(run / "model" / "model.safetensors"),
+    )
     assert w_ref.keys() == w_run.keys()
     for k in w_ref:
         assert torch.allclose(w_ref[k], w_run[k], atol=1e-6, rtol=0), k
@@ -267,10 +311,35 @@ def test_two_process_fine_tuning_with_freeze_then_unfreeze(synth_data, tiny_llam
     """The fine-tuning arm under DDP, in its hardest mode: the base has no gradients in epoch 1 and joins
     the optimisation in epoch 2 (DDP must be told to expect unused parameters)."""
     run = tmp_path / "ft"
-    _launch(["train", "finetune", "--data", synth_data, "--output_dir", run, "--model", tiny_llama_dir,
-             "--method", "unfreeze", "--unfreeze_after_epochs", "1", "--num_train_epochs", "2",
-             "--per_device_train_batch_size", TRAIN_BATCH, "--learning_rate", "3e-3", "--max_seq_length", "24",
-             "--disable_tqdm", "--mixed_precision", "no", "--no-evaluate"], 2)
+    _launch(
+        [
+            "train",
+            "finetune",
+            "--data",
+            synth_data,
+            "--output_dir",
+            run,
+            "--model",
+            tiny_llama_dir,
+            "--method",
+            "unfreeze",
+            "--unfreeze_after_epochs",
+            "1",
+            "--num_train_epochs",
+            "2",
+            "--per_device_train_batch_size",
+            TRAIN_BATCH,
+            "--learning_rate",
+            "3e-3",
+            "--max_seq_length",
+            "24",
+            "--disable_tqdm",
+            "--mixed_precision",
+            "no",
+            "--no-evaluate",
+        ],
+        2,
+    )
     history = _history(run)
     assert [r["epoch"] for r in history] == [1, 2] and all(math.isfinite(r["train_loss"]) for r in history)
     resolved = yaml.safe_load((run / "config.yaml").read_text())["resolved"]
@@ -285,13 +354,51 @@ def test_two_processes_of_batch_16_train_like_one_process_of_batch_32(synth_data
     the runs match step for step — what makes a 1-GPU and an N-GPU run of the study comparable."""
     from ftvs.cli import main
 
-    flags = [*TRAIN_FLAGS[: TRAIN_FLAGS.index("--num_train_epochs")], "--num_train_epochs", "3", "--dropout", "0",
-             "--no-length_grouping", "--seed", "3", "--disable_tqdm", "--mixed_precision", "no", "--no-evaluate"]
+    flags = [
+        *TRAIN_FLAGS[: TRAIN_FLAGS.index("--num_train_epochs")],
+        "--num_train_epochs",
+        "3",
+        "--dropout",
+        "0",
+        "--no-length_grouping",
+        "--seed",
+        "3",
+        "--disable_tqdm",
+        "--mixed_precision",
+        "no",
+        "--no-evaluate",
+    ]
     one, two = tmp_path / "one", tmp_path / "two"
-    _launch(["train", "scratch", "--data", synth_data, "--output_dir", two, "--per_device_train_batch_size", 16,
-             *flags], 2)
-    assert main(["train", "scratch", "--data", str(synth_data), "--output_dir", str(one),
-                 "--per_device_train_batch_size", "32", *flags]) == 0
+    _launch(
+        [
+            "train",
+            "scratch",
+            "--data",
+            synth_data,
+            "--output_dir",
+            two,
+            "--per_device_train_batch_size",
+            16,
+            *flags,
+        ],
+        2,
+    )
+    assert (
+        main(
+            [
+                "train",
+                "scratch",
+                "--data",
+                str(synth_data),
+                "--output_dir",
+                str(one),
+                "--per_device_train_batch_size",
+                "32",
+                *flags,
+            ]
+        )
+        == 0
+    )
     r1, r2 = (yaml.safe_load((d / "config.yaml").read_text())["resolved"] for d in (one, two))
     assert (r1["world_size"], r2["world_size"]) == (1, 2)
     for key in ("effective_batch_size", "steps_per_epoch", "total_steps", "warmup_steps"):
@@ -299,7 +406,9 @@ def test_two_processes_of_batch_16_train_like_one_process_of_batch_32(synth_data
     for a, b in zip(_history(one), _history(two), strict=True):
         for key in ("train_loss", "val_loss", "lr"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), (a["epoch"], key)
-    w1, w2 = (load_file(d / "checkpoint" / "model.safetensors") for d in (one, two))  # the last step's weights
+    w1, w2 = (
+        load_file(d / "checkpoint" / "model.safetensors") for d in (one, two)
+    )  # the last step's weights
     assert w1.keys() == w2.keys()
     for k in w1:
         assert torch.allclose(w1[k], w2[k], atol=1e-4), k

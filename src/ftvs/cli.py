@@ -12,65 +12,9 @@ import typing
 from ftvs import __version__
 from ftvs.errors import FtvsError
 
-# flag help, one place; YAML config keys are the same names
-HELP = {
-    "data": "prepared data folder (from `ftvs prepare`)",
-    "output_dir": "run folder: config, history, checkpoints, best model, metrics",
-    "seed": "seed for Python, NumPy, torch and the batch order (default %(default)s)",
-    "preset": "from-scratch size preset: tiny, small, medium, large (see `ftvs models`)",
-    "n_layer": "override the preset's number of transformer blocks",
-    "n_head": "override the preset's attention heads",
-    "n_embd": "override the preset's width",
-    "d_ff": "override the preset's feed-forward width",
-    "pooling": "how token states become one vector: last (last non-pad token), mean or max",
-    "positional": "position embeddings: learned or sinusoidal",
-    "dropout": "dropout in embeddings, attention, MLP and head",
-    "token_dropout": "word dropout: during training each token becomes <unk> with this probability",
-    "lowercase": "lower-case texts before the from-scratch tokenizer (merges 'Card'/'card'; the fine-tuned "
-                 "arm always sees the original text)",
-    "tokenizer": "pre-trained tokenizer to reuse (name or path; trimmed to the training vocabulary), or 'bpe' to "
-                 "train a byte-level BPE on the training split",
-    "bpe_vocab_size": "vocabulary size when --tokenizer bpe",
-    "max_vocab": "keep at most this many most frequent training tokens in the embedding table",
-    "model_name_or_path": "pre-trained decoder-only model: built-in 'smollm2-135m' (offline), a Hub id (gpt2, "
-                          "EleutherAI/pythia-160m, Qwen/Qwen2.5-0.5B, ...) or a local folder",
-    "method": "lora (adapters + head), full (all weights), frozen (head only), unfreeze (head, then top blocks)",
-    "lora_r": "LoRA rank",
-    "lora_alpha": "LoRA scaling alpha",
-    "lora_dropout": "dropout on the LoRA path",
-    "lora_target_modules": "modules to adapt (default: attention projections of the architecture)",
-    "unfreeze_after_epochs": "method unfreeze: epochs of head-only training before unfreezing",
-    "unfreeze_top_k": "method unfreeze: number of top blocks to unfreeze (default all)",
-    "base_lr_ratio": "method unfreeze: base learning rate = learning_rate x this ratio",
-    "gradient_checkpointing": "recompute activations in backward to save memory",
-    "feature_cache": "method frozen: run the base once and train the head on cached features",
-    "max_seq_length": "truncate texts to this many tokens (batches are padded to their longest text only)",
-    "num_train_epochs": "maximum epochs (early stopping may end sooner)",
-    "per_device_train_batch_size": "training batch size per process",
-    "per_device_eval_batch_size": "evaluation batch size per process",
-    "gradient_accumulation_steps": "batches per optimizer step",
-    "learning_rate": "peak learning rate (default per arm/method: scratch 1e-3, lora 5e-4, full 3e-5, frozen 1e-3)",
-    "weight_decay": "AdamW weight decay on weight matrices (not biases, norms, embeddings)",
-    "adam_beta1": "AdamW beta1",
-    "adam_beta2": "AdamW beta2",
-    "warmup_ratio": "fraction of steps with linear warm-up",
-    "lr_scheduler_type": "decay after warm-up: cosine, linear or constant",
-    "max_grad_norm": "gradient clipping norm (0 disables)",
-    "label_smoothing": "label smoothing of the cross-entropy",
-    "early_stopping_patience": "stop after this many epochs without a val macro-F1 gain (0 disables)",
-    "mixed_precision": "auto (bf16 on CUDA, fp32 on CPU), no, bf16 or fp16",
-    "compile": "torch.compile the model",
-    "length_grouping": "group training batches by length (less padding)",
-    "logging_steps": "update the progress bar and check for NaN every N batches",
-    "save_steps": "also checkpoint every N optimizer steps (0: end of every epoch only)",
-    "skip_nan_steps": "tolerate up to N optimizer steps with NaN/Inf loss (skipped) before failing",
-    "max_train_steps": "stop after N optimizer steps (smoke tests)",
-    "num_workers": "DataLoader worker processes",
-    "disable_tqdm": "no progress bars",
-}
-
 
 def _add_config_flags(parser, arm: str) -> None:
+    """One flag per TrainConfig field the arm reads, with the field's help and default."""
     from ftvs.config import FINETUNE_ONLY, SCRATCH_ONLY, TrainConfig
 
     skip = {"arm", "extra"} | (FINETUNE_ONLY if arm == "scratch" else SCRATCH_ONLY)
@@ -81,16 +25,24 @@ def _add_config_flags(parser, arm: str) -> None:
         names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         if f.name == "model_name_or_path":
             names.append("--model")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = HELP.get(f.name, "") + (f" (default {default})" if default not in (None, "") else "")
+        default = f.metadata["default_text"]() if f.metadata["default_text"] else f.default
+        help_text = (
+            f.metadata["help"] + (f" (default {default})" if default not in (None, "") else "")
+        ).replace("%", "%%")
         kind = hints[f.name]
         if kind is bool:
-            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(
+                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         elif typing.get_origin(kind) in (list,) or kind == list[str] | None:
             parser.add_argument(*names, dest=f.name, nargs="+", default=None, help=help_text)
         else:
-            base = next((t for t in typing.get_args(kind) if t is not type(None)), kind) if typing.get_args(kind) else kind
-            parser.add_argument(*names, dest=f.name, type=base, default=None, help=help_text.replace("%", "%%"))
+            base = (
+                next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+                if typing.get_args(kind)
+                else kind
+            )
+            parser.add_argument(*names, dest=f.name, type=base, default=None, help=help_text)
 
 
 def cmd_train(args) -> int:
@@ -103,7 +55,7 @@ def cmd_train(args) -> int:
 
         saved = Path(args.resume) / "config.yaml"
         if saved.is_file():  # `--resume RUN_DIR` alone continues with the run's own config
-            from ftvs.train import read_saved_config
+            from ftvs.config import read_saved_config
 
             file_values = read_saved_config(Path(args.resume))
     cli_values = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
@@ -117,8 +69,10 @@ def cmd_train(args) -> int:
     from accelerate import PartialState
 
     log = PartialState().print  # under `accelerate launch`, the main process alone prints
-    log(f"trained {summary['epochs_run']} epochs in {summary['seconds_total']:.1f}s; best epoch "
-          f"{summary['best_epoch']} (val macro-F1 {summary['best_val_macro_f1']:.4f}); stop: {summary['stop_reason']}")
+    log(
+        f"trained {summary['epochs_run']} epochs in {summary['seconds_total']:.1f}s; best epoch "
+        f"{summary['best_epoch']} (val macro-F1 {summary['best_val_macro_f1']:.4f}); stop: {summary['stop_reason']}"
+    )
     if args.evaluate and summary.get("status") == "completed":
         from ftvs.evaluate import evaluate_run
 
@@ -130,14 +84,25 @@ def cmd_train(args) -> int:
 def _add_train(subparsers) -> None:
     p = subparsers.add_parser("train", help="train one model (from scratch or fine-tuned)")
     arms = p.add_subparsers(dest="arm", metavar="{scratch,finetune}", required=True)
-    for arm, text in (("scratch", "train a small decoder-only transformer from random initialisation"),
-                      ("finetune", "fine-tune a pre-trained decoder-only LM with a classification head")):
-        sp = arms.add_parser(arm, help=text, description=text + ". Flags override --config; YAML keys are the flag "
-                             "names without dashes.")
+    for arm, text in (
+        ("scratch", "train a small decoder-only transformer from random initialisation"),
+        ("finetune", "fine-tune a pre-trained decoder-only LM with a classification head"),
+    ):
+        sp = arms.add_parser(
+            arm,
+            help=text,
+            description=text + ". Flags override --config; YAML keys are the flag names without dashes.",
+        )
         sp.add_argument("--config", help="YAML file of flag values (flags given here override it)")
-        sp.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped")
-        sp.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
-                        help="evaluate on the test split when training ends (default on)")
+        sp.add_argument(
+            "--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped"
+        )
+        sp.add_argument(
+            "--evaluate",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="evaluate on the test split when training ends (default on)",
+        )
         _add_config_flags(sp, arm)
         sp.set_defaults(func=cmd_train)
 
@@ -146,37 +111,52 @@ def cmd_models(args) -> int:
     from ftvs.model import PRESETS, ScratchClassifier, ScratchConfig
 
     vocab = args.vocab_size
-    print(f"from-scratch presets (vocabulary {vocab:,}, {args.num_labels} classes, max length {args.max_seq_length}):")
-    print(f"{'preset':<8} {'layers':>6} {'width':>6} {'heads':>5} {'ffn':>6} {'params':>11} {'embedding':>10} {'non-emb':>10}")
+    print(
+        f"from-scratch presets (vocabulary {vocab:,}, {args.num_labels} classes, max length {args.max_seq_length}):"
+    )
+    print(
+        f"{'preset':<8} {'layers':>6} {'width':>6} {'heads':>5} {'ffn':>6} {'params':>11} {'embedding':>10} {'non-emb':>10}"
+    )
     for name, sizes in PRESETS.items():
-        cfg = ScratchConfig(vocab_size=vocab, num_labels=args.num_labels, max_position=args.max_seq_length, **sizes)
+        cfg = ScratchConfig(
+            vocab_size=vocab, num_labels=args.num_labels, max_position=args.max_seq_length, **sizes
+        )
         n = ScratchClassifier(cfg).num_parameters()
-        print(f"{name:<8} {sizes['n_layer']:>6} {sizes['n_embd']:>6} {sizes['n_head']:>5} {sizes['d_ff']:>6} "
-              f"{n['total']:>11,} {n['embedding']:>10,} {n['non_embedding']:>10,}")
+        print(
+            f"{name:<8} {sizes['n_layer']:>6} {sizes['n_embd']:>6} {sizes['n_head']:>5} {sizes['d_ff']:>6} "
+            f"{n['total']:>11,} {n['embedding']:>10,} {n['non_embedding']:>10,}"
+        )
     return 0
 
 
 def _add_models(subparsers) -> None:
-    p = subparsers.add_parser("models", help="print the from-scratch presets and their parameter counts",
-                              description="Parameter counts include the embedding table, whose size depends on the "
-                                          "trimmed vocabulary of your data (Banking77 with the SmolLM2 tokenizer: ~5k).")
-    p.add_argument("--vocab_size", "--vocab-size", type=int, default=5000, help="trimmed vocabulary size (default 5000)")
-    p.add_argument("--num_labels", "--num-labels", type=int, default=77, help="number of classes (default 77)")
+    p = subparsers.add_parser(
+        "models",
+        help="print the from-scratch presets and their parameter counts",
+        description="Parameter counts include the embedding table, whose size depends on the "
+        "trimmed vocabulary of your data (Banking77 with the SmolLM2 tokenizer: ~5k).",
+    )
+    p.add_argument(
+        "--vocab_size", "--vocab-size", type=int, default=5000, help="trimmed vocabulary size (default 5000)"
+    )
+    p.add_argument(
+        "--num_labels", "--num-labels", type=int, default=77, help="number of classes (default 77)"
+    )
     p.add_argument("--max_seq_length", type=int, default=128, help="positions (default 128)")
     p.set_defaults(func=cmd_models)
 
 
 # modules that register their own sub-commands (optional ones are skipped until they exist)
-COMMAND_MODULES = ["ftvs.data", "ftvs.evaluate", "ftvs.baseline", "ftvs.compare", "ftvs.report", "ftvs.study",
-                   "ftvs.bench"]
+COMMAND_MODULES = ["ftvs.data", "ftvs.evaluate", "ftvs.baseline", "ftvs.compare", "ftvs.report", "ftvs.study"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftvs",
         description="Fine-tuning vs. from-scratch: prepare a text-classification dataset, train a small decoder-only "
-                    "transformer from scratch and fine-tune a pre-trained decoder LM on it, evaluate both and "
-                    "write the comparative report.")
+        "transformer from scratch and fine-tune a pre-trained decoder LM on it, evaluate both and "
+        "write the comparative report.",
+    )
     parser.add_argument("--version", action="version", version=f"ftvs {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -213,8 +193,11 @@ def main(argv=None) -> int:
     except OSError as e:
         if e.errno != errno.ENOSPC or args.debug:
             raise
-        print(f"ftvs: error: disk full while writing {e.filename or 'results'}; free space, then rerun "
-              "(training continues with --resume RUN_DIR)", file=sys.stderr)
+        print(
+            f"ftvs: error: disk full while writing {e.filename or 'results'}; free space, then rerun "
+            "(training continues with --resume RUN_DIR)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("ftvs: interrupted; resume with --resume RUN_DIR", file=sys.stderr)

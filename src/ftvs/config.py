@@ -1,6 +1,7 @@
 """Training configuration: one dataclass, filled from defaults ← YAML file ← command-line flags.
 
-YAML keys are the flag names (`learning_rate`, `num_train_epochs`, ...). The resolved config is written
+YAML keys are the flag names (`learning_rate`, `num_train_epochs`, ...); each field carries its default, its
+flag help and its allowed values (the `ftvs train` flags are built from them). The resolved config is written
 into every run dir, and `--resume` refuses a run whose saved config differs in anything that would
 change the result.
 """
@@ -12,98 +13,172 @@ from pathlib import Path
 import yaml
 
 from ftvs.errors import FtvsError, closest
+from ftvs.fileio import atomic_write_bytes
+
+
+def default_learning_rates() -> str:
+    """The arms' table of default learning rates, in words (the help of --learning_rate)."""
+    from ftvs.arms.base import describe_default_learning_rates  # lazy: ftvs.arms imports torch
+
+    return describe_default_learning_rates()
+
+
+def option(default, help: str, choices: tuple = (), default_text=None):
+    """A config field with its flag help; `choices` are checked by `validate`; `default_text`, a function,
+    describes a default that is resolved later (shown in --help instead of the field's None)."""
+    metadata = {"help": help, "choices": choices, "default_text": default_text}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainConfig:
     # what to train
-    arm: str = "scratch"  # scratch | finetune
-    data: str = ""
-    output_dir: str = ""
-    seed: int = 0
+    arm: str = option("scratch", "scratch | finetune", choices=("scratch", "finetune"))
+    data: str = option("", "prepared data folder (from `ftvs prepare`)")
+    output_dir: str = option("", "run folder: config, history, checkpoints, best model, metrics")
+    seed: int = option(0, "seed for Python, NumPy, torch and the batch order")
     # from-scratch model
-    preset: str = "tiny"
-    n_layer: int | None = None
-    n_head: int | None = None
-    n_embd: int | None = None
-    d_ff: int | None = None
-    pooling: str = "last"  # last | mean | max
-    positional: str = "learned"  # learned | sinusoidal
-    dropout: float = 0.1
-    token_dropout: float = 0.0  # word dropout: replace training tokens by <unk> with this probability
-    tokenizer: str = "smollm2-135m"  # a pre-trained tokenizer name/path, or "bpe" (trained on the train split)
-    bpe_vocab_size: int = 8000
-    max_vocab: int = 16000  # trimmed embedding table: most frequent train tokens kept
-    lowercase: bool = False  # lower-case texts before the scratch tokenizer (fewer, denser tokens)
+    preset: str = option("tiny", "from-scratch size preset: tiny, small, medium, large (see `ftvs models`)")
+    n_layer: int | None = option(None, "override the preset's number of transformer blocks")
+    n_head: int | None = option(None, "override the preset's attention heads")
+    n_embd: int | None = option(None, "override the preset's width")
+    d_ff: int | None = option(None, "override the preset's feed-forward width")
+    pooling: str = option(
+        "last",
+        "how token states become one vector: last (last non-pad token), mean or max",
+        choices=("last", "mean", "max"),
+    )
+    positional: str = option(
+        "learned", "position embeddings: learned or sinusoidal", choices=("learned", "sinusoidal")
+    )
+    dropout: float = option(0.1, "dropout in embeddings, attention, MLP and head")
+    token_dropout: float = option(
+        0.0, "word dropout: during training each token becomes <unk> with this probability"
+    )
+    tokenizer: str = option(
+        "smollm2-135m",
+        "pre-trained tokenizer to reuse (name or path; trimmed to the training "
+        "vocabulary), or 'bpe' to train a byte-level BPE on the training split",
+    )
+    bpe_vocab_size: int = option(8000, "vocabulary size when --tokenizer bpe")
+    max_vocab: int = option(
+        16000, "keep at most this many most frequent training tokens in the embedding table"
+    )
+    lowercase: bool = option(
+        False,
+        "lower-case texts before the from-scratch tokenizer (merges 'Card'/'card'; the "
+        "fine-tuned arm always sees the original text)",
+    )
     # fine-tuned model
-    model_name_or_path: str = "smollm2-135m"
-    method: str = "lora"  # lora | full | frozen | unfreeze
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] | None = None
-    unfreeze_after_epochs: int = 1
-    unfreeze_top_k: int | None = None
-    base_lr_ratio: float = 0.1
-    gradient_checkpointing: bool = False
-    feature_cache: bool = True
+    model_name_or_path: str = option(
+        "smollm2-135m",
+        "pre-trained decoder-only model: built-in 'smollm2-135m' "
+        "(offline), a Hub id (gpt2, EleutherAI/pythia-160m, Qwen/Qwen2.5-0.5B, ...) or a "
+        "local folder",
+    )
+    method: str = option(
+        "lora",
+        "lora (adapters + head), full (all weights), frozen (head only), unfreeze (head, then top blocks)",
+        choices=("lora", "full", "frozen", "unfreeze"),
+    )
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: int = option(16, "LoRA scaling alpha")
+    lora_dropout: float = option(0.05, "dropout on the LoRA path")
+    lora_target_modules: list[str] | None = option(
+        None, "modules to adapt (default: attention projections of the architecture)"
+    )
+    unfreeze_after_epochs: int = option(1, "method unfreeze: epochs of head-only training before unfreezing")
+    unfreeze_top_k: int | None = option(
+        None, "method unfreeze: number of top blocks to unfreeze (default all)"
+    )
+    base_lr_ratio: float = option(0.1, "method unfreeze: base learning rate = learning_rate x this ratio")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
+    feature_cache: bool = option(
+        True, "method frozen: run the base once and train the head on cached features"
+    )
     # optimisation
-    max_seq_length: int = 128
-    num_train_epochs: int = 10
-    per_device_train_batch_size: int = 32
-    per_device_eval_batch_size: int = 128
-    gradient_accumulation_steps: int = 1
-    learning_rate: float | None = None  # None: the arm's default (scratch 1e-3, LoRA 5e-4, full 3e-5, ...)
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    warmup_ratio: float = 0.06
-    lr_scheduler_type: str = "cosine"  # cosine | linear | constant
-    max_grad_norm: float = 1.0
-    label_smoothing: float = 0.0
-    early_stopping_patience: int = 5  # epochs without val macro-F1 gain; 0 disables
+    max_seq_length: int = option(
+        128, "truncate texts to this many tokens (batches are padded to their longest text only)"
+    )
+    num_train_epochs: int = option(10, "maximum epochs (early stopping may end sooner)")
+    per_device_train_batch_size: int = option(32, "training batch size per process")
+    per_device_eval_batch_size: int = option(128, "evaluation batch size per process")
+    gradient_accumulation_steps: int = option(1, "batches per optimizer step")
+    learning_rate: float | None = option(
+        None, "peak learning rate", default_text=lambda: "per arm/method: " + default_learning_rates()
+    )
+    weight_decay: float = option(
+        0.01, "AdamW weight decay on weight matrices (not biases, norms, embeddings)"
+    )
+    adam_beta1: float = option(0.9, "AdamW beta1")
+    adam_beta2: float = option(0.999, "AdamW beta2")
+    warmup_ratio: float = option(0.06, "fraction of steps with linear warm-up")
+    lr_scheduler_type: str = option(
+        "cosine", "decay after warm-up: cosine, linear or constant", choices=("cosine", "linear", "constant")
+    )
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0 disables)")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
+    early_stopping_patience: int = option(
+        5, "stop after this many epochs without a val macro-F1 gain (0 disables)"
+    )
     # runtime
-    mixed_precision: str = "auto"  # auto (bf16 on CUDA) | no | bf16 | fp16
-    compile: bool = False
-    length_grouping: bool = True
-    logging_steps: int = 20
-    save_steps: int = 0  # also checkpoint every N optimizer steps (0: end of each epoch only)
-    skip_nan_steps: int = 0
-    max_train_steps: int | None = None  # stop after this many optimizer steps (smoke tests, benchmarks)
-    num_workers: int = 0
-    disable_tqdm: bool = False
-    extra: dict = field(default_factory=dict)  # free-form tags (study sweeps: train_fraction, ...)
+    mixed_precision: str = option(
+        "auto", "auto (bf16 on CUDA, fp32 on CPU), no, bf16 or fp16", choices=("auto", "no", "bf16", "fp16")
+    )
+    compile: bool = option(False, "torch.compile the model")
+    length_grouping: bool = option(True, "group training batches by length (less padding)")
+    logging_steps: int = option(20, "update the progress bar and check for NaN every N batches")
+    save_steps: int = option(0, "also checkpoint every N optimizer steps (0: end of every epoch only)")
+    skip_nan_steps: int = option(
+        0, "tolerate up to N optimizer steps with NaN/Inf loss (skipped) before failing"
+    )
+    max_train_steps: int | None = option(None, "stop after N optimizer steps (smoke tests, benchmarks)")
+    num_workers: int = option(0, "DataLoader worker processes")
+    disable_tqdm: bool = option(False, "no progress bars")
+    extra: dict = field(default_factory=dict)  # free-form tags (study sweeps: train_fraction, ...); no flag
 
     def validate(self) -> "TrainConfig":
         def bad(key, why, fix):
             raise FtvsError(f"invalid {key}={getattr(self, key)!r}: {why}; {fix}")
 
-        choices = {
-            "arm": ("scratch", "finetune"),
-            "pooling": ("last", "mean", "max"),
-            "positional": ("learned", "sinusoidal"),
-            "method": ("lora", "full", "frozen", "unfreeze"),
-            "lr_scheduler_type": ("cosine", "linear", "constant"),
-            "mixed_precision": ("auto", "no", "bf16", "fp16"),
-        }
-        for key, allowed in choices.items():
+        for key, allowed in (
+            (f.name, f.metadata["choices"]) for f in dataclasses.fields(self) if f.metadata.get("choices")
+        ):
             value = getattr(self, key)
             if value not in allowed:
-                bad(key, f"must be one of {', '.join(allowed)}", f"use one of them{closest(str(value), allowed)}")
+                bad(
+                    key,
+                    f"must be one of {', '.join(allowed)}",
+                    f"use one of them{closest(str(value), allowed)}",
+                )
         from ftvs.model import PRESETS
 
         if self.arm == "scratch" and self.preset not in PRESETS:
-            bad("preset", "unknown preset", f"choose from {', '.join(PRESETS)}{closest(self.preset, PRESETS)}")
+            bad(
+                "preset", "unknown preset", f"choose from {', '.join(PRESETS)}{closest(self.preset, PRESETS)}"
+            )
         if self.learning_rate is not None and not self.learning_rate > 0:
             bad("learning_rate", "must be > 0", "use e.g. 1e-3 (scratch) or 5e-4 (LoRA)")
-        for key in ("max_seq_length", "num_train_epochs", "per_device_train_batch_size",
-                    "per_device_eval_batch_size", "gradient_accumulation_steps", "logging_steps"):
+        for key in (
+            "max_seq_length",
+            "num_train_epochs",
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+        ):
             if getattr(self, key) < 1:
                 bad(key, "must be >= 1", "use a positive integer")
         for key in ("dropout", "token_dropout", "lora_dropout", "warmup_ratio", "label_smoothing"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, "must be in [0, 1)", "use e.g. 0.1")
-        for key in ("weight_decay", "max_grad_norm", "early_stopping_patience", "save_steps", "skip_nan_steps"):
+        for key in (
+            "weight_decay",
+            "max_grad_norm",
+            "early_stopping_patience",
+            "save_steps",
+            "skip_nan_steps",
+        ):
             if getattr(self, key) < 0:
                 bad(key, "must be >= 0", "use 0 to disable")
         if self.arm == "scratch" and self.n_embd and self.n_head and self.n_embd % self.n_head:
@@ -116,11 +191,34 @@ class TrainConfig:
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 # keys that only one arm reads (its `train` subcommand shows only its own flags)
-SCRATCH_ONLY = {"dropout", "preset", "n_layer", "n_head", "n_embd", "d_ff", "pooling", "positional", "tokenizer",
-                "bpe_vocab_size", "max_vocab", "token_dropout", "lowercase"}
-FINETUNE_ONLY = {"model_name_or_path", "method", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-                 "unfreeze_after_epochs", "unfreeze_top_k", "base_lr_ratio", "gradient_checkpointing",
-                 "feature_cache"}
+SCRATCH_ONLY = {
+    "dropout",
+    "preset",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "d_ff",
+    "pooling",
+    "positional",
+    "tokenizer",
+    "bpe_vocab_size",
+    "max_vocab",
+    "token_dropout",
+    "lowercase",
+}
+FINETUNE_ONLY = {
+    "model_name_or_path",
+    "method",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "unfreeze_after_epochs",
+    "unfreeze_top_k",
+    "base_lr_ratio",
+    "gradient_checkpointing",
+    "feature_cache",
+}
 # keys that may differ between an interrupted run and its resumption without changing the result
 RESUME_FREE_KEYS = {"output_dir", "disable_tqdm", "logging_steps", "save_steps", "num_workers", "data"}
 
@@ -132,7 +230,9 @@ def load_yaml(path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise FtvsError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from None
+        raise FtvsError(
+            f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix its syntax"
+        ) from None
     if not isinstance(data, dict):
         raise FtvsError(f"config file {path} must be a mapping of flag names to values")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -144,7 +244,9 @@ def build_config(file_values: dict, cli_values: dict) -> TrainConfig:
     for source, values in (("config file", file_values), ("flags", cli_values)):
         for key, value in values.items():
             if key not in FIELDS:
-                raise FtvsError(f"unknown {source} key {key!r}{closest(key, FIELDS)}; see `ftvs train --help`")
+                raise FtvsError(
+                    f"unknown {source} key {key!r}{closest(key, FIELDS)}; see `ftvs train --help`"
+                )
             if value is not None:
                 merged[key] = value
     try:
@@ -177,3 +279,19 @@ def config_differences(saved: dict, current: dict, free_keys=RESUME_FREE_KEYS) -
     saved = {**{k: defaults[k] for k in current if k in defaults}, **saved}
     keys = (set(saved) | set(current)) - free_keys
     return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+def write_config(run_dir: Path, cfg: TrainConfig, extra: dict) -> None:
+    """RUN/config.yaml: the run's full config, and under `resolved:` what the run derived from it."""
+    text = yaml.safe_dump({**cfg.to_dict(), "resolved": extra}, sort_keys=False)
+    atomic_write_bytes(run_dir / "config.yaml", text.encode())
+
+
+def read_saved_config(run_dir: Path) -> dict:
+    """A run's config as written by `write_config`, without the `resolved:` part."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FtvsError(f"{run_dir} has no config.yaml; it is not an ftvs run dir")
+    data = yaml.safe_load(path.read_text()) or {}
+    data.pop("resolved", None)
+    return data

@@ -8,6 +8,7 @@ without an MPI host file it starts ONE process). `--main_process_port 0` picks a
 jobs can run side by side on one machine.
 
 Multi-node launches and FSDP need an accelerate config file instead; see docs/multi_gpu.md.
+Inside each launched process, `make_accelerator` builds the Accelerator that the training loop runs on.
 """
 
 import sys
@@ -15,13 +16,17 @@ import sys
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
-def launch_command(args: list[str], num_processes: int, mixed_precision: str = "no", cpu: bool = True) -> list[str]:
+def launch_command(
+    args: list[str], num_processes: int, mixed_precision: str = "no", cpu: bool = True
+) -> list[str]:
     """`accelerate launch` command line (a list for `subprocess.run`) for `python -m ftvs <args>` on
     `num_processes` processes of this machine; `cpu=True` forces CPU processes (gloo) even where CUDA exists."""
     if int(num_processes) < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
     if mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}")
+        raise ValueError(
+            f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}"
+        )
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if num_processes == 1:
         cmd += ["--cpu"] if cpu else []
@@ -29,8 +34,19 @@ def launch_command(args: list[str], num_processes: int, mixed_precision: str = "
         # the env prefix reaches every worker: accelerate then builds a gloo process group on the CPU
         cmd = (["env", "ACCELERATE_USE_CPU=true"] if cpu else []) + cmd
         cmd += ["--multi_gpu", "--main_process_port", "0"]
-    cmd += ["--num_processes", str(int(num_processes)), "--num_machines", "1", "--mixed_precision", mixed_precision,
-            "--dynamo_backend", "no", "-m", "ftvs", *[str(a) for a in args]]
+    cmd += [
+        "--num_processes",
+        str(int(num_processes)),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        mixed_precision,
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "ftvs",
+        *[str(a) for a in args],
+    ]
     return cmd
 
 
@@ -43,3 +59,31 @@ def force_cpu() -> bool:
     import torch
 
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def make_accelerator(cfg):
+    """The Accelerator of this process for a training config (a `TrainConfig`): precision, gradient
+    accumulation, DDP settings, and CPU processes where a multi-process launch has no CUDA."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+
+    from ftvs.config import resolve_mixed_precision
+
+    precision = resolve_mixed_precision(cfg.mixed_precision, torch.cuda.is_available())
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~free speed for fp32 parts
+        torch.backends.cudnn.allow_tf32 = True
+    # freeze-then-unfreeze leaves the base without gradients for the first epochs: DDP must expect that
+    ddp = DistributedDataParallelKwargs(
+        find_unused_parameters=cfg.arm == "finetune" and cfg.method == "unfreeze"
+    )
+    # the train loader's batches are pinned on CUDA: copy them asynchronously (a blocking copy makes the
+    # host wait for the GPU to finish the previous step before it can queue the next one)
+    return Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        cpu=force_cpu(),
+        kwargs_handlers=[ddp],
+        dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
+    )

@@ -1,9 +1,11 @@
 """The one training loop, shared by the from-scratch and the fine-tuned arm.
 
-Read it top to bottom: `train()` sets up (data, arm, optimizer, schedule, Accelerate), optionally
-resumes from the last checkpoint, then runs epochs; each epoch trains, validates, keeps the best model,
-checkpoints and decides on early stopping. Everything the arm-specific code contributes goes through
-the small `Arm` interface (arms.py).
+Read it top to bottom: `train()` takes the run folder; `set_up()` builds the data, the arm and the
+training step (`TrainStep`: model, optimizer, schedule, batches; the benchmarks in benchmarks/ time this
+same step); `start_or_resume()` starts fresh or continues from the last checkpoint; `fit()` runs the
+epochs, each one `train_epoch()` then `end_epoch()` (validation, best model, history), a checkpoint and the
+early-stopping decision. Arm-specific code goes through the small `Arm` interface (ftvs.arms); saving and
+loading the training state lives in checkpoint.py.
 """
 
 import contextlib
@@ -11,18 +13,23 @@ import math
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ftvs import checkpoint as ckpt
 from ftvs.arms import build_arm
 from ftvs.batching import IndexedDataset, LengthGroupedBatchSampler, make_collate
-from ftvs.config import TrainConfig, config_differences, resolve_mixed_precision
+from ftvs.config import (
+    TrainConfig,
+    config_differences,
+    read_saved_config,
+    write_config,
+)
 from ftvs.data import load_metadata, load_split
 from ftvs.errors import FtvsError
 from ftvs.fileio import (
@@ -36,33 +43,47 @@ from ftvs.fileio import (
     write_json,
 )
 from ftvs.inference import make_eval_loader, predict_loader
+from ftvs.launch import make_accelerator
 from ftvs.metrics import summary_metrics
+from ftvs.progress import PROGRESS_FILE, ProgressFile
 
 
 class NonFiniteLoss(FtvsError):
     pass
 
 
-def make_accelerator(cfg: TrainConfig):
-    from accelerate import Accelerator
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train one run into `cfg.output_dir`; returns the training summary."""
+    run_dir = Path(cfg.output_dir)
+    if not cfg.output_dir:
+        raise FtvsError("no --output_dir given; name a folder for the run")
+    accelerator = make_accelerator(cfg)
+    if accelerator.distributed_type == "FSDP":  # checkpoints/export would hold one process's shard only
+        raise FtvsError(
+            "FSDP is not supported yet (checkpoints and model export are written from unsharded "
+            "parameters); launch with DDP (`accelerate launch --multi_gpu ...`), see docs/multi_gpu.md"
+        )
+    main = accelerator.is_main_process
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    with RunLock(run_dir) if main else contextlib.nullcontext():
+        if main:  # a kill between replace_dir's two renames leaves only "<name>.old": put it back
+            for name in (ckpt.CHECKPOINT_DIR, "model"):
+                recover_dir(run_dir / name)
+        accelerator.wait_for_everyone()
+        resume = resume and ckpt.has_checkpoint(
+            run_dir
+        )  # --resume of a run that never checkpointed starts it
+        check_run_dir(run_dir, cfg, resume)
+        setup = set_up(cfg, accelerator)
+        state, running = start_or_resume(setup, run_dir, resume)
+        return fit(setup, run_dir, state, running)
 
-    precision = resolve_mixed_precision(cfg.mixed_precision, torch.cuda.is_available())
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~free speed for fp32 parts
-        torch.backends.cudnn.allow_tf32 = True
-    from accelerate.utils import DistributedDataParallelKwargs
 
-    from ftvs.launch import force_cpu
-
-    # freeze-then-unfreeze leaves the base without gradients for the first epochs: DDP must expect that
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.arm == "finetune" and cfg.method == "unfreeze")
-    from accelerate.utils import DataLoaderConfiguration
-
-    # the train loader's batches are pinned on CUDA: copy them asynchronously (a blocking copy makes the
-    # host wait for the GPU to finish the previous step before it can queue the next one)
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                       cpu=force_cpu(), kwargs_handlers=[ddp],
-                       dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()))
+# --------------------------------------------------------------------------------------------------
+# Set-up: accelerator, schedule, the training step
+# --------------------------------------------------------------------------------------------------
 
 
 def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
@@ -88,9 +109,118 @@ def forward_backward(accelerator, model, batch: dict, cfg: TrainConfig) -> tuple
     accelerator.backward(loss)
     if not accelerator.sync_gradients:
         return logits, loss, labels, None
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) \
-        if cfg.max_grad_norm > 0 else torch.zeros((), device=accelerator.device)
+    grad_norm = (
+        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        if cfg.max_grad_norm > 0
+        else torch.zeros((), device=accelerator.device)
+    )
     return logits, loss, labels, ~(torch.isfinite(loss.detach()) & torch.isfinite(torch.as_tensor(grad_norm)))
+
+
+class TrainStep:
+    """The training step of `ftvs train` and what it steps: the prepared model, optimizer and LR schedule,
+    and the batches it trains on (`loader`, drawn by `sampler`). Calling it on a batch of `loader` runs one
+    micro-batch: forward, loss, backward and, on a step that syncs the gradients, clipping, the optimizer
+    and the schedule. Non-finite losses or gradients are flagged on the device (`nonfinite`, `first_bad`:
+    no host sync per step) unless --skip_nan_steps tolerates a few, which costs a sync per optimizer step."""
+
+    def __init__(
+        self,
+        cfg,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        sampler,
+        loader,
+        total_steps: int,
+        warmup_steps: int,
+    ):
+        self.cfg, self.accelerator, self.model, self.optimizer, self.scheduler = (
+            cfg,
+            accelerator,
+            model,
+            optimizer,
+            scheduler,
+        )
+        self.sampler, self.loader = sampler, loader
+        self.steps_per_epoch = max(1, math.ceil(len(loader) / cfg.gradient_accumulation_steps))
+        self.total_steps, self.warmup_steps = total_steps, warmup_steps
+        self.global_step = 0
+        self.nonfinite_skipped = 0
+        self.reset_fault_flags()
+
+    def reset_fault_flags(self) -> None:
+        device = self.accelerator.device
+        self.nonfinite = torch.zeros((), device=device, dtype=torch.bool)
+        self.first_bad = torch.full(
+            (), -1, device=device, dtype=torch.long
+        )  # optimizer step of the first fault
+
+    def __call__(self, batch: dict) -> tuple:
+        """(logits, loss, labels) of one micro-batch."""
+        cfg, optimizer = self.cfg, self.optimizer
+        with self.accelerator.accumulate(self.model):
+            logits, loss, labels, bad = forward_backward(self.accelerator, self.model, batch, cfg)
+            if bad is not None:  # a step that syncs the gradients
+                if cfg.skip_nan_steps and bad.item():  # tolerating faults costs a sync per step
+                    self.nonfinite_skipped += 1
+                    if self.nonfinite_skipped > cfg.skip_nan_steps:
+                        self.nonfinite |= bad
+                    optimizer.zero_grad(set_to_none=True)
+                else:
+                    self.nonfinite |= bad
+                    optimizer.step()
+                self.scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                self.first_bad = torch.where(
+                    self.nonfinite & (self.first_bad < 0), self.global_step + 1, self.first_bad
+                )
+                self.global_step += 1
+        return logits, loss, labels
+
+
+def make_train_sampler(arm, examples: list, cfg: TrainConfig) -> LengthGroupedBatchSampler:
+    lengths = [arm.example_length(e) for e in examples]
+    return LengthGroupedBatchSampler(
+        lengths, cfg.per_device_train_batch_size, cfg.seed, grouped=cfg.length_grouping
+    )
+
+
+def build_train_step(
+    cfg: TrainConfig, arm, examples: list, labels: list, accelerator, batch_sampler=None
+) -> TrainStep:
+    """The training step as `ftvs train` sets it up: the length-grouped batch sampler (or `batch_sampler`:
+    the benchmarks choose which of its batches they time), dynamic padding, the arm's AdamW groups (fused
+    on CUDA), Accelerate, optional torch.compile and the LR schedule. `cfg.learning_rate` must be set."""
+    sampler = batch_sampler or make_train_sampler(arm, examples, cfg)
+    # its own generator: creating a loader iterator draws a seed, which must not advance the global RNG
+    # (a resumed epoch creates its iterator after the RNG restore, an uninterrupted one before the checkpoint)
+    loader = DataLoader(
+        IndexedDataset(examples, labels),
+        batch_sampler=sampler,
+        collate_fn=make_collate(arm),
+        num_workers=cfg.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    fused = {"fused": True} if torch.cuda.is_available() else {}
+    optimizer = torch.optim.AdamW(
+        arm.param_groups(cfg), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), **fused
+    )
+    model, optimizer, loader = accelerator.prepare(arm.model, optimizer, loader)
+    if cfg.compile:
+        model = torch.compile(model)
+    total_steps = max(1, math.ceil(len(loader) / cfg.gradient_accumulation_steps)) * cfg.num_train_epochs
+    if cfg.max_train_steps:
+        total_steps = min(total_steps, cfg.max_train_steps)
+    warmup_steps = int(cfg.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.lr_scheduler_type, warmup_steps, total_steps)
+    )
+    return TrainStep(
+        cfg, accelerator, model, optimizer, scheduler, sampler, loader, total_steps, warmup_steps
+    )
 
 
 def resolve_config(cfg: TrainConfig, arm) -> TrainConfig:
@@ -99,68 +229,31 @@ def resolve_config(cfg: TrainConfig, arm) -> TrainConfig:
     return cfg
 
 
-def write_config(run_dir: Path, cfg: TrainConfig, extra: dict) -> None:
-    text = yaml.safe_dump({**cfg.to_dict(), "resolved": extra}, sort_keys=False)
-    atomic_write_bytes(run_dir / "config.yaml", text.encode())
+@dataclass
+class Setup:
+    """What the loop runs on, built once per process by `set_up`."""
+
+    cfg: TrainConfig
+    accelerator: object
+    arm: object
+    step: TrainStep
+    val_loader: DataLoader
+    val_labels: list
+    label_names: list
+    encode_seconds: float
+    description: dict  # the arm's sizes as built (before any freeze-then-unfreeze changes what trains)
+    resolved: dict  # the derived settings written under `resolved:` in config.yaml and into the summary
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
 
-def read_saved_config(run_dir: Path) -> dict:
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise FtvsError(f"{run_dir} has no config.yaml; it is not an ftvs run dir")
-    data = yaml.safe_load(path.read_text()) or {}
-    data.pop("resolved", None)
-    return data
-
-
-def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool) -> None:
-    started = (run_dir / "history.jsonl").exists() or ckpt.has_checkpoint(run_dir)
-    if started and not resume:
-        raise FtvsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --output_dir")
-    if resume and (run_dir / "config.yaml").is_file():
-        saved = read_saved_config(run_dir)
-        current = cfg.to_dict()
-        if saved.get("learning_rate") is not None and current.get("learning_rate") is None:
-            current["learning_rate"] = saved["learning_rate"]
-        diff = config_differences(saved, current)
-        if diff:
-            shown = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:4])
-            raise FtvsError(f"--resume with a different config ({shown}); rerun with the original settings or a new --output_dir")
-
-
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train one run into `cfg.output_dir`; returns the training summary."""
-    run_dir = Path(cfg.output_dir)
-    if not cfg.output_dir:
-        raise FtvsError("no --output_dir given; name a folder for the run")
-    accelerator = make_accelerator(cfg)
-    if accelerator.distributed_type == "FSDP":  # checkpoints/export would hold one process's shard only
-        raise FtvsError("FSDP is not supported yet (checkpoints and model export are written from unsharded "
-                        "parameters); launch with DDP (`accelerate launch --multi_gpu ...`), see docs/multi_gpu.md")
-    main = accelerator.is_main_process
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    with RunLock(run_dir) if main else contextlib.nullcontext():
-        if main:  # a kill between replace_dir's two renames leaves only "<name>.old": put it back
-            for name in (ckpt.CHECKPOINT_DIR, "model"):
-                recover_dir(run_dir / name)
-        accelerator.wait_for_everyone()
-        resume = resume and ckpt.has_checkpoint(run_dir)  # --resume of a run that never checkpointed starts it
-        check_run_dir(run_dir, cfg, resume)
-        return _train(cfg, run_dir, accelerator, resume)
-
-
-def _train(cfg: TrainConfig, run_dir: Path, accelerator, resume: bool) -> dict:
+def set_up(cfg: TrainConfig, accelerator) -> Setup:
     from accelerate.utils import set_seed
 
-    main = accelerator.is_main_process
-    log = accelerator.print
     set_seed(cfg.seed)
-
-    # --- data and model -------------------------------------------------------------------------
-    meta = load_metadata(cfg.data)
-    label_names = meta["label_names"]
+    label_names = load_metadata(cfg.data)["label_names"]
     train_texts, train_labels = load_split(cfg.data, "train")
     val_texts, val_labels = load_split(cfg.data, "val")
     arm = build_arm(cfg, train_texts, label_names)
@@ -169,219 +262,312 @@ def _train(cfg: TrainConfig, run_dir: Path, accelerator, resume: bool) -> dict:
     train_examples = arm.encode(train_texts)
     val_examples = arm.encode(val_texts)
     encode_seconds = time.perf_counter() - t0
-    model = arm.model
 
-    lengths = [arm.example_length(e) for e in train_examples]
-    sampler = LengthGroupedBatchSampler(lengths, cfg.per_device_train_batch_size, cfg.seed,
-                                        grouped=cfg.length_grouping)
-    pin = torch.cuda.is_available()
-    # its own generator: creating a loader iterator draws a seed, which must not advance the global RNG
-    # (a resumed epoch creates its iterator after the RNG restore, an uninterrupted one before the checkpoint)
-    train_loader = DataLoader(IndexedDataset(train_examples, train_labels), batch_sampler=sampler,
-                              collate_fn=make_collate(arm), num_workers=cfg.num_workers, pin_memory=pin,
-                              generator=torch.Generator().manual_seed(cfg.seed))
-    val_loader = make_eval_loader(arm, val_examples, val_labels, cfg.per_device_eval_batch_size, cfg.num_workers)
-
-    fused = {"fused": True} if torch.cuda.is_available() else {}
-    optimizer = torch.optim.AdamW(arm.param_groups(cfg), lr=cfg.learning_rate,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2), **fused)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    if cfg.compile:
-        model = torch.compile(model)
-    steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.gradient_accumulation_steps))
-    total_steps = steps_per_epoch * cfg.num_train_epochs
-    if cfg.max_train_steps:
-        total_steps = min(total_steps, cfg.max_train_steps)
-    warmup_steps = int(cfg.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_scheduler_type, warmup_steps, total_steps))
-
+    step = build_train_step(cfg, arm, train_examples, train_labels, accelerator)
+    val_loader = accelerator.prepare(
+        make_eval_loader(arm, val_examples, val_labels, cfg.per_device_eval_batch_size, cfg.num_workers)
+    )
     description = arm.describe()
-    resolved = {"world_size": accelerator.num_processes, "device": str(accelerator.device),
-                "mixed_precision": accelerator.mixed_precision,
-                "effective_batch_size": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
-                * accelerator.num_processes,
-                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "warmup_steps": warmup_steps,
-                "num_train_examples": len(train_examples), "num_val_examples": len(val_examples),
-                "params_total": description["params_total"], "params_trainable": description["params_trainable"]}
-
-    # --- state, fresh or resumed ----------------------------------------------------------------
-    state = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_val_macro_f1": -1.0, "best_epoch": 0,
-             "epochs_without_gain": 0, "train_seconds": 0.0, "nonfinite_skipped": 0,
-             "encode_seconds": encode_seconds}
-    running = {}
-    if resume:
-        loaded = ckpt.load_checkpoint(run_dir, accelerator.device)
-        try:
-            arm.load_trainable_state_dict(loaded["model"])
-            optimizer.load_state_dict(loaded["optimizer"])
-            scheduler.load_state_dict(loaded["state"]["scheduler"])
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as e:
-            raise FtvsError(f"checkpoint in {run_dir / ckpt.CHECKPOINT_DIR} is corrupt or does not fit this model "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); delete it to restart") from None
-        state.update({k: loaded["state"][k] for k in state if k in loaded["state"]})
-        saved_world = loaded["state"].get("world_size", 1)  # checkpoints from before it was recorded: 1
-        if saved_world != accelerator.num_processes:
-            raise FtvsError(f"{run_dir} was trained on {saved_world} process(es), this is {accelerator.num_processes}; "
-                            f"resume it with `accelerate launch --num_processes {saved_world} -m ftvs train ...`")
-        # process r > 0 continues from its own RNG stream and epoch statistics (stored as running.rank{r}.*)
-        rank = accelerator.process_index
-        mine = {k.split(".", 1)[1]: v for k, v in loaded["running"].items() if k.startswith(f"rank{rank}.")}
-        if rank:
-            loaded["rng_tensors"], loaded["state"]["rng"] = mine, loaded["state"]["rank_rng"][rank - 1]
-        ckpt.restore_rng(loaded["rng_tensors"], loaded["state"]["rng"])
-        running = mine if rank else {k: v for k, v in loaded["running"].items() if not k.startswith("rank")}
-        if main:  # history beyond the checkpoint came from epochs that will be replayed
-            rows = [r for r in read_jsonl(run_dir / "history.jsonl") if r["epoch"] <= state["epoch"]] \
-                if (run_dir / "history.jsonl").exists() else []
-            atomic_write_bytes(run_dir / "history.jsonl", b"")
-            for r in rows:
-                append_jsonl(run_dir / "history.jsonl", r)
-        log(f"resumed {run_dir} at epoch {state['epoch'] + 1}, batch {state['batches_done']}, step {state['global_step']}")
-    elif main:
-        write_config(run_dir, cfg, resolved)
-        write_json(run_dir / "train_summary.json", {"status": "running"})
-        for stale in ("history.jsonl", "metrics.json"):
-            (run_dir / stale).unlink(missing_ok=True)
-    if main and resume:
-        write_config(run_dir, cfg, resolved)
-
-    log(f"{cfg.arm} | {description['params_total']:,} params ({description['params_trainable']:,} trainable) | "
+    resolved = {
+        "world_size": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,
+        "effective_batch_size": cfg.per_device_train_batch_size
+        * cfg.gradient_accumulation_steps
+        * accelerator.num_processes,
+        "steps_per_epoch": step.steps_per_epoch,
+        "total_steps": step.total_steps,
+        "warmup_steps": step.warmup_steps,
+        "num_train_examples": len(train_examples),
+        "num_val_examples": len(val_examples),
+        "params_total": description["params_total"],
+        "params_trainable": description["params_trainable"],
+    }
+    accelerator.print(
+        f"{cfg.arm} | {description['params_total']:,} params ({description['params_trainable']:,} trainable) | "
         f"{len(train_examples):,} train / {len(val_examples):,} val | device {accelerator.device} | "
-        f"{steps_per_epoch} steps/epoch x {cfg.num_train_epochs} epochs")
+        f"{step.steps_per_epoch} steps/epoch x {cfg.num_train_epochs} epochs"
+    )
+    return Setup(
+        cfg,
+        accelerator,
+        arm,
+        step,
+        val_loader,
+        list(val_labels),
+        label_names,
+        encode_seconds,
+        description,
+        resolved,
+    )
 
-    def save_state(epoch, batches_done, run_preds, run_labels, run_loss):
-        accelerator.wait_for_everyone()
-        mine = {"preds": torch.cat(run_preds).cpu() if run_preds else torch.zeros(0, dtype=torch.long),
-                "labels": torch.cat(run_labels).cpu() if run_labels else torch.zeros(0, dtype=torch.long),
-                "loss_sum": run_loss.detach().reshape(1).cpu().double()}
-        others = []  # every other process's epoch statistics and RNG state, for an exact multi-process resume
-        if accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
 
-            others = gather_object([(mine, *ckpt.rng_state())])[1:]
-        if main:
-            for r, (stats, rng_tensors, _) in enumerate(others, start=1):
-                mine.update({f"rank{r}.{k}": v for k, v in {**stats, **rng_tensors}.items()})
-            # the arm holds the unwrapped module, so tensor names do not depend on DDP/compile wrappers
-            ckpt.save_checkpoint(
-                run_dir, model_state=arm.trainable_state_dict(),
-                optimizer=optimizer, scheduler=scheduler,
-                state={**state, "epoch": epoch, "batches_done": batches_done,
-                       "world_size": accelerator.num_processes, "rank_rng": [meta for *_, meta in others]},
-                running=mine)
+# --------------------------------------------------------------------------------------------------
+# Fresh start or resume
+# --------------------------------------------------------------------------------------------------
 
+
+def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool) -> None:
+    started = (run_dir / "history.jsonl").exists() or ckpt.has_checkpoint(run_dir)
+    if started and not resume:
+        raise FtvsError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --output_dir"
+        )
+    if resume and (run_dir / "config.yaml").is_file():
+        saved = read_saved_config(run_dir)
+        current = cfg.to_dict()
+        if saved.get("learning_rate") is not None and current.get("learning_rate") is None:
+            current["learning_rate"] = saved["learning_rate"]
+        diff = config_differences(saved, current)
+        if diff:
+            shown = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:4])
+            raise FtvsError(
+                f"--resume with a different config ({shown}); rerun with the original settings or a new --output_dir"
+            )
+
+
+def start_or_resume(setup: Setup, run_dir: Path, resume: bool) -> tuple[dict, dict]:
+    """The loop's state (epoch, batches done in it, best so far, ...) and this process's running statistics
+    of an epoch in progress: fresh, or restored with the weights, optimizer, schedule and RNGs."""
+    state = {
+        "epoch": 0,
+        "batches_done": 0,
+        "best_val_macro_f1": -1.0,
+        "best_epoch": 0,
+        "epochs_without_gain": 0,
+        "train_seconds": 0.0,
+        "encode_seconds": setup.encode_seconds,
+    }
+    step, history = setup.step, run_dir / "history.jsonl"
+    if not resume:
+        if setup.main:
+            write_config(run_dir, setup.cfg, setup.resolved)
+            write_json(run_dir / "train_summary.json", {"status": "running"})
+            for stale in ("history.jsonl", "metrics.json"):
+                (run_dir / stale).unlink(missing_ok=True)
+        return state, {}
+    saved, running = ckpt.load_training_state(
+        run_dir, setup.accelerator, setup.arm, step.optimizer, step.scheduler
+    )
+    state.update({k: saved[k] for k in state if k in saved})
+    step.global_step = saved["global_step"]
+    step.nonfinite_skipped = saved.get("nonfinite_skipped", 0)
+    if setup.main:  # history beyond the checkpoint came from epochs that will be replayed
+        rows = [r for r in read_jsonl(history) if r["epoch"] <= state["epoch"]] if history.exists() else []
+        atomic_write_bytes(history, b"")
+        for r in rows:
+            append_jsonl(history, r)
+        write_config(run_dir, setup.cfg, setup.resolved)
+    setup.accelerator.print(
+        f"resumed {run_dir} at epoch {state['epoch'] + 1}, batch {state['batches_done']}, "
+        f"step {step.global_step}"
+    )
+    return state, running
+
+
+# --------------------------------------------------------------------------------------------------
+# Fit: the epochs
+# --------------------------------------------------------------------------------------------------
+
+
+def fit(setup: Setup, run_dir: Path, state: dict, running: dict) -> dict:
+    cfg, patience = setup.cfg, setup.cfg.early_stopping_patience
+    progress = ProgressFile(run_dir / PROGRESS_FILE, cfg.num_train_epochs, len(setup.step.loader), setup.main)
     stop_reason = "max_epochs"
     start_epoch = state["epoch"]
-    if cfg.early_stopping_patience and state["epochs_without_gain"] >= cfg.early_stopping_patience:
-        start_epoch, stop_reason = cfg.num_train_epochs, "early_stopping"  # it had stopped: nothing left to train
-    started = time.perf_counter()
+    if patience and state["epochs_without_gain"] >= patience:
+        start_epoch, stop_reason = (
+            cfg.num_train_epochs,
+            "early_stopping",
+        )  # it had stopped: nothing left to train
     for epoch in range(start_epoch, cfg.num_train_epochs):
-        arm.on_epoch_start(epoch)
-        sampler.set_epoch(epoch)
-        if hasattr(train_loader, "set_epoch"):  # Accelerate's loader re-sets the sampler's epoch to its own
-            train_loader.set_epoch(epoch)  # iteration count, which restarts at 0 in a resumed process
         skip = state["batches_done"] if epoch == start_epoch else 0
-        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        run_preds = [running["preds"].to(accelerator.device)] if skip and "preds" in running else []
-        run_labels = [running["labels"].to(accelerator.device)] if skip and "labels" in running else []
-        run_loss = running["loss_sum"].to(accelerator.device).sum() if skip and "loss_sum" in running \
-            else torch.zeros((), device=accelerator.device, dtype=torch.float64)
-        nonfinite = torch.zeros((), device=accelerator.device, dtype=torch.bool)
-        first_bad = torch.full((), -1, device=accelerator.device, dtype=torch.long)  # no sync per step
-        model.train()
-        epoch_start = time.perf_counter()
-        seen = 0
-        bar = tqdm(total=len(train_loader), initial=skip, desc=f"epoch {epoch + 1}/{cfg.num_train_epochs}",
-                   disable=cfg.disable_tqdm or not main, leave=False, unit="batch",
-                   mininterval=0.5 if sys.stderr.isatty() else 30)
-        for i, batch in enumerate(loader, start=skip):
-            with accelerator.accumulate(model):
-                logits, loss, labels, bad = forward_backward(accelerator, model, batch, cfg)
-                if bad is not None:  # a step that syncs the gradients
-                    if cfg.skip_nan_steps and bad.item():  # tolerating faults costs a sync per step
-                        state["nonfinite_skipped"] += 1
-                        if state["nonfinite_skipped"] > cfg.skip_nan_steps:
-                            nonfinite |= bad
-                        optimizer.zero_grad(set_to_none=True)
-                    else:
-                        nonfinite |= bad
-                        optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    first_bad = torch.where(nonfinite & (first_bad < 0), state["global_step"] + 1, first_bad)
-                    state["global_step"] += 1
-            run_preds.append(logits.detach().argmax(-1))
-            run_labels.append(labels)
-            run_loss += loss.detach().double() * labels.shape[0]
-            seen += labels.shape[0]
-            bar.update(1)
-            at_log = (i + 1) % cfg.logging_steps == 0 or i + 1 == len(train_loader)
-            if at_log:
-                if nonfinite.item():
-                    _fail_nonfinite(run_dir, main, state, epoch, cfg, first_bad.item())
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                                ex_s=f"{seen / (time.perf_counter() - epoch_start):.0f}")
-            sync_point = accelerator.sync_gradients
-            if sync_point and cfg.save_steps and state["global_step"] % cfg.save_steps == 0 and i + 1 < len(train_loader):
-                if nonfinite.item():  # never overwrite the last good checkpoint with NaN weights
-                    _fail_nonfinite(run_dir, main, state, epoch, cfg, first_bad.item())
-                save_state(epoch, i + 1, [p.cpu() for p in run_preds], [lab.cpu() for lab in run_labels], run_loss)
-            if cfg.max_train_steps and state["global_step"] >= cfg.max_train_steps:
-                stop_reason = "max_train_steps"
-                break
-        bar.close()
-        if nonfinite.item():
-            _fail_nonfinite(run_dir, main, state, epoch, cfg, first_bad.item())
-        epoch_seconds = time.perf_counter() - epoch_start
-        state["train_seconds"] += epoch_seconds
-
-        # --- end of epoch: train statistics, validation, best model, checkpoint, early stopping -
-        preds, gold = (accelerator.gather(accelerator.pad_across_processes(
-            torch.cat(t).to(accelerator.device), pad_index=-1)) for t in (run_preds, run_labels))
-        preds, gold = preds[gold >= 0], gold[gold >= 0]
-        train_loss = accelerator.reduce(run_loss.reshape(1), "sum").item() / max(1, gold.numel())
-        train_stats = summary_metrics(gold.cpu().numpy(), preds.cpu().numpy(), len(label_names))
-        val = predict_loader(model, val_loader, len(val_examples), accelerator)
-        val_stats = summary_metrics(val_labels, val["y_pred"], len(label_names))
-        row = {"epoch": epoch + 1, "step": state["global_step"], "train_loss": train_loss,
-               "train_accuracy": train_stats["accuracy"], "train_macro_f1": train_stats["macro_f1"],
-               "val_loss": val["loss"], "val_accuracy": val_stats["accuracy"], "val_macro_f1": val_stats["macro_f1"],
-               "lr": scheduler.get_last_lr()[0], "epoch_seconds": epoch_seconds,
-               "elapsed_seconds": state["train_seconds"],
-               "examples_per_second": seen * accelerator.num_processes / max(epoch_seconds, 1e-9)}
-        improved = val_stats["macro_f1"] > state["best_val_macro_f1"]
-        if improved:
-            state.update(best_val_macro_f1=val_stats["macro_f1"], best_epoch=epoch + 1, epochs_without_gain=0)
-        else:
-            state["epochs_without_gain"] += 1
-        if main:
-            append_jsonl(run_dir / "history.jsonl", row)
-            if improved:
-                _export_best(arm, run_dir)
-        log(f"epoch {epoch + 1:>3} | train loss {train_loss:.4f} acc {train_stats['accuracy']:.4f} | "
-            f"val loss {val['loss']:.4f} acc {val_stats['accuracy']:.4f} macro-F1 {val_stats['macro_f1']:.4f}"
-            f"{' *' if improved else ''} | {epoch_seconds:.1f}s {row['examples_per_second']:.0f} ex/s")
+        trained = train_epoch(setup, run_dir, state, epoch, skip, running if skip else {}, progress)
+        progress.write("eval", trained["batches"], setup.step.global_step)
+        end_epoch(setup, run_dir, state, epoch, trained)
         running = {}
-        save_state(epoch + 1, 0, [], [], torch.zeros((), dtype=torch.float64))
-        if stop_reason == "max_train_steps":
+        state.update(epoch=epoch + 1, batches_done=0)
+        save_state(setup, run_dir, state, [], [], torch.zeros((), dtype=torch.float64))
+        if trained["reached_max_steps"]:
+            stop_reason = "max_train_steps"
             break
-        if cfg.early_stopping_patience and state["epochs_without_gain"] >= cfg.early_stopping_patience:
+        if patience and state["epochs_without_gain"] >= patience:
             stop_reason = "early_stopping"
-            log(f"early stopping: no val macro-F1 gain for {cfg.early_stopping_patience} epochs")
+            setup.accelerator.print(f"early stopping: no val macro-F1 gain for {patience} epochs")
             break
+    progress.done(state["epoch"], setup.step.global_step)
+    return finish(setup, run_dir, state, stop_reason, progress.started)
 
-    accelerator.wait_for_everyone()
+
+def train_epoch(
+    setup: Setup, run_dir: Path, state: dict, epoch: int, skip: int, running: dict, progress
+) -> dict:
+    """One pass over the training batches (after the first `skip`, already trained before a resume)."""
+    cfg, accelerator, step = setup.cfg, setup.accelerator, setup.step
+    device, num_batches = accelerator.device, len(step.loader)
+    setup.arm.on_epoch_start(epoch)
+    step.sampler.set_epoch(epoch)
+    if hasattr(step.loader, "set_epoch"):  # Accelerate's loader re-sets the sampler's epoch to its own
+        step.loader.set_epoch(epoch)  # iteration count, which restarts at 0 in a resumed process
+    loader = accelerator.skip_first_batches(step.loader, skip) if skip else step.loader
+    preds = [running["preds"].to(device)] if "preds" in running else []
+    golds = [running["labels"].to(device)] if "labels" in running else []
+    loss_sum = (
+        running["loss_sum"].to(device).sum()
+        if "loss_sum" in running
+        else torch.zeros((), device=device, dtype=torch.float64)
+    )
+    step.reset_fault_flags()
+    step.model.train()
+    progress.start_epoch(epoch, skip, step.global_step)
+    epoch_start, seen, reached_max_steps, i = time.perf_counter(), 0, False, skip - 1
+    bar = tqdm(
+        total=num_batches,
+        initial=skip,
+        desc=f"epoch {epoch + 1}/{cfg.num_train_epochs}",
+        disable=cfg.disable_tqdm or not setup.main,
+        leave=False,
+        unit="batch",
+        mininterval=0.5 if sys.stderr.isatty() else 30,
+    )
+    for i, batch in enumerate(loader, start=skip):
+        logits, loss, labels = step(batch)
+        preds.append(logits.detach().argmax(-1))
+        golds.append(labels)
+        loss_sum += loss.detach().double() * labels.shape[0]
+        seen += labels.shape[0]
+        bar.update(1)
+        progress.tick(i + 1, step.global_step)
+        if (i + 1) % cfg.logging_steps == 0 or i + 1 == num_batches:
+            check_finite(setup, run_dir, state, epoch)
+            bar.set_postfix(
+                loss=f"{loss.item():.4f}",
+                lr=f"{step.scheduler.get_last_lr()[0]:.2e}",
+                ex_s=f"{seen / (time.perf_counter() - epoch_start):.0f}",
+            )
+        if (
+            accelerator.sync_gradients
+            and cfg.save_steps
+            and step.global_step % cfg.save_steps == 0
+            and i + 1 < num_batches
+        ):
+            check_finite(
+                setup, run_dir, state, epoch
+            )  # never overwrite the last good checkpoint with NaN weights
+            save_state(
+                setup,
+                run_dir,
+                {**state, "epoch": epoch, "batches_done": i + 1},
+                [p.cpu() for p in preds],
+                [g.cpu() for g in golds],
+                loss_sum,
+            )
+        if cfg.max_train_steps and step.global_step >= cfg.max_train_steps:
+            reached_max_steps = True
+            break
+    bar.close()
+    check_finite(setup, run_dir, state, epoch)
+    seconds = time.perf_counter() - epoch_start
+    state["train_seconds"] += seconds
+    return {
+        "preds": preds,
+        "labels": golds,
+        "loss_sum": loss_sum,
+        "examples": seen,
+        "seconds": seconds,
+        "batches": i + 1,
+        "reached_max_steps": reached_max_steps,
+    }
+
+
+def end_epoch(setup: Setup, run_dir: Path, state: dict, epoch: int, trained: dict) -> None:
+    """Train statistics over every process, validation, the history row, the best model so far."""
+    accelerator, step, num_labels = setup.accelerator, setup.step, len(setup.label_names)
+    preds, gold = (
+        accelerator.gather(
+            accelerator.pad_across_processes(torch.cat(t).to(accelerator.device), pad_index=-1)
+        )
+        for t in (trained["preds"], trained["labels"])
+    )
+    preds, gold = preds[gold >= 0], gold[gold >= 0]
+    train_loss = accelerator.reduce(trained["loss_sum"].reshape(1), "sum").item() / max(1, gold.numel())
+    train_stats = summary_metrics(gold.cpu().numpy(), preds.cpu().numpy(), num_labels)
+    val = predict_loader(step.model, setup.val_loader, len(setup.val_labels), accelerator)
+    val_stats = summary_metrics(setup.val_labels, val["y_pred"], num_labels)
+    seconds = trained["seconds"]
+    row = {
+        "epoch": epoch + 1,
+        "step": step.global_step,
+        "train_loss": train_loss,
+        "train_accuracy": train_stats["accuracy"],
+        "train_macro_f1": train_stats["macro_f1"],
+        "val_loss": val["loss"],
+        "val_accuracy": val_stats["accuracy"],
+        "val_macro_f1": val_stats["macro_f1"],
+        "lr": step.scheduler.get_last_lr()[0],
+        "epoch_seconds": seconds,
+        "elapsed_seconds": state["train_seconds"],
+        "examples_per_second": trained["examples"] * accelerator.num_processes / max(seconds, 1e-9),
+    }
+    improved = val_stats["macro_f1"] > state["best_val_macro_f1"]
+    if improved:
+        state.update(best_val_macro_f1=val_stats["macro_f1"], best_epoch=epoch + 1, epochs_without_gain=0)
+    else:
+        state["epochs_without_gain"] += 1
+    if setup.main:
+        append_jsonl(run_dir / "history.jsonl", row)
+        if improved:
+            _export_best(setup.arm, run_dir)
+    accelerator.print(
+        f"epoch {epoch + 1:>3} | train loss {train_loss:.4f} acc {train_stats['accuracy']:.4f} | "
+        f"val loss {val['loss']:.4f} acc {val_stats['accuracy']:.4f} macro-F1 {val_stats['macro_f1']:.4f}"
+        f"{' *' if improved else ''} | {seconds:.1f}s {row['examples_per_second']:.0f} ex/s"
+    )
+
+
+def save_state(setup: Setup, run_dir: Path, state: dict, preds: list, labels: list, loss_sum) -> None:
+    """Checkpoint the loop at `state["epoch"]`, `state["batches_done"]` (every process calls it)."""
+    step = setup.step
+    ckpt.save_training_state(
+        run_dir,
+        setup.accelerator,
+        setup.arm,
+        step.optimizer,
+        step.scheduler,
+        {**state, "global_step": step.global_step, "nonfinite_skipped": step.nonfinite_skipped},
+        preds=preds,
+        labels=labels,
+        loss_sum=loss_sum,
+    )
+
+
+def finish(setup: Setup, run_dir: Path, state: dict, stop_reason: str, started: float) -> dict:
+    setup.accelerator.wait_for_everyone()
     history = read_jsonl(run_dir / "history.jsonl") if (run_dir / "history.jsonl").exists() else []
-    summary = {"status": "completed", "stop_reason": stop_reason, "epochs_run": len(history),
-               "best_epoch": state["best_epoch"], "best_val_macro_f1": state["best_val_macro_f1"],
-               "seconds_total": state["train_seconds"] + state["encode_seconds"],
-               "seconds_per_epoch": state["train_seconds"] / max(1, len(history)),
-               "seconds_preprocess": state["encode_seconds"],
-               "global_step": state["global_step"], "wall_seconds_this_process": time.perf_counter() - started,
-               "nonfinite_steps_skipped": state["nonfinite_skipped"], "model": description, **resolved}
-    if main:
+    summary = {
+        "status": "completed",
+        "stop_reason": stop_reason,
+        "epochs_run": len(history),
+        "best_epoch": state["best_epoch"],
+        "best_val_macro_f1": state["best_val_macro_f1"],
+        "seconds_total": state["train_seconds"] + state["encode_seconds"],
+        "seconds_per_epoch": state["train_seconds"] / max(1, len(history)),
+        "seconds_preprocess": state["encode_seconds"],
+        "global_step": setup.step.global_step,
+        "wall_seconds_this_process": time.perf_counter() - started,
+        "nonfinite_steps_skipped": setup.step.nonfinite_skipped,
+        "model": setup.description,
+        **setup.resolved,
+    }
+    if setup.main:
         write_json(run_dir / "train_summary.json", summary)
     return summary
+
+
+def check_finite(setup: Setup, run_dir: Path, state: dict, epoch: int) -> None:
+    """Fail the run if the step flagged a NaN/Inf loss or gradient (one host sync)."""
+    if setup.step.nonfinite.item():
+        _fail_nonfinite(run_dir, setup.main, state, epoch, setup.cfg, setup.step.first_bad.item())
 
 
 def _export_best(arm, run_dir: Path) -> None:
@@ -394,14 +580,28 @@ def _export_best(arm, run_dir: Path) -> None:
 
 def _fail_nonfinite(run_dir: Path, main: bool, state: dict, epoch: int, cfg: TrainConfig, step: int):
     fp32 = "" if cfg.mixed_precision == "no" else "use --mixed_precision no (fp32), "
-    kept = (f"the best model so far (epoch {state['best_epoch']}) is kept in {run_dir / 'model'}"
-            if state["best_epoch"] else "no epoch finished, so no model was saved")
-    msg = (f"loss or gradients became NaN/Inf at optimizer step {step} (epoch {epoch + 1}); lower --learning_rate "
-           f"(now {cfg.learning_rate:g}), {fp32}or pass --skip_nan_steps N to tolerate a few; {kept}")
+    kept = (
+        f"the best model so far (epoch {state['best_epoch']}) is kept in {run_dir / 'model'}"
+        if state["best_epoch"]
+        else "no epoch finished, so no model was saved"
+    )
+    msg = (
+        f"loss or gradients became NaN/Inf at optimizer step {step} (epoch {epoch + 1}); lower --learning_rate "
+        f"(now {cfg.learning_rate:g}), {fp32}or pass --skip_nan_steps N to tolerate a few; {kept}"
+    )
     if main:
-        summary = read_json(run_dir / "train_summary.json") if (run_dir / "train_summary.json").exists() else {}
-        write_json(run_dir / "train_summary.json", {**summary, "status": "failed", "stop_reason": "nonfinite",
-                                                     "error": msg, "best_epoch": state["best_epoch"],
-                                                     "failed_step": step})
+        summary = (
+            read_json(run_dir / "train_summary.json") if (run_dir / "train_summary.json").exists() else {}
+        )
+        write_json(
+            run_dir / "train_summary.json",
+            {
+                **summary,
+                "status": "failed",
+                "stop_reason": "nonfinite",
+                "error": msg,
+                "best_epoch": state["best_epoch"],
+                "failed_step": step,
+            },
+        )
     raise NonFiniteLoss(msg)
-

@@ -1,0 +1,525 @@
+"""How fast ftvs trains and predicts, measured against the obvious alternatives:
+`python benchmarks/bench.py --data PREPARED_DATA [--arm scratch|finetune|both] [--output results.json]`.
+
+For one prepared dataset and one model (`--arm scratch --preset tiny`, `--arm finetune --model smollm2-135m
+--method lora`, or `--arm both`) it measures, in one process:
+
+- training throughput of the ftvs training step (examples/s, real and padded tokens/s, after warm-up): the
+  step `ftvs.train.build_train_step` builds for `ftvs train`, not a copy of it (bench_step.py);
+- inference latency at batch 1 (p50/p95) and throughput at a large batch;
+- peak memory per phase (CUDA `max_memory_allocated`; on CPU the peak RSS, `VmHWM`, reset per phase);
+- a matmul probe of the machine (GFLOP/s of a square `torch.mm` in the training dtype) and the model FLOPs
+  utilisation (MFU) of the training step against it (bench_machine.py, bench_flops.py);
+
+and runs side by side, on the same data, model and batch size:
+
+- (a) scratch: the ftvs step vs `PaddedReferenceClassifier` trained the way the seed repository did it
+  (every batch padded to max length, hand-written attention with an explicit causal mask, shuffled batches;
+  bench_reference.py);
+- (b) finetune: the ftvs step vs `transformers.Trainer` with its defaults (dynamic padding, random order;
+  bench_trainer.py);
+- (c) finetune: the MFU of the fine-tuning step.
+
+Shared machines are noisy: the two sides of a comparison alternate in rounds (each round times a few
+steps of each), so slow phases of the machine hit both; per-round ratios and their median are reported,
+and the matmul probe is re-run between rounds so MFU is measured against the machine as it was.
+Timings cover whole steps, data loading included, synchronising the device only at window boundaries.
+"""
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from bench_flops import FlopModel, counted_flops, linear_flop_profile, model_shape
+from bench_inference import inference_bench
+from bench_machine import MatmulProbe, PeakMemory, choose_threads, machine_info, summary
+from bench_reference import ReferenceStepRunner, reference_equivalence
+from bench_report import TARGETS, comparisons_of, format_table, ratio_block, summarise_windows
+from bench_step import FtvsStepTimer
+from bench_trainer import trainer_round
+
+from ftvs.config import autocast_dtype, resolve_mixed_precision
+from ftvs.errors import FtvsError
+
+DEFAULTS = {  # per arm: (batch size, warm-up steps, rounds, steps per round, latency examples, throughput examples)
+    "scratch": dict(
+        batch_size=32,
+        warmup_steps=5,
+        rounds=5,
+        steps_per_round=10,
+        latency_examples=200,
+        throughput_examples=2048,
+        throughput_batch_size=256,
+    ),
+    "finetune": dict(
+        batch_size=16,
+        warmup_steps=2,
+        rounds=3,
+        steps_per_round=3,
+        latency_examples=30,
+        throughput_examples=256,
+        throughput_batch_size=64,
+    ),
+}
+QUICK = {
+    "scratch": dict(
+        warmup_steps=2, rounds=2, steps_per_round=3, latency_examples=20, throughput_examples=256
+    ),
+    "finetune": dict(warmup_steps=1, rounds=1, steps_per_round=2, latency_examples=5, throughput_examples=32),
+}
+BATCH_ORDER = {
+    "spread": "the length-grouped sampler's batches, visited in van der Corput order over their padded sizes "
+    "(the timed steps sample the epoch's batch sizes evenly; see SpreadBatches)",
+    "epoch": "the length-grouped sampler's batches in its own shuffled order",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Inference
+# --------------------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------------------
+# One arm
+# --------------------------------------------------------------------------------------------------
+
+
+def token_ids(arm, texts, encoded=None) -> list:
+    """Token id lists of a fine-tuned arm's `texts` (what `encoded` already is, unless the arm encodes into
+    cached features): the arm's own tokenisation, as `encode` does it before the feature pass."""
+    if encoded is not None and not getattr(arm, "feature_cache", False):
+        return encoded
+    return arm.token_ids(texts)
+
+
+def make_train_config(args, kind: str, batch_size: int, total_steps: int):
+    """The training config of the benchmarked step; its LR schedule spans the benchmark's steps."""
+    from ftvs.config import build_config
+
+    values = {
+        "arm": kind,
+        "data": str(args.data),
+        "output_dir": "bench",
+        "seed": args.seed,
+        "max_seq_length": args.max_seq_length,
+        "per_device_train_batch_size": batch_size,
+        "mixed_precision": args.mixed_precision,
+        "compile": args.compile,
+        "disable_tqdm": True,
+        "max_train_steps": total_steps,
+    }
+    if kind == "scratch":
+        values.update(preset=args.preset, tokenizer=args.tokenizer)
+    else:
+        values.update(model_name_or_path=args.model, method=args.method)
+    return build_config({}, values)
+
+
+def arm_settings(kind: str, args) -> dict:
+    settings = {**DEFAULTS[kind], **(QUICK[kind] if args.quick else {})}
+    for key in settings:
+        if getattr(args, key, None) is not None:
+            settings[key] = getattr(args, key)
+    return settings
+
+
+def flop_model_of(timer, arm, accelerator, cross_check: bool) -> tuple:
+    """The FLOP model from hooks on one real batch (train mode, gradients on: who needs which gradient),
+    and, unless `cross_check` is off, torch's FlopCounterMode count of the same batch next to it."""
+    sample = timer.sample_batch()
+    sample_labels = sample.pop("labels")
+    timer.model.train()
+    with accelerator.autocast():
+        profile = linear_flop_profile(timer.model, sample, grad=True)
+    n_layer, d_attn = model_shape(arm)
+    trains_below_head = profile["tok_w"] > 0
+    flop_model = FlopModel(
+        profile, n_layer, d_attn, attention_backward=trains_below_head, uses_attention="input_ids" in sample
+    )
+    B, T = sample["input_ids"].shape if "input_ids" in sample else (len(sample_labels), 1)
+    if not cross_check:
+        return flop_model, None
+    with accelerator.autocast():
+        counted = counted_flops(timer.model, sample, sample_labels)
+    if not counted:
+        return flop_model, None
+    linear_only = FlopModel(profile, n_layer, d_attn, trains_below_head, uses_attention=False)
+    return flop_model, {
+        "batch_shape": [B, T],
+        "flop_counter_mode": counted,
+        "analytic_linear_part": linear_only.train_step(B, T),
+        "analytic_with_attention": flop_model.train_step(B, T),
+        "six_n_t": 6 * profile["weights_called"] * B * T,
+        "note": "FlopCounterMode counts matmuls (and CUDA SDPA, not CPU fused attention)",
+    }
+
+
+def timed_rounds(kind, args, settings, timer, baseline_step, probe, memory, log) -> dict:
+    """Warm-up, then rounds that alternate the ftvs step and the baseline (`baseline_step(steps)` -> a timing
+    window, or None), with the matmul probe after each round."""
+    warmup, rounds, per_round = settings["warmup_steps"], settings["rounds"], settings["steps_per_round"]
+    # the warm-up's memory peak counts: the first steps allocate gradients and optimizer state
+    warm = [measured(memory, timer.run, warmup)]
+    if kind == "scratch" and baseline_step is not None:
+        warm.append(measured(memory, baseline_step, max(1, warmup)))
+    ours, theirs, probes = [], [], []
+    for r in range(rounds):
+        ours.append(measured(memory, timer.run, per_round))
+        if baseline_step is not None:
+            theirs.append(measured(memory, baseline_step, per_round))
+            timer.model.train()
+        probes.extend(probe.measure(args.probe_repeats))
+        log(
+            f"  round {r + 1}/{rounds}: ftvs {ours[-1]['examples'] / ours[-1]['seconds']:.1f} ex/s"
+            + (f", baseline {theirs[-1]['examples'] / theirs[-1]['seconds']:.1f} ex/s" if theirs else "")
+            + f", matmul {probes[-1]:.1f} GFLOP/s"
+        )
+    return {"warm": warm, "ours": ours, "theirs": theirs, "probes": probes}
+
+
+def arm_inference(arm, timer, accelerator, data, settings, memory) -> dict:
+    """Inference on the test split, of the whole network (with a feature cache the trained head alone is not
+    the model)."""
+    n_needed = max(settings["latency_examples"] + 3, settings["throughput_examples"])
+    infer_texts, infer_labels = data["test_texts"][:n_needed], data["test_labels"][:n_needed]
+    if getattr(arm, "feature_cache", False):
+        from ftvs.batching import pad_token_batch
+
+        infer_model = accelerator.prepare_model(arm.wrapper, evaluation_mode=True)
+        infer_examples = token_ids(arm, infer_texts)
+
+        def collate(examples):
+            return pad_token_batch(examples, arm.pad_id)
+    else:
+        infer_model, infer_examples, collate = timer.model, arm.encode(infer_texts), arm.collate
+    return inference_bench(
+        infer_model,
+        collate,
+        infer_examples,
+        infer_labels,
+        accelerator.device,
+        settings["latency_examples"],
+        settings["throughput_examples"],
+        settings["throughput_batch_size"],
+        memory,
+    )
+
+
+def baseline_step_of(kind, arm, cfg, data, train_examples, initial_state, accelerator):
+    """`steps -> timing window` of the baseline: the padded reference (scratch) or Trainer (finetune)."""
+    device, precision, labels = accelerator.device, accelerator.mixed_precision, data["train_labels"]
+    if kind == "scratch":
+        reference = ReferenceStepRunner(
+            initial_state,
+            arm.model.config,
+            train_examples,
+            labels,
+            cfg,
+            device,
+            precision,
+            cfg.max_train_steps,
+        )
+        return reference.run
+    # Trainer needs token ids, also where ftvs trains on cached features
+    trainer_examples = token_ids(arm, data["train_texts"], train_examples)
+
+    def trainer_steps(steps):
+        return trainer_round(arm, trainer_examples, labels, cfg, precision, 1, steps, device)
+
+    return trainer_steps
+
+
+def baseline_results(kind, arm, cfg, timed, flop_model, peak, equivalence) -> dict:
+    ours, theirs = timed["ours"], timed["theirs"]
+    if kind == "scratch":
+        return {
+            "reference": {
+                "name": "PaddedReferenceClassifier (seed approach): same sizes and parameters, every batch padded "
+                f"to {cfg.max_seq_length}, unfused attention with an explicit causal mask, shuffled batches",
+                "logit_max_abs_diff_vs_ftvs": equivalence,
+                "train": summarise_windows(theirs, None, peak, timed["warm"][1]),
+                "ratio": ratio_block(ours, theirs, TARGETS["a_scratch_vs_padded_reference"]),
+            }
+        }
+    cached = "; ftvs trains the head on cached base features, Trainer runs the frozen base every step"
+    return {
+        "trainer": {
+            "name": "transformers.Trainer defaults (DataCollatorWithPadding, random order, "
+            f"{theirs[0].get('optimizer')}), same model object, data, batch size and learning rate"
+            + (cached if getattr(arm, "feature_cache", False) else ""),
+            "train": summarise_windows(theirs, flop_model, peak),
+            "trainer_reported_train_samples_per_second": [
+                w.get("trainer_train_samples_per_second") for w in theirs
+            ],
+            "ratio": ratio_block(ours, theirs, TARGETS["b_finetune_vs_trainer"]),
+        }
+    }
+
+
+def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log) -> dict:
+    from ftvs.arms import build_arm
+    from ftvs.launch import make_accelerator
+    from ftvs.train import resolve_config
+
+    settings = arm_settings(kind, args)
+    bs, rounds, per_round = settings["batch_size"], settings["rounds"], settings["steps_per_round"]
+    total_steps = settings["warmup_steps"] + rounds * per_round + 10
+    cfg = make_train_config(args, kind, bs, total_steps)
+    accelerator = make_accelerator(cfg)
+    device, memory = accelerator.device, PeakMemory(accelerator.device)
+
+    t0 = time.perf_counter()
+    arm = build_arm(cfg, data["train_texts"], data["label_names"])
+    cfg = resolve_config(cfg, arm)
+    build_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train_examples, train_labels = arm.encode(data["train_texts"]), data["train_labels"]
+    encode_seconds = time.perf_counter() - t0
+    desc = arm.describe()
+    name = f"scratch-{cfg.preset}" if kind == "scratch" else f"{cfg.model_name_or_path} ({cfg.method})"
+    log(
+        f"[{kind}] {name}: {desc['params_total']:,} params ({desc['params_trainable']:,} trainable), batch {bs}, "
+        f"{len(train_examples):,} train examples, device {device}, precision {accelerator.mixed_precision}"
+    )
+
+    initial_state = copy.deepcopy(arm.model.state_dict()) if kind == "scratch" else None
+    equivalence = reference_equivalence(arm, train_examples, initial_state) if kind == "scratch" else None
+    timer = FtvsStepTimer(
+        arm, cfg, train_examples, train_labels, accelerator, spread=args.batch_order == "spread"
+    )
+    flop_model, check = flop_model_of(timer, arm, accelerator, cross_check=not args.quick)
+
+    baseline_step = None
+    if args.compare:
+        baseline_step = baseline_step_of(kind, arm, cfg, data, train_examples, initial_state, accelerator)
+    timed = timed_rounds(kind, args, settings, timer, baseline_step, probe, memory, log)
+    ours, theirs = timed["ours"], timed["theirs"]
+    host_syncs = timer.count_host_syncs(args.sync_check_steps) if device.type == "cuda" else None
+    nonfinite = bool(timer.step.nonfinite.item())
+    if nonfinite:
+        log("  warning: a NaN/Inf loss or gradient occurred during the timed steps")
+
+    peak = statistics.median(timed["probes"])
+    train = summarise_windows(ours, flop_model, peak, timed["warm"][0])
+    train.update(
+        nonfinite=nonfinite,
+        fused_adamw=timer.fused_adamw,
+        rounds=rounds,
+        steps_per_round=per_round,
+        warmup_steps=settings["warmup_steps"],
+        host_syncs=host_syncs,
+        batch_order=BATCH_ORDER[args.batch_order],
+    )
+    result = {
+        "arm": kind,
+        "model": name,
+        "method": cfg.method if kind == "finetune" else None,
+        "params_total": desc["params_total"],
+        "params_trainable": desc["params_trainable"],
+        "batch_size": bs,
+        "max_seq_length": cfg.max_seq_length,
+        "learning_rate": cfg.learning_rate,
+        "device": str(device),
+        "mixed_precision": accelerator.mixed_precision,
+        "compile": cfg.compile,
+        "build_seconds": build_seconds,
+        "encode_seconds": encode_seconds,
+        "train": train,
+        "flops": {**flop_model.describe(), "cross_check": check},
+        "matmul_probe_interleaved_gflops": summary(timed["probes"]),
+        "inference": arm_inference(arm, timer, accelerator, data, settings, memory),
+    }
+    if theirs:
+        result.update(baseline_results(kind, arm, cfg, timed, flop_model, peak, equivalence))
+    accelerator.free_memory()
+    return result
+
+
+def measured(memory: PeakMemory, fn, *args) -> dict:
+    """fn(*args) -> a timing window, with the peak memory of that window added."""
+    memory.reset()
+    result = fn(*args)
+    result["peak_memory"] = memory.read()
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Command
+# --------------------------------------------------------------------------------------------------
+
+
+def load_data(data_dir, max_train: int | None, seed: int) -> dict:
+    from ftvs.data import load_metadata, load_split
+
+    meta = load_metadata(data_dir)
+    train_texts, train_labels = load_split(data_dir, "train")
+    test_texts, test_labels = load_split(data_dir, "test")
+    if max_train and len(train_texts) > max_train:
+        train_texts, train_labels = train_texts[:max_train], train_labels[:max_train]
+    return {
+        "label_names": meta["label_names"],
+        "train_texts": list(train_texts),
+        "train_labels": list(train_labels),
+        "test_texts": list(test_texts),
+        "test_labels": list(test_labels),
+        "source": meta.get("source"),
+    }
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(args) -> dict:
+    """The whole benchmark: machine, matmul probe, each arm; returns the report (written with --output)."""
+    if not Path(args.data, "metadata.json").is_file():
+        raise FtvsError(
+            f"{args.data} is not a prepared data folder (no metadata.json); run `ftvs prepare` first"
+        )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.perf_counter()
+    threads = choose_threads(args.threads)
+    machine = machine_info()
+    machine["threads_choice"] = threads
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    dtype = autocast_dtype(resolve_mixed_precision(args.mixed_precision, cuda)) or torch.float32
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    size = args.probe_size or (8192 if cuda else 2048)
+    probe = MatmulProbe(device, dtype, size)
+    start_probe = probe.measure(max(3, args.probe_repeats))
+    log(
+        f"machine: {machine['cpu_model']}, {machine['cpu_count']} cpus, torch {machine['torch']} "
+        f"({threads['threads']} threads, {threads['mode']}), load {machine['loadavg_1min']}, "
+        f"{machine.get('gpu', 'no GPU')}; matmul {size}^2 {probe.describe()['dtype']}: "
+        f"{statistics.median(start_probe):.1f} GFLOP/s"
+    )
+
+    data = load_data(args.data, args.max_train_examples, args.seed)
+    arms = ["scratch", "finetune"] if args.arm == "both" else [args.arm]
+    results = {kind: bench_arm(kind, args, data, probe, log) for kind in arms}
+    machine["loadavg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    report = {
+        "command": "python benchmarks/bench.py " + " ".join(args.argv),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds_total": time.perf_counter() - started,
+        "quick": args.quick,
+        "data": str(args.data),
+        "dataset": data["source"],
+        "num_train_examples": len(data["train_texts"]),
+        "machine": machine,
+        "matmul_probe": {**probe.describe(), "gflops_at_start": summary(start_probe)},
+        "results": results,
+        "comparisons": comparisons_of(results, cuda),
+    }
+    if args.output:
+        from ftvs.fileio import write_json
+
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.output, report)
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/bench.py",
+        description="Benchmark ftvs on a prepared dataset: training throughput, inference latency (batch 1) and "
+        "throughput, peak memory, a matmul probe and the MFU of the training step; side by side with "
+        "(a) a padded-to-max-length reference loop (scratch) and (b) transformers.Trainer (finetune), "
+        "in one process on the same data, model and batch size. Writes JSON with --output.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", required=True, help="prepared data folder (from `ftvs prepare`)")
+    p.add_argument(
+        "--arm", choices=("scratch", "finetune", "both"), default="scratch", help="what to benchmark"
+    )
+    p.add_argument("--preset", default="tiny", help="scratch: size preset")
+    p.add_argument("--tokenizer", default="smollm2-135m", help="scratch: tokenizer (name/path, or 'bpe')")
+    p.add_argument(
+        "--model",
+        "--model_name_or_path",
+        dest="model",
+        default="smollm2-135m",
+        help="finetune: pre-trained model",
+    )
+    p.add_argument(
+        "--method", default="lora", choices=("lora", "full", "frozen", "unfreeze"), help="finetune: method"
+    )
+    p.add_argument(
+        "--batch_size",
+        "--batch-size",
+        type=int,
+        default=None,
+        help="training batch size (default: scratch 32, finetune 16)",
+    )
+    p.add_argument("--max_seq_length", "--max-seq-length", type=int, default=128, help="truncation length")
+    p.add_argument("--warmup_steps", "--warmup-steps", type=int, default=None, help="untimed steps first")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds (ftvs and baseline alternate)")
+    p.add_argument(
+        "--steps_per_round", "--steps-per-round", type=int, default=None, help="timed steps per round"
+    )
+    p.add_argument("--latency_examples", type=int, default=None, help="examples timed one by one")
+    p.add_argument(
+        "--throughput_examples", type=int, default=None, help="examples for the inference throughput"
+    )
+    p.add_argument("--throughput_batch_size", type=int, default=None, help="inference batch size")
+    p.add_argument("--max_train_examples", type=int, default=None, help="use only the first N training texts")
+    p.add_argument(
+        "--mixed_precision",
+        default="auto",
+        choices=("auto", "no", "bf16", "fp16"),
+        help="as for training (auto: bf16 on CUDA, fp32 on CPU)",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the ftvs model")
+    p.add_argument(
+        "--threads", default="auto", help="CPU threads: a number or auto (probe 1 vs torch's default)"
+    )
+    p.add_argument(
+        "--probe_size", type=int, default=None, help="matmul probe size (default 2048 CPU, 8192 GPU)"
+    )
+    p.add_argument("--probe_repeats", type=int, default=3, help="probe matmuls after each round")
+    p.add_argument(
+        "--batch_order",
+        choices=tuple(BATCH_ORDER),
+        default="spread",
+        help="ftvs batches: spread (a representative sample of the epoch's batch sizes in every "
+        "window) or epoch (the sampler's own order: a few steps may be a biased sample)",
+    )
+    p.add_argument(
+        "--sync_check_steps",
+        type=int,
+        default=10,
+        help="CUDA: extra steps run under torch.cuda.set_sync_debug_mode to count host syncs",
+    )
+    p.add_argument(
+        "--compare", action=argparse.BooleanOptionalAction, default=True, help="run the baseline side by side"
+    )
+    p.add_argument("--quick", action="store_true", help="a short run (smoke test): few steps, few examples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", "-o", help="write the results as JSON to this file")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        report = run(args)
+    except FtvsError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    if args.output:
+        print(f"\nwritten: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

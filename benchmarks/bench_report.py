@@ -1,0 +1,161 @@
+"""What the benchmark reports: timing windows summed up, the side-by-side ratios and the printed table."""
+
+import statistics
+
+from bench_machine import summary
+
+TARGETS = {"a_scratch_vs_padded_reference": 2.0, "b_finetune_vs_trainer": 1.0, "c_finetune_mfu_cpu": 0.40}
+
+
+def summarise_windows(windows, flop_model, peak_gflops, warmup=None) -> dict:
+    seconds = sum(w["seconds"] for w in windows)
+    examples = sum(w["examples"] for w in windows)
+    tokens = sum(w["tokens"] for w in windows)
+    padded = sum(w["padded_tokens"] for w in windows)
+    out = {
+        "steps": sum(w["steps"] for w in windows),
+        "seconds": seconds,
+        "examples": examples,
+        "examples_per_second": examples / seconds,
+        "tokens_per_second": tokens / seconds,
+        "padded_tokens_per_second": padded / seconds,
+        "padding_fraction": 1 - tokens / max(1, padded),
+        "tokens_per_example": tokens / max(1, examples),
+        "per_round_examples_per_second": summary([w["examples"] / w["seconds"] for w in windows]),
+        "step_seconds_median": statistics.median([w["seconds"] / w["steps"] for w in windows]),
+    }
+    peaks = [w["peak_memory"] for w in [*windows, *([warmup] if warmup else [])] if "peak_memory" in w]
+    if peaks:
+        out["peak_memory"] = {
+            "bytes": max(m["bytes"] for m in peaks),
+            "kind": peaks[0]["kind"] + ", max over "
+            "the timed windows and the warm-up; on CPU the RSS includes whatever the process "
+            "already holds (weights, allocator caches): compare CUDA numbers",
+        }
+    if flop_model is not None:
+        flops = sum(flop_model.train_step(b, t) for w in windows for b, t in w["shapes"])
+        useful = flops * tokens / max(1, padded)
+        achieved = flops / seconds / 1e9
+        out.update(
+            flops=flops,
+            achieved_gflops=achieved,
+            mfu=achieved / peak_gflops,
+            mfu_useful=useful / seconds / 1e9 / peak_gflops,
+            peak_gflops_used=peak_gflops,
+        )
+    return out
+
+
+def ratio_block(ours, theirs, target: float) -> dict:
+    per_round = [
+        (a["examples"] / a["seconds"]) / (b["examples"] / b["seconds"]) for a, b in zip(ours, theirs)
+    ]
+    overall = (sum(a["examples"] for a in ours) / sum(a["seconds"] for a in ours)) / (
+        sum(b["examples"] for b in theirs) / sum(b["seconds"] for b in theirs)
+    )
+    return {
+        "examples_per_second_ratio": overall,
+        "per_round": per_round,
+        "per_round_median": statistics.median(per_round),
+        "target": target,
+        "meets_target": overall >= target,
+    }
+
+
+def comparisons_of(results: dict, cuda: bool) -> dict:
+    """The three side-by-side numbers: (a) scratch vs the padded reference, (b) LoRA vs Trainer, (c) MFU."""
+    comparisons = {}
+    if "scratch" in results and "reference" in results["scratch"]:
+        r = results["scratch"]["reference"]["ratio"]
+        comparisons["a_scratch_vs_padded_reference"] = {
+            "what": "examples/s of the ftvs scratch training step / the padded reference loop",
+            **r,
+        }
+    if "finetune" in results:
+        ft = results["finetune"]
+        if "trainer" in ft:
+            comparisons["b_finetune_vs_trainer"] = {
+                "what": "examples/s of the ftvs fine-tuning step / transformers.Trainer",
+                **ft["trainer"]["ratio"],
+            }
+        comparisons["c_finetune_mfu"] = {
+            "what": "analytic FLOP/s of the ftvs fine-tuning step / probed matmul FLOP/s (same dtype, probe "
+            "interleaved with the timed rounds)",
+            "mfu": ft["train"]["mfu"],
+            "mfu_useful": ft["train"]["mfu_useful"],
+            "target": TARGETS["c_finetune_mfu_cpu"] if not cuda else None,
+            "meets_target": ft["train"]["mfu"] >= TARGETS["c_finetune_mfu_cpu"] if not cuda else None,
+        }
+    return comparisons
+
+
+def format_table(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"benchmarks/bench.py | {m['cpu_model']} | {m['cpu_count']} cpus | torch {m['torch']} "
+        f"({m['threads_choice']['threads']} threads) | {m.get('gpu', 'CPU only')} | "
+        f"matmul {report['matmul_probe']['size']}^2 {report['matmul_probe']['dtype']} "
+        f"{report['matmul_probe']['gflops_at_start']['median']:.1f} GFLOP/s"
+    ]
+    for kind, r in report["results"].items():
+        t, inf = r["train"], r["inference"]
+        lines += [
+            "",
+            f"{kind}: {r['model']} | {r['params_total']:,} params ({r['params_trainable']:,} trainable) | "
+            f"batch {r['batch_size']} | {r['device']} {r['mixed_precision']}",
+            f"  {'metric':<36} {'ftvs':>14} {'baseline':>14}",
+        ]
+        base = r.get("reference", r.get("trainer"))
+        bt = base["train"] if base else {}
+
+        def row(label, key, fmt, src_a=t, src_b=bt, out=lines):
+            a = src_a.get(key)
+            b = src_b.get(key) if src_b else None
+            out.append(
+                f"  {label:<36} {format(a, fmt) if a is not None else '-':>14} "
+                f"{format(b, fmt) if b is not None else '-':>14}"
+            )
+
+        row("train examples/s", "examples_per_second", ".1f")
+        row("train tokens/s (real)", "tokens_per_second", ".0f")
+        row("train tokens/s (padded)", "padded_tokens_per_second", ".0f")
+        row("real tokens per example", "tokens_per_example", ".1f")
+        row("padding fraction", "padding_fraction", ".2f")
+        row("step seconds (median)", "step_seconds_median", ".4f")
+        row("achieved GFLOP/s", "achieved_gflops", ".1f")
+        row("MFU (padded tokens)", "mfu", ".1%")
+        row("MFU (real tokens)", "mfu_useful", ".1%")
+        lines.append(
+            f"  {'train peak memory (MiB)':<36} {t['peak_memory']['bytes'] / 2**20:>14.0f} "
+            f"{bt['peak_memory']['bytes'] / 2**20 if bt.get('peak_memory') else float('nan'):>14.0f}"
+        )
+        lines.append(
+            f"  {'latency batch 1 p50 / p95 (ms)':<36} "
+            f"{inf['latency_batch1_ms']['p50']:>7.2f} / {inf['latency_batch1_ms']['p95']:.2f}"
+        )
+        lines.append(
+            f"  {'inference ex/s (batch ' + str(inf['throughput']['batch_size']) + ')':<36} "
+            f"{inf['throughput']['examples_per_second']:>14.1f}"
+        )
+        if base:
+            lines.append(f"  baseline: {base['name']}")
+        if r.get("reference"):
+            lines.append(
+                f"  reference logits max |diff| vs ftvs: {r['reference']['logit_max_abs_diff_vs_ftvs']:.2e}"
+            )
+    if report["comparisons"]:
+        lines += ["", f"{'comparison':<36} {'value':>10} {'target':>8}  per-round"]
+        for key, c in report["comparisons"].items():
+            if "examples_per_second_ratio" in c:
+                rounds = ", ".join(f"{x:.2f}" for x in c["per_round"])
+                lines.append(
+                    f"{key:<36} {c['examples_per_second_ratio']:>9.2f}x {c['target']:>7.1f}x  [{rounds}]"
+                    f"{'' if c['meets_target'] else '  BELOW TARGET'}"
+                )
+            else:
+                target = f"{c['target']:.0%}" if c.get("target") is not None else "-"
+                lines.append(
+                    f"{key:<36} {c['mfu']:>10.1%} {target:>8}  (real tokens only: {c['mfu_useful']:.1%})"
+                    f"{'  BELOW TARGET' if c.get('meets_target') is False else ''}"
+                )
+    return "\n".join(lines)
