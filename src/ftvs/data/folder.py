@@ -36,7 +36,7 @@ def load_tokenizer(name):
         return None
     if not isinstance(name, str):
         return name  # an already-loaded tokenizer object
-    try:
+    try:  # transformers: slow to import, and only needed for token statistics
         from ftvs.pretrained import load_tokenizer as load_pretrained_tokenizer
     except ImportError as e:
         raise FtvsError(

@@ -14,13 +14,14 @@ from pathlib import Path
 import yaml
 
 from ftvs.config import FIELDS, RESUME_FREE_KEYS, build_config
+from ftvs.data import DEFAULT_TOKENIZER
 from ftvs.errors import FtvsError, closest
 
 KINDS = ("baseline", "scratch", "finetune")
 TOP_KEYS = {"name", "description", "data", "seeds", "train", "arms", "sweeps", "launcher", "compare", "report",
             "reference_results", "notes", "expected_minutes"}
 DATA_DEFAULTS = {"source": None, "max_train_examples": None, "max_val_examples": None, "max_test_examples": None,
-                 "validation_split": 0.1, "test_split": 0.2, "seed": 0, "tokenizer": "smollm2-135m",
+                 "validation_split": 0.1, "test_split": 0.2, "seed": 0, "tokenizer": DEFAULT_TOKENIZER,
                  "text_column": None, "label_column": None, "remove_headers": True, "max_chars": None}
 ARM_META_KEYS = {"name", "arm", "launcher", "enabled"}
 BASELINE_KEYS = {"C", "C_grid", "word_ngrams", "char_ngrams", "min_df", "max_features", "max_iter"}
