@@ -1,5 +1,5 @@
-"""Tests for `ftvs study` (src/ftvs/study.py): config/presets/plan units, and one real study on a Banking77
-subset that is SIGKILLed mid-training and resumed.
+"""`ftvs study` end to end (ftvs/study/supervisor.py): one real study on a Banking77 subset that is SIGKILLed
+mid-training and resumed, with an arm that fails. The units are in tests/test_study_*.py.
 
 The integration test keeps 10 Banking77 intents and tiny models (BPE tokenizer, 24 tokens, the tiny
 Llama fixture) so that its ~13 subprocesses finish in about two minutes on two CPU cores.
@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftvs import study as S
-from ftvs.errors import FtvsError
 from ftvs.fileio import RunLock
 
 BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
@@ -28,118 +26,7 @@ needs_banking77 = pytest.mark.skipif(not (BANKING77 / "train.csv").is_file(),
                                      reason=f"Banking77 CSVs not found at {BANKING77}")
 
 
-def _raw(**over) -> dict:
-    raw = {
-        "name": "unit",
-        "data": {"source": "somewhere", "tokenizer": "none"},
-        "seeds": [0, 1],
-        "train": {"max_seq_length": 32},
-        "arms": [
-            {"name": "tfidf", "arm": "baseline"},
-            {"name": "scratch", "arm": "scratch", "preset": "tiny", "num_train_epochs": 3},
-            {"name": "lora", "arm": "finetune", "model_name_or_path": "smollm2-135m", "method": "lora"},
-        ],
-        "sweeps": {"data_size": {"fractions": [0.1, 0.5], "arms": ["tfidf", "scratch"]},
-                   "model_size": {"arm": "scratch", "sizes": ["tiny", "small", {"name": "wide", "n_embd": 256}]}},
-    }
-    raw.update(over)
-    return raw
 
-
-# --------------------------------------------------------------------------------------------------
-# Units: presets, config validation, plan, stratified cap, crossover
-# --------------------------------------------------------------------------------------------------
-
-
-def test_presets_load_validate_and_plan():
-    assert {"quick", "banking77", "ag_news"} <= set(S.preset_names())
-    for name in S.preset_names():
-        cfg, preset = S.load_study_config(preset=name)
-        assert preset == name and cfg["name"] == name
-        ids = [r.id for r in S.plan_runs(cfg)]
-        assert ids and len(ids) == len(set(ids))
-    quick, _ = S.load_study_config(preset="quick")
-    assert quick["data"]["source"] == "20newsgroups" and quick["seeds"] == [0]
-    assert [a["arm"] for a in quick["arms"]] == ["baseline", "scratch", "finetune"]
-    lora = next(a for a in quick["arms"] if a["arm"] == "finetune")
-    assert lora["model_name_or_path"] == "smollm2-135m" and lora["method"] == "lora"
-    b77, _ = S.load_study_config(preset="banking77")
-    assert b77["seeds"] == [0, 1, 2]
-    assert b77["sweeps"]["data_size"]["fractions"] == [0.01, 0.05, 0.1, 0.25, 0.5, 1.0]
-    assert [s["name"] for s in b77["sweeps"]["model_size"]["sizes"]] == ["tiny", "small", "medium", "large"]
-    assert {a["method"] for a in b77["arms"] if a["arm"] == "finetune"} == {"lora", "full"}
-    ag, _ = S.load_study_config(preset="ag_news")
-    assert sorted(r["test_accuracy"] for r in ag["reference_results"]) == [0.9154, 0.9195]
-    with pytest.raises(FtvsError, match="did you mean 'quick'"):
-        S.load_study_config(preset="quik")
-
-
-def test_plan_orders_main_runs_first_and_dedupes_sweep_points():
-    cfg = S.normalize_config(_raw())
-    plan = S.plan_runs(cfg)
-    ids = [r.id for r in plan]
-    # main results first (baseline, scratch, finetune; every seed), then model sizes, then data sizes
-    assert ids[:6] == ["tfidf-f1-s0", "tfidf-f1-s1", "scratch-f1-s0", "scratch-f1-s1", "lora-f1-s0", "lora-f1-s1"]
-    # size "tiny" is the scratch arm's own size: no duplicate run
-    assert "scratch.tiny-f1-s0" not in ids and "scratch.small-f1-s1" in ids and "scratch.wide-f1-s0" in ids
-    assert [i for i in ids if "-f0.1-" in i] == ["tfidf-f0.1-s0", "tfidf-f0.1-s1", "scratch-f0.1-s0", "scratch-f0.1-s1"]
-    assert ids.index("scratch-f0.5-s1") < ids.index("tfidf-f0.1-s0")  # larger fractions first
-    assert not any(i.startswith("lora-f0.") for i in ids)
-    assert cfg["sweeps"]["data_size"]["fractions"] == [0.1, 0.5, 1.0]  # 1.0 always closes the curve
-    wide = next(r for r in plan if r.id == "scratch.wide-f1-s0")
-    assert wide.sweep == "model_size" and wide.settings["n_embd"] == 256 and wide.settings["preset"] == "tiny"
-    sub = next(r for r in plan if r.id == "scratch-f0.1-s1")
-    assert sub.sweep == "data_size" and sub.subset_seed == 1 and sub.data_key == "0.1-s1"
-    assert len(ids) == 6 + 2 * 2 + 2 * 2 * 2
-
-
-def test_config_errors_and_overrides():
-    raw = _raw()
-    S.apply_override(raw, "arms.scratch.num_train_epochs=7")
-    S.apply_override(raw, "train.max_seq_length=48")
-    S.apply_override(raw, "seeds=[3]")
-    cfg = S.normalize_config(raw)
-    run = next(r for r in S.plan_runs(cfg) if r.id == "scratch-f1-s3")
-    assert run.settings["num_train_epochs"] == 7 and run.settings["max_seq_length"] == 48
-    with pytest.raises(FtvsError, match="no entry named 'scrach'.*did you mean 'scratch'"):
-        S.apply_override(_raw(), "arms.scrach.preset=small")
-    bad = _raw()
-    bad["arms"][1]["lerning_rate"] = 1e-3
-    with pytest.raises(FtvsError, match="did you mean 'learning_rate'"):
-        S.normalize_config(bad)
-    bad = _raw()
-    bad["arms"].append({"name": "tfidf", "arm": "baseline"})
-    with pytest.raises(FtvsError, match="two arms are named 'tfidf'"):
-        S.normalize_config(bad)
-    with pytest.raises(FtvsError, match="fractions must be numbers in"):
-        S.normalize_config(_raw(sweeps={"data_size": {"fractions": [0, 0.5]}}))
-    with pytest.raises(FtvsError, match="arms.scratch: invalid preset"):
-        S.normalize_config(_raw(arms=[{"name": "scratch", "arm": "scratch", "preset": "huge"}]))
-    with pytest.raises(FtvsError, match="data.source is missing"):
-        S.normalize_config(_raw(data={}))
-
-
-def test_stratified_cap_is_exact_proportional_and_deterministic():
-    labels = [0] * 50 + [1] * 30 + [2] * 20 + [3] * 1
-    idx = S.stratified_cap(labels, 10, seed=0)
-    assert len(idx) == 10 and idx == sorted(idx) == S.stratified_cap(labels, 10, seed=0)
-    counts = Counter(labels[i] for i in idx)
-    assert counts[3] == 1 and counts[0] >= counts[1] >= counts[2] >= 1
-    assert S.stratified_cap(labels, 10, seed=1) != idx
-    assert S.stratified_cap(labels, 1000, seed=0) == list(range(len(labels)))
-
-
-def test_crossover_names_where_finetuning_advantage_disappears():
-    rows = []
-    for frac, n, ft, sc in ((0.1, 100, 0.60, 0.30), (0.5, 500, 0.70, 0.65), (1.0, 1000, 0.72, 0.74)):
-        rows.append({"arm": "finetune", "arm_name": "lora", "method": "lora", "model": "m", "train_fraction": frac,
-                     "num_train_examples": n, "n": 2, "test_macro_f1_mean": ft, "test_macro_f1_std": 0.01})
-        rows.append({"arm": "scratch", "arm_name": "scratch", "method": None, "model": "s", "train_fraction": frac,
-                     "num_train_examples": n, "n": 2, "test_macro_f1_mean": sc, "test_macro_f1_std": 0.01})
-    (c,) = S._crossovers(rows)
-    assert c["finetuned"] == "lora" and c["other"] == "scratch" and c["crossover_num_train_examples"] == 1000
-    assert 500 < c["crossover_interpolated"] < 1000
-    assert [round(p["delta_macro_f1"], 2) for p in c["points"]] == [0.30, 0.05, -0.02]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -316,52 +203,3 @@ def test_study_survives_sigkill_resumes_and_reports_a_failed_run(tmp_path, banki
             assert reg2["runs"][rid]["attempts"] == runs[rid]["attempts"], rid
     assert reg2["runs"]["broken-f1-s0"]["attempts"] == runs["broken-f1-s0"]["attempts"]
     assert rerun_seconds < 600
-
-
-def test_registry_sweeps_from_finished_runs(tmp_path):
-    """`collect` turns finished runs into study.json's sweeps: data-size points (+ mean/std, crossover) and
-    model-size points with parameter counts and train-val gaps."""
-    cfg = S.normalize_config(_raw())
-    study = S.Study(cfg, tmp_path / "s")
-    study.reg = {"runs": {}, "order": [r.id for r in study.plan], "stages": {},
-                 "data": {"splits": {"train": 1000}, "subsets": {
-                     f"{f}-s{s}": {"num_train_examples": int(1000 * f)} for f in (0.1, 0.5) for s in (0, 1)}}}
-    for run in study.plan:
-        e = study._planned_entry(run)
-        e["num_train_examples"] = study.num_train_examples(e)
-        dims = S._dims(e["config"]) if run.kind == "scratch" else {}
-        params = 1000 * dims.get("n_embd", 1) * dims.get("n_layer", 1)
-        f1 = {"baseline": 0.5, "scratch": 0.3 + 0.3 * run.train_fraction, "finetune": 0.7}[run.kind] + run.seed / 100
-        e.update(state="completed", results={"test_accuracy": f1, "test_macro_f1": f1, "best_val_macro_f1": f1,
-                                             "params_total": params, "train_val_gap_macro_f1": 0.1 * run.seed,
-                                             "train_val_gap_accuracy": 0.0})
-        study.reg["runs"][run.id] = e
-    study.collect()
-    sw = study.reg["sweeps"]
-    assert {(d["arm_name"], d["train_fraction"], d["seed"]) for d in sw["data_size"]} == {
-        (a, f, s) for a in ("tfidf", "scratch") for f in (0.1, 0.5, 1.0) for s in (0, 1)}
-    row = next(r for r in sw["data_size_summary"] if r["arm_name"] == "scratch" and r["train_fraction"] == 0.5)
-    assert row["n"] == 2 and row["num_train_examples"] == 500 and abs(row["test_macro_f1_mean"] - 0.455) < 1e-9
-    assert row["test_macro_f1_std"] > 0
-    sizes = {r["size"]: r for r in sw["model_size_summary"]}
-    assert set(sizes) == {"tiny", "small", "wide"} and sizes["wide"]["n_embd"] == 256
-    assert [r["size"] for r in sw["model_size_summary"]] == sorted(sizes, key=lambda k: sizes[k]["params_total"])
-    assert sizes["tiny"]["n"] == 2 and abs(sizes["tiny"]["train_val_gap_macro_f1_mean"] - 0.05) < 1e-9
-    assert sw["crossover"] == []  # the fine-tuned arm is not part of this data-size sweep
-    main = {s["arm_name"]: s for s in study.reg["summary"]}
-    assert set(main) == {"tfidf", "scratch", "lora"} and main["lora"]["n"] == 2
-    text = S.format_summary({**study.reg, "name": "unit", "state": "completed", "study_dir": "x"})
-    assert "data-size sweep" in text and "model-size sweep" in text and "mean ± std" in text
-
-
-def test_a_run_saved_before_a_training_key_existed_is_not_stale():
-    from ftvs.config import build_config, config_differences
-
-    planned = build_config({}, {"arm": "finetune"}).to_dict()
-    saved = {k: v for k, v in planned.items() if k not in ("token_dropout", "lowercase")}  # an older ftvs
-    assert config_differences(saved, planned, S._FREE_KEYS) == []
-    assert config_differences(saved, {**planned, "lowercase": True}, S._FREE_KEYS) == ["lowercase"]
-    assert config_differences({**saved, "extra": {"a": 1}}, planned, S._FREE_KEYS) == []
-    # baseline settings are not training keys: nothing is filled in for them
-    assert config_differences({"C": 10.0, "seed": 0}, {"C": 10.0, "seed": 0}, S._FREE_KEYS) == []
-    assert config_differences({"C": 10.0}, {"C": 20.0}, S._FREE_KEYS) == ["C"]

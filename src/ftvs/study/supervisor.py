@@ -1,0 +1,524 @@
+"""The study process: prepares the data, runs every planned run as a child process, resumes, retries.
+
+Every training run is a subprocess (`python -m ftvs train ...`, or `launch.launch_command` when a
+launcher is set), so a crash in one run never kills the study, and a killed study leaves resumable
+runs: rerunning the same command skips finished runs, resumes interrupted ones from their last
+checkpoint (`ftvs train ... --resume RUN_DIR`), retries failed ones and carries on. `--force` reruns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fnmatch
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from ftvs.data import SPLITS, cap_eval_splits, prepare, subsample_train
+from ftvs.fileio import RunLock, atomic_write_bytes, read_json, read_jsonl
+from ftvs.launch import launch_command
+from ftvs.study.plan import PlannedRun, frac, plan_runs
+from ftvs.study.plan import plan_text as format_plan
+from ftvs.study.progress import Progress, fmt_seconds, run_progress, study_eta, training_status
+from ftvs.study.registry import (
+    EntryFactory,
+    load_registry,
+    now,
+    num_train_examples,
+    open_registry,
+    save_registry,
+)
+from ftvs.study.summary import collect, result_text, run_results
+
+_PREPARE_KEYS = ("text_column", "label_column", "validation_split", "test_split", "max_train_examples", "seed",
+                 "tokenizer", "remove_headers", "max_chars")
+
+
+class StudyInterrupted(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------------------------------
+# Child processes
+# --------------------------------------------------------------------------------------------------
+
+
+def _die_with_parent_fn():
+    """preexec_fn: on Linux the child gets SIGTERM when the study process dies (even by SIGKILL), so a
+    killed study never leaves an orphaned training that holds its run lock."""
+    parent = os.getpid()
+
+    def setup():
+        with contextlib.suppress(Exception):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the study died before prctl took effect
+                os._exit(143)
+
+    return setup if sys.platform.startswith("linux") else None
+
+
+def ftvs_cmd(args: list[str], launcher: dict) -> list[str]:
+    n = int((launcher or {}).get("num_processes", 1))
+    if n <= 1:
+        return [sys.executable, "-m", "ftvs", *args]
+    extra = {k: v for k, v in launcher.items() if k != "num_processes"}
+    if "cpu" not in extra:  # GPU processes where there are GPUs, gloo CPU processes elsewhere
+        import torch  # only for multi-process runs: torch costs seconds to import
+
+        extra["cpu"] = not torch.cuda.is_available()
+    return [str(c) for c in launch_command(args, n, **extra)]
+
+
+def last_error(log_path: Path) -> str:
+    """The most useful line of a failed subprocess's log: `ftvs: error: ...`, else the last exception line."""
+    if not log_path.is_file():
+        return "no log"
+    with open(log_path, "rb") as f:
+        f.seek(max(0, log_path.stat().st_size - 64_000))
+        lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").replace("\r", "\n").splitlines()]
+    lines = [ln for ln in lines if ln]
+    for ln in reversed(lines):
+        if ln.startswith("ftvs: error:"):
+            return ln[len("ftvs: error:"):].strip()
+    for ln in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", ln):
+            return ln
+    return lines[-1] if lines else "no output"
+
+
+@contextlib.contextmanager
+def child_process(cmd: list[str], log: Path, label: str):
+    """A child process writing into `log` (appended, after a header line); stopped if we are interrupted."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with open(log, "ab") as logf:
+        logf.write(f"\n=== {now()} {label}{shlex.join(cmd)}\n".encode())
+        logf.flush()
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                preexec_fn=_die_with_parent_fn())
+        try:
+            yield proc
+        except BaseException:
+            stop_child(proc)
+            raise
+
+
+def stop_child(proc: subprocess.Popen) -> None:
+    """Interrupt a child like Ctrl-C would (it checkpointed at its last epoch), then insist."""
+    for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        if proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait)
+
+
+def _read_summary(path: Path) -> dict:
+    with contextlib.suppress(Exception):
+        return read_json(path) if path.is_file() else {}
+    return {}
+
+
+# --------------------------------------------------------------------------------------------------
+# The study
+# --------------------------------------------------------------------------------------------------
+
+
+class Study:
+    def __init__(self, cfg: dict, out_dir, preset: str | None = None, force: bool = False, only=(),
+                 retry_failed: bool = True, progress: Progress | None = None, poll_seconds: float = 1.0,
+                 config_source: str | None = None):
+        self.cfg = cfg
+        self.dir = Path(out_dir)
+        self.preset = preset
+        self.force = force
+        self.only = list(only or [])
+        self.retry_failed = retry_failed
+        self.progress = progress or Progress()
+        self.poll = poll_seconds
+        self.config_source = config_source
+        self.plan = plan_runs(cfg)
+        self.entries = EntryFactory(self.dir, cfg, preset)
+        self.path = self.dir / "study.json"
+        self.reg: dict = {}
+        self._started = time.monotonic()
+        self._ran_any = False  # did this invocation (re)run anything? (else compare is up to date)
+
+    def save(self) -> None:
+        save_registry(self.path, self.reg)
+
+    def rel(self, path) -> str:
+        return os.path.relpath(Path(path), self.dir)
+
+    def abs(self, rel) -> Path:
+        return (self.dir / rel).resolve()
+
+    def selected(self, rid: str) -> bool:
+        return not self.only or any(fnmatch.fnmatch(rid, pat) for pat in self.only)
+
+    def plan_text(self) -> str:
+        return format_plan(self.cfg, self.plan)
+
+    # --- main entry ------------------------------------------------------------------------------
+    def run(self) -> dict:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with RunLock(self.dir):
+            existing = load_registry(self.path)
+            if existing is not None and self.force and not self.only:
+                existing = None  # --force: a fresh registry (run folders are replaced as runs start)
+            self.reg = open_registry(existing, self.entries, self.plan, force=self.force, selected=self.selected,
+                                     config_source=self.config_source)
+            atomic_write_bytes(self.dir / "study.yaml", yaml.safe_dump(self.cfg, sort_keys=False).encode())
+            self.save()
+            old_term = signal.getsignal(signal.SIGTERM)
+
+            def on_term(signum, frame):
+                raise StudyInterrupted("terminated")
+
+            with contextlib.suppress(ValueError):  # not in the main thread: keep the default
+                signal.signal(signal.SIGTERM, on_term)
+            try:
+                self._run_all()
+            except (KeyboardInterrupt, StudyInterrupted):
+                self.reg["state"] = "interrupted"
+                self.save()
+                self.progress.end_line()
+                raise
+            finally:
+                with contextlib.suppress(ValueError):
+                    signal.signal(signal.SIGTERM, old_term)
+        return self.reg
+
+    def _run_all(self) -> None:
+        t0 = time.monotonic()
+        self.progress.say(f"study {self.cfg['name']}: {len(self.plan)} runs ({self.plan_text()}) -> {self.dir}")
+        self.prepare_data()
+        todo = [rid for rid in self.reg["order"] if self.selected(rid)]
+        for i, rid in enumerate(todo, 1):
+            self.run_one(rid, i, len(todo))
+        collect(self.reg, self.cfg)
+        self.save()
+        st = self.reg["stages"].get("compare") or {}
+        up_to_date = not self._ran_any and st.get("state") == "completed" and \
+            (self.dir / "report" / "comparison.json").is_file() and st.get("with_report") == bool(self.cfg.get("report"))
+        if up_to_date:
+            self.progress.say("compare: up to date (no run changed)")
+        elif self.cfg.get("compare") or self.cfg.get("report"):
+            self.stage_compare(report=bool(self.cfg.get("report")))
+        runs = [self.reg["runs"][r] for r in self.reg["order"]]
+        failed = [r for r in runs if r["state"] == "failed"]
+        self.reg["state"] = "completed_with_failures" if failed or any(
+            s.get("state") == "failed" for s in self.reg["stages"].values()) else "completed"
+        if any(r["state"] not in ("completed", "failed") for r in runs):
+            self.reg["state"] = "incomplete"  # --only left some runs out
+        self.reg["seconds_last_invocation"] = time.monotonic() - t0
+        self.save()
+
+    # --- data ------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """STUDY/data/main once (eval caps applied), then the nested train subsets the selected runs need."""
+        d = self.reg["data"]
+        main_dir = self.dir / "data" / "main"
+        if d.get("state") != "completed" or not (main_dir / "metadata.json").is_file():
+            self._prepare_main(main_dir)
+        subsets = d.setdefault("subsets", {})
+        for run in self.plan:
+            if run.data_key == "main" or run.data_key in subsets and (self.abs(subsets[run.data_key]["dir"])
+                                                                      / "metadata.json").is_file():
+                continue
+            if not self.selected(run.id):
+                continue
+            out = self.dir / "data" / f"train-{run.data_key}"
+            meta = subsample_train(main_dir, out, run.train_fraction, run.subset_seed, tokenizer="none")
+            subsets[run.data_key] = {"dir": self.rel(out), "train_fraction": run.train_fraction,
+                                     "seed": run.subset_seed, "num_train_examples": meta["splits"]["train"]["count"],
+                                     "content_hash": meta["content_hash"]}
+            self.save()
+
+    def _prepare_main(self, main_dir: Path) -> None:
+        d = self.reg["data"]
+        dc = self.cfg["data"]
+        t0 = time.monotonic()
+        old_hash = d.get("content_hash")
+        d.update(state="running", dir=self.rel(main_dir), config=dc, subsets={})
+        self.save()
+        self.progress.say(f"preparing {dc['source']} -> {self.rel(main_dir)}")
+        kwargs = {k: dc[k] for k in _PREPARE_KEYS if dc.get(k) is not None}
+        if main_dir.exists() and not (main_dir / "metadata.json").is_file():
+            shutil.rmtree(main_dir)
+        try:
+            prepare(dc["source"], main_dir, **kwargs)
+            meta = cap_eval_splits(main_dir, dc.get("max_val_examples"), dc.get("max_test_examples"), dc["seed"])
+        except BaseException as e:
+            d.update(state="failed", error=str(e))
+            self.save()
+            raise
+        d.update(state="completed", source=meta["source"], num_labels=meta["num_labels"],
+                 label_names=meta["label_names"], splits={s: meta["splits"][s]["count"] for s in SPLITS},
+                 content_hash=meta["content_hash"], seconds=time.monotonic() - t0, error=None)
+        if old_hash and old_hash != meta["content_hash"]:  # new data: nothing trained on the old counts
+            for run in self.reg["runs"].values():
+                if run.get("state") != "pending" or run.get("attempts"):
+                    run.update(state="pending", needs_wipe=True, results=None, epochs_done=0)
+        self.save()
+        s = d["splits"]
+        self.progress.say(f"data: {d['num_labels']} classes, {s['train']:,} train / {s['val']:,} val / "
+                          f"{s['test']:,} test ({fmt_seconds(d['seconds'])})")
+
+    def num_train_examples(self, entry: dict) -> int | None:
+        return num_train_examples(self.reg, entry)
+
+    # --- one run -------------------------------------------------------------------------------------
+    def run_one(self, rid: str, index: int, total: int) -> None:
+        e = self.reg["runs"][rid]
+        run_dir, log = self.abs(e["run_dir"]), self.abs(e["log"])
+        e["num_train_examples"] = self.num_train_examples(e)
+        head = f"[{index}/{total}] {rid}"
+        if not self._start(e, run_dir, head):
+            return
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._ran_any = True
+        self._wait_for_lock(run_dir)
+        e["state"] = "running"
+        e["error"] = None
+        e["started_at"] = e.get("started_at") or now()
+        self.save()
+        try:
+            if e["arm"] == "baseline":
+                ok = self._run_baseline(e, run_dir, log, head)
+            else:
+                ok = self._run_neural(e, run_dir, log, head)
+        except (KeyboardInterrupt, StudyInterrupted):
+            e["state"] = "interrupted"
+            e["error"] = "interrupted; rerun the study to resume"
+            self._epochs_done(e, run_dir)
+            self.save()
+            raise
+        self.progress.end_line()
+        if ok:
+            e["results"] = run_results(run_dir)
+            e.update(state="completed", finished_at=now(), error=None)
+        else:
+            e.update(state="failed", finished_at=now())
+        self._epochs_done(e, run_dir)
+        self.save()
+        if ok:
+            self.progress.say(f"  done {rid}: {result_text(e)} in {fmt_seconds(e['seconds_wall'])}")
+        else:
+            self.progress.say(f"  FAILED {rid}: {e['error']} (log: {e['log']})")
+
+    def _start(self, e: dict, run_dir: Path, head: str) -> bool:
+        """Whether the run is to (re)run now; clears what a forced or changed run leaves behind."""
+        force = self.force and self.selected(e["id"])
+        done = e["state"] == "completed" and (run_dir / "metrics.json").is_file() and not e.get("needs_wipe")
+        if done and not force:
+            self.progress.say(f"{head}: done earlier ({result_text(e)}), skipped")
+            return False
+        if e["state"] == "failed" and not self.retry_failed and not force:
+            self.progress.say(f"{head}: failed earlier ({e.get('error')}), skipped (--no-retry_failed)")
+            return False
+        if e.pop("needs_wipe", False) and not done:
+            self._wipe(run_dir)
+        if force:
+            self._wipe(run_dir)
+            e.update(state="pending", attempts=[], seconds_wall=0.0, epochs_done=0, resumed_from_epoch=None,
+                     results=None, error=None, exit_code=None, started_at=None, finished_at=None)
+        return True
+
+    def _wipe(self, run_dir: Path) -> None:
+        run_dir = run_dir.resolve()
+        if run_dir.exists() and self.dir.resolve() in run_dir.parents:
+            shutil.rmtree(run_dir)
+
+    def _wait_for_lock(self, run_dir: Path, timeout: float = 120.0) -> None:
+        """A previous study's training (killed with it) may still be exiting; give it time to let go."""
+        if not run_dir.is_dir() or RunLock.is_free(run_dir):
+            return
+        self.progress.say(f"  waiting for an earlier process to release {self.rel(run_dir)} ...")
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not RunLock.is_free(run_dir):
+            time.sleep(0.5)
+
+    def _epochs_done(self, e: dict, run_dir: Path) -> None:
+        hist = run_dir / "history.jsonl"
+        with contextlib.suppress(Exception):
+            e["epochs_done"] = len(read_jsonl(hist)) if hist.is_file() else 0
+
+    def _attempt(self, e: dict, mode: str, cmd: list[str], run_dir: Path, log: Path, head: str,
+                 phase: str) -> int:
+        att = {"mode": mode, "started_at": now(), "ended_at": None, "outcome": "running", "exit_code": None,
+               "seconds": None}
+        e["attempts"].append(att)
+        self.save()
+        t0 = time.monotonic()
+        rc = None
+        try:
+            rc = self._spawn(e, cmd, run_dir, log, head, phase)
+        finally:
+            att["seconds"] = time.monotonic() - t0
+            e["seconds_wall"] = e.get("seconds_wall", 0.0) + att["seconds"]
+            att["ended_at"] = now()
+            att["exit_code"] = rc
+            att["outcome"] = "interrupted" if rc is None else ("ok" if rc == 0 else "failed")
+            e["exit_code"] = rc
+            self.save()
+        return rc
+
+    def _spawn(self, e: dict, cmd: list[str], run_dir: Path, log: Path, head: str, phase: str) -> int:
+        self.progress.reset()
+        since = time.time()  # a progress.json older than this is an earlier attempt's
+        with child_process(cmd, log, f"{phase}: ") as proc:
+            last_epochs = e.get("epochs_done", 0)
+            while True:
+                try:
+                    rc = proc.wait(timeout=self.poll)
+                except subprocess.TimeoutExpired:
+                    rc = None
+                info = run_progress(run_dir, e.get("num_train_epochs"), since) if phase == "train" else None
+                if info and info["epochs_done"] != last_epochs:
+                    last_epochs = e["epochs_done"] = info["epochs_done"]
+                    self.save()
+                if rc is not None:
+                    return rc
+                self.progress.status(self._status_text(e, head, phase, info), info["epochs_done"] if info else 0)
+
+    def _status_text(self, e: dict, head: str, phase: str, info: dict | None) -> str:
+        elapsed = time.monotonic() - self._started
+        parts = [f"{head} {e['arm_name']}"]
+        if phase != "train" or info is None:
+            parts.append(phase)
+        else:
+            parts += training_status(info, e.get("num_train_epochs") or 0)
+        eta = study_eta(self.reg, self.selected, exclude=e["id"])
+        if eta:
+            parts.append(f"then ~{fmt_seconds(eta)} more")
+        parts.append(f"elapsed {fmt_seconds(elapsed)}")
+        return " | ".join(parts)
+
+    def study_eta(self, exclude: str | None = None) -> float | None:
+        return study_eta(self.reg, self.selected, exclude)
+
+    # --- the two kinds of run --------------------------------------------------------------------
+    def _run_baseline(self, e: dict, run_dir: Path, log: Path, head: str) -> bool:
+        self._wipe(run_dir)  # a baseline is one quick fit: an interrupted one simply starts over
+        s = e["config"]
+        args = ["baseline", "--data", str(self.abs(e["data_dir"])), "--output_dir", str(run_dir),
+                "--seed", str(e["seed"]), "--run_name", e["id"]]
+        for key in ("C", "min_df", "max_features", "max_iter"):
+            if s.get(key) is not None:
+                args += [f"--{key}", str(s[key])]
+        for key in ("C_grid", "word_ngrams", "char_ngrams"):
+            if s.get(key) is not None:
+                v = s[key]
+                args += [f"--{key}", ",".join(str(x) for x in v) if isinstance(v, list | tuple) else str(v)]
+        self.progress.say(f"{head}: TF-IDF baseline, seed {e['seed']}, {e.get('num_train_examples') or '?'} train examples")
+        rc = self._attempt(e, "fresh", ftvs_cmd(args, {}), run_dir, log, head, "baseline")
+        if rc != 0 or not (run_dir / "metrics.json").is_file():
+            e["error"] = last_error(log) if rc != 0 else "baseline finished without metrics.json"
+            return False
+        # tag the run like the neural runs (compare/report group on these)
+        cfg_path = run_dir / "config.yaml"
+        with contextlib.suppress(Exception):
+            saved = yaml.safe_load(cfg_path.read_text()) or {}
+            saved["extra"] = self.entries.extra(self._planned(e["id"]))
+            atomic_write_bytes(cfg_path, yaml.safe_dump(saved, sort_keys=False).encode())
+        return True
+
+    def _planned(self, rid: str) -> PlannedRun:
+        return next(r for r in self.plan if r.id == rid)
+
+    def _run_neural(self, e: dict, run_dir: Path, log: Path, head: str) -> bool:
+        what = (f"{e['arm']} {e['model']}{' ' + e['method'] if e.get('method') else ''}, seed {e['seed']}, "
+                f"fraction {frac(e['train_fraction'])} ({e.get('num_train_examples') or '?'} train examples)")
+        if _read_summary(run_dir / "train_summary.json").get("status") == "completed":
+            self.progress.say(f"{head}: {what}: trained earlier, evaluating")
+        elif not self._train(e, run_dir, log, head, what):
+            return False
+        if not (run_dir / "metrics.json").is_file():
+            rc = self._attempt(e, "evaluate", ftvs_cmd(["evaluate", str(run_dir)], {}), run_dir, log, head,
+                               "evaluating")
+            if rc != 0 or not (run_dir / "metrics.json").is_file():
+                e["error"] = last_error(log) if rc != 0 else "evaluation wrote no metrics.json"
+                return False
+        return True
+
+    def _train(self, e: dict, run_dir: Path, log: Path, head: str, what: str) -> bool:
+        """`ftvs train`, fresh or resumed from the run's checkpoint; False (with e["error"]) when it failed."""
+        cfg_path = self.abs(e["config_file"])
+        atomic_write_bytes(cfg_path, yaml.safe_dump({k: v for k, v in e["config"].items() if k != "arm"},
+                                                    sort_keys=False).encode())
+        launcher = e.get("launcher") or {}
+        args = ["train", e["arm"], "--config", str(cfg_path)]
+        if (run_dir / "checkpoint" / "state.json").is_file():
+            epoch = None
+            with contextlib.suppress(Exception):
+                epoch = read_json(run_dir / "checkpoint" / "state.json").get("epoch")
+            e["resumed_from_epoch"] = epoch
+            args += ["--resume", str(run_dir)]
+            mode = "resume"
+            self.progress.say(f"{head}: {what}: resuming after epoch {epoch}")
+        else:
+            self._wipe(run_dir)  # nothing resumable there (killed before the first checkpoint)
+            args += ["--output_dir", str(run_dir)]
+            mode = "fresh"
+            self.progress.say(f"{head}: {what}")
+        if int(launcher.get("num_processes", 1)) > 1:
+            args.append("--no-evaluate")  # evaluation runs once, after training, in a single process
+        rc = self._attempt(e, mode, ftvs_cmd(args, launcher), run_dir, log, head, "train")
+        status = _read_summary(run_dir / "train_summary.json").get("status")
+        if rc != 0 or status != "completed":
+            e["error"] = last_error(log) if rc != 0 else f"training ended with status {status!r}"
+            return False
+        return True
+
+    # --- compare and report ----------------------------------------------------------------------
+    def _stage(self, name: str, cmd: list[str], out: Path) -> None:
+        st = self.reg["stages"].setdefault(name, {})
+        log = self.dir / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        st.update(state="running", out=self.rel(out), log=self.rel(log), error=None)
+        self.save()
+        self.progress.say(f"{name}: {shlex.join(cmd[2:])}")
+        t0 = time.monotonic()
+        try:
+            with child_process(cmd, log, "") as proc:
+                rc = proc.wait()
+        except BaseException:
+            st["state"] = "interrupted"
+            self.save()
+            raise
+        st["seconds"] = time.monotonic() - t0
+        if rc == 0:
+            st.update(state="completed")
+            self.progress.say(f"  {name} -> {self.rel(out)} ({fmt_seconds(st['seconds'])})")
+        else:
+            st.update(state="failed", error=last_error(log), exit_code=rc)
+            self.progress.say(f"  {name} FAILED: {st['error']} (log: {self.rel(log)})")
+        self.save()
+
+    def stage_compare(self, report: bool = True) -> None:
+        """`ftvs compare STUDY/study.json --out STUDY/report`: every evaluated run of the registry (sweeps
+        included; compare groups seeds by arm/method/model/train_fraction), plus the report."""
+        done = [r for r in self.reg["runs"].values() if r["state"] == "completed"]
+        if len(done) < 2:
+            self.reg["stages"]["compare"] = {"state": "skipped", "error": "fewer than two completed runs"}
+            self.progress.say("compare: skipped (fewer than two completed runs)")
+            return
+        out = self.dir / "report"
+        cmd = [sys.executable, "-m", "ftvs", "compare", str(self.path), "--out", str(out)]
+        if not report:
+            cmd.append("--no-report")
+        self._stage("compare", cmd, out)
+        st = self.reg["stages"]["compare"]
+        st["with_report"] = report
+        st["report"] = [self.rel(p) for p in sorted(out.glob("report.*"))] if st.get("state") == "completed" else []
