@@ -1,7 +1,7 @@
 """Property-based tests (hypothesis): padding never changes a prediction, and the trimmed tokenizer maps
 every training token inside its table and everything else to unk.
 
-Split properties (stratification, determinism, disjointness) live in tests/test_data.py.
+Split properties (stratification, determinism, disjointness) live in tests/test_data_splitting.py.
 """
 
 import pytest

@@ -189,7 +189,6 @@ def test_study_survives_sigkill_resumes_and_reports_a_failed_run(tmp_path, banki
     assert reg["stages"]["compare"]["state"] == "completed"
     assert (out / "report" / "comparison.json").is_file()
     assert "data-size sweep (test macro-F1)" in res.stdout and "failed broken-f1-s0" in res.stdout
-    rerun_seconds = time.monotonic() - t0
 
     # 3. --force --only reruns exactly the named run; failed runs are not retried with --no-retry_failed
     res = subprocess.run(cmd + ["--force", "--only", "tfidf-f0.1-s0", "--no-retry_failed", "--no-compare"],
@@ -202,4 +201,3 @@ def test_study_survives_sigkill_resumes_and_reports_a_failed_run(tmp_path, banki
         if rid != "tfidf-f0.1-s0":
             assert reg2["runs"][rid]["attempts"] == runs[rid]["attempts"], rid
     assert reg2["runs"]["broken-f1-s0"]["attempts"] == runs["broken-f1-s0"]["attempts"]
-    assert rerun_seconds < 600

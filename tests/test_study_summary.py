@@ -16,9 +16,11 @@ def test_crossover_names_where_finetuning_advantage_disappears():
         rows.append({"arm": "scratch", "arm_name": "scratch", "method": None, "model": "s", "train_fraction": frac,
                      "num_train_examples": n, "n": 2, "test_macro_f1_mean": sc, "test_macro_f1_std": 0.01})
     (c,) = crossovers(rows)
-    assert c["finetuned"] == "lora" and c["other"] == "scratch" and c["crossover_num_train_examples"] == 1000
-    assert 500 < c["crossover_interpolated"] < 1000
-    assert [round(p["delta_macro_f1"], 2) for p in c["points"]] == [0.30, 0.05, -0.02]
+    assert c["a"] == "lora" and c["b"] == "scratch"
+    (crossing,) = c["crossings"]
+    assert crossing["between_examples"] == [500, 1000] and crossing["leader_above"] == "scratch"
+    assert 500 < crossing["interpolated_examples"] < 1000
+    assert [round(p["delta"], 2) for p in c["points"]] == [0.30, 0.05, -0.02]
 
 
 def test_registry_sweeps_from_finished_runs(tmp_path):

@@ -9,7 +9,6 @@ writes no progress.json); the view then shows less, never fails.
 from __future__ import annotations
 
 import contextlib
-import math
 import shutil
 import statistics
 import sys
@@ -17,21 +16,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from ftvs.fileio import read_json, read_jsonl
+from ftvs.fileio import read_jsonl
+from ftvs.fmt import clock
+from ftvs.progress import read_progress
 from ftvs.study.registry import num_train_examples
-
-PROGRESS_FILE = "progress.json"
 
 
 def fmt_seconds(s) -> str:
-    if s is None or not math.isfinite(s):
-        return "-"
-    s = int(round(s))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return clock(s, missing="-")
 
 
 class Progress:
@@ -82,16 +74,12 @@ class Progress:
             self._last_line = ""
 
 
-def read_progress(run_dir: Path, since_unix: float | None = None) -> dict | None:
+def current_progress(run_dir: Path, since_unix: float | None = None) -> dict | None:
     """progress.json of a run, or None when missing, unreadable, or older than `since_unix` (left by an
     earlier attempt of the run)."""
-    path = run_dir / PROGRESS_FILE
-    if not path.is_file():
-        return None
-    with contextlib.suppress(Exception):
-        live = read_json(path, "training progress")
-        if isinstance(live, dict) and (since_unix is None or (live.get("updated_unix") or 0) >= since_unix):
-            return live
+    live = read_progress(run_dir)
+    if live and (since_unix is None or (live.get("updated_unix") or 0) >= since_unix):
+        return live
     return None
 
 
@@ -103,7 +91,7 @@ def run_progress(run_dir: Path, num_epochs: int | None, since_unix: float | None
     if hist.is_file():
         with contextlib.suppress(Exception):
             rows = read_jsonl(hist)
-    live = read_progress(run_dir, since_unix)
+    live = current_progress(run_dir, since_unix)
     return {"epochs_done": len(rows), "num_epochs": num_epochs or (live or {}).get("num_epochs"),
             "last": rows[-1] if rows else None,
             "epoch_seconds": statistics.mean(r["epoch_seconds"] for r in rows) if rows else None,

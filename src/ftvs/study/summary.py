@@ -6,15 +6,15 @@ report read them from there.
 
 from __future__ import annotations
 
-import math
 import statistics
-from collections import defaultdict
 from pathlib import Path
 
+from ftvs.aggregate import crossovers as aggregate_crossovers
+from ftvs.aggregate import mean_std
 from ftvs.fileio import read_json
+from ftvs.fmt import clock, pm
 from ftvs.study.config import SIZE_KEYS, model_dims, own_size_name
 from ftvs.study.plan import frac
-from ftvs.study.progress import fmt_seconds
 
 
 def run_results(run_dir: Path) -> dict:
@@ -91,14 +91,6 @@ def _model_size_row(r: dict, ms: dict) -> dict:
             "train_val_gap_accuracy": r["results"].get("train_val_gap_accuracy")}
 
 
-# merge: unify with compare's
-def mean_std(values) -> tuple[float | None, float | None]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    return statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
-
-
 def group_runs(runs: list[dict], keys: tuple[str, ...]) -> list[dict]:
     groups: dict = {}
     for r in runs:
@@ -150,56 +142,22 @@ def group_model_size(rows: list[dict]) -> list[dict]:
     return sorted(out, key=lambda x: x["params_total"] or 0)
 
 
-# merge: unify with compare's
 def crossovers(summary: list[dict]) -> list[dict]:
-    """For every fine-tuned arm vs every other arm: fine-tuning's macro-F1 advantage per training-set size
-    and the size where it disappears (other arm's mean >= the fine-tuned arm's)."""
-    by_arm: dict = defaultdict(dict)
-    kinds = {}
+    """The data-size sweep's crossovers, by the one definition in `ftvs.aggregate.crossovers` (the same
+    that `ftvs compare` puts in the report): for every fine-tuned arm against every other arm."""
+    curves: dict = {}
     for row in summary:
-        by_arm[row["arm_name"]][row["train_fraction"]] = row
-        kinds[row["arm_name"]] = row["arm"]
-    out = []
-    for ft in [a for a, k in kinds.items() if k == "finetune"]:
-        for other in [a for a, k in kinds.items() if k != "finetune"]:
-            fractions = sorted(set(by_arm[ft]) & set(by_arm[other]))
-            points = []
-            for f in fractions:
-                a, b = by_arm[ft][f], by_arm[other][f]
-                if a["test_macro_f1_mean"] is None or b["test_macro_f1_mean"] is None:
-                    continue
-                sd = math.sqrt((a["test_macro_f1_std"] or 0) ** 2 + (b["test_macro_f1_std"] or 0) ** 2)
-                points.append({"train_fraction": f, "num_train_examples": a["num_train_examples"],
-                               "delta_macro_f1": a["test_macro_f1_mean"] - b["test_macro_f1_mean"], "delta_std": sd})
-            cross, interp = None, None
-            for i, p in enumerate(points):
-                if p["delta_macro_f1"] <= 0:
-                    cross = p["num_train_examples"]
-                    if i > 0 and points[i - 1]["num_train_examples"] and p["num_train_examples"]:
-                        q = points[i - 1]
-                        d0, d1 = q["delta_macro_f1"], p["delta_macro_f1"]
-                        x0, x1 = math.log(q["num_train_examples"]), math.log(p["num_train_examples"])
-                        t = d0 / (d0 - d1) if d0 != d1 else 1.0
-                        interp = math.exp(x0 + t * (x1 - x0))
-                    elif p["num_train_examples"]:
-                        interp = float(p["num_train_examples"])
-                    break
-            out.append({"finetuned": ft, "other": other, "other_arm": kinds[other],
-                        "rule": "smallest measured #train examples with mean macro-F1(other) >= mean macro-F1(finetuned)",
-                        "points": points, "crossover_num_train_examples": cross,
-                        "crossover_interpolated": interp})
-    return out
+        curve = curves.setdefault(row["arm_name"], {"label": row["arm_name"], "arm": row["arm"], "points": []})
+        curve["points"].append({"num_train_examples": row["num_train_examples"],
+                                "train_fraction": row["train_fraction"],
+                                "mean": row["test_macro_f1_mean"], "std": row["test_macro_f1_std"]})
+    return [pair for pair in aggregate_crossovers(list(curves.values()))
+            if pair["a_arm"] == "finetune" and pair["b_arm"] != "finetune"]
 
 
 # --------------------------------------------------------------------------------------------------
 # Terminal summary
 # --------------------------------------------------------------------------------------------------
-
-
-def _pm(mean, std, n) -> str:
-    if mean is None:
-        return "-"
-    return f"{mean:.4f}" if n <= 1 else f"{mean:.4f} ± {std:.4f}"
 
 
 def _table(rows: list[list[str]], right=()) -> str:
@@ -218,7 +176,7 @@ def format_summary(reg: dict) -> str:
     n_failed = sum(r["state"] == "failed" for r in runs)
     wall = sum(r.get("seconds_wall") or 0 for r in runs)
     out = [f"study {reg['name']} ({reg.get('state')}): {len(runs)} runs, {n_done} completed, {n_failed} failed, "
-           f"{fmt_seconds(wall)} of run time -> {reg.get('study_dir')}", "", _runs_table(runs)]
+           f"{clock(wall)} of run time -> {reg.get('study_dir')}", "", _runs_table(runs)]
     for r in runs:
         if r["state"] == "failed":
             out.append(f"  failed {r['id']}: {r.get('error')} (log {r['log']})")
@@ -229,9 +187,10 @@ def format_summary(reg: dict) -> str:
     if sweeps.get("data_size_summary"):
         out += ["", "data-size sweep (test macro-F1):", _data_size_table(sweeps["data_size_summary"])]
         for c in sweeps.get("crossover") or []:
-            where = (f"at ~{c['crossover_interpolated']:,.0f} train examples" if c.get("crossover_interpolated")
+            first = (c["crossings"] or [None])[0]
+            where = (f"at ~{first['interpolated_examples']:,.0f} train examples" if first
                      else "not within the measured sizes")
-            out.append(f"  {c['other']} catches up with {c['finetuned']} {where}")
+            out.append(f"  {c['b']} catches up with {c['a']} {where}")
     if sweeps.get("model_size_summary"):
         out += ["", "model-size sweep (from scratch):", _model_size_table(sweeps["model_size_summary"])]
     st = (reg.get("stages") or {}).get("compare")
@@ -249,7 +208,7 @@ def _runs_table(runs: list[dict]) -> str:
     for r in runs:
         res = r.get("results") or {}
         params = res.get("params_total")
-        rows.append([r["id"], r["state"], str(r.get("epochs_done") or "-"), fmt_seconds(r.get("seconds_wall")),
+        rows.append([r["id"], r["state"], str(r.get("epochs_done") or "-"), clock(r.get("seconds_wall")),
                      f"{r['num_train_examples']:,}" if r.get("num_train_examples") else "-",
                      f"{res['test_accuracy']:.4f}" if res.get("test_accuracy") is not None else "-",
                      f"{res['test_macro_f1']:.4f}" if res.get("test_macro_f1") is not None else "-",
@@ -261,8 +220,8 @@ def _main_table(summary: list[dict]) -> str:
     rows = [["arm", "model", "n", "test accuracy", "test macro-F1"]]
     for s in summary:
         rows.append([s["arm_name"], f"{s['model']}{' ' + s['method'] if s.get('method') and s['arm'] == 'finetune' else ''}",
-                     str(s["n"]), _pm(s["test_accuracy_mean"], s["test_accuracy_std"], s["n"]),
-                     _pm(s["test_macro_f1_mean"], s["test_macro_f1_std"], s["n"])])
+                     str(s["n"]), pm(s["test_accuracy_mean"], s["test_accuracy_std"], missing="-"),
+                     pm(s["test_macro_f1_mean"], s["test_macro_f1_std"], missing="-")])
     return _table(rows, right={2})
 
 
@@ -274,8 +233,8 @@ def _data_size_table(ds_summary: list[dict]) -> str:
     head = ["arm"] + [frac(f) + (f" ({int(sizes[f]):,} ex)" if f in sizes else "") for f in fractions]
     rows = [head]
     for a in arms:
-        rows.append([a] + [_pm(cell[(a, f)]["test_macro_f1_mean"], cell[(a, f)]["test_macro_f1_std"],
-                               cell[(a, f)]["n"]) if (a, f) in cell else "-" for f in fractions])
+        rows.append([a] + [pm(cell[(a, f)]["test_macro_f1_mean"], cell[(a, f)]["test_macro_f1_std"], missing="-")
+                           if (a, f) in cell else "-" for f in fractions])
     return _table(rows, right=set(range(1, len(head))))
 
 
@@ -283,6 +242,6 @@ def _model_size_table(ms_summary: list[dict]) -> str:
     rows = [["size", "layers", "width", "params", "n", "test macro-F1", "train-val gap (macro-F1)"]]
     for s in ms_summary:
         rows.append([s["size"], str(s["n_layer"]), str(s["n_embd"]), f"{s['params_total']:,}" if s["params_total"] else "-",
-                     str(s["n"]), _pm(s["test_macro_f1_mean"], s["test_macro_f1_std"], s["n"]),
-                     _pm(s["train_val_gap_macro_f1_mean"], s["train_val_gap_macro_f1_std"], s["n"])])
+                     str(s["n"]), pm(s["test_macro_f1_mean"], s["test_macro_f1_std"], missing="-"),
+                     pm(s["train_val_gap_macro_f1_mean"], s["train_val_gap_macro_f1_std"], missing="-")])
     return _table(rows, right={1, 2, 3, 4})
