@@ -128,7 +128,6 @@ def test_study_survives_sigkill_resumes_and_reports_a_failed_run(tmp_path, banki
               for rid, e in finished.items()}
 
     # 2. the same command again: skips finished runs, resumes the killed one, reports the failed arm
-    t0 = time.monotonic()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]  # 1: some runs failed
     reg = json.loads((out / "study.json").read_text())
