@@ -1,4 +1,5 @@
-"""x"""
+"""`ftvs prepare` step by step: read the source, pick the columns, clean, de-duplicate, drop leaks, carve
+the stratified splits, write the folder and print its summary; plus the command's flags."""
 
 from __future__ import annotations
 
