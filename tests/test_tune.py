@@ -31,9 +31,9 @@ INTENTS = ["card_arrival", "card_delivery_estimate", "card_payment_fee_charged",
            "declined_card_payment", "pending_card_payment"]
 CLASSES = len(INTENTS)
 # a from-scratch model small enough that an epoch is well under a second on one core
-TINY = ["--tokenizer", "bpe", "--bpe_vocab_size", "300", "--n_layer", "1", "--n_embd", "32", "--n_head", "2",
-        "--d_ff", "64", "--max_seq_length", "24", "--num_train_epochs", "3", "--mixed_precision", "no",
-        "--per_device_eval_batch_size", "256"]
+TINY_SETTINGS = {"tokenizer": "bpe", "bpe_vocab_size": 300, "n_layer": 1, "n_embd": 32, "n_head": 2, "d_ff": 64,
+                 "max_seq_length": 24, "num_train_epochs": 3, "mixed_precision": "no", "per_device_eval_batch_size": 256}
+TINY = [a for k, v in TINY_SETTINGS.items() for a in (f"--{k}", str(v))]
 SPACE = {"defaults": False, "learning_rate": {"low": 1e-3, "high": 3e-2, "log": True},
          "dropout": {"low": 0.0, "high": 0.2}, "pooling": ["mean", "max"]}
 
@@ -129,18 +129,16 @@ def test_sigkilled_search_resumes_without_repeating_finished_trials(data_dir, sp
     out = tmp_path / "tune"
     cmd = _tune_cmd(data_dir, out, space_file, 4) + ["--pruner", "none"]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    child_pid = None
+    second = out / "trials" / "0001"
     try:
-        while time.time() < deadline:  # kill while the second trial trains, after the first finished
-            if (out / "tune.json").is_file() and (out / "trials" / "0001" / "history.jsonl").is_file():
-                lock = out / "trials" / "0001" / ".lock"
-                child_pid = int(lock.read_text()) if lock.is_file() and lock.read_text() else None
-                break
+        deadline = time.time() + 240
+        while not (second / "train.log").is_file():  # kill once the second trial's child has started
             assert proc.poll() is None, "the search ended before it could be killed"
-            time.sleep(0.2)
-        else:
-            pytest.fail("the second trial never started")
+            assert time.time() < deadline, "the second trial never started"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        children = _processes_mentioning(str(second))
+        assert children, "no training child for the second trial"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
@@ -150,13 +148,12 @@ def test_sigkilled_search_resumes_without_repeating_finished_trials(data_dir, sp
     done_before = {t["number"]: t for t in _finished(first)}
     assert list(done_before) == [0]
     stamp = (out / "trials" / "0000" / "history.jsonl").stat().st_mtime_ns
-    if child_pid:  # the training child dies with the search (no orphan keeps training)
-        for _ in range(50):
-            if not Path(f"/proc/{child_pid}").exists() or "zombie" in _proc_state(child_pid):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"training child {child_pid} outlived the killed search")
+    for _ in range(100):  # the training child dies with the search: no orphan keeps training
+        if not _processes_mentioning(str(second)):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"training child {children} outlived the killed search")
 
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -173,11 +170,17 @@ def test_sigkilled_search_resumes_without_repeating_finished_trials(data_dir, sp
     assert sum(t["state"] == "COMPLETE" for t in summary["trials"]) == 4
 
 
-def _proc_state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/status").read_text().lower()
-    except OSError:
-        return "zombie"
+def _processes_mentioning(text: str) -> list[int]:
+    """Live (not zombie) processes whose command line contains `text`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if text in (proc / "cmdline").read_bytes().decode(errors="replace") and \
+                    "\nState:\tZ" not in (proc / "status").read_text():
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 @pytest.mark.slow
@@ -186,7 +189,7 @@ def test_tuning_never_reads_the_test_split(data_dir, tmp_path):
     shutil.copytree(data_dir, blind)
     (blind / "test.jsonl").unlink()
     out = tmp_path / "tune"
-    summary = tune_arm("scratch", blind, out, base=dict(zip([a.lstrip("-") for a in TINY[::2]], TINY[1::2])),
+    summary = tune_arm("scratch", blind, out, base=TINY_SETTINGS,
                        space={**SPACE, "num_train_epochs": 2}, n_trials=2, seed=1, progress=False)
     assert len(_finished(summary)) == 2 and summary["best"]["value"] > 0
     assert not (blind / "test.jsonl").exists()
