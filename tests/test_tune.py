@@ -26,13 +26,17 @@ from ftvs.tune.space import DEFAULT_SPACES, build_space
 ROOT = Path(__file__).resolve().parents[1]
 BANKING77 = next((p for p in (ROOT.parent / "shared" / "data" / "banking77", Path("/work/shared/data/banking77"))
                   if (p / "train.csv").is_file()), ROOT.parent / "shared" / "data" / "banking77")
-# six intents that share their words ("card", "payment"), so no setting scores perfectly
-INTENTS = ["card_arrival", "card_delivery_estimate", "card_payment_fee_charged", "card_payment_not_recognised",
-           "declined_card_payment", "pending_card_payment"]
+# six distinct intents, which a tiny model tells apart within a few epochs...
+INTENTS = ["activate_my_card", "age_limit", "apple_pay_or_google_pay", "atm_support", "automatic_top_up",
+           "balance_not_updated_after_bank_transfer"]
+# ...and six that share their words ("card", "payment"), on which no baseline setting scores perfectly
+SIMILAR_INTENTS = ["card_arrival", "card_delivery_estimate", "card_payment_fee_charged",
+                   "card_payment_not_recognised", "declined_card_payment", "pending_card_payment"]
 CLASSES = len(INTENTS)
 # a from-scratch model small enough that an epoch is well under a second on one core
 TINY_SETTINGS = {"tokenizer": "bpe", "bpe_vocab_size": 300, "n_layer": 1, "n_embd": 32, "n_head": 2, "d_ff": 64,
-                 "max_seq_length": 24, "num_train_epochs": 3, "mixed_precision": "no", "per_device_eval_batch_size": 256}
+                 "max_seq_length": 24, "num_train_epochs": 3, "mixed_precision": "no", "per_device_train_batch_size": 8,
+                 "per_device_eval_batch_size": 256}
 TINY = [a for k, v in TINY_SETTINGS.items() for a in (f"--{k}", str(v))]
 SPACE = {"defaults": False, "learning_rate": {"low": 1e-3, "high": 3e-2, "log": True},
          "dropout": {"low": 0.0, "high": 0.2}, "pooling": ["mean", "max"]}
@@ -45,24 +49,32 @@ def _env():
     return env
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """Six similar Banking77 intents: 40 train texts each (a stratified val is carved from them), 10 test each."""
+def _prepare_intents(root: Path, intents: list[str]) -> Path:
+    """A prepared Banking77 subset: 40 train texts per intent (a stratified val is carved from them), 10 test."""
     if not (BANKING77 / "train.csv").is_file():
         pytest.skip(f"Banking77 CSVs not found at {BANKING77}")
     from ftvs.data import prepare
 
-    root = tmp_path_factory.mktemp("b77_tune")
     for split, per_class in (("train", 40), ("test", 10)):
         with open(BANKING77 / f"{split}.csv", encoding="utf-8", newline="") as f:
             rows = list(csv.DictReader(f))
-        picked = [r for c in INTENTS for r in [r for r in rows if r["category"] == c][:per_class]]
+        picked = [r for c in intents for r in [r for r in rows if r["category"] == c][:per_class]]
         with open(root / f"{split}.csv", "w", encoding="utf-8", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["text", "category"])
             w.writeheader()
             w.writerows({"text": r["text"], "category": r["category"]} for r in picked)
     prepare(str(root), root / "data", seed=0, tokenizer="none")
     return root / "data"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return _prepare_intents(tmp_path_factory.mktemp("b77_tune"), INTENTS)
+
+
+@pytest.fixture(scope="module")
+def similar_data_dir(tmp_path_factory):
+    return _prepare_intents(tmp_path_factory.mktemp("b77_similar"), SIMILAR_INTENTS)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +139,7 @@ def test_scratch_search_writes_best_yaml_that_train_accepts(data_dir, space_file
 @pytest.mark.slow
 def test_sigkilled_search_resumes_without_repeating_finished_trials(data_dir, space_file, tmp_path):
     out = tmp_path / "tune"
-    cmd = _tune_cmd(data_dir, out, space_file, 4) + ["--pruner", "none"]
+    cmd = _tune_cmd(data_dir, out, space_file, 3) + ["--pruner", "none"]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     second = out / "trials" / "0001"
     try:
@@ -159,7 +171,7 @@ def test_sigkilled_search_resumes_without_repeating_finished_trials(data_dir, sp
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((out / "tune.json").read_text())
     finished = _finished(summary)
-    assert len(finished) == 4 and summary["budget"]["trials_finished"] == 4
+    assert len(finished) == 3 and summary["budget"]["trials_finished"] == 3
     by_number = {t["number"]: t for t in summary["trials"]}
     assert by_number[0]["value"] == done_before[0]["value"]  # not rerun
     assert (out / "trials" / "0000" / "history.jsonl").stat().st_mtime_ns == stamp
@@ -167,7 +179,7 @@ def test_sigkilled_search_resumes_without_repeating_finished_trials(data_dir, sp
     retry = [t for t in summary["trials"] if t["retry_of"] == 1]
     assert len(retry) == 1 and retry[0]["state"] == "COMPLETE"  # ...ran again with the same parameters
     assert retry[0]["params"] == by_number[1]["params"]
-    assert sum(t["state"] == "COMPLETE" for t in summary["trials"]) == 4
+    assert sum(t["state"] == "COMPLETE" for t in summary["trials"]) == 3
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -184,18 +196,35 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_tuning_never_reads_the_test_split(data_dir, tmp_path):
+def test_tuning_never_reads_the_test_split_and_prunes_a_trailing_trial(data_dir, tmp_path):
+    import optuna
+
     blind = tmp_path / "data_without_test"
     shutil.copytree(data_dir, blind)
     (blind / "test.jsonl").unlink()
     out = tmp_path / "tune"
-    summary = tune_arm("scratch", blind, out, base=TINY_SETTINGS,
-                       space={**SPACE, "num_train_epochs": 2}, n_trials=2, seed=1, progress=False)
-    assert len(_finished(summary)) == 2 and summary["best"]["value"] > 0
+    out.mkdir()
+    # two trials that learn, then one whose learning rate cannot move the model: the median pruner must
+    # stop it after its 2nd epoch (of 8), below the median of the two completed trials there
+    study = optuna.create_study(study_name="ftvs-tune", storage=f"sqlite:///{out / 'optuna.db'}",
+                                direction="maximize")
+    for lr in (1e-2, 5e-3, 1e-6):
+        study.enqueue_trial({"learning_rate": lr, "dropout": 0.0, "pooling": "mean"})
+    space = {**SPACE, "learning_rate": {"low": 1e-6, "high": 3e-2, "log": True}}
+    summary = tune_arm("scratch", blind, out, base={**TINY_SETTINGS, "num_train_epochs": 8,
+                                                    "early_stopping_patience": 0},
+                       space=space, n_trials=3, seed=1, progress=False)
+    states = [t["state"] for t in summary["trials"]]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED"], summary["trials"]
+    pruned = summary["trials"][2]
+    assert pruned["epochs_run"] == 2 and list(pruned["val_macro_f1_per_epoch"]) == ["1", "2"]
+    assert len((Path(pruned["run_dir"]) / "history.jsonl").read_text().splitlines()) < 8  # the child was stopped
+    assert summary["best"]["number"] in (0, 1) and summary["budget"]["trials_finished"] == 3
     assert not (blind / "test.jsonl").exists()
 
 
-def test_baseline_search_in_process(data_dir, tmp_path):
+def test_baseline_search_in_process(similar_data_dir, tmp_path):
+    data_dir = similar_data_dir
     blind = tmp_path / "data_without_test"
     shutil.copytree(data_dir, blind)
     (blind / "test.jsonl").unlink()
