@@ -24,27 +24,65 @@ from ftvs.tune import tune_arm
 from ftvs.tune.space import DEFAULT_SPACES, build_space
 
 ROOT = Path(__file__).resolve().parents[1]
-BANKING77 = next((p for p in (ROOT.parent / "shared" / "data" / "banking77", Path("/work/shared/data/banking77"))
-                  if (p / "train.csv").is_file()), ROOT.parent / "shared" / "data" / "banking77")
+BANKING77 = next(
+    (
+        p
+        for p in (ROOT.parent / "shared" / "data" / "banking77", Path("/work/shared/data/banking77"))
+        if (p / "train.csv").is_file()
+    ),
+    ROOT.parent / "shared" / "data" / "banking77",
+)
 # six distinct intents, which a tiny model tells apart within a few epochs...
-INTENTS = ["activate_my_card", "age_limit", "apple_pay_or_google_pay", "atm_support", "automatic_top_up",
-           "balance_not_updated_after_bank_transfer"]
+INTENTS = [
+    "activate_my_card",
+    "age_limit",
+    "apple_pay_or_google_pay",
+    "atm_support",
+    "automatic_top_up",
+    "balance_not_updated_after_bank_transfer",
+]
 # ...and six that share their words ("card", "payment"), on which no baseline setting scores perfectly
-SIMILAR_INTENTS = ["card_arrival", "card_delivery_estimate", "card_payment_fee_charged",
-                   "card_payment_not_recognised", "declined_card_payment", "pending_card_payment"]
+SIMILAR_INTENTS = [
+    "card_arrival",
+    "card_delivery_estimate",
+    "card_payment_fee_charged",
+    "card_payment_not_recognised",
+    "declined_card_payment",
+    "pending_card_payment",
+]
 CLASSES = len(INTENTS)
 # a from-scratch model small enough that an epoch is well under a second on one core
-TINY_SETTINGS = {"tokenizer": "bpe", "bpe_vocab_size": 300, "n_layer": 1, "n_embd": 32, "n_head": 2, "d_ff": 64,
-                 "max_seq_length": 24, "num_train_epochs": 3, "mixed_precision": "no", "per_device_train_batch_size": 8,
-                 "per_device_eval_batch_size": 256}
+TINY_SETTINGS = {
+    "tokenizer": "bpe",
+    "bpe_vocab_size": 300,
+    "n_layer": 1,
+    "n_embd": 32,
+    "n_head": 2,
+    "d_ff": 64,
+    "max_seq_length": 24,
+    "num_train_epochs": 3,
+    "mixed_precision": "no",
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 256,
+}
 TINY = [a for k, v in TINY_SETTINGS.items() for a in (f"--{k}", str(v))]
-SPACE = {"defaults": False, "learning_rate": {"low": 1e-3, "high": 3e-2, "log": True},
-         "dropout": {"low": 0.0, "high": 0.2}, "pooling": ["mean", "max"]}
+SPACE = {
+    "defaults": False,
+    "learning_rate": {"low": 1e-3, "high": 3e-2, "log": True},
+    "dropout": {"low": 0.0, "high": 0.2},
+    "pooling": ["mean", "max"],
+}
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+    )
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -85,8 +123,25 @@ def space_file(tmp_path_factory):
 
 
 def _tune_cmd(data, out, space, n_trials):
-    return [sys.executable, "-m", "ftvs", "tune", "--arm", "scratch", "--data", str(data), "--output_dir", str(out),
-            "--n_trials", str(n_trials), "--space", str(space), "--seed", "3", *TINY]
+    return [
+        sys.executable,
+        "-m",
+        "ftvs",
+        "tune",
+        "--arm",
+        "scratch",
+        "--data",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--n_trials",
+        str(n_trials),
+        "--space",
+        str(space),
+        "--seed",
+        "3",
+        *TINY,
+    ]
 
 
 def _finished(summary):
@@ -96,8 +151,9 @@ def _finished(summary):
 @pytest.mark.slow
 def test_scratch_search_writes_best_yaml_that_train_accepts(data_dir, space_file, tmp_path):
     out = tmp_path / "tune"
-    done = subprocess.run(_tune_cmd(data_dir, out, space_file, 3), env=_env(), capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        _tune_cmd(data_dir, out, space_file, 3), env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "trial 3/3" in done.stderr and "best val macro-F1" in done.stderr and "ETA" in done.stderr
     summary = json.loads((out / "tune.json").read_text())
@@ -116,7 +172,9 @@ def test_scratch_search_writes_best_yaml_that_train_accepts(data_dir, space_file
     complete = [t["value"] for t in summary["trials"] if t["state"] == "COMPLETE"]
     assert best["value"] == max(complete) > 1 / CLASSES
     # the score is the run's own best validation macro-F1
-    run_summary = json.loads((Path(summary["trials"][best["number"]]["run_dir"]) / "train_summary.json").read_text())
+    run_summary = json.loads(
+        (Path(summary["trials"][best["number"]]["run_dir"]) / "train_summary.json").read_text()
+    )
     assert run_summary["best_val_macro_f1"] == pytest.approx(best["value"])
     hist = summary["history"]
     assert [h["finished"] for h in hist] == [1, 2, 3] and hist[-1]["best_value"] == best["value"]
@@ -126,10 +184,26 @@ def test_scratch_search_writes_best_yaml_that_train_accepts(data_dir, space_file
         assert set(summary["importance"]["params"]) == {"learning_rate", "dropout", "pooling"}
 
     cfg = yaml.safe_load((out / "best.yaml").read_text())
-    assert cfg["learning_rate"] == best["params"]["learning_rate"] and cfg["n_embd"] == 32 and "data" not in cfg
+    assert (
+        cfg["learning_rate"] == best["params"]["learning_rate"] and cfg["n_embd"] == 32 and "data" not in cfg
+    )
     run = tmp_path / "retrain"
-    assert main(["train", "scratch", "--config", str(out / "best.yaml"), "--data", str(data_dir), "--output_dir",
-                 str(run), "--disable_tqdm"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "scratch",
+                "--config",
+                str(out / "best.yaml"),
+                "--data",
+                str(data_dir),
+                "--output_dir",
+                str(run),
+                "--disable_tqdm",
+            ]
+        )
+        == 0
+    )
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["learning_rate"] == pytest.approx(best["params"]["learning_rate"])
     assert saved["pooling"] == best["params"]["pooling"]
@@ -187,8 +261,10 @@ def _processes_mentioning(text: str) -> list[int]:
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            if text in (proc / "cmdline").read_bytes().decode(errors="replace") and \
-                    "\nState:\tZ" not in (proc / "status").read_text():
+            if (
+                text in (proc / "cmdline").read_bytes().decode(errors="replace")
+                and "\nState:\tZ" not in (proc / "status").read_text()
+            ):
                 found.append(int(proc.name))
         except (OSError, ValueError):
             continue
@@ -206,19 +282,29 @@ def test_tuning_never_reads_the_test_split_and_prunes_a_trailing_trial(data_dir,
     out.mkdir()
     # two trials that learn, then one whose learning rate cannot move the model: the median pruner must
     # stop it after its 2nd epoch (of 8), below the median of the two completed trials there
-    study = optuna.create_study(study_name="ftvs-tune", storage=f"sqlite:///{out / 'optuna.db'}",
-                                direction="maximize")
+    study = optuna.create_study(
+        study_name="ftvs-tune", storage=f"sqlite:///{out / 'optuna.db'}", direction="maximize"
+    )
     for lr in (1e-2, 5e-3, 1e-6):
         study.enqueue_trial({"learning_rate": lr, "dropout": 0.0, "pooling": "mean"})
     space = {**SPACE, "learning_rate": {"low": 1e-6, "high": 3e-2, "log": True}}
-    summary = tune_arm("scratch", blind, out, base={**TINY_SETTINGS, "num_train_epochs": 8,
-                                                    "early_stopping_patience": 0},
-                       space=space, n_trials=3, seed=1, progress=False)
+    summary = tune_arm(
+        "scratch",
+        blind,
+        out,
+        base={**TINY_SETTINGS, "num_train_epochs": 8, "early_stopping_patience": 0},
+        space=space,
+        n_trials=3,
+        seed=1,
+        progress=False,
+    )
     states = [t["state"] for t in summary["trials"]]
     assert states == ["COMPLETE", "COMPLETE", "PRUNED"], summary["trials"]
     pruned = summary["trials"][2]
     assert pruned["epochs_run"] == 2 and list(pruned["val_macro_f1_per_epoch"]) == ["1", "2"]
-    assert len((Path(pruned["run_dir"]) / "history.jsonl").read_text().splitlines()) < 8  # the child was stopped
+    assert (
+        len((Path(pruned["run_dir"]) / "history.jsonl").read_text().splitlines()) < 8
+    )  # the child was stopped
     assert summary["best"]["number"] in (0, 1) and summary["budget"]["trials_finished"] == 3
     assert not (blind / "test.jsonl").exists()
 
@@ -232,7 +318,11 @@ def test_baseline_search_in_process(similar_data_dir, tmp_path):
     summary = tune_arm("baseline", blind, out, n_trials=4, seed=0, progress=False, base={"max_iter": 200})
     trials = summary["trials"]
     assert len(trials) == 4 and all(t["state"] == "COMPLETE" for t in trials)
-    assert trials[0]["defaults"] and trials[0]["params"] == {"C": 10.0, "word_ngrams": "1,2", "char_ngrams": "2,5"}
+    assert trials[0]["defaults"] and trials[0]["params"] == {
+        "C": 10.0,
+        "word_ngrams": "1,2",
+        "char_ngrams": "2,5",
+    }
     assert summary["best"]["value"] == max(t["value"] for t in trials) > 0.5
     assert summary["importance"]["params"] is not None
     best = yaml.safe_load((out / "best.yaml").read_text())
@@ -250,8 +340,17 @@ def test_baseline_search_in_process(similar_data_dir, tmp_path):
     assert [t["number"] for t in again["trials"]] == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("arm,method", [("scratch", None), ("finetune", "lora"), ("finetune", "full"),
-                                        ("finetune", "frozen"), ("finetune", "unfreeze"), ("baseline", None)])
+@pytest.mark.parametrize(
+    "arm,method",
+    [
+        ("scratch", None),
+        ("finetune", "lora"),
+        ("finetune", "full"),
+        ("finetune", "frozen"),
+        ("finetune", "unfreeze"),
+        ("baseline", None),
+    ],
+)
 def test_default_spaces_only_hold_valid_settings(arm, method, tmp_path):
     import optuna
 
@@ -273,29 +372,60 @@ def test_default_spaces_only_hold_valid_settings(arm, method, tmp_path):
             build_config({**base, **params}, {"arm": arm, "output_dir": str(tmp_path)})
 
 
-def test_space_overrides_and_their_errors(data_dir, tmp_path):
-    space = build_space("scratch", None, {"pooling": ["mean"], "preset": "tiny", "token_dropout": None,
-                                          "learning_rate": {"low": "1e-4", "high": "1e-2", "log": True},
-                                          "num_train_epochs": {"low": 2, "high": 6}})
+def test_space_overrides_and_their_errors(data_dir, tmp_path, capsys):
+    space = build_space(
+        "scratch",
+        None,
+        {
+            "pooling": ["mean"],
+            "preset": "tiny",
+            "token_dropout": None,
+            "learning_rate": {"low": "1e-4", "high": "1e-2", "log": True},
+            "num_train_epochs": {"low": 2, "high": 6},
+        },
+    )
     assert "token_dropout" not in space and space["preset"].fixed == "tiny"
     assert space["learning_rate"].low == 1e-4 and space["num_train_epochs"].kind is int
-    bad = [({"lora_r": [4, 8]}, "not a setting of the scratch arm"),
-           ({"seed": [1, 2]}, "not searchable"),
-           ({"dropout": {"low": 0.3, "high": 0.1}}, "must be below high"),
-           ({"learning_rate": {"low": 0.0, "high": 0.1, "log": True}}, "log range needs low > 0"),
-           ({"pooling": {"low": 1, "high": 2}}, "list of choices"),
-           ({"learn_rate": [0.1]}, "did you mean 'learning_rate'")]
+    bad = [
+        ({"lora_r": [4, 8]}, "not a setting of the scratch arm"),
+        ({"seed": [1, 2]}, "not searchable"),
+        ({"dropout": {"low": 0.3, "high": 0.1}}, "must be below high"),
+        ({"learning_rate": {"low": 0.0, "high": 0.1, "log": True}}, "log range needs low > 0"),
+        ({"pooling": {"low": 1, "high": 2}}, "list of choices"),
+        ({"learn_rate": [0.1]}, "did you mean 'learning_rate'"),
+    ]
     for override, message in bad:
         with pytest.raises(FtvsError, match=message):
             build_space("scratch", None, override)
     # a value train refuses is caught before any trial runs
     with pytest.raises(FtvsError, match="search space dropout=1.5"):
-        tune_arm("scratch", data_dir, tmp_path / "t", space={"dropout": [0.1, 1.5]}, n_trials=1, progress=False)
+        tune_arm(
+            "scratch", data_dir, tmp_path / "t", space={"dropout": [0.1, 1.5]}, n_trials=1, progress=False
+        )
     with pytest.raises(FtvsError, match="no budget"):
         tune_arm("scratch", data_dir, tmp_path / "t", progress=False)
-    assert main(["tune", "--arm", "baseline", "--data", str(data_dir), "--output_dir", str(tmp_path / "b"),
-                 "--n_trials", "1", "--n_layer", "2"]) == 2
-    # a resumed search must be the same search
-    tune_arm("baseline", data_dir, tmp_path / "same", n_trials=1, progress=False)
-    with pytest.raises(FtvsError, match="holds a different search"):
-        tune_arm("baseline", data_dir, tmp_path / "same", n_trials=2, seed=5, progress=False)
+    assert (
+        main(
+            [
+                "tune",
+                "--arm",
+                "baseline",
+                "--data",
+                str(data_dir),
+                "--output_dir",
+                str(tmp_path / "b"),
+                "--n_trials",
+                "1",
+                "--n_layer",
+                "2",
+            ]
+        )
+        == 2
+    )
+    # the command line, and a resumed search must be the same search
+    cmd = ["tune", "--arm", "baseline", "--data", str(data_dir), "--output_dir", str(tmp_path / "same")]
+    assert main([*cmd, "--n_trials", "1", "--set", "max_iter=300"]) == 0
+    assert "train it: ftvs baseline" in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "same" / "best.yaml").read_text())["max_iter"] == 300
+    assert main([*cmd, "--n_trials", "2", "--set", "max_iter=300", "--seed", "5"]) == 2
+    assert "holds a different search" in capsys.readouterr().err

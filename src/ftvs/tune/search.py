@@ -86,8 +86,11 @@ def _default_params(arm: str, method: str | None, space: dict, base: dict) -> di
         from ftvs.baseline import DEFAULT_C_GRID, BaselineSettings
 
         d = BaselineSettings()
-        defaults = {"C": DEFAULT_C_GRID[len(DEFAULT_C_GRID) // 2], "word_ngrams": ",".join(map(str, d.word_ngrams)),
-                    "char_ngrams": ",".join(map(str, d.char_ngrams))}
+        defaults = {
+            "C": DEFAULT_C_GRID[len(DEFAULT_C_GRID) // 2],
+            "word_ngrams": ",".join(map(str, d.word_ngrams)),
+            "char_ngrams": ",".join(map(str, d.char_ngrams)),
+        }
     else:
         from ftvs.config import TrainConfig
 
@@ -101,7 +104,9 @@ def _default_params(arm: str, method: str | None, space: dict, base: dict) -> di
                 from ftvs.finetune import default_learning_rate
 
                 defaults["learning_rate"] = default_learning_rate(base["method"])
-    return {k: defaults[k] for k, p in spaces.searched(space).items() if k in defaults and p.contains(defaults[k])}
+    return {
+        k: defaults[k] for k, p in spaces.searched(space).items() if k in defaults and p.contains(defaults[k])
+    }
 
 
 class Progress:
@@ -115,8 +120,10 @@ class Progress:
             print(f"tune {self.label}: {text}", file=sys.stderr, flush=True)
 
     def status(self, finished: int, seconds: float, best) -> str:
-        parts = [f"best val macro-F1 {best[1]:.4f} (trial {best[0]})" if best else "no completed trial yet",
-                 f"{_clock(seconds)} spent"]
+        parts = [
+            f"best val macro-F1 {best[1]:.4f} (trial {best[0]})" if best else "no completed trial yet",
+            f"{_clock(seconds)} spent",
+        ]
         remaining = []
         if self.n_trials and finished:
             remaining.append(seconds / finished * max(0, self.n_trials - finished))
@@ -136,9 +143,21 @@ def _clock(seconds: float) -> str:
     return (f"{h}h" if h else "") + f"{rest // 60}m{rest % 60:02d}s"
 
 
-def tune_arm(arm: str, data, output_dir, *, method: str | None = None, base: dict | None = None,
-             space=None, n_trials: int | None = None, timeout: float | None = None, seed: int = 0,
-             pruner: str = "median", defaults_first: bool = True, progress: bool = True) -> dict:
+def tune_arm(
+    arm: str,
+    data,
+    output_dir,
+    *,
+    method: str | None = None,
+    base: dict | None = None,
+    space=None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    seed: int = 0,
+    pruner: str = "median",
+    defaults_first: bool = True,
+    progress: bool = True,
+) -> dict:
     """Tune one arm on `data` (a prepared folder; only its train and val splits are read) into
     `output_dir`: optuna.db, trials/NNNN/, tune.json, best.yaml. Rerunning with the same arguments resumes.
 
@@ -170,48 +189,79 @@ def tune_arm(arm: str, data, output_dir, *, method: str | None = None, base: dic
     _check_space(arm, search_space, base, seed)
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    setup = {"arm": arm, "method": method, "data": str(data), "seed": seed, "base": base,
-             "space": {k: p.to_dict() for k, p in search_space.items()}}
+    setup = {
+        "arm": arm,
+        "method": method,
+        "data": str(data),
+        "seed": seed,
+        "base": base,
+        "space": {k: p.to_dict() for k, p in search_space.items()},
+    }
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     with RunLock(out):
         storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
-        study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction="maximize",
-                                    load_if_exists=True)
+        study = optuna.create_study(
+            study_name=STUDY_NAME, storage=storage, direction="maximize", load_if_exists=True
+        )
         _check_same_search(study, setup, out)
         _requeue_interrupted(study)
         if defaults_first and not study.trials:
-            study.enqueue_trial(_default_params(arm, method, search_space, base), user_attrs={"defaults": True})
+            study.enqueue_trial(
+                _default_params(arm, method, search_space, base), user_attrs={"defaults": True}
+            )
         # offset by the trials so far: a resumed sampler must not replay the first session's random draws
-        sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials), multivariate=True,
-                                             n_startup_trials=_startup_trials(n_trials))
-        study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=_pruner(pruner))
-        setup["sampler"] = {"name": "TPESampler", "seed": seed, "multivariate": True,
-                            "n_startup_trials": _startup_trials(n_trials)}
-        setup["pruner"] = {"name": pruner, **({"n_startup_trials": 2, "n_warmup_steps": 2} if pruner == "median"
-                                              else {"min_resource": 1, "reduction_factor": 3}
-                                              if pruner == "halving" else {})}
+        sampler = optuna.samplers.TPESampler(
+            seed=seed + len(study.trials), multivariate=True, n_startup_trials=_startup_trials(n_trials)
+        )
+        study = optuna.load_study(
+            study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=_pruner(pruner)
+        )
+        setup["sampler"] = {
+            "name": "TPESampler",
+            "seed": seed,
+            "multivariate": True,
+            "n_startup_trials": _startup_trials(n_trials),
+        }
+        setup["pruner"] = {
+            "name": pruner,
+            **(
+                {"n_startup_trials": 2, "n_warmup_steps": 2}
+                if pruner == "median"
+                else {"min_resource": 1, "reduction_factor": 3}
+                if pruner == "halving"
+                else {}
+            ),
+        }
         baseline_data = BaselineData(data) if arm == "baseline" else None
         bar = Progress(arm if arm != "finetune" else f"finetune/{method}", n_trials, timeout, progress)
         while True:
             finished = study.get_trials(deepcopy=False, states=_states(FINISHED))
             seconds = sum(t.user_attrs.get("seconds", 0.0) for t in finished)
             spent = _budget_spent(n_trials, timeout, len(finished), seconds)
-            budget = {"n_trials": n_trials, "timeout_seconds": timeout, "trials_finished": len(finished),
-                      "seconds_used": seconds, "exhausted_by": spent}
+            budget = {
+                "n_trials": n_trials,
+                "timeout_seconds": timeout,
+                "trials_finished": len(finished),
+                "seconds_used": seconds,
+                "exhausted_by": spent,
+            }
             best = _best(study)
             if spent:
                 break
             trial = study.ask()
             params = spaces.suggest(trial, search_space)
             shown = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-            bar.line(f"{bar.of(len(finished) + 1)} (#{trial.number}) {shown} | {bar.status(len(finished), seconds, best)}")
+            bar.line(
+                f"{bar.of(len(finished) + 1)} (#{trial.number}) {shown} | {bar.status(len(finished), seconds, best)}"
+            )
             run_dir = out / "trials" / f"{trial.number:04d}"
             trial.set_user_attr("run_dir", str(run_dir))
             if arm == "baseline":
                 result = run_baseline_trial(trial, baseline_data, params, base, seed, run_dir)
             else:
+
                 def on_epoch(epoch, f1, n=trial.number):
                     bar.line(f"  trial #{n} epoch {epoch}: val macro-F1 {f1:.4f}")
 
@@ -222,8 +272,12 @@ def tune_arm(arm: str, data, output_dir, *, method: str | None = None, base: dic
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                     write_outputs(out, study, setup, budget, final=False)
                     raise
-            for key, value in (("seconds", result.seconds), ("status", result.status),
-                               ("epochs_run", result.epochs_run), ("value", result.value)):
+            for key, value in (
+                ("seconds", result.seconds),
+                ("status", result.status),
+                ("epochs_run", result.epochs_run),
+                ("value", result.value),
+            ):
                 trial.set_user_attr(key, value)
             if result.pruned:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -232,12 +286,23 @@ def tune_arm(arm: str, data, output_dir, *, method: str | None = None, base: dic
             ended = "pruned after epoch " + str(result.epochs_run) if result.pruned else result.status
             value = "-" if result.value is None else f"{result.value:.4f}"
             bar.line(f"trial #{trial.number} {ended}: val macro-F1 {value} in {_clock(result.seconds)}")
-            write_outputs(out, study, setup, {**budget, "trials_finished": len(finished) + 1,
-                                              "seconds_used": seconds + result.seconds}, final=False)
+            write_outputs(
+                out,
+                study,
+                setup,
+                {**budget, "trials_finished": len(finished) + 1, "seconds_used": seconds + result.seconds},
+                final=False,
+            )
         summary = write_outputs(out, study, setup, budget, final=True)
-    bar.line(f"done: {budget['trials_finished']} trials in {_clock(budget['seconds_used'])} ({spent} budget spent) | "
-             + (f"best val macro-F1 {summary['best']['value']:.4f} (trial {summary['best']['number']}) -> "
-                f"{out / 'best.yaml'}" if summary["best"] else "no trial completed"))
+    bar.line(
+        f"done: {budget['trials_finished']} trials in {_clock(budget['seconds_used'])} ({spent} budget spent) | "
+        + (
+            f"best val macro-F1 {summary['best']['value']:.4f} (trial {summary['best']['number']}) -> "
+            f"{out / 'best.yaml'}"
+            if summary["best"]
+            else "no trial completed"
+        )
+    )
     return summary
 
 
@@ -279,8 +344,10 @@ def _check_same_search(study, setup: dict, out: Path) -> None:
     diff = [k for k in setup if saved.get(k) != setup[k]]
     if diff:
         shown = "; ".join(f"{k}: {saved.get(k)!r} -> {setup[k]!r}" for k in diff[:3])
-        raise FtvsError(f"{out} holds a different search ({shown[:300]}); rerun with its settings to resume it, "
-                        "or pick another --output_dir")
+        raise FtvsError(
+            f"{out} holds a different search ({shown[:300]}); rerun with its settings to resume it, "
+            "or pick another --output_dir"
+        )
 
 
 def _requeue_interrupted(study) -> None:
@@ -290,5 +357,7 @@ def _requeue_interrupted(study) -> None:
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         if t.params:
-            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number,
-                                                             "defaults": bool(t.user_attrs.get("defaults"))})
+            study.enqueue_trial(
+                dict(t.params),
+                user_attrs={"retry_of": t.number, "defaults": bool(t.user_attrs.get("defaults"))},
+            )

@@ -70,8 +70,19 @@ DEFAULT_SPACES = {
 # because Optuna's categorical choices must be scalars)
 BASELINE_TYPES = {"C": float, "word_ngrams": str, "char_ngrams": str}
 # train keys that name the run rather than configure it: never searched
-NOT_SEARCHABLE = {"arm", "data", "output_dir", "seed", "method", "extra", "disable_tqdm", "logging_steps",
-                  "save_steps", "num_workers", "model_name_or_path"}
+NOT_SEARCHABLE = {
+    "arm",
+    "data",
+    "output_dir",
+    "seed",
+    "method",
+    "extra",
+    "disable_tqdm",
+    "logging_steps",
+    "save_steps",
+    "num_workers",
+    "model_name_or_path",
+}
 
 
 @dataclass
@@ -93,8 +104,9 @@ class Param:
         if self.low is None:
             return self.fixed
         if self.kind is int:
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log,
-                                     step=int(self.step or 1))
+            return trial.suggest_int(
+                self.name, int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
+            )
         return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
 
     def contains(self, value) -> bool:
@@ -143,7 +155,11 @@ def value_types(arm: str) -> dict[str, type]:
         if f.name in NOT_SEARCHABLE or f.name in other_arm_only:
             continue
         kind = hints[f.name]
-        scalar = next((t for t in typing.get_args(kind) if t is not type(None)), kind) if typing.get_args(kind) else kind
+        scalar = (
+            next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+            if typing.get_args(kind)
+            else kind
+        )
         if scalar in (int, float, str, bool):
             types[f.name] = scalar
     return types
@@ -154,7 +170,9 @@ def _number(key: str, field: str, value, kind: type):
     try:
         return kind(float(value)) if kind is int else float(value)
     except (TypeError, ValueError):
-        raise FtvsError(f"search space {key}.{field}={value!r} is not a number; write e.g. {field}: 0.001") from None
+        raise FtvsError(
+            f"search space {key}.{field}={value!r} is not a number; write e.g. {field}: 0.001"
+        ) from None
 
 
 def parse_param(key: str, spec, kind: type) -> Param:
@@ -167,17 +185,25 @@ def parse_param(key: str, spec, kind: type) -> Param:
     if isinstance(spec, dict):
         unknown = set(spec) - {"low", "high", "log", "step"}
         if unknown or not {"low", "high"} <= set(spec):
-            raise FtvsError(f"search space {key}: a range needs low and high (and optionally log, step), got "
-                            f"{sorted(spec)}; e.g. {key}: {{low: 0.0, high: 0.3}}")
+            raise FtvsError(
+                f"search space {key}: a range needs low and high (and optionally log, step), got "
+                f"{sorted(spec)}; e.g. {key}: {{low: 0.0, high: 0.3}}"
+            )
         if kind not in (int, float):
-            raise FtvsError(f"search space {key}: {key} is not numeric, so it takes a list of choices, not a range")
+            raise FtvsError(
+                f"search space {key}: {key} is not numeric, so it takes a list of choices, not a range"
+            )
         low, high = (_number(key, f, spec[f], kind) for f in ("low", "high"))
         log = bool(spec.get("log", False))
         if not low < high:
-            raise FtvsError(f"search space {key}: low ({low}) must be below high ({high}); swap them or fix it "
-                            f"with `{key}: {low}`")
+            raise FtvsError(
+                f"search space {key}: low ({low}) must be below high ({high}); swap them or fix it "
+                f"with `{key}: {low}`"
+            )
         if log and low <= 0:
-            raise FtvsError(f"search space {key}: a log range needs low > 0 (got {low}); raise low or drop log")
+            raise FtvsError(
+                f"search space {key}: a log range needs low > 0 (got {low}); raise low or drop log"
+            )
         step = _number(key, "step", spec["step"], kind) if spec.get("step") is not None else None
         if log and step is not None:
             raise FtvsError(f"search space {key}: log and step cannot be combined; drop one of them")
@@ -185,7 +211,9 @@ def parse_param(key: str, spec, kind: type) -> Param:
     return Param(key, kind, fixed=_number(key, "value", spec, kind) if kind in (int, float) else spec)
 
 
-def build_space(arm: str, method: str | None = None, override: dict | str | Path | None = None) -> dict[str, Param]:
+def build_space(
+    arm: str, method: str | None = None, override: dict | str | Path | None = None
+) -> dict[str, Param]:
     """The arm's default space with `override` (a mapping or a YAML file path) merged onto it."""
     name = space_name(arm, method)
     if isinstance(override, str | Path):
@@ -201,7 +229,9 @@ def build_space(arm: str, method: str | None = None, override: dict | str | Path
     for key, spec in override.items():
         if key not in types:
             why = "is not searchable" if key in NOT_SEARCHABLE else f"is not a setting of the {name} arm"
-            raise FtvsError(f"search space key {key!r} {why}{closest(key, types)}; searchable: {', '.join(sorted(types))}")
+            raise FtvsError(
+                f"search space key {key!r} {why}{closest(key, types)}; searchable: {', '.join(sorted(types))}"
+            )
         if spec is None:
             specs.pop(key, None)
         else:
@@ -226,7 +256,7 @@ def ngram_range(text: str) -> tuple[int, int]:
     try:
         lo, hi = (int(v) for v in str(text).split(","))
     except ValueError:
-        raise FtvsError(f"n-gram range {text!r} must be two integers like \"1,2\"") from None
+        raise FtvsError(f'n-gram range {text!r} must be two integers like "1,2"') from None
     if not 1 <= lo <= hi:
         raise FtvsError(f"n-gram range {text!r} needs 1 <= low <= high")
     return lo, hi

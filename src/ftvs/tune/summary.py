@@ -38,8 +38,16 @@ def optimisation_history(records: list[dict]) -> list[dict]:
         elapsed += r["seconds"] or 0.0
         if r["state"] == "COMPLETE" and r["value"] is not None and (best is None or r["value"] > best):
             best = r["value"]
-        rows.append({"trial": r["number"], "finished": len(rows) + 1, "state": r["state"], "value": r["value"],
-                     "best_value": best, "elapsed_seconds": elapsed})
+        rows.append(
+            {
+                "trial": r["number"],
+                "finished": len(rows) + 1,
+                "state": r["state"],
+                "value": r["value"],
+                "best_value": best,
+                "elapsed_seconds": elapsed,
+            }
+        )
     return rows
 
 
@@ -50,7 +58,11 @@ def param_importance(study, seed: int) -> dict:
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(complete) < 2:
-        return {"evaluator": "fanova", "params": None, "skipped": f"{len(complete)} completed trial(s); needs 2"}
+        return {
+            "evaluator": "fanova",
+            "params": None,
+            "skipped": f"{len(complete)} completed trial(s); needs 2",
+        }
     try:
         importances = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed))
     except (RuntimeError, ValueError) as e:  # e.g. every completed trial has the same parameters
@@ -67,8 +79,10 @@ def best_settings(base: dict, params: dict) -> dict:
 def best_command(arm: str, settings: dict, best_yaml: Path) -> str:
     if arm != "baseline":
         return f"ftvs train {arm} --config {best_yaml} --data DATA --output_dir RUN_DIR"
-    flags = " ".join(f"--{k} {','.join(str(x) for x in v) if isinstance(v, list | tuple) else v}"
-                     for k, v in settings.items())
+    flags = " ".join(
+        f"--{k} {','.join(str(x) for x in v) if isinstance(v, list | tuple) else v}"
+        for k, v in settings.items()
+    )
     return f"ftvs baseline --data DATA --output_dir RUN_DIR {flags}"
 
 
@@ -80,11 +94,19 @@ def write_outputs(out: Path, study, setup: dict, budget: dict, final: bool) -> d
     if complete:
         top = max(complete, key=lambda r: (r["value"], -r["number"]))
         settings = best_settings(setup["base"], top["params"])
-        header = (f"# ftvs tune: best of {len(complete)} completed trial(s), trial {top['number']} "
-                  f"(val macro-F1 {top['value']:.4f})\n")
+        header = (
+            f"# ftvs tune: best of {len(complete)} completed trial(s), trial {top['number']} "
+            f"(val macro-F1 {top['value']:.4f})\n"
+        )
         write_train_yaml(out / "best.yaml", settings, header)
-        best = {"number": top["number"], "value": top["value"], "params": top["params"], "config": settings,
-                "config_path": str(out / "best.yaml"), "command": best_command(setup["arm"], settings, out / "best.yaml")}
+        best = {
+            "number": top["number"],
+            "value": top["value"],
+            "params": top["params"],
+            "config": settings,
+            "config_path": str(out / "best.yaml"),
+            "command": best_command(setup["arm"], settings, out / "best.yaml"),
+        }
     defaults = next((r for r in records if r["defaults"]), None)
     summary = {
         "status": "completed" if final else "running",
@@ -92,8 +114,13 @@ def write_outputs(out: Path, study, setup: dict, budget: dict, final: bool) -> d
         "budget": budget,
         "trials": records,
         "best": best,
-        "defaults_trial": {"number": defaults["number"], "value": defaults["value"], "state": defaults["state"]}
-        if defaults else None,
+        "defaults_trial": {
+            "number": defaults["number"],
+            "value": defaults["value"],
+            "state": defaults["state"],
+        }
+        if defaults
+        else None,
         "history": optimisation_history(records),
         "importance": param_importance(study, setup["seed"]) if final else None,
     }

@@ -78,19 +78,31 @@ def run_train_trial(trial, arm: str, settings: dict, run_dir: Path, on_epoch=Non
     reporting each epoch to the Optuna `trial`; returns its result (pruned trials included)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_train_yaml(run_dir / "trial.yaml", settings)
-    cmd = [sys.executable, "-m", "ftvs", "train", arm, "--config", str(run_dir / "trial.yaml"),
-           "--output_dir", str(run_dir), "--no-evaluate", "--disable_tqdm"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ftvs",
+        "train",
+        arm,
+        "--config",
+        str(run_dir / "trial.yaml"),
+        "--output_dir",
+        str(run_dir),
+        "--no-evaluate",
+        "--disable_tqdm",
+    ]
     history_path = run_dir / "history.jsonl"
     started = time.perf_counter()
     result = TrialResult(value=None)
     with open(run_dir / "train.log", "wb") as log:
-        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 preexec_fn=_die_with_parent)
+        child = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
         try:
             while True:
                 done = child.poll() is not None
                 rows = _finished_rows(history_path)
-                for row in rows[result.epochs_run:]:
+                for row in rows[result.epochs_run :]:
                     epoch, f1 = int(row["epoch"]), float(row["val_macro_f1"])
                     result.intermediate[epoch] = f1
                     result.epochs_run = epoch
@@ -110,15 +122,21 @@ def run_train_trial(trial, arm: str, settings: dict, run_dir: Path, on_epoch=Non
     if result.intermediate:
         result.value = max(result.intermediate.values())
     if not result.pruned:
-        summary = read_json(run_dir / "train_summary.json") if (run_dir / "train_summary.json").exists() else {}
+        summary = (
+            read_json(run_dir / "train_summary.json") if (run_dir / "train_summary.json").exists() else {}
+        )
         if summary.get("stop_reason") == "nonfinite":
             # a learning rate that diverges is a bad configuration, not a broken search: it scores what it
             # reached before diverging
             result.status, result.value = "nonfinite", result.value or 0.0
         elif child.returncode != 0 or summary.get("status") != "completed":
-            tail = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise FtvsError(f"trial {trial.number} failed (exit {child.returncode}): {tail[0][:300]}; see "
-                            f"{run_dir / 'train.log'}, fix the setting, then rerun the same command to resume")
+            tail = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()[-1:] or [
+                "no output"
+            ]
+            raise FtvsError(
+                f"trial {trial.number} failed (exit {child.returncode}): {tail[0][:300]}; see "
+                f"{run_dir / 'train.log'}, fix the setting, then rerun the same command to resume"
+            )
         elif result.value is None:
             result.value = float(summary["best_val_macro_f1"])
     for name in DISPOSABLE:
@@ -155,11 +173,15 @@ class BaselineData:
         self.train = load_split(data_dir, "train")
         self.val = load_split(data_dir, "val")
         if not self.val[0]:
-            raise FtvsError(f"{data_dir}/val.jsonl is empty: tuning scores on the validation split; "
-                            "re-run `ftvs prepare` with --validation-split 0.1")
+            raise FtvsError(
+                f"{data_dir}/val.jsonl is empty: tuning scores on the validation split; "
+                "re-run `ftvs prepare` with --validation-split 0.1"
+            )
 
 
-def run_baseline_trial(trial, data: BaselineData, params: dict, base: dict, seed: int, run_dir: Path) -> TrialResult:
+def run_baseline_trial(
+    trial, data: BaselineData, params: dict, base: dict, seed: int, run_dir: Path
+) -> TrialResult:
     """Fit TF-IDF + logistic regression with one C on train, score it on val (in this process)."""
     from ftvs.baseline import fit_baseline
 
@@ -167,9 +189,12 @@ def run_baseline_trial(trial, data: BaselineData, params: dict, base: dict, seed
     started = time.perf_counter()
     _, record = fit_baseline(*data.train, *data.val, data.label_names, settings, log=lambda *a, **k: None)
     value = float(record["grid"][0]["macro_f1"])
-    result = TrialResult(value=value, epochs_run=1, intermediate={1: value}, seconds=time.perf_counter() - started)
+    result = TrialResult(
+        value=value, epochs_run=1, intermediate={1: value}, seconds=time.perf_counter() - started
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "trial.json", {"params": params, "val_macro_f1": value, "seconds": result.seconds,
-                                         "fit": record})
+    write_json(
+        run_dir / "trial.json",
+        {"params": params, "val_macro_f1": value, "seconds": result.seconds, "fit": record},
+    )
     return result
-
