@@ -429,3 +429,26 @@ def test_space_overrides_and_their_errors(data_dir, tmp_path, capsys):
     assert yaml.safe_load((tmp_path / "same" / "best.yaml").read_text())["max_iter"] == 300
     assert main([*cmd, "--n_trials", "2", "--set", "max_iter=300", "--seed", "5"]) == 2
     assert "holds a different search" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_lora_search_on_a_tiny_pretrained_model(data_dir, tiny_llama_dir, tmp_path):
+    out = tmp_path / "tune"
+    base = {
+        "model_name_or_path": str(tiny_llama_dir),
+        "max_seq_length": 24,
+        "num_train_epochs": 2,
+        "mixed_precision": "no",
+        "per_device_train_batch_size": 16,
+    }
+    space = {"defaults": False, "learning_rate": {"low": 1e-4, "high": 2e-3, "log": True}, "lora_r": [4, 8]}
+    summary = tune_arm(
+        "finetune", data_dir, out, method="lora", base=base, space=space, n_trials=2, progress=False
+    )
+    assert summary["method"] == "lora" and len(_finished(summary)) == 2
+    assert summary["trials"][0]["params"]["learning_rate"] == pytest.approx(5e-4)  # the LoRA default first
+    saved = yaml.safe_load((Path(summary["trials"][1]["run_dir"]) / "config.yaml").read_text())
+    assert saved["arm"] == "finetune" and saved["method"] == "lora" and saved["lora_r"] in (4, 8)
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["method"] == "lora" and best["model_name_or_path"] == str(tiny_llama_dir)
+    assert best["lora_r"] == summary["best"]["params"]["lora_r"]
