@@ -83,7 +83,7 @@ def _default_params(arm: str, method: str | None, space: dict, base: dict) -> di
     """The value each searched parameter has in a plain `ftvs train`/`ftvs baseline` run with the base
     settings (kept when it lies inside the space)."""
     if arm == "baseline":
-        from ftvs.baseline import DEFAULT_C_GRID, BaselineSettings
+        from ftvs.baseline.model import DEFAULT_C_GRID, BaselineSettings
 
         d = BaselineSettings()
         defaults = {
@@ -96,14 +96,11 @@ def _default_params(arm: str, method: str | None, space: dict, base: dict) -> di
 
         defaults = {**TrainConfig().to_dict(), **base}
         if defaults.get("learning_rate") is None:
-            if arm == "scratch":
-                from ftvs.arms import ScratchArm
+            from ftvs.arms.base import DEFAULT_LEARNING_RATES
 
-                defaults["learning_rate"] = ScratchArm.default_learning_rate
-            else:
-                from ftvs.finetune import default_learning_rate
-
-                defaults["learning_rate"] = default_learning_rate(base["method"])
+            defaults["learning_rate"] = DEFAULT_LEARNING_RATES[
+                "scratch" if arm == "scratch" else base["method"]
+            ]
     return {
         k: defaults[k] for k, p in spaces.searched(space).items() if k in defaults and p.contains(defaults[k])
     }
