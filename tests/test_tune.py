@@ -452,3 +452,14 @@ def test_lora_search_on_a_tiny_pretrained_model(data_dir, tiny_llama_dir, tmp_pa
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["method"] == "lora" and best["model_name_or_path"] == str(tiny_llama_dir)
     assert best["lora_r"] == summary["best"]["params"]["lora_r"]
+
+
+def test_budget_in_seconds_counts_time_spent_in_trials(similar_data_dir, tmp_path, capsys):
+    summary = tune_arm("baseline", similar_data_dir, tmp_path / "t", timeout=0.5, seed=0)
+    used = summary["budget"]["seconds_used"]
+    assert summary["budget"]["exhausted_by"] == "timeout" and used >= 0.5
+    assert used == pytest.approx(sum(t["seconds"] for t in summary["trials"]))
+    # the seconds before the last trial were under the budget: no trial started after it was spent
+    assert used - summary["trials"][-1]["seconds"] < 0.5
+    assert summary["history"][-1]["elapsed_seconds"] == pytest.approx(used)
+    assert "ETA" in capsys.readouterr().err
