@@ -11,12 +11,14 @@ from pathlib import Path
 import torch
 
 from ftvs.arms import load_arm
+from ftvs.calibration import calibrate_run, softmax, split_logits
 from ftvs.config import autocast_dtype, resolve_mixed_precision
 from ftvs.data import load_metadata, load_split
 from ftvs.errors import FtvsError
 from ftvs.fileio import dir_size_bytes, read_json, read_jsonl, write_json
 from ftvs.inference import make_eval_loader, predict_loader, timed_predict
 from ftvs.metrics import classification_metrics
+from ftvs.modelcard import write_model_card
 from ftvs.plots import plot_confusion_matrix, plot_training_curves
 
 
@@ -56,7 +58,7 @@ def check_labels(arm_labels, data_labels, data_dir) -> None:
 
 
 def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 128,
-                 mixed_precision: str = "auto") -> dict:
+                 mixed_precision: str = "auto", calibrate: bool = False) -> dict:
     import yaml
 
     run_dir = Path(run_dir)
@@ -92,7 +94,8 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 
     dtype = autocast_dtype(precision)
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = timed_predict(model, list(on_device(loader)), len(examples), state)
-    scores = classification_metrics(labels, out["y_pred"], arm.label_names, loss=out["loss"])
+    scores = classification_metrics(labels, out["y_pred"], arm.label_names, loss=out["loss"],
+                                    probs=softmax(out["logits"]))
     description = arm.describe()
     metrics = {
         "run_name": run_dir.name, "arm": arm.kind, "method": getattr(arm, "method", None),
@@ -113,6 +116,8 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 
     }
     if not state.is_main_process:  # every process holds the same gathered results; one writes them
         return metrics
+    calibrate_run(run_dir, metrics, out["logits"], labels,
+                  split_logits(arm, model, data_dir, "val", batch_size, device) if calibrate else None)
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "predictions.json", {"label_names": arm.label_names, "y_true": list(labels),
                                                "y_pred": out["y_pred"].tolist(),
@@ -122,6 +127,7 @@ def evaluate_run(run_dir, data_dir=None, split: str = "test", batch_size: int = 
         plot_training_curves(history, run_dir / "training_curves.png", title=run_dir.name)
     plot_confusion_matrix(scores["confusion_matrix"], arm.label_names, run_dir / "confusion_matrix.png",
                           title=f"{run_dir.name}: test confusion matrix")
+    write_model_card(run_dir)
     return metrics
 
 
@@ -143,7 +149,8 @@ def predict_texts(run_dir, texts: list[str], batch_size: int = 64) -> list[dict]
 
 
 def cmd_evaluate(args) -> int:
-    m = evaluate_run(args.run_dir, args.data, args.split, args.per_device_eval_batch_size, args.mixed_precision)
+    m = evaluate_run(args.run_dir, args.data, args.split, args.per_device_eval_batch_size, args.mixed_precision,
+                     args.calibrate)
     t = m["test"]
     from accelerate import PartialState
 
@@ -162,7 +169,13 @@ def cmd_predict(args) -> int:
         texts += [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     if not texts:
         raise FtvsError("no text to classify; pass texts as arguments or --file FILE (one per line)")
-    for row in predict_texts(args.run_dir, texts):
+    if args.onnx or args.onnx_file:
+        from ftvs.export import predict_onnx
+
+        rows = predict_onnx(args.run_dir, texts, args.onnx_file)
+    else:
+        rows = predict_texts(args.run_dir, texts)
+    for row in rows:
         sys.stdout.write(f"{row['label']}\t{row['probability']:.4f}\t{row['text']}\n")
     return 0
 
@@ -180,6 +193,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--mixed_precision", "--mixed-precision", default="auto", choices=("auto", "no", "bf16", "fp16"),
                    help="autocast for inference: auto = bf16 on CUDA (as in training), fp32 on CPU; recorded with "
                         "the timing")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit temperature scaling on the val split; metrics.json gains calibration{temperature, "
+                        "ece_after, brier_after}")
     p.set_defaults(func=cmd_evaluate)
 
     p = subparsers.add_parser("predict", help="classify texts with a trained run",
@@ -187,4 +203,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("run_dir", help="a run folder written by `ftvs train`")
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--file", help="a text file with one input per line")
+    p.add_argument("--onnx", action="store_true", help="run RUN_DIR/export/model.onnx (from `ftvs export`) with "
+                   "ONNX Runtime instead of PyTorch")
+    p.add_argument("--onnx_file", "--onnx-file", help="run this exported ONNX graph instead (implies --onnx)")
     p.set_defaults(func=cmd_predict)

@@ -243,6 +243,10 @@ def cmd_export(args) -> int:
     print(f"CPU latency per 1,000 texts (batch {r['batch_size']}, {r['threads']} threads): ONNX Runtime "
           f"{lat['onnxruntime']['seconds_per_1000']:.3f}s, PyTorch {lat['pytorch']['seconds_per_1000']:.3f}s "
           f"-> {run_dir / 'export' / 'onnx_check.json'}")
+    if (run_dir / "metrics.json").is_file():  # the model card gains the ONNX latency
+        from ftvs.modelcard import write_model_card
+
+        write_model_card(run_dir)
     if not r["passed"]:
         print(f"ftvs: error: the ONNX graph disagrees with PyTorch on {run_dir}; see onnx_check.json", file=sys.stderr)
         return 1
