@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import yaml
 
+from ftvs.calibration import calibrate_run
 from ftvs.data import load_metadata, load_split
 from ftvs.errors import FtvsError
 from ftvs.fileio import (
@@ -40,6 +41,7 @@ from ftvs.fileio import (
     write_json,
 )
 from ftvs.metrics import classification_metrics, summary_metrics
+from ftvs.modelcard import write_model_card
 
 ARM = "baseline"
 METHOD = "tfidf_logreg"
@@ -364,7 +366,7 @@ def run_baseline(data_dir, output_dir, settings: BaselineSettings | None = None,
         y_pred = te_proba.argmax(1)
         infer_seconds = time.perf_counter() - t0
         n_test = len(test_x)
-        test_m = classification_metrics(test_y, y_pred, label_names, loss=_nll(te_proba, test_y))
+        test_m = classification_metrics(test_y, y_pred, label_names, loss=_nll(te_proba, test_y), probs=te_proba)
 
         hist_path = out / "history.jsonl"
         hist_path.unlink(missing_ok=True)
@@ -413,6 +415,8 @@ def run_baseline(data_dir, output_dir, settings: BaselineSettings | None = None,
         })
         write_json(out / "metrics.json", metrics)
         _figures(out, run_name, label_names, test_m["confusion_matrix"])
+        calibrate_run(out, metrics, np.log(np.clip(te_proba, 1e-30, None)), test_y)  # log p: logits up to a constant
+        write_model_card(out)
     log(f"baseline: test accuracy {test_m['accuracy']:.4f}, macro-F1 {test_m['macro_f1']:.4f}, "
         f"trained in {train_seconds:.1f}s (C={record['chosen_C']:g}) -> {out}")
     return metrics

@@ -165,6 +165,18 @@ def calibration_row(metrics: dict) -> dict:
             "ece_after": cal.get("ece_after"), "brier_after": cal.get("brier_after")}
 
 
+MAX_RUNS_DRAWN = 10
+
+
+def reliability_runs(comparison: dict) -> list[str]:
+    """The runs the report's reliability figure and table show: every run of a small comparison, else the
+    typical run of each configuration."""
+    names = [r["run"] for r in comparison.get("runs") or []]
+    if len(names) <= MAX_RUNS_DRAWN:
+        return names
+    return list((comparison.get("focus") or {}).get("runs") or names[:MAX_RUNS_DRAWN])
+
+
 def plot_reliability_overlay(runs, names: list[str], path) -> str | None:
     """One reliability curve per named run (from predictions.json: confidence and correctness), for the
     report. Returns the file name, or None when no run has predictions."""

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ftvs.calibration import calibration_row
 from ftvs.config import FINETUNE_ONLY, SCRATCH_ONLY
 from ftvs.errors import FtvsError
 from ftvs.fileio import atomic_write_bytes, read_json, read_jsonl, write_json
@@ -278,6 +279,7 @@ def table_row(run: Run) -> dict:
         "vocab_size": tok.get("vocab_size"),
         "num_test_examples": m.get("num_test_examples"),
         "convergence": conv,
+        "calibration": calibration_row(m),
     }
 
 

@@ -211,7 +211,7 @@ def build_model_card(run_dir):
                  "- Not evaluated for fairness or robustness to adversarial input; review errors (above) before use "
                  "in decisions about people."])]
     sections += ["## How to load", _load_snippet(arm, info, library),
-                 f"Or from the command line: `ftvs predict RUN_DIR \"some text\"` (with `--onnx` after "
+                 "Or from the command line: `ftvs predict RUN_DIR \"some text\"` (with `--onnx` after "
                  "`ftvs export RUN_DIR --format onnx`)." if arm != "baseline" else
                  "Or from the command line: `ftvs predict RUN_DIR \"some text\"`."]
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from ftvs.compare import ARM_LABEL, find_pair, fmt_bytes, fmt_count, fmt_seconds
+from ftvs.report.calibration_section import calibration_blocks
 
 OVERFIT_GAP = 0.10  # train − val macro-F1 at the last epoch above this: "overfits"
 LOSS_RISE = 0.10  # val loss at the last epoch this fraction above its minimum: "val loss rising"
@@ -837,7 +838,7 @@ def appendix_blocks(x: Ctx) -> list[dict]:
 def build_blocks(comparison: dict) -> list[dict]:
     x = Ctx(comparison)
     blocks = title_blocks(x) + model_blocks(x) + dataset_blocks(x) + training_blocks(x) + comparative_blocks(x)
-    blocks += appendix_blocks(x)
+    blocks += calibration_blocks(x) + appendix_blocks(x)
     return [b for b in blocks if b]
 
 
