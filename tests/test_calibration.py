@@ -48,8 +48,12 @@ def test_brier_matches_a_hand_computed_example_and_sklearn():
 
 def test_perfect_and_worst_predictions():
     onehot = np.eye(3)[[0, 2, 1, 1]]
-    assert expected_calibration_error(onehot, [0, 2, 1, 1]) == 0.0 and brier_score(onehot, [0, 2, 1, 1]) == 0.0
-    assert expected_calibration_error(onehot, [1, 0, 2, 0]) == 1.0 and brier_score(onehot, [1, 0, 2, 0]) == 2.0
+    assert (
+        expected_calibration_error(onehot, [0, 2, 1, 1]) == 0.0 and brier_score(onehot, [0, 2, 1, 1]) == 0.0
+    )
+    assert (
+        expected_calibration_error(onehot, [1, 0, 2, 0]) == 1.0 and brier_score(onehot, [1, 0, 2, 0]) == 2.0
+    )
 
 
 def test_confidence_table_bins_are_right_closed():
@@ -65,7 +69,8 @@ def test_temperature_scaling_recovers_an_over_confident_scale():
     t = fit_temperature(3.0 * true_logits, y)  # a model three times too sure of itself
     assert t == pytest.approx(3.0, rel=0.1)
     assert expected_calibration_error(softmax(3.0 * true_logits / t), y) < expected_calibration_error(
-        softmax(3.0 * true_logits), y)
+        softmax(3.0 * true_logits), y
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,19 +106,35 @@ def test_evaluate_calibrate_fits_a_temperature_on_val(runs, capsys):
     assert m["test"]["ece"] == pytest.approx(before["test"]["ece"])  # the model's own scores are unchanged
     assert m["test"]["accuracy"] == before["test"]["accuracy"]
     with capsys.disabled():
-        print(f"\n[calibration] scratch: T={cal['temperature']:.3f}, ECE {m['test']['ece']:.4f} -> "
-              f"{cal['ece_after']:.4f}, Brier {m['test']['brier']:.4f} -> {cal['brier_after']:.4f}")
+        print(
+            f"\n[calibration] scratch: T={cal['temperature']:.3f}, ECE {m['test']['ece']:.4f} -> "
+            f"{cal['ece_after']:.4f}, Brier {m['test']['brier']:.4f} -> {cal['brier_after']:.4f}"
+        )
 
 
 def test_report_shows_the_calibration_paragraph_and_figure(runs):
     out = runs["root"] / "report"
-    assert main(["report", str(runs["scratch"]), str(runs["baseline"]), "--out", str(out), "--formats", "md",
-                 "--bootstrap", "50"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(runs["scratch"]),
+                str(runs["baseline"]),
+                "--out",
+                str(out),
+                "--formats",
+                "md",
+                "--bootstrap",
+                "50",
+            ]
+        )
+        == 0
+    )
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["figures"]["reliability"] == "reliability_diagrams.png"
     assert (out / "reliability_diagrams.png").stat().st_size > 5000
     md = (out / "report.md").read_text()
-    section = md[md.index("### Calibration"):]
+    section = md[md.index("### Calibration") :]
     for run in ("scratch", "baseline"):
         ece = json.loads((runs[run] / "metrics.json").read_text())["test"]["ece"]
         assert f"| {run} | {ece:.4f} |" in section

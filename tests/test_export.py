@@ -47,7 +47,9 @@ def _exported_and_checked(run, capsys) -> dict:
     preds = json.loads((run / "predictions.json").read_text())
     from ftvs.export import predict_onnx
 
-    texts = [json.loads(line)["text"] for line in (run.parent / "data" / "test.jsonl").read_text().splitlines()]
+    texts = [
+        json.loads(line)["text"] for line in (run.parent / "data" / "test.jsonl").read_text().splitlines()
+    ]
     rows = predict_onnx(run, texts)
     assert [preds["label_names"].index(r["label"]) for r in rows] == preds["y_pred"]
     np.testing.assert_allclose([r["probability"] for r in rows], preds["confidence"], atol=1e-5)
@@ -87,10 +89,12 @@ def _any_shape_runs(run) -> None:
 def _report(name, check, capsys):
     lat = check["latency"]
     with capsys.disabled():
-        print(f"\n[export] {name}: {check['num_examples']} test texts, batch {check['batch_size']}, "
-              f"{check['threads']} thread(s): ONNX Runtime {lat['onnxruntime']['seconds_per_1000']:.3f}s vs. PyTorch "
-              f"{lat['pytorch']['seconds_per_1000']:.3f}s per 1,000 texts; max |logit diff| "
-              f"{check['max_abs_logit_diff']:.1e}")
+        print(
+            f"\n[export] {name}: {check['num_examples']} test texts, batch {check['batch_size']}, "
+            f"{check['threads']} thread(s): ONNX Runtime {lat['onnxruntime']['seconds_per_1000']:.3f}s vs. PyTorch "
+            f"{lat['pytorch']['seconds_per_1000']:.3f}s per 1,000 texts; max |logit diff| "
+            f"{check['max_abs_logit_diff']:.1e}"
+        )
 
 
 def test_scratch_run_exports_and_matches_pytorch(scratch, capsys):
@@ -107,7 +111,9 @@ def test_lora_run_is_merged_exported_and_matches_pytorch(lora, capsys):
     _check_is_sound(check, json.loads((lora / "metrics.json").read_text())["num_test_examples"])
     assert "unmerged" in check["latency"]["pytorch"]["model"]
     graph = onnx.load(str(lora / "export" / "model.onnx"), load_external_data=False).graph
-    assert not [t.name for t in graph.initializer if "lora" in t.name.lower()]  # merged: no adapter weights left
+    assert not [
+        t.name for t in graph.initializer if "lora" in t.name.lower()
+    ]  # merged: no adapter weights left
     _any_shape_runs(lora)
     _report("lora", check, capsys)
     # the model card, rewritten after the export, quotes both latencies
@@ -123,8 +129,9 @@ def test_predict_onnx_prints_what_predict_prints(lora, capsys):
     assert main(["predict", str(lora), *texts, "--onnx"]) == 0
     onnx_lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in onnx_lines] == [line.split("\t")[0] for line in plain]
-    assert [float(a.split("\t")[1]) for a in onnx_lines] == pytest.approx([float(b.split("\t")[1]) for b in plain],
-                                                                          abs=1e-4)
+    assert [float(a.split("\t")[1]) for a in onnx_lines] == pytest.approx(
+        [float(b.split("\t")[1]) for b in plain], abs=1e-4
+    )
 
 
 def test_export_bad_input_is_one_line(data, tmp_path, capsys):

@@ -11,8 +11,15 @@ from tiny_runs import baseline_run, finetune_run, scratch_run, sms_data
 
 from ftvs.modelcard import _hub_base_model, most_confused_pairs, write_model_card
 
-SECTIONS = ("## Data", "## Model", "## Hyperparameters", "## Test results", "## Training and inference cost",
-            "## Intended use and limitations", "## How to load")
+SECTIONS = (
+    "## Data",
+    "## Model",
+    "## Hyperparameters",
+    "## Test results",
+    "## Training and inference cost",
+    "## Intended use and limitations",
+    "## How to load",
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -27,8 +34,11 @@ def _one_thread():
 def runs(tmp_path_factory, tiny_llama_dir):
     root = tmp_path_factory.mktemp("cards")
     data = sms_data(root)
-    return {"scratch": scratch_run(data, root / "scratch"), "lora": finetune_run(data, root / "lora", tiny_llama_dir),
-            "baseline": baseline_run(data, root / "baseline")}
+    return {
+        "scratch": scratch_run(data, root / "scratch"),
+        "lora": finetune_run(data, root / "lora", tiny_llama_dir),
+        "baseline": baseline_run(data, root / "baseline"),
+    }
 
 
 def test_most_confused_pairs_reads_the_off_diagonal():
@@ -61,8 +71,13 @@ def test_every_evaluated_run_has_a_card_that_parses(runs, name, library):
         assert section in text, (name, section)
     assert "| train | 200 |" in text and "`ham`, `spam`" in text
     assert f"| accuracy | {metrics['test']['accuracy']:.4f} |" in text
-    assert "Most confused pairs" in text or max(  # nothing to list when every test text is right
-        sum(row) - row[i] for i, row in enumerate(metrics["test"]["confusion_matrix"])) == 0
+    assert (
+        "Most confused pairs" in text
+        or max(  # nothing to list when every test text is right
+            sum(row) - row[i] for i, row in enumerate(metrics["test"]["confusion_matrix"])
+        )
+        == 0
+    )
 
 
 def test_hyperparameters_are_the_arms_own(runs):

@@ -46,9 +46,12 @@ def confidence_table(confidence, correct, n_bins: int = N_BINS) -> dict:
     conf_sum = np.bincount(which, weights=confidence, minlength=n_bins)
     correct_sum = np.bincount(which, weights=correct, minlength=n_bins)
     safe = np.maximum(count, 1)
-    return {"edges": np.linspace(0.0, 1.0, n_bins + 1), "count": count,
-            "confidence": np.where(count > 0, conf_sum / safe, np.nan),
-            "accuracy": np.where(count > 0, correct_sum / safe, np.nan)}
+    return {
+        "edges": np.linspace(0.0, 1.0, n_bins + 1),
+        "count": count,
+        "confidence": np.where(count > 0, conf_sum / safe, np.nan),
+        "accuracy": np.where(count > 0, correct_sum / safe, np.nan),
+    }
 
 
 def expected_calibration_error(probs, y, n_bins: int = N_BINS) -> float:
@@ -93,15 +96,22 @@ def fit_temperature(logits, y, max_iter: int = 200) -> float:
     return float(log_t.detach().exp())
 
 
-def temperature_scaling(val_logits, val_y, test_logits, test_y, n_bins: int = N_BINS) -> tuple[dict, np.ndarray]:
+def temperature_scaling(
+    val_logits, val_y, test_logits, test_y, n_bins: int = N_BINS
+) -> tuple[dict, np.ndarray]:
     """Fit T on validation, apply it to the test logits: the `calibration` entry of metrics.json and the
     calibrated test probabilities."""
     t = fit_temperature(val_logits, val_y)
     probs = softmax(np.asarray(test_logits, dtype=np.float64) / t)
     after = calibration_scores(probs, test_y, n_bins)
-    return {"method": "temperature scaling (L-BFGS on validation NLL)", "temperature": t,
-            "fitted_on": "val", "num_fit_examples": len(val_y),
-            "ece_after": after["ece"], "brier_after": after["brier"]}, probs
+    return {
+        "method": "temperature scaling (L-BFGS on validation NLL)",
+        "temperature": t,
+        "fitted_on": "val",
+        "num_fit_examples": len(val_y),
+        "ece_after": after["ece"],
+        "brier_after": after["brier"],
+    }, probs
 
 
 def reliability_diagram(probs, y, path, title: str = "", probs_after=None, n_bins: int = N_BINS) -> Path:
@@ -111,15 +121,21 @@ def reliability_diagram(probs, y, path, title: str = "", probs_after=None, n_bin
 
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
-    series = [("model", probs, "C0")] + ([("temperature-scaled", probs_after, "C1")] if probs_after is not None else [])
+    series = [("model", probs, "C0")] + (
+        [("temperature-scaled", probs_after, "C1")] if probs_after is not None else []
+    )
     width = 1.0 / n_bins
     for i, (label, p, color) in enumerate(series):
         t = reliability_table(p, y, n_bins)
         ok = t["count"] > 0
         ece = expected_calibration_error(p, y, n_bins)
-        ax.plot(t["confidence"][ok], t["accuracy"][ok], "o-", color=color, ms=4, label=f"{label} (ECE {ece:.3f})")
+        ax.plot(
+            t["confidence"][ok], t["accuracy"][ok], "o-", color=color, ms=4, label=f"{label} (ECE {ece:.3f})"
+        )
         share = t["count"] / max(1, t["count"].sum())
-        hist.bar(t["edges"][:-1] + width * (0.25 + 0.5 * i), share, width=width / 2, color=color, align="edge")
+        hist.bar(
+            t["edges"][:-1] + width * (0.25 + 0.5 * i), share, width=width / 2, color=color, align="edge"
+        )
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -142,8 +158,13 @@ def calibrate_run(run_dir, metrics: dict, test_logits, test_y, validation=None) 
     probs, after = softmax(test_logits), None
     if validation is not None:
         metrics["calibration"], after = temperature_scaling(*validation, test_logits, test_y)
-    reliability_diagram(probs, test_y, run_dir / "reliability_diagram.png", probs_after=after,
-                        title=f"{metrics.get('run_name', run_dir.name)}: test reliability")
+    reliability_diagram(
+        probs,
+        test_y,
+        run_dir / "reliability_diagram.png",
+        probs_after=after,
+        title=f"{metrics.get('run_name', run_dir.name)}: test reliability",
+    )
     return metrics
 
 
@@ -154,15 +175,22 @@ def split_logits(arm, model, data_dir, split: str, batch_size: int, device) -> t
 
     texts, labels = load_split(data_dir, split)
     examples = arm.encode(texts)
-    batches = [{k: v.to(device) for k, v in b.items()} for b in make_eval_loader(arm, examples, labels, batch_size)]
+    batches = [
+        {k: v.to(device) for k, v in b.items()} for b in make_eval_loader(arm, examples, labels, batch_size)
+    ]
     return predict_loader(model, batches, len(examples))["logits"], labels
 
 
 def calibration_row(metrics: dict) -> dict:
     """ECE/Brier before and (when fitted) after temperature scaling, for the comparison table."""
     test, cal = metrics.get("test") or {}, metrics.get("calibration") or {}
-    return {"ece": test.get("ece"), "brier": test.get("brier"), "temperature": cal.get("temperature"),
-            "ece_after": cal.get("ece_after"), "brier_after": cal.get("brier_after")}
+    return {
+        "ece": test.get("ece"),
+        "brier": test.get("brier"),
+        "temperature": cal.get("temperature"),
+        "ece_after": cal.get("ece_after"),
+        "brier_after": cal.get("brier_after"),
+    }
 
 
 MAX_RUNS_DRAWN = 10

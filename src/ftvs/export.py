@@ -39,7 +39,9 @@ def _require_onnx():
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as e:
-        raise FtvsError(f"ONNX export needs {e.name}; pip install 'ftvs[onnx]' (onnx, onnxruntime, onnxscript)") from None
+        raise FtvsError(
+            f"ONNX export needs {e.name}; pip install 'ftvs[onnx]' (onnx, onnxruntime, onnxscript)"
+        ) from None
 
 
 def serving_module(arm) -> torch.nn.Module:
@@ -62,8 +64,10 @@ def _example_inputs(arm, texts) -> dict:
     batch = arm.collate(examples)
     if batch["input_ids"].shape[1] < 2:
         pad = torch.full_like(batch["input_ids"][:, :1], arm.pad_id)
-        batch = {"input_ids": torch.cat([batch["input_ids"], pad], 1),
-                 "attention_mask": torch.cat([batch["attention_mask"], torch.zeros_like(pad)], 1)}
+        batch = {
+            "input_ids": torch.cat([batch["input_ids"], pad], 1),
+            "attention_mask": torch.cat([batch["attention_mask"], torch.zeros_like(pad)], 1),
+        }
     return {k: batch[k] for k in INPUT_NAMES}
 
 
@@ -104,15 +108,28 @@ def export_onnx(run_dir, output=None, opset: int = DEFAULT_OPSET, arm=None) -> P
     shapes = {name: {0: batch, 1: sequence} for name in INPUT_NAMES}
     try:
         with _quiet_exporter():
-            program = torch.onnx.export(module, (), kwargs=inputs, dynamo=True, dynamic_shapes=shapes,
-                                        input_names=list(INPUT_NAMES), output_names=["logits"],
-                                        opset_version=opset, verbose=False)
+            program = torch.onnx.export(
+                module,
+                (),
+                kwargs=inputs,
+                dynamo=True,
+                dynamic_shapes=shapes,
+                input_names=list(INPUT_NAMES),
+                output_names=["logits"],
+                opset_version=opset,
+                verbose=False,
+            )
     except Exception as e:  # the exporter raises many types; the first line says what it could not trace
         raise FtvsError(f"ONNX export of {run_dir} failed: {str(e).strip().splitlines()[0][:300]}") from None
-    program.model.metadata_props.update({
-        "ftvs_arm": arm.kind, "ftvs_method": str(getattr(arm, "method", None) or ""),
-        "label_names": json.dumps(arm.label_names), "max_length": str(arm.max_length),
-        "pad_token_id": str(arm.pad_id)})
+    program.model.metadata_props.update(
+        {
+            "ftvs_arm": arm.kind,
+            "ftvs_method": str(getattr(arm, "method", None) or ""),
+            "label_names": json.dumps(arm.label_names),
+            "max_length": str(arm.max_length),
+            "pad_token_id": str(arm.pad_id),
+        }
+    )
     for stale in (output, output.with_name(output.name + ".data")):
         stale.unlink(missing_ok=True)
     program.save(str(output))
@@ -143,8 +160,14 @@ def _timed(run_batch, batches, warmup: int = 2) -> tuple[list[np.ndarray], float
     return outs, time.perf_counter() - start
 
 
-def check_onnx(run_dir, onnx_path=None, batch_size: int = 32, tolerance: float = LOGIT_TOLERANCE,
-               split: str = "test", arm=None) -> dict:
+def check_onnx(
+    run_dir,
+    onnx_path=None,
+    batch_size: int = 32,
+    tolerance: float = LOGIT_TOLERANCE,
+    split: str = "test",
+    arm=None,
+) -> dict:
     """ONNX Runtime against PyTorch on the run's `split`, batch for batch on CPU; writes and returns
     RUN_DIR/export/onnx_check.json."""
     _require_onnx()
@@ -170,28 +193,48 @@ def check_onnx(run_dir, onnx_path=None, batch_size: int = 32, tolerance: float =
     session = onnx_session(onnx_path, threads)
 
     with torch.inference_mode():
-        torch_out, torch_s = _timed(lambda b: model(**{k: b[k] for k in INPUT_NAMES}).float().numpy(), batches)
-    onnx_out, onnx_s = _timed(lambda b: session.run(["logits"], {k: b[k].numpy() for k in INPUT_NAMES})[0], batches)
+        torch_out, torch_s = _timed(
+            lambda b: model(**{k: b[k] for k in INPUT_NAMES}).float().numpy(), batches
+        )
+    onnx_out, onnx_s = _timed(
+        lambda b: session.run(["logits"], {k: b[k].numpy() for k in INPUT_NAMES})[0], batches
+    )
     order = np.concatenate([b["index"].numpy() for b in batches])
-    ref, got = np.empty((len(examples), len(arm.label_names))), np.empty((len(examples), len(arm.label_names)))
+    ref, got = (
+        np.empty((len(examples), len(arm.label_names))),
+        np.empty((len(examples), len(arm.label_names))),
+    )
     ref[order], got[order] = np.concatenate(torch_out), np.concatenate(onnx_out)
     diff = float(np.abs(ref - got).max()) if len(examples) else 0.0
     agree = ref.argmax(1) == got.argmax(1)
     n = max(1, len(examples))
     result = {
-        "onnx_file": str(onnx_path), "onnx_bytes": _onnx_bytes(onnx_path), "split": split,
-        "num_examples": len(examples), "batch_size": batch_size, "threads": threads, "device": "cpu",
+        "onnx_file": str(onnx_path),
+        "onnx_bytes": _onnx_bytes(onnx_path),
+        "split": split,
+        "num_examples": len(examples),
+        "batch_size": batch_size,
+        "threads": threads,
+        "device": "cpu",
         "machine": platform.processor() or platform.machine(),
         "tolerance": {"max_abs_logit_diff": tolerance, "precision": "fp32"},
-        "max_abs_logit_diff": diff, "argmax_agreement": float(agree.mean()) if len(examples) else 1.0,
+        "max_abs_logit_diff": diff,
+        "argmax_agreement": float(agree.mean()) if len(examples) else 1.0,
         "num_disagreements": int((~agree).sum()),
         "passed": bool(agree.all() and diff <= tolerance),
-        "accuracy": {"onnxruntime": float((got.argmax(1) == np.asarray(labels)).mean()) if len(examples) else None,
-                     "pytorch": float((ref.argmax(1) == np.asarray(labels)).mean()) if len(examples) else None},
-        "latency": {"onnxruntime": {"seconds_total": onnx_s, "seconds_per_1000": 1000 * onnx_s / n},
-                    "pytorch": {"seconds_total": torch_s, "seconds_per_1000": 1000 * torch_s / n,
-                                "model": "as `ftvs evaluate` loads it" + (
-                                    " (LoRA adapters unmerged)" if getattr(arm, "method", None) == "lora" else "")}},
+        "accuracy": {
+            "onnxruntime": float((got.argmax(1) == np.asarray(labels)).mean()) if len(examples) else None,
+            "pytorch": float((ref.argmax(1) == np.asarray(labels)).mean()) if len(examples) else None,
+        },
+        "latency": {
+            "onnxruntime": {"seconds_total": onnx_s, "seconds_per_1000": 1000 * onnx_s / n},
+            "pytorch": {
+                "seconds_total": torch_s,
+                "seconds_per_1000": 1000 * torch_s / n,
+                "model": "as `ftvs evaluate` loads it"
+                + (" (LoRA adapters unmerged)" if getattr(arm, "method", None) == "lora" else ""),
+            },
+        },
         "speedup_onnx_over_pytorch": torch_s / onnx_s if onnx_s > 0 else None,
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__},
     }
@@ -220,9 +263,13 @@ def predict_onnx(run_dir, texts: list[str], onnx_path=None, batch_size: int = 64
     examples = arm.encode(texts)
     probs = np.empty((len(examples), len(arm.label_names)))
     for b in make_eval_loader(arm, examples, [-1] * len(examples), batch_size):
-        probs[b["index"].numpy()] = softmax(session.run(["logits"], {k: b[k].numpy() for k in INPUT_NAMES})[0])
-    return [{"text": t, "label": arm.label_names[int(p.argmax())], "probability": float(p.max())}
-            for t, p in zip(texts, probs)]
+        probs[b["index"].numpy()] = softmax(
+            session.run(["logits"], {k: b[k].numpy() for k in INPUT_NAMES})[0]
+        )
+    return [
+        {"text": t, "label": arm.label_names[int(p.argmax())], "probability": float(p.max())}
+        for t, p in zip(texts, probs)
+    ]
 
 
 def cmd_export(args) -> int:
@@ -232,43 +279,69 @@ def cmd_export(args) -> int:
         raise FtvsError(f"{run_dir} is a TF-IDF baseline; export covers the neural arms (scratch, finetune)")
     t0 = time.perf_counter()
     path = export_onnx(run_dir, args.output, args.opset)
-    print(f"exported {path} ({_onnx_bytes(path) / 1e6:.1f} MB, opset {args.opset}) in {time.perf_counter() - t0:.1f}s")
+    print(
+        f"exported {path} ({_onnx_bytes(path) / 1e6:.1f} MB, opset {args.opset}) in {time.perf_counter() - t0:.1f}s"
+    )
     if not args.check:
         return 0
     r = check_onnx(run_dir, path, batch_size=args.batch_size, tolerance=args.tolerance)
     lat = r["latency"]
-    print(f"check on {r['num_examples']} {r['split']} texts: argmax agreement {r['argmax_agreement']:.4f} "
-          f"({r['num_disagreements']} differ), max |logit diff| {r['max_abs_logit_diff']:.2e} (tolerance "
-          f"{r['tolerance']['max_abs_logit_diff']:g}) -> {'PASSED' if r['passed'] else 'FAILED'}")
-    print(f"CPU latency per 1,000 texts (batch {r['batch_size']}, {r['threads']} threads): ONNX Runtime "
-          f"{lat['onnxruntime']['seconds_per_1000']:.3f}s, PyTorch {lat['pytorch']['seconds_per_1000']:.3f}s "
-          f"-> {run_dir / 'export' / 'onnx_check.json'}")
+    print(
+        f"check on {r['num_examples']} {r['split']} texts: argmax agreement {r['argmax_agreement']:.4f} "
+        f"({r['num_disagreements']} differ), max |logit diff| {r['max_abs_logit_diff']:.2e} (tolerance "
+        f"{r['tolerance']['max_abs_logit_diff']:g}) -> {'PASSED' if r['passed'] else 'FAILED'}"
+    )
+    print(
+        f"CPU latency per 1,000 texts (batch {r['batch_size']}, {r['threads']} threads): ONNX Runtime "
+        f"{lat['onnxruntime']['seconds_per_1000']:.3f}s, PyTorch {lat['pytorch']['seconds_per_1000']:.3f}s "
+        f"-> {run_dir / 'export' / 'onnx_check.json'}"
+    )
     if (run_dir / "metrics.json").is_file():  # the model card gains the ONNX latency
         from ftvs.modelcard import write_model_card
 
         write_model_card(run_dir)
     if not r["passed"]:
-        print(f"ftvs: error: the ONNX graph disagrees with PyTorch on {run_dir}; see onnx_check.json", file=sys.stderr)
+        print(
+            f"ftvs: error: the ONNX graph disagrees with PyTorch on {run_dir}; see onnx_check.json",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "export", help="export a run's model for serving (ONNX), checked against PyTorch",
+        "export",
+        help="export a run's model for serving (ONNX), checked against PyTorch",
         description="Write RUN_DIR/model as an ONNX graph (inputs input_ids + attention_mask with dynamic batch and "
-                    "sequence axes, output logits; LoRA merged first), then run it with ONNX Runtime on the test "
-                    "split beside PyTorch: same predictions, logits within --tolerance, CPU latency of both -> "
-                    "RUN_DIR/export/onnx_check.json.")
+        "sequence axes, output logits; LoRA merged first), then run it with ONNX Runtime on the test "
+        "split beside PyTorch: same predictions, logits within --tolerance, CPU latency of both -> "
+        "RUN_DIR/export/onnx_check.json.",
+    )
     p.add_argument("run_dir", help="a trained run folder (scratch or fine-tuned)")
     p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default onnx)")
     p.add_argument("--output", help="output file (default RUN_DIR/export/model.onnx)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version (default %(default)s)")
-    p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
-                   help="compare with PyTorch on the test split and time both (default on)")
-    p.add_argument("--batch_size", "--batch-size", type=int, default=32,
-                   help="batch size of the check and of both latencies (default %(default)s)")
-    p.add_argument("--tolerance", type=float, default=LOGIT_TOLERANCE,
-                   help="largest |logit difference| accepted (default %(default)g, fp32)")
+    p.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version (default %(default)s)"
+    )
+    p.add_argument(
+        "--check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare with PyTorch on the test split and time both (default on)",
+    )
+    p.add_argument(
+        "--batch_size",
+        "--batch-size",
+        type=int,
+        default=32,
+        help="batch size of the check and of both latencies (default %(default)s)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=LOGIT_TOLERANCE,
+        help="largest |logit difference| accepted (default %(default)g, fp32)",
+    )
     p.set_defaults(func=cmd_export)
     return p

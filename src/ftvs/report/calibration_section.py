@@ -21,29 +21,53 @@ def calibration_blocks(x) -> list[dict]:
         return []
     cal = {r["run"]: r["calibration"] for r in scored}
     fitted = any(c.get("temperature") is not None for c in cal.values())
-    header = ["run", "test ECE", "test Brier"] + (["temperature", "ECE after", "Brier after"] if fitted else [])
-    table = [[r["run"], _f(cal[r["run"]]["ece"]), _f(cal[r["run"]]["brier"])]
-             + ([_f(cal[r["run"]].get(k)) for k in ("temperature", "ece_after", "brier_after")] if fitted else [])
-             for r in scored]
+    header = ["run", "test ECE", "test Brier"] + (
+        ["temperature", "ECE after", "Brier after"] if fitted else []
+    )
+    table = [
+        [r["run"], _f(cal[r["run"]]["ece"]), _f(cal[r["run"]]["brier"])]
+        + ([_f(cal[r["run"]].get(k)) for k in ("temperature", "ece_after", "brier_after")] if fitted else [])
+        for r in scored
+    ]
     best = min(scored, key=lambda r: cal[r["run"]]["ece"])
     worst = max(scored, key=lambda r: cal[r["run"]]["ece"])
     good = [r["run"] for r in scored if cal[r["run"]]["ece"] < WELL_CALIBRATED_ECE]
-    text = (f"Calibration asks whether a confidence of 0.8 means right 80% of the time. The expected calibration "
-            f"error (ECE, {N_BINS} equal-width confidence bins, 0 is perfect) and the multi-class Brier score "
-            f"(mean squared error of the class probabilities, 0 is perfect, 2 the worst) are measured on the test "
-            f"split. Best calibrated: {best['run']} (ECE {_f(cal[best['run']]['ece'])}); least: {worst['run']} "
-            f"(ECE {_f(cal[worst['run']]['ece'])}). ")
-    text += (f"Runs with ECE below {WELL_CALIBRATED_ECE}: {', '.join(good)}." if good else
-             f"No run reaches an ECE below {WELL_CALIBRATED_ECE}: read their confidences as scores, not probabilities.")
+    text = (
+        f"Calibration asks whether a confidence of 0.8 means right 80% of the time. The expected calibration "
+        f"error (ECE, {N_BINS} equal-width confidence bins, 0 is perfect) and the multi-class Brier score "
+        f"(mean squared error of the class probabilities, 0 is perfect, 2 the worst) are measured on the test "
+        f"split. Best calibrated: {best['run']} (ECE {_f(cal[best['run']]['ece'])}); least: {worst['run']} "
+        f"(ECE {_f(cal[worst['run']]['ece'])}). "
+    )
+    text += (
+        f"Runs with ECE below {WELL_CALIBRATED_ECE}: {', '.join(good)}."
+        if good
+        else f"No run reaches an ECE below {WELL_CALIBRATED_ECE}: read their confidences as scores, not probabilities."
+    )
     if fitted:
-        text += (" Where a temperature is given, it was fitted on the validation split (`ftvs evaluate --calibrate`; "
-                 "T > 1 softens over-confident probabilities, T < 1 sharpens under-confident ones) and the scores after it are on the test split; "
-                 "predictions do not change.")
-    blocks = [{"t": "h3", "text": "Calibration"}, {"t": "p", "text": text},
-              {"t": "table", "header": header, "rows": table,
-               "caption": "Test-split calibration per run (lower is better)"}]
+        text += (
+            " Where a temperature is given, it was fitted on the validation split (`ftvs evaluate --calibrate`; "
+            "T > 1 softens over-confident probabilities, T < 1 sharpens under-confident ones) and the scores after it are on the test split; "
+            "predictions do not change."
+        )
+    blocks = [
+        {"t": "h3", "text": "Calibration"},
+        {"t": "p", "text": text},
+        {
+            "t": "table",
+            "header": header,
+            "rows": table,
+            "caption": "Test-split calibration per run (lower is better)",
+        },
+    ]
     if "reliability" in x.figures:
-        blocks.append({"t": "fig", "file": x.figures["reliability"], "width": 60,
-                       "caption": "Reliability diagram: test accuracy per confidence bin against the diagonal of "
-                                  "perfect calibration; a curve below the diagonal is over-confident."})
+        blocks.append(
+            {
+                "t": "fig",
+                "file": x.figures["reliability"],
+                "width": 60,
+                "caption": "Reliability diagram: test accuracy per confidence bin against the diagonal of "
+                "perfect calibration; a curve below the diagonal is over-confident.",
+            }
+        )
     return blocks
