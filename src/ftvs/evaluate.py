@@ -13,12 +13,14 @@ import torch
 from ftvs import rundir
 from ftvs.arms import load_arm
 from ftvs.baseline import BaselineModel
+from ftvs.calibration import calibrate_run, softmax
 from ftvs.config import autocast_dtype, resolve_mixed_precision
 from ftvs.data import load_metadata, load_split
 from ftvs.errors import FtvsError
 from ftvs.fileio import dir_size_bytes
 from ftvs.inference import make_eval_loader, predict_loader, timed_predict
 from ftvs.metrics import classification_metrics, epoch_gap
+from ftvs.modelcard import write_model_card
 
 
 def training_record(run_dir: Path) -> dict:
@@ -98,7 +100,12 @@ def _predict_split(arm, texts, labels, batch_size: int, mixed_precision: str):
 
 
 def evaluate_run(
-    run_dir, data_dir=None, split: str = "test", batch_size: int = 128, mixed_precision: str = "auto"
+    run_dir,
+    data_dir=None,
+    split: str = "test",
+    batch_size: int = 128,
+    mixed_precision: str = "auto",
+    calibrate: bool = False,
 ) -> dict:
     run_dir = Path(run_dir)
     cfg = rundir.read_config(run_dir)
@@ -112,7 +119,9 @@ def evaluate_run(
     out, state, device, precision, n_examples = _predict_split(
         arm, texts, labels, batch_size, mixed_precision
     )
-    scores = classification_metrics(labels, out["y_pred"], arm.label_names, loss=out["loss"])
+    scores = classification_metrics(
+        labels, out["y_pred"], arm.label_names, loss=out["loss"], probs=softmax(out["logits"])
+    )
     description = arm.describe()
     metrics = {
         "run_name": run_dir.name,
@@ -149,8 +158,14 @@ def evaluate_run(
     }
     if not state.is_main_process:  # every process holds the same gathered results; one writes them
         return metrics
+    val = None
+    if calibrate:  # temperature scaling is fitted on the validation split, never on the scored one
+        val_texts, val_labels = load_split(data_dir, "val")
+        val = (_predict_split(arm, val_texts, val_labels, batch_size, mixed_precision)[0]["logits"], val_labels)
+    calibrate_run(run_dir, metrics, out["logits"], labels, val)
     rundir.write_results(run_dir, metrics, arm.label_names, labels, out["y_pred"], out["confidence"])
     rundir.write_figures(run_dir, arm.label_names, scores["confusion_matrix"], run_name=run_dir.name)
+    write_model_card(run_dir)
     return metrics
 
 
@@ -175,7 +190,7 @@ def predict_texts(run_dir, texts: list[str], batch_size: int = 64) -> list[dict]
 
 def cmd_evaluate(args) -> int:
     m = evaluate_run(
-        args.run_dir, args.data, args.split, args.per_device_eval_batch_size, args.mixed_precision
+        args.run_dir, args.data, args.split, args.per_device_eval_batch_size, args.mixed_precision, args.calibrate
     )
     t = m["test"]
     from accelerate import PartialState
@@ -201,7 +216,13 @@ def cmd_predict(args) -> int:
         ]
     if not texts:
         raise FtvsError("no text to classify; pass texts as arguments or --file FILE (one per line)")
-    for row in predict_texts(args.run_dir, texts):
+    if args.onnx or args.onnx_file:
+        from ftvs.export import predict_onnx  # lazy: onnxruntime is an optional extra
+
+        rows = predict_onnx(args.run_dir, texts, args.onnx_file)
+    else:
+        rows = predict_texts(args.run_dir, texts)
+    for row in rows:
         sys.stdout.write(f"{row['label']}\t{row['probability']:.4f}\t{row['text']}\n")
     return 0
 
@@ -234,6 +255,12 @@ def add_cli(subparsers) -> None:
         help="autocast for inference: auto = bf16 on CUDA (as in training), fp32 on CPU; recorded with "
         "the timing",
     )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fit temperature scaling on the val split; metrics.json gains calibration{temperature, "
+        "ece_after, brier_after}",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = subparsers.add_parser(
@@ -244,4 +271,10 @@ def add_cli(subparsers) -> None:
     p.add_argument("run_dir", help="a run folder written by `ftvs train`")
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--file", help="a text file with one input per line")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="run RUN_DIR/export/model.onnx (from `ftvs export`) with ONNX Runtime instead of PyTorch",
+    )
+    p.add_argument("--onnx_file", "--onnx-file", help="run this exported ONNX graph instead (implies --onnx)")
     p.set_defaults(func=cmd_predict)

@@ -39,7 +39,8 @@ def predict_loader(model, loader, num_examples: int, accelerator=None) -> dict:
         conf, pred = logp.exp().max(dim=-1)
         nll = F.nll_loss(logp, labels.clamp(min=0), reduction="none") * (labels >= 0)
         # stays on the device: a .cpu() per batch would make the host wait for the GPU after every batch
-        parts.append(torch.stack([index.float(), pred.float(), conf, nll, (labels >= 0).float()], dim=1))
+        parts.append(torch.cat([torch.stack([index.float(), pred.float(), conf, nll, (labels >= 0).float()], dim=1),
+                                logits], dim=1))
     local = torch.cat(parts).cpu() if parts else torch.zeros((0, 5))
     if accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import gather_object
@@ -57,9 +58,11 @@ def predict_loader(model, loader, num_examples: int, accelerator=None) -> dict:
     confidence = np.empty(num_examples, dtype=np.float64)
     y_pred[index] = rows[:, 1].astype(np.int64)
     confidence[index] = rows[:, 2]
+    logits = np.empty((num_examples, rows.shape[1] - 5), dtype=np.float32)  # for calibration
+    logits[index] = rows[:, 5:]
     labelled = rows[:, 4].sum()
     loss = float(rows[:, 3].sum() / labelled) if labelled else None
-    return {"y_pred": y_pred, "confidence": confidence, "loss": loss}
+    return {"y_pred": y_pred, "confidence": confidence, "loss": loss, "logits": logits}
 
 
 def timed_predict(model, loader, num_examples: int, accelerator=None, warmup_batches: int = 2) -> dict:

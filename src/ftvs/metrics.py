@@ -6,8 +6,9 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
-def classification_metrics(y_true, y_pred, label_names, loss: float | None = None) -> dict:
-    """Accuracy, macro/weighted precision/recall/F1, per-class scores and the confusion matrix.
+def classification_metrics(y_true, y_pred, label_names, loss: float | None = None, probs=None) -> dict:
+    """Accuracy, macro/weighted precision/recall/F1, per-class scores and the confusion matrix; with the
+    class probabilities `probs` [N, C], also the calibration scores `ece` and `brier`.
 
     Classes absent from both `y_true` and `y_pred` still get a row (zero support), so runs on the same
     data always report the same label set.
@@ -29,6 +30,10 @@ def classification_metrics(y_true, y_pred, label_names, loss: float | None = Non
     out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
     if loss is not None:
         out["loss"] = float(loss)
+    if probs is not None:
+        from ftvs.calibration import calibration_scores
+
+        out.update(calibration_scores(probs, y_true))
     return out
 
 

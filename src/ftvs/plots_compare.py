@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
+from ftvs.calibration import plot_reliability_overlay, reliability_runs  # noqa: E402
+
 DPI = 130
 STYLES = ["-", "--", ":", "-."]
 MAX_PANELS = 6  # per-run panels beyond this: one run per group
@@ -354,5 +356,6 @@ def make_figures(runs, comparison: dict, out: Path) -> dict[str, str]:
         "cost": plot_cost(comparison, out / "cost_vs_quality.png"),
         "sweep_data_size": plot_data_sweep(comparison, out / "sweep_data_size.png"),
         "sweep_model_size": plot_model_sweep(comparison, out / "sweep_model_size.png"),
+        "reliability": plot_reliability_overlay(runs, reliability_runs(comparison), out / "reliability_diagrams.png"),
     }
     return {k: v for k, v in made.items() if v}

@@ -20,6 +20,7 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from ftvs import rundir
@@ -33,10 +34,12 @@ from ftvs.baseline.model import (
     fit_baseline,
     mean_nll,
 )
+from ftvs.calibration import calibrate_run
 from ftvs.data import load_metadata, load_split
 from ftvs.errors import FtvsError
 from ftvs.fileio import RunLock, append_jsonl, atomic_write_bytes, dir_size_bytes, write_json
 from ftvs.metrics import classification_metrics, summary_metrics, train_val_gap
+from ftvs.modelcard import write_model_card
 
 __all__ = [
     "ARM",
@@ -225,7 +228,9 @@ def run_baseline(
         te_proba = model.predict_proba(test_x)
         y_pred = te_proba.argmax(1)
         infer_seconds = time.perf_counter() - t0
-        test_m = classification_metrics(test_y, y_pred, label_names, loss=mean_nll(te_proba, test_y))
+        test_m = classification_metrics(
+            test_y, y_pred, label_names, loss=mean_nll(te_proba, test_y), probs=te_proba
+        )
 
         _write_history(out, record, train_m, val_m, len(train_x))
         write_json(
@@ -250,6 +255,7 @@ def run_baseline(
             "infer_seconds": infer_seconds,
         }
         metrics = _metrics_record(config, model, record, scores, out)
+        calibrate_run(out, metrics, np.log(np.clip(te_proba, 1e-30, None)), test_y)  # log p: logits up to a constant
         rundir.write_results(out, metrics, label_names, test_y, y_pred, te_proba.max(1))
         rundir.write_figures(
             out,
@@ -258,6 +264,7 @@ def run_baseline(
             run_name=run_name,
             curves_title=f"{run_name} (TF-IDF baseline: one fit = one epoch)",
         )
+        write_model_card(out)
     log(
         f"baseline: test accuracy {test_m['accuracy']:.4f}, macro-F1 {test_m['macro_f1']:.4f}, "
         f"trained in {record['seconds_total']:.1f}s (C={record['chosen_C']:g}) -> {out}"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ftvs import fmt, rundir
 from ftvs.aggregate import finite, mean_std
+from ftvs.calibration import calibration_row
 from ftvs.comparison.runs import Run, resolve_data_dir
 from ftvs.errors import FtvsError
 from ftvs.fileio import read_json
@@ -128,6 +129,7 @@ def table_row(run: Run) -> dict:
         "vocab_size": tok.get("vocab_size"),
         "num_test_examples": m.get("num_test_examples"),
         "convergence": conv,
+        "calibration": calibration_row(m),
     }
 
 

@@ -11,6 +11,7 @@ appendix).
 from __future__ import annotations
 
 from ftvs.report.context import Ctx
+from ftvs.report.sections_calibration import calibration_blocks
 from ftvs.report.sections_comparison import appendix_blocks, comparative_blocks
 from ftvs.report.sections_overview import dataset_blocks, model_blocks, title_blocks
 from ftvs.report.sections_training import training_blocks
@@ -21,7 +22,7 @@ def build_blocks(comparison: dict) -> list[dict]:
     blocks = (
         title_blocks(x) + model_blocks(x) + dataset_blocks(x) + training_blocks(x) + comparative_blocks(x)
     )
-    blocks += appendix_blocks(x)
+    blocks += calibration_blocks(x) + appendix_blocks(x)
     return [b for b in blocks if b]
 
 

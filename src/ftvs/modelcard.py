@@ -1,0 +1,344 @@
+"""The model card of a run: RUN_DIR/model/README.md, a Hugging Face `ModelCard` (YAML metadata + Markdown).
+
+Written at the end of evaluation from what the run folder already records (config.yaml, metrics.json,
+model/ftvs.json, train_summary.json and the data folder's metadata.json); nothing is asked of the Hub.
+Upload the folder as it is (`huggingface-cli upload USER/NAME RUN_DIR/model`) and the Hub renders it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ftvs.errors import FtvsError
+from ftvs.fileio import read_json
+
+MAX_CLASSES_LISTED = 30
+MOST_CONFUSED = 5
+# the config keys that describe a run, not how it was launched
+NOT_HYPERPARAMETERS = {
+    "data",
+    "data_dir",
+    "output_dir",
+    "disable_tqdm",
+    "logging_steps",
+    "save_steps",
+    "num_workers",
+    "extra",
+    "resolved",
+    "run_name",
+    "arm",
+}
+
+
+def most_confused_pairs(matrix, label_names, k: int = MOST_CONFUSED) -> list[dict]:
+    """The k largest off-diagonal cells of a confusion matrix: true class, predicted class, count and the
+    share of the true class's test examples that went there."""
+    m = np.asarray(matrix, dtype=np.int64)
+    if m.size == 0:
+        return []
+    off = m.copy()
+    np.fill_diagonal(off, 0)
+    support = m.sum(axis=1)
+    cells = [(int(off[i, j]), i, j) for i, j in zip(*np.nonzero(off))]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return [
+        {
+            "true": label_names[i],
+            "predicted": label_names[j],
+            "count": n,
+            "share_of_true": n / max(1, support[i]),
+        }
+        for n, i, j in cells[:k]
+    ]
+
+
+def _hub_base_model(name: str | None) -> str | None:
+    """The Hub id of the base model, when it has one (a local folder has none)."""
+    if not name:
+        return None
+    from ftvs.pretrained import BUILTIN_MODELS
+
+    if name.lower() in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name.lower()]["hub_id"]
+    if Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return None
+    return name
+
+
+def _read_optional(path: Path, what: str) -> dict:
+    return read_json(path, what) if path.is_file() else {}
+
+
+def _fmt(v, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:.{digits}f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _arm_sentence(arm: str, info: dict, metrics: dict) -> str:
+    model = metrics.get("model") or {}
+    arch = model.get("architecture") or {}
+    if arm == "scratch":
+        return (
+            f"A decoder-only transformer trained from random initialisation on this task alone "
+            f"({arch.get('n_layer')} blocks, width {arch.get('n_embd')}, {arch.get('n_head')} heads, "
+            f"{model.get('head', 'a classification head')})."
+        )
+    if arm == "finetune":
+        method = info.get("method") or metrics.get("method")
+        how = {
+            "lora": "LoRA adapters on the attention projections plus a new classification head",
+            "full": "every weight trained",
+            "frozen": "the pre-trained body frozen, only the new head trained",
+            "unfreeze": "the head first, then the top blocks unfrozen with a lower learning rate",
+        }.get(method, method)
+        return (
+            f"The pre-trained decoder-only LM `{info.get('base_model')}` with a sequence-classification head "
+            f"(the hidden state of the last non-pad token), fine-tuned by method `{method}`: {how}."
+        )
+    return (
+        "A TF-IDF (word and character n-grams) + multinomial logistic regression baseline "
+        f"({model.get('num_features', '?')} features)."
+    )
+
+
+def _load_snippet(arm: str, info: dict, library: str) -> str:
+    if arm == "finetune" and library == "transformers":
+        return (
+            "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+            'model = AutoModelForSequenceClassification.from_pretrained("PATH_OR_REPO")\n'
+            'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO")\n'
+            'logits = model(**tokenizer(["some text"], return_tensors="pt")).logits\n'
+            "print(model.config.id2label[int(logits.argmax(-1))])\n```"
+        )
+    if arm == "finetune":
+        return (
+            "```python\nfrom peft import AutoPeftModelForSequenceClassification\n"
+            "from transformers import AutoTokenizer\n\n"
+            f"# loads the base model ({info.get('base_model')}) and applies the adapter and head\n"
+            'model = AutoPeftModelForSequenceClassification.from_pretrained("PATH_OR_REPO", '
+            f"num_labels={len(info.get('label_names') or [])})\n"
+            'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO")\n'
+            "model = model.merge_and_unload()  # optional: one plain model, no adapter branch\n```"
+        )
+    return (
+        "```python\nfrom ftvs.evaluate import predict_texts\n\n"
+        "# RUN_DIR is the folder that holds this model/ folder\n"
+        'print(predict_texts("RUN_DIR", ["some text"]))\n```'
+    )
+
+
+def build_model_card(run_dir):
+    """The `huggingface_hub.ModelCard` of an evaluated run (needs RUN_DIR/metrics.json)."""
+    import yaml
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    run_dir = Path(run_dir)
+    metrics = _read_optional(run_dir / "metrics.json", "metrics")
+    if not metrics:
+        raise FtvsError(f"{run_dir} has no metrics.json; run `ftvs evaluate {run_dir}` first")
+    info = _read_optional(run_dir / "model" / "ftvs.json", "model marker")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    cfg = cfg or {}
+    data_dir = metrics.get("data_dir") or cfg.get("data")
+    meta = _read_optional(Path(data_dir) / "metadata.json", "data metadata") if data_dir else {}
+    arm = metrics.get("arm") or info.get("arm")
+    method = metrics.get("method") or info.get("method")
+    label_names = info.get("label_names") or meta.get("label_names") or []
+    test = metrics.get("test") or {}
+    dataset = metrics.get("dataset") or meta.get("source") or "local data"
+    name = metrics.get("run_name") or run_dir.name
+    library = {"scratch": "ftvs", "baseline": "sklearn"}.get(
+        arm, "peft" if method == "lora" else "transformers"
+    )
+    base = _hub_base_model(info.get("base_model")) if arm == "finetune" else None
+
+    results = [
+        EvalResult(
+            task_type="text-classification",
+            dataset_type=str(dataset),
+            dataset_name=str(dataset),
+            dataset_split="test",
+            metric_type=key,
+            metric_name=label,
+            metric_value=round(test[key], 6),
+        )
+        for key, label in (
+            ("accuracy", "Accuracy"),
+            ("macro_f1", "Macro F1"),
+            ("weighted_f1", "Weighted F1"),
+            ("ece", "Expected calibration error"),
+            ("brier", "Brier score"),
+        )
+        if test.get(key) is not None
+    ]
+    data = ModelCardData(
+        model_name=name,
+        library_name=library,
+        pipeline_tag="text-classification",
+        base_model=base,
+        metrics=["accuracy", "f1"] + [k for k in ("ece", "brier") if k in test],
+        tags=["ftvs", "text-classification", arm] + ([method] if method and method != arm else []),
+        eval_results=results or None,
+    )
+
+    splits = meta.get("splits") or {}
+    sections = [
+        f"# {name}",
+        f"A {len(label_names)}-class text classifier for **{dataset}**, trained and evaluated with "
+        "ftvs (fine-tuning vs. from-scratch). " + _arm_sentence(arm, info, metrics),
+        "## Data",
+        f"Source: {meta.get('source_description') or dataset}.",
+    ]
+    if splits:
+        sections.append(_table(["split", "examples"], [[s, v.get("count")] for s, v in splits.items()]))
+    shown = ", ".join(f"`{n}`" for n in label_names[:MAX_CLASSES_LISTED])
+    more = (
+        f" and {len(label_names) - MAX_CLASSES_LISTED} more" if len(label_names) > MAX_CLASSES_LISTED else ""
+    )
+    sections.append(f"Classes ({len(label_names)}): {shown}{more}.")
+
+    params = metrics.get("params") or {}
+    sections += [
+        "## Model",
+        _table(
+            ["", ""],
+            [
+                ["arm", arm],
+                ["method", method or "–"],
+                ["base model", info.get("base_model") or "–"],
+                ["parameters (total)", params.get("total")],
+                ["parameters (trained)", params.get("trainable")],
+                ["max sequence length", info.get("max_length") or cfg.get("max_seq_length")],
+                ["size on disk (bytes)", metrics.get("size_on_disk_bytes")],
+            ],
+        ),
+    ]
+    drop = NOT_HYPERPARAMETERS | _other_arm_keys(arm)
+    hyper = [
+        [f"`{k}`", "–" if v is None else str(v)]
+        for k, v in cfg.items()
+        if k not in drop and not isinstance(v, dict)
+    ]
+    sections += [
+        "## Hyperparameters",
+        "From the run's `config.yaml` (every flag, resolved).",
+        _table(["key", "value"], hyper) if hyper else "Not recorded.",
+    ]
+
+    rows = [
+        [label, test.get(key)]
+        for key, label in (
+            ("accuracy", "accuracy"),
+            ("macro_f1", "macro-F1"),
+            ("weighted_f1", "weighted-F1"),
+            ("macro_precision", "macro precision"),
+            ("macro_recall", "macro recall"),
+            ("loss", "loss (NLL)"),
+            ("ece", "expected calibration error (15 bins)"),
+            ("brier", "Brier score"),
+        )
+        if test.get(key) is not None
+    ]
+    cal = metrics.get("calibration")
+    if cal:
+        rows += [
+            ["temperature (fitted on val)", cal.get("temperature")],
+            ["ECE after scaling", cal.get("ece_after")],
+            ["Brier after scaling", cal.get("brier_after")],
+        ]
+    sections += [
+        "## Test results",
+        f"On the held-out test split ({_fmt(metrics.get('num_test_examples'))} examples).",
+        _table(["metric", "value"], rows),
+    ]
+    pairs = most_confused_pairs(test.get("confusion_matrix") or [], label_names) if label_names else []
+    if pairs:
+        sections += [
+            "Most confused pairs (true → predicted):",
+            _table(
+                ["true", "predicted", "count", "share of true class"],
+                [[f"`{p['true']}`", f"`{p['predicted']}`", p["count"], p["share_of_true"]] for p in pairs],
+            ),
+        ]
+
+    tr, inf = metrics.get("training") or {}, metrics.get("inference") or {}
+    sections += [
+        "## Training and inference cost",
+        _table(
+            ["", ""],
+            [
+                ["training seconds (total)", tr.get("seconds_total")],
+                ["epochs run / best epoch", f"{_fmt(tr.get('epochs_run'))} / {_fmt(tr.get('best_epoch'))}"],
+                ["stop reason", tr.get("stop_reason") or "–"],
+                ["training device", (cfg.get("resolved") or {}).get("device") or "–"],
+                ["inference seconds per 1,000 texts", inf.get("seconds_per_1000")],
+                [
+                    "inference batch size / device",
+                    f"{_fmt(inf.get('batch_size'))} / {inf.get('device', '–')}",
+                ],
+            ],
+        ),
+    ]
+    onnx = _read_optional(run_dir / "export" / "onnx_check.json", "ONNX check")
+    if onnx:
+        lat = onnx.get("latency") or {}
+        sections.append(
+            f"ONNX export (`ftvs export`): CPU latency per 1,000 texts {_fmt(lat.get('onnxruntime', {}).get('seconds_per_1000'))}s "
+            f"(ONNX Runtime) vs. {_fmt(lat.get('pytorch', {}).get('seconds_per_1000'))}s (PyTorch), batch "
+            f"{onnx.get('batch_size')}; predictions agree on {_fmt(onnx.get('argmax_agreement'))} of the test split."
+        )
+
+    n_train = (splits.get("train") or {}).get("count")
+    sections += [
+        "## Intended use and limitations",
+        "\n".join(
+            [
+                f"- Intended for classifying short texts like those of {dataset} into exactly these "
+                f"{len(label_names)} classes; anything else is forced into one of them.",
+                f"- Trained on {_fmt(n_train)} examples; the test scores hold for text from the same distribution, "
+                "not for other domains, languages or time periods.",
+                f"- Inputs are truncated to {info.get('max_length') or cfg.get('max_seq_length') or '–'} tokens.",
+                f"- Confidences are {'calibrated by temperature scaling' if cal else 'not calibrated'}"
+                + (f" (test ECE {_fmt(test.get('ece'))})" if test.get("ece") is not None else "")
+                + "; do not read them as probabilities without checking.",
+                "- Not evaluated for fairness or robustness to adversarial input; review errors (above) before use "
+                "in decisions about people.",
+            ]
+        ),
+    ]
+    sections += [
+        "## How to load",
+        _load_snippet(arm, info, library),
+        'Or from the command line: `ftvs predict RUN_DIR "some text"` (with `--onnx` after '
+        "`ftvs export RUN_DIR --format onnx`)."
+        if arm != "baseline"
+        else 'Or from the command line: `ftvs predict RUN_DIR "some text"`.',
+    ]
+    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
+    return ModelCard(content, ignore_metadata_errors=True)
+
+
+def _other_arm_keys(arm: str) -> set[str]:
+    from ftvs.config import FINETUNE_ONLY, SCRATCH_ONLY
+
+    return {"scratch": FINETUNE_ONLY, "finetune": SCRATCH_ONLY}.get(arm, set())
+
+
+def write_model_card(run_dir) -> Path:
+    """Write RUN_DIR/model/README.md (replacing peft's placeholder card); returns its path."""
+    path = Path(run_dir) / "model" / "README.md"
+    build_model_card(run_dir).save(path)
+    return path
