@@ -148,12 +148,16 @@ def comparisons_of(results: dict, cuda: bool) -> dict:
     return comparisons
 
 
+def fmt_load(load) -> str:
+    return "-" if load is None else f"{load:.1f}"
+
+
 def format_table(report: dict) -> str:
     m = report["machine"]
     lines = [
         f"benchmarks/bench.py | {m['cpu_model']} | {m['cpu_count']} cpus | torch {m['torch']} "
-        f"({m['threads_choice']['threads']} threads) | {m.get('gpu', 'CPU only')} | load "
-        f"{m['loadavg_1min']} at start, {m.get('loadavg_1min_end')} at the end",
+        f"({m['threads_choice']['threads']} threads) | {m.get('gpu', 'CPU only')} | load average "
+        f"{fmt_load(m['loadavg_1min'])} at start, {fmt_load(m.get('loadavg_1min_end'))} at the end",
         "matmul probes: "
         + ", ".join(
             f"{name} {p['size']}^2 {p['gflops']['median']:.1f} GFLOP/s"
