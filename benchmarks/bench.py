@@ -8,8 +8,11 @@ For one prepared dataset and one model (`--arm scratch --preset tiny`, `--arm fi
   step `ftvs.train.build_train_step` builds for `ftvs train`, not a copy of it (bench_step.py);
 - inference latency at batch 1 (p50/p95) and throughput at a large batch;
 - peak memory per phase (CUDA `max_memory_allocated`; on CPU the peak RSS, `VmHWM`, reset per phase);
-- a matmul probe of the machine (GFLOP/s of a square `torch.mm` in the training dtype) and the model FLOPs
-  utilisation (MFU) of the training step against it (bench_machine.py, bench_flops.py);
+- matmul probes of the machine (GFLOP/s of a square `torch.mm` in fp32 and in bf16, with the thread count and
+  the load average at probe time) and the model FLOPs utilisation (MFU) of the training step against the
+  peak of the dtype it runs in and against the machine's best dtype (bench_machine.py, bench_flops.py);
+- the training step and inference in each dtype of `--dtypes` side by side (default: fp32 and bf16 where
+  bf16 is native, fp32 alone on a CPU that only emulates bf16);
 
 and runs side by side, on the same data, model and batch size:
 
@@ -39,12 +42,20 @@ from bench_flops import FlopModel, counted_flops, linear_flop_profile, model_sha
 from bench_inference import inference_bench
 from bench_machine import MatmulProbe, PeakMemory, choose_threads, machine_info, summary
 from bench_reference import ReferenceStepRunner, reference_equivalence
-from bench_report import TARGETS, comparisons_of, format_table, ratio_block, summarise_windows
+from bench_report import (
+    TARGETS,
+    best_dtype,
+    comparisons_of,
+    format_table,
+    ratio_block,
+    summarise_windows,
+    with_dtypes_side_by_side,
+)
 from bench_step import FtvsStepTimer
 from bench_trainer import trainer_round
 
-from ftvs.config import autocast_dtype, resolve_mixed_precision
 from ftvs.errors import FtvsError
+from ftvs.precision import autocast_dtype, cpu_has_native_bf16, resolve_precision
 
 DEFAULTS = {  # per arm: (batch size, warm-up steps, rounds, steps per round, latency examples, throughput examples)
     "scratch": dict(
@@ -97,7 +108,7 @@ def token_ids(arm, texts, encoded=None) -> list:
     return arm.token_ids(texts)
 
 
-def make_train_config(args, kind: str, batch_size: int, total_steps: int):
+def make_train_config(args, kind: str, batch_size: int, total_steps: int, precision: str):
     """The training config of the benchmarked step; its LR schedule spans the benchmark's steps."""
     from ftvs.config import build_config
 
@@ -108,7 +119,7 @@ def make_train_config(args, kind: str, batch_size: int, total_steps: int):
         "seed": args.seed,
         "max_seq_length": args.max_seq_length,
         "per_device_train_batch_size": batch_size,
-        "mixed_precision": args.mixed_precision,
+        "mixed_precision": precision,
         "compile": args.compile,
         "disable_tqdm": True,
         "max_train_steps": total_steps,
@@ -261,7 +272,10 @@ def baseline_results(kind, arm, cfg, timed, flop_model, peak, equivalence) -> di
     }
 
 
-def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log) -> dict:
+def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log, precision: str, compare: bool) -> dict:
+    """One arm in one precision ("no" = fp32, "bf16", "fp16"); `compare`: with its baseline side by side."""
+    from accelerate.state import AcceleratorState
+
     from ftvs.arms import build_arm
     from ftvs.launch import make_accelerator
     from ftvs.train import resolve_config
@@ -269,7 +283,9 @@ def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log) -> dict:
     settings = arm_settings(kind, args)
     bs, rounds, per_round = settings["batch_size"], settings["rounds"], settings["steps_per_round"]
     total_steps = settings["warmup_steps"] + rounds * per_round + 10
-    cfg = make_train_config(args, kind, bs, total_steps)
+    cfg = make_train_config(args, kind, bs, total_steps, precision)
+    # Accelerate fixes the precision once per process; each dtype of the benchmark needs its own
+    AcceleratorState._reset_state()
     accelerator = make_accelerator(cfg)
     device, memory = accelerator.device, PeakMemory(accelerator.device)
 
@@ -295,7 +311,7 @@ def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log) -> dict:
     flop_model, check = flop_model_of(timer, arm, accelerator, cross_check=not args.quick)
 
     baseline_step = None
-    if args.compare:
+    if compare:
         baseline_step = baseline_step_of(kind, arm, cfg, data, train_examples, initial_state, accelerator)
     timed = timed_rounds(kind, args, settings, timer, baseline_step, probe, memory, log)
     ours, theirs = timed["ours"], timed["theirs"]
@@ -304,7 +320,7 @@ def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log) -> dict:
     if nonfinite:
         log("  warning: a NaN/Inf loss or gradient occurred during the timed steps")
 
-    peak = statistics.median(timed["probes"])
+    peak = statistics.median(timed["probes"])  # the probes between this arm's rounds, in its dtype
     train = summarise_windows(ours, flop_model, peak, timed["warm"][0])
     train.update(
         nonfinite=nonfinite,
@@ -326,6 +342,7 @@ def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log) -> dict:
         "learning_rate": cfg.learning_rate,
         "device": str(device),
         "mixed_precision": accelerator.mixed_precision,
+        "dtype": DTYPE_OF[accelerator.mixed_precision],
         "compile": cfg.compile,
         "build_seconds": build_seconds,
         "encode_seconds": encode_seconds,
@@ -375,8 +392,57 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+DTYPES = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # --dtypes name -> mixed_precision value
+DTYPE_OF = {v: k for k, v in DTYPES.items()}
+
+
+def bf16_is_native(device) -> bool:
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+
+
+def choose_dtypes(spec: str, device, in_use: str) -> tuple[list[str], str | None]:
+    """The precisions to time (mixed_precision values; the one in use first: it alone runs the baselines)
+    and, for `auto`, a note on what was left out."""
+    note = None
+    if spec == "auto":
+        wanted = ["no", "bf16"] if bf16_is_native(device) else ["no"]
+        if len(wanted) == 1:
+            note = (
+                "bf16 not timed: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag) and torch "
+                "emulates it, many times slower than fp32; --dtypes fp32,bf16 times it anyway"
+                if device.type == "cpu"
+                else "bf16 not timed: this GPU does not support it"
+            )
+    else:
+        wanted = []
+        for name in (n.strip() for n in spec.split(",")):
+            if name not in DTYPES:
+                raise FtvsError(f"--dtypes: unknown dtype {name!r}; use fp32, bf16 or fp16, comma-separated")
+            wanted.append(DTYPES[name])
+    primary = in_use if in_use in wanted or spec == "auto" else wanted[0]
+    return [primary, *(p for p in dict.fromkeys(wanted) if p != primary)], note
+
+
+def make_probes(device, size: int, dtypes: list[str]) -> dict:
+    """Matmul probes by dtype name: fp32 and bf16 always (the machine's best dtype is the faster), plus
+    any other dtype that is timed."""
+    probes = {}
+    for name in dict.fromkeys(["fp32", "bf16", *(DTYPE_OF[p] for p in dtypes)]):
+        dtype, n, note = autocast_dtype(DTYPES[name]) or torch.float32, size, None
+        if name != "fp32" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            continue
+        if name != "fp32" and device.type == "cpu" and not cpu_has_native_bf16():
+            n = min(size, 512)  # emulated: a full-size probe would take tens of seconds per matmul
+            note = f"emulated on this CPU (no native bf16 instructions): probed at {n}^2"
+        if name == "fp32" and device.type == "cuda":
+            note = "TF32 matmuls allowed, as in training"
+        probes[name] = MatmulProbe(device, dtype, n, note)
+    return probes
+
+
 def run(args) -> dict:
-    """The whole benchmark: machine, matmul probe, each arm; returns the report (written with --output)."""
+    """The whole benchmark: machine, matmul probes, each arm in each dtype; returns the report (written
+    with --output)."""
     if not Path(args.data, "metadata.json").is_file():
         raise FtvsError(
             f"{args.data} is not a prepared data folder (no metadata.json); run `ftvs prepare` first"
@@ -388,22 +454,38 @@ def run(args) -> dict:
     machine["threads_choice"] = threads
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    dtype = autocast_dtype(resolve_mixed_precision(args.mixed_precision, cuda)) or torch.float32
+    in_use = resolve_precision(args.mixed_precision, device.type)
+    dtypes, dtype_note = choose_dtypes(args.dtypes, device, in_use.name)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
-    size = args.probe_size or (8192 if cuda else 2048)
-    probe = MatmulProbe(device, dtype, size)
-    start_probe = probe.measure(max(3, args.probe_repeats))
+    probes = make_probes(device, args.probe_size or (8192 if cuda else 2048), dtypes)
+    for probe in probes.values():
+        probe.measure(max(3, args.probe_repeats))
     log(
         f"machine: {machine['cpu_model']}, {machine['cpu_count']} cpus, torch {machine['torch']} "
         f"({threads['threads']} threads, {threads['mode']}), load {machine['loadavg_1min']}, "
-        f"{machine.get('gpu', 'no GPU')}; matmul {size}^2 {probe.describe()['dtype']}: "
-        f"{statistics.median(start_probe):.1f} GFLOP/s"
+        f"{machine.get('gpu', 'no GPU')}; matmul "
+        + ", ".join(f"{p.size}^2 {name} {p.peak():.1f}" for name, p in probes.items())
+        + f" GFLOP/s; precision {in_use.name} ({in_use.reason}); timing {', '.join(DTYPE_OF[p] for p in dtypes)}"
+        + (f"; {dtype_note}" if dtype_note else "")
     )
 
     data = load_data(args.data, args.max_train_examples, args.seed)
     arms = ["scratch", "finetune"] if args.arm == "both" else [args.arm]
-    results = {kind: bench_arm(kind, args, data, probe, log) for kind in arms}
+    runs = {
+        kind: {
+            DTYPE_OF[p]: bench_arm(kind, args, data, probes[DTYPE_OF[p]], log, p, args.compare and i == 0)
+            for i, p in enumerate(dtypes)
+        }
+        for kind in arms
+    }
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # leave the process free to build an Accelerator in any precision
+    best = best_dtype(probes)
+    results = {
+        kind: with_dtypes_side_by_side(by_dtype, DTYPE_OF[dtypes[0]], best) for kind, by_dtype in runs.items()
+    }
     machine["loadavg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     report = {
         "command": "python benchmarks/bench.py " + " ".join(args.argv),
@@ -414,7 +496,19 @@ def run(args) -> dict:
         "dataset": data["source"],
         "num_train_examples": len(data["train_texts"]),
         "machine": machine,
-        "matmul_probe": {**probe.describe(), "gflops_at_start": summary(start_probe)},
+        "precision": {
+            "in_use": DTYPE_OF[dtypes[0]],
+            "auto_resolves_to": DTYPE_OF[resolve_precision("auto", device.type).name],
+            "reason": in_use.reason,
+            "timed": [DTYPE_OF[p] for p in dtypes],
+            "note": dtype_note,
+        },
+        "matmul_probes": {name: p.describe() for name, p in probes.items()},
+        "best_dtype": best,
+        "matmul_probe": {
+            **probes[DTYPE_OF[dtypes[0]]].describe(),
+            "gflops_at_start": summary(probes[DTYPE_OF[dtypes[0]]].history[: max(3, args.probe_repeats)]),
+        },
         "results": results,
         "comparisons": comparisons_of(results, cuda),
     }
@@ -474,7 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--mixed_precision",
         default="auto",
         choices=("auto", "no", "bf16", "fp16"),
-        help="as for training (auto: bf16 on CUDA, fp32 on CPU)",
+        help="the precision in use, which also runs the baselines (auto: as for training, bf16 on CUDA and on "
+        "CPUs with native bf16, else fp32)",
+    )
+    p.add_argument(
+        "--dtypes",
+        default="auto",
+        help="dtypes to time the training step and inference in, side by side: e.g. fp32,bf16 (auto: fp32 and "
+        "bf16 where bf16 is native, else fp32 alone)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the ftvs model")
     p.add_argument(

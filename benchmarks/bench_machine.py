@@ -34,7 +34,7 @@ def machine_info() -> dict:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "loadavg_1min": load_average(),
         "cuda": torch.cuda.is_available(),
     }
     for mod in ("transformers", "peft", "accelerate"):
@@ -139,22 +139,33 @@ class PeakMemory:
         }
 
 
-class MatmulProbe:
-    """GFLOP/s of `torch.mm` of two size x size matrices in `dtype` (the dtype the training matmuls run in)."""
+def load_average() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
-    def __init__(self, device, dtype, size: int):
-        self.device, self.dtype, self.size = device, dtype, size
+
+class MatmulProbe:
+    """GFLOP/s of `torch.mm` of two size x size matrices in `dtype`, with the conditions of every
+    measurement (torch threads, 1-minute load average): a probe taken while other jobs hold the cores
+    measures them, not the machine's peak."""
+
+    def __init__(self, device, dtype, size: int, note: str | None = None):
+        self.device, self.dtype, self.size, self.note = device, dtype, size, note
         g = torch.Generator(device="cpu").manual_seed(0)
         self.a = torch.randn(size, size, generator=g).to(device, dtype)
         self.b = torch.randn(size, size, generator=g).to(device, dtype)
         self.out = torch.empty(size, size, device=device, dtype=dtype)
         self.inner = 20 if device.type == "cuda" else 1
+        self.history: list[float] = []  # every GFLOP/s measured, start and between rounds
+        self.loads: list[float] = []
         torch.mm(self.a, self.b, out=self.out)
         sync(device)
 
     def measure(self, repeats: int) -> list[float]:
         flops = 2 * self.size**3 * self.inner
         out = []
+        load = load_average()
+        if load is not None:
+            self.loads.append(load)
         for _ in range(repeats):
             sync(self.device)
             t0 = time.perf_counter()
@@ -162,15 +173,36 @@ class MatmulProbe:
                 torch.mm(self.a, self.b, out=self.out)
             sync(self.device)
             out.append(flops / (time.perf_counter() - t0) / 1e9)
+        self.history.extend(out)
         return out
 
+    def peak(self) -> float:
+        """The median of every measurement so far (GFLOP/s)."""
+        return statistics.median(self.history)
+
     def describe(self) -> dict:
-        return {
+        cores = os.cpu_count() or 1
+        worst = max(self.loads) if self.loads else None
+        out = {
             "op": "torch.mm",
             "size": self.size,
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
+            "gflops": summary(self.history),
+            "conditions": {
+                "torch_threads": torch.get_num_threads(),
+                "cores": cores,
+                "loadavg_1min_at_probes": summary(self.loads),
+            },
         }
+        if self.note:
+            out["note"] = self.note
+        if self.device.type == "cpu" and worst is not None and worst > cores:
+            out["warning"] = (
+                f"load average up to {worst:.1f} on {cores} cores while probing: other jobs held the "
+                "cores, so this is below the machine's peak"
+            )
+        return out
 
 
 def summary(values) -> dict:

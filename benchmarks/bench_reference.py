@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from bench_machine import sync, window
 
-from ftvs.config import autocast_dtype
 from ftvs.model import ScratchClassifier
+from ftvs.precision import autocast_dtype
 
 
 class ReferenceCausalSelfAttention(nn.Module):

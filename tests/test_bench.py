@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from ftvs.data import prepare
 
 # the harness lives beside the package, not in it: benchmarks/ is not installed
@@ -62,6 +64,8 @@ def test_bench_quick_scratch_writes_the_documented_json(tmp_path, capsys):
             "8",
             "--probe_size",
             "256",
+            "--dtypes",
+            "fp32,bf16",
             "--output",
             str(out),
         ]
@@ -76,6 +80,19 @@ def test_bench_quick_scratch_writes_the_documented_json(tmp_path, capsys):
     assert "examples_per_second" in r["inference"]["throughput"]
     assert "formula" in r["flops"]
     assert r["reference"]["logit_max_abs_diff_vs_ftvs"] < 1e-4  # the baseline computes the same function
+    # both dtypes side by side; MFU against each dtype's own peak and against the machine's best dtype
+    assert set(report["matmul_probes"]) >= {"fp32", "bf16"}
+    probe = report["matmul_probes"]["fp32"]
+    assert {"torch_threads", "cores", "loadavg_1min_at_probes"} <= set(probe["conditions"])
+    assert report["best_dtype"]["dtype"] in ("fp32", "bf16")
+    assert r["dtype"] == report["precision"]["in_use"] and set(r["by_dtype"]) == {"fp32", "bf16"}
+    best = report["best_dtype"]["peak_gflops"]
+    for row in r["by_dtype"].values():
+        peak = max(best, row["peak_gflops_own_dtype"])
+        assert row["mfu_vs_best_dtype"] == pytest.approx(row["achieved_gflops"] / peak)
+        assert row["mfu_vs_best_dtype"] <= row["mfu_own_dtype"] * (1 + 1e-9)
+    assert r["by_dtype"]["bf16"]["train_speedup_vs_fp32"] > 0
+    assert "d_scratch_bf16_vs_fp32" in report["comparisons"]
     a = report["comparisons"]["a_scratch_vs_padded_reference"]
     assert {"examples_per_second_ratio", "per_round", "target", "meets_target"} <= set(a)
     assert "a_scratch_vs_padded_reference" in capsys.readouterr().out

@@ -123,7 +123,9 @@ class TrainConfig:
     )
     # runtime
     mixed_precision: str = option(
-        "auto", "auto (bf16 on CUDA, fp32 on CPU), no, bf16 or fp16", choices=("auto", "no", "bf16", "fp16")
+        "auto",
+        "auto (bf16 on CUDA and on CPUs with native bf16, AVX-512 BF16/AMX; else fp32), no, bf16 or fp16",
+        choices=("auto", "no", "bf16", "fp16"),
     )
     compile: bool = option(False, "torch.compile the model")
     length_grouping: bool = option(True, "group training batches by length (less padding)")
@@ -254,22 +256,6 @@ def build_config(file_values: dict, cli_values: dict) -> TrainConfig:
     except TypeError as e:
         raise FtvsError(f"invalid configuration: {e}") from None
     return cfg.validate()
-
-
-def resolve_mixed_precision(requested: str, on_cuda: bool) -> str:
-    """`auto` (the default): bf16 on a CUDA device that supports it, fp32 ("no") elsewhere."""
-    if requested != "auto":
-        return requested
-    import torch
-
-    return "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
-
-
-def autocast_dtype(precision: str):
-    """The dtype autocast runs in for a resolved precision; None for fp32 ("no")."""
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
 def config_differences(saved: dict, current: dict, free_keys=RESUME_FREE_KEYS) -> list[str]:

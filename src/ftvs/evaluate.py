@@ -14,13 +14,13 @@ from ftvs import rundir
 from ftvs.arms import load_arm
 from ftvs.baseline import BaselineModel
 from ftvs.calibration import calibrate_run, softmax
-from ftvs.config import autocast_dtype, resolve_mixed_precision
 from ftvs.data import load_metadata, load_split
 from ftvs.errors import FtvsError
 from ftvs.fileio import dir_size_bytes
 from ftvs.inference import make_eval_loader, predict_loader, timed_predict
 from ftvs.metrics import classification_metrics, epoch_gap
 from ftvs.modelcard import write_model_card
+from ftvs.precision import autocast, resolve_precision
 
 
 def training_record(run_dir: Path) -> dict:
@@ -92,9 +92,8 @@ def _predict_split(arm, texts, labels, batch_size: int, mixed_precision: str):
         for batch in loader:
             yield {k: v.to(device) for k, v in batch.items()}
 
-    precision = resolve_mixed_precision(mixed_precision, device.type == "cuda")  # auto: as in training
-    dtype = autocast_dtype(precision)
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    precision = resolve_precision(mixed_precision, device.type)  # auto: as in training
+    with autocast(precision.name, device.type):
         out = timed_predict(model, list(on_device(loader)), len(examples), state)
     return out, state, device, precision, len(examples)
 
@@ -142,7 +141,8 @@ def evaluate_run(
             "examples_per_second": n_examples / max(out["seconds"], 1e-9),
             "batch_size": batch_size,
             "device": str(device),
-            "precision": precision,
+            "precision": precision.name,
+            "precision_reason": precision.reason,
             "torch_threads": torch.get_num_threads(),
             "num_processes": state.num_processes,
             "machine": platform.processor() or platform.machine(),
@@ -169,7 +169,9 @@ def evaluate_run(
     return metrics
 
 
-def predict_texts(run_dir, texts: list[str], batch_size: int = 64) -> list[dict]:
+def predict_texts(
+    run_dir, texts: list[str], batch_size: int = 64, mixed_precision: str = "auto"
+) -> list[dict]:
     model_dir = rundir.model_dir(run_dir)
     if rundir.read_marker(run_dir).get("arm") == "baseline":
         model = BaselineModel.load(model_dir)
@@ -181,7 +183,8 @@ def predict_texts(run_dir, texts: list[str], batch_size: int = 64) -> list[dict]
     arm = load_arm(model_dir)
     examples = arm.encode(texts)
     loader = make_eval_loader(arm, examples, [-1] * len(examples), batch_size)
-    out = predict_loader(arm.model.eval(), loader, len(examples))
+    with autocast(resolve_precision(mixed_precision, "cpu").name, "cpu"):
+        out = predict_loader(arm.model.eval(), loader, len(examples))
     return [
         {"text": t, "label": arm.label_names[p], "probability": float(c)}
         for t, p, c in zip(texts, out["y_pred"], out["confidence"])
@@ -252,8 +255,8 @@ def add_cli(subparsers) -> None:
         "--mixed-precision",
         default="auto",
         choices=("auto", "no", "bf16", "fp16"),
-        help="autocast for inference: auto = bf16 on CUDA (as in training), fp32 on CPU; recorded with "
-        "the timing",
+        help="autocast for inference: auto = bf16 on CUDA and on CPUs with native bf16 (as in "
+        "training), else fp32; recorded with the timing",
     )
     p.add_argument(
         "--calibrate",

@@ -25,8 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ftvs.arms import load_arm
+from ftvs.arms.hf import SequenceClassifier
+from ftvs.calibration import softmax
+from ftvs.data import load_split
 from ftvs.errors import FtvsError
 from ftvs.fileio import read_json, write_json
+from ftvs.inference import make_eval_loader
 
 DEFAULT_OPSET = 18
 LOGIT_TOLERANCE = 1e-3  # max |logit difference| allowed for fp32 (graph rewrites reorder float sums)
@@ -48,8 +53,6 @@ def serving_module(arm) -> torch.nn.Module:
     """`module(input_ids, attention_mask) -> logits` to export: the arm's model, LoRA merged into its base."""
     if arm.kind == "scratch":
         return arm.model.eval()
-    from ftvs.finetune import SequenceClassifier
-
     net = arm.net
     if getattr(arm, "method", None) == "lora":
         net = net.merge_and_unload()  # folds B@A into each target weight; the head copy becomes the head
@@ -92,8 +95,6 @@ def _quiet_exporter():
 def export_onnx(run_dir, output=None, opset: int = DEFAULT_OPSET, arm=None) -> Path:
     """Write the run's model as ONNX (default RUN_DIR/export/model.onnx); returns the file."""
     _require_onnx()
-    from ftvs.arms import load_arm
-    from ftvs.data import load_split
 
     run_dir = Path(run_dir)
     arm = arm or load_arm(run_dir / "model")
@@ -173,10 +174,6 @@ def check_onnx(
     _require_onnx()
     import onnxruntime as ort
 
-    from ftvs.arms import load_arm
-    from ftvs.data import load_split
-    from ftvs.inference import make_eval_loader
-
     run_dir = Path(run_dir)
     onnx_path = Path(onnx_path) if onnx_path else run_dir / "export" / "model.onnx"
     if not onnx_path.is_file():
@@ -250,9 +247,6 @@ def _onnx_bytes(path: Path) -> int:
 def predict_onnx(run_dir, texts: list[str], onnx_path=None, batch_size: int = 64) -> list[dict]:
     """`ftvs predict --onnx`: the run's tokenizer, the exported graph for the forward pass."""
     _require_onnx()
-    from ftvs.arms import load_arm
-    from ftvs.calibration import softmax
-    from ftvs.inference import make_eval_loader
 
     run_dir = Path(run_dir)
     onnx_path = Path(onnx_path) if onnx_path else run_dir / "export" / "model.onnx"

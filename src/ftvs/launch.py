@@ -62,15 +62,17 @@ def force_cpu() -> bool:
 
 
 def make_accelerator(cfg):
-    """The Accelerator of this process for a training config (a `TrainConfig`): precision, gradient
-    accumulation, DDP settings, and CPU processes where a multi-process launch has no CUDA."""
+    """The Accelerator of this process for a training config (a `TrainConfig`): precision (`auto` resolved
+    by ftvs.precision; on the CPU Accelerate's bf16 is torch.autocast("cpu", bfloat16) around the forward,
+    the weights and optimizer state stay fp32), gradient accumulation, DDP settings, and CPU processes
+    where a multi-process launch has no CUDA."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
-    from ftvs.config import resolve_mixed_precision
+    from ftvs.precision import resolve_precision, training_device_type
 
-    precision = resolve_mixed_precision(cfg.mixed_precision, torch.cuda.is_available())
+    precision = resolve_precision(cfg.mixed_precision, training_device_type())
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~free speed for fp32 parts
         torch.backends.cudnn.allow_tf32 = True
@@ -81,7 +83,7 @@ def make_accelerator(cfg):
     # the train loader's batches are pinned on CUDA: copy them asynchronously (a blocking copy makes the
     # host wait for the GPU to finish the previous step before it can queue the next one)
     return Accelerator(
-        mixed_precision=precision,
+        mixed_precision=precision.name,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         cpu=force_cpu(),
         kwargs_handlers=[ddp],

@@ -45,6 +45,7 @@ from ftvs.fileio import (
 from ftvs.inference import make_eval_loader, predict_loader
 from ftvs.launch import make_accelerator
 from ftvs.metrics import summary_metrics
+from ftvs.precision import resolve_precision, training_device_type
 from ftvs.progress import PROGRESS_FILE, ProgressFile
 
 
@@ -272,6 +273,8 @@ def set_up(cfg: TrainConfig, accelerator) -> Setup:
         "world_size": accelerator.num_processes,
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
+        # why: "requested", "cuda", "cpu avx512_bf16", "cpu without native bf16" (auto keeps fp32 there)
+        "mixed_precision_reason": resolve_precision(cfg.mixed_precision, accelerator.device.type).reason,
         "effective_batch_size": cfg.per_device_train_batch_size
         * cfg.gradient_accumulation_steps
         * accelerator.num_processes,
@@ -579,7 +582,8 @@ def _export_best(arm, run_dir: Path) -> None:
 
 
 def _fail_nonfinite(run_dir: Path, main: bool, state: dict, epoch: int, cfg: TrainConfig, step: int):
-    fp32 = "" if cfg.mixed_precision == "no" else "use --mixed_precision no (fp32), "
+    ran_fp32 = resolve_precision(cfg.mixed_precision, training_device_type()).name == "no"
+    fp32 = "" if ran_fp32 else "use --mixed_precision no (fp32), "
     kept = (
         f"the best model so far (epoch {state['best_epoch']}) is kept in {run_dir / 'model'}"
         if state["best_epoch"]

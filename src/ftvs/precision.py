@@ -1,0 +1,102 @@
+"""Which precision a run computes in: `mixed_precision: auto` resolved for the device at hand.
+
+bf16 autocast pays only where the hardware multiplies bf16 natively: CUDA GPUs that support it, and CPUs
+with AVX-512 BF16 or AMX-BF16. On any other CPU torch emulates bf16 matmuls (measured on an AVX2-only
+CPU: 0.76 GFLOP/s in bf16 against 26 in fp32), so `auto` keeps fp32 there. Under autocast only the
+matmul-heavy ops run in bf16: the weights, the loss (computed from `.float()` logits), the gradients and
+the optimizer state stay fp32.
+"""
+
+import contextlib
+import functools
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of the x86 bf16 instructions
+
+
+def native_bf16_flags(cpuinfo_text: str) -> list[str]:
+    """The native-bf16 instruction flags named in the `flags` lines of a Linux /proc/cpuinfo text."""
+    found = set()
+    for line in cpuinfo_text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            found.update(f for f in value.split() if f in NATIVE_BF16_CPU_FLAGS)
+    return [f for f in NATIVE_BF16_CPU_FLAGS if f in found]
+
+
+@functools.cache
+def cpu_native_bf16_flags() -> tuple[str, ...]:
+    """The native-bf16 flags of this CPU, read once. Empty outside Linux: torch reports no reliable
+    equivalent there (its CPU capability says AVX512, not whether bf16 is native), so fp32 is kept."""
+    if not sys.platform.startswith("linux"):
+        return ()
+    try:
+        return tuple(native_bf16_flags(Path("/proc/cpuinfo").read_text(errors="replace")))
+    except OSError:
+        return ()
+
+
+def cpu_has_native_bf16() -> bool:
+    return bool(cpu_native_bf16_flags())
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved precision: "no" (fp32), "bf16" or "fp16", and why it was chosen."""
+
+    name: str
+    reason: str
+
+    @property
+    def autocast_dtype(self):
+        return autocast_dtype(self.name)
+
+
+def resolve_precision(requested: str, device_type: str, cpu_flags=None) -> Precision:
+    """`auto` (the default): bf16 on a CUDA device that supports it and on a CPU with native bf16
+    instructions (`cpu_flags`, by default this CPU's), fp32 ("no") elsewhere; any other value is kept."""
+    if requested != "auto":
+        return Precision(requested, "requested")
+    if device_type == "cuda":
+        import torch
+
+        if torch.cuda.is_bf16_supported():
+            return Precision("bf16", "cuda")
+        return Precision("no", "cuda without bf16")
+    if device_type == "cpu":
+        flags = cpu_native_bf16_flags() if cpu_flags is None else tuple(cpu_flags)
+        if flags:
+            return Precision("bf16", f"cpu {flags[0]}")
+        return Precision("no", "cpu without native bf16")
+    return Precision("no", f"{device_type}: fp32")
+
+
+def training_device_type() -> str:
+    """The device type the Accelerator of this process will train on (before it is built): CPU where
+    CUDA is absent or the launch asked for the CPU (`accelerate launch --cpu`, ACCELERATE_USE_CPU)."""
+    import torch
+
+    from ftvs.launch import force_cpu
+
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return "cuda" if torch.cuda.is_available() and not use_cpu and not force_cpu() else "cpu"
+
+
+def autocast_dtype(precision: str):
+    """The dtype autocast runs in for a resolved precision; None for fp32 ("no")."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def autocast(precision: str, device_type: str):
+    """torch.autocast in a resolved precision on `device_type`; a no-op for fp32 ("no")."""
+    import torch
+
+    dtype = autocast_dtype(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)

@@ -1,0 +1,136 @@
+"""Precision: native-bf16 detection, what `auto` resolves to, and bf16 vs fp32 on real tiny models.
+
+bf16 autocast runs on any CPU (emulated where the CPU lacks bf16 instructions, so slowly): the models and
+test sets here are tiny.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from builders import tiny_model_dir
+from tiny_runs import TINY_SCRATCH_FLAGS, prepare_tiny_dataset
+
+from ftvs.cli import main
+from ftvs.fileio import load_tensors
+from ftvs.precision import cpu_has_native_bf16, native_bf16_flags, resolve_precision
+
+ZEN4 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9354P
+flags\t\t: fpu vme sse sse2 avx avx2 avx512f avx512bw avx512_vnni avx512_bf16 clzero
+processor\t: 1
+flags\t\t: fpu vme sse sse2 avx avx2 avx512f avx512bw avx512_vnni avx512_bf16 clzero
+"""
+SAPPHIRE_RAPIDS = "flags\t\t: avx2 avx512f avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8\n"
+AVX2_ONLY = """model name\t: AMD EPYC
+flags\t\t: fpu sse sse2 avx avx2 fma bmi2
+bugs\t\t: avx512_bf16_is_not_a_flag_here
+"""
+
+
+def test_native_bf16_is_read_from_the_cpuinfo_flags_lines():
+    assert native_bf16_flags(ZEN4) == ["avx512_bf16"]
+    assert native_bf16_flags(SAPPHIRE_RAPIDS) == ["avx512_bf16", "amx_bf16"]
+    assert native_bf16_flags(AVX2_ONLY) == []  # only `flags` lines count, whole words only
+    assert native_bf16_flags("") == []
+
+
+def test_auto_is_bf16_only_where_the_cpu_has_native_bf16():
+    fp32 = resolve_precision("auto", "cpu", cpu_flags=())
+    assert (fp32.name, fp32.reason) == ("no", "cpu without native bf16")
+    auto = resolve_precision("auto", "cpu", cpu_flags=("avx512_bf16",))
+    assert (auto.name, auto.reason) == ("bf16", "cpu avx512_bf16")
+    assert resolve_precision("bf16", "cpu", cpu_flags=()).name == "bf16"  # asked for: kept
+    assert resolve_precision("no", "cpu", cpu_flags=("amx_bf16",)).name == "no"
+    # this machine: the answer follows its own /proc/cpuinfo
+    here = resolve_precision("auto", "cpu")
+    assert here.name == ("bf16" if cpu_has_native_bf16() else "no")
+    if sys.platform.startswith("linux"):
+        flags = native_bf16_flags(Path("/proc/cpuinfo").read_text())
+        assert cpu_has_native_bf16() == bool(flags)
+
+
+def agreement(run_a: Path, run_b: Path) -> float:
+    a = json.loads((run_a / "predictions.json").read_text())["y_pred"]
+    b = json.loads((run_b / "predictions.json").read_text())["y_pred"]
+    assert len(a) == len(b) > 0
+    return sum(x == y for x, y in zip(a, b)) / len(a)
+
+
+def evaluate_in(run: Path, precision: str, tmp_path: Path) -> Path:
+    copy = tmp_path / f"{run.name}-{precision}"
+    shutil.copytree(run, copy)
+    assert main(["evaluate", str(copy), "--mixed_precision", precision]) == 0
+    metrics = json.loads((copy / "metrics.json").read_text())
+    assert metrics["inference"]["precision"] == precision
+    assert metrics["inference"]["precision_reason"] == "requested"
+    return copy
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return prepare_tiny_dataset(tmp_path_factory.mktemp("prec"), num_train=160, num_test=200)
+
+
+def test_bf16_and_fp32_predictions_of_a_trained_scratch_model_agree(tiny_data, tmp_path):
+    run = tmp_path / "scratch"
+    flags = [*TINY_SCRATCH_FLAGS, "--num_train_epochs", "4"]
+    assert main(["train", "scratch", "--data", str(tiny_data), "--output_dir", str(run), *flags]) == 0
+    resolved = yaml.safe_load((run / "config.yaml").read_text())["resolved"]
+    assert (resolved["mixed_precision"], resolved["mixed_precision_reason"]) == ("no", "requested")
+    fp32, bf16 = evaluate_in(run, "no", tmp_path), evaluate_in(run, "bf16", tmp_path)
+    assert json.loads((fp32 / "metrics.json").read_text())["test"]["accuracy"] > 0.5  # it learned
+    assert agreement(fp32, bf16) >= 0.99
+
+
+def test_bf16_training_of_lora_keeps_weights_and_optimizer_state_fp32(tiny_data, tmp_path):
+    """A LoRA run trained under bf16 autocast (a fresh process: Accelerate fixes the precision once per
+    process), then scored in bf16 and in fp32."""
+    model = tiny_model_dir(tmp_path / "tiny-llama")
+    run = tmp_path / "lora"
+    cmd = [
+        sys.executable,
+        "-m",
+        "ftvs",
+        "train",
+        "finetune",
+        "--data",
+        str(tiny_data),
+        "--output_dir",
+        str(run),
+        "--model_name_or_path",
+        str(model),
+        "--method",
+        "lora",
+        "--lora_r",
+        "4",
+        "--max_seq_length",
+        "24",
+        "--num_train_epochs",
+        "3",
+        "--learning_rate",
+        "1e-2",
+        "--mixed_precision",
+        "bf16",
+        "--disable_tqdm",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resolved = yaml.safe_load((run / "config.yaml").read_text())["resolved"]
+    assert resolved["mixed_precision"] == "bf16"
+    weights = load_tensors(run / "checkpoint" / "model.safetensors")
+    moments = load_tensors(run / "checkpoint" / "optimizer.safetensors")
+    assert any("lora" in name for name in weights)
+    assert {str(t.dtype) for t in weights.values()} == {"torch.float32"}
+    assert {str(t.dtype) for k, t in moments.items() if k.endswith(("exp_avg", "exp_avg_sq"))} == {
+        "torch.float32"
+    }
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert all(row["train_loss"] == row["train_loss"] for row in history)  # finite, not NaN
+    fp32, bf16 = evaluate_in(run, "no", tmp_path), evaluate_in(run, "bf16", tmp_path)
+    assert agreement(fp32, bf16) >= 0.99
