@@ -203,8 +203,8 @@ def test_train_config_errors(toy, toy_run, tmp_path, capsys):
         (["train", "scratch", "--resume", toy_run, "--learning_rate", "0.5"], "--resume with a different config",
          "learning_rate", "rerun with the original settings"),
         # a second training into a finished run without --resume
-        (["train", "scratch", "--data", toy, "--output_dir", toy_run, *TINY_SCRATCH], "already holds a run",
-         "--resume"),
+        (["train", "scratch", "--data", toy, "--output_dir", toy_run, *TINY_SCRATCH],
+         "holds a finished scratch run", "--overwrite_output_dir"),
         # evaluate on data with another label set
         (["evaluate", toy_run, "--data", tmp_path / "other"], "label set of", "differs from the model's",
          "evaluate on the data it was trained on"),
@@ -309,3 +309,59 @@ def test_skip_nan_steps_tolerates_a_few_then_keeps_the_best_model(toy, tmp_path,
     assert main(["evaluate", str(run)]) == 0  # the kept model loads and scores; metrics say the run failed
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["training"]["status"] == "failed"
+
+
+# --------------------------------------------------------------------------------------------------
+# --output_dir: nothing of the user's is ever replaced (issue #13, items 2, 3, 7)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_user_files_in_output_dir_are_never_replaced(toy, toy_run, tmp_path, capsys):
+    user = tmp_path / "u"
+    (user / "model").mkdir(parents=True)
+    (user / "model" / "p.txt").write_text("x")
+    (user / "notes.txt").write_text("mine")
+    before = _snapshot(user)
+    scratch = ["train", "scratch", "--data", toy, *TINY_SCRATCH, "--num_train_epochs", "1", "--no-evaluate"]
+    _fails(capsys, [*scratch, "--output_dir", user], "not an ftvs run's", "model/", "notes.txt")
+    _fails(capsys, [*scratch, "--output_dir", user, "--overwrite_output_dir"], "not an ftvs run's")
+    _fails(capsys, ["baseline", "--data", toy, "--output_dir", user], "not an ftvs run's", "model/")
+    assert _snapshot(user) == before
+    # a file beside a run's files is just as much in the way
+    run = tmp_path / "run"
+    shutil.copytree(toy_run, run)
+    (run / "mine.csv").write_text("a,b\n")
+    _fails(capsys, [*scratch, "--output_dir", run, "--overwrite_output_dir"], "mine.csv")
+    # another kind of run
+    _fails(capsys, ["baseline", "--data", toy, "--output_dir", toy_run], "holds a 'scratch' run")
+    # --output_dir that is a file
+    _fails(capsys, [*scratch, "--output_dir", run / "mine.csv"], "is a file")
+    _fails(capsys, ["baseline", "--data", toy, "--output_dir", run / "mine.csv"], "is a file")
+
+
+def test_finished_runs_are_replaced_only_with_overwrite_output_dir(toy, tmp_path, capsys):
+    out = tmp_path / "bl"
+    assert main(["baseline", "--data", str(toy), "--output_dir", str(out)]) == 0
+    before = _snapshot(out)
+    _fails(capsys, ["baseline", "--data", toy, "--output_dir", out], "finished baseline run",
+           "--overwrite_output_dir")
+    assert _snapshot(out) == before
+    (out / "metrics.json").write_text("{}")  # replaced, not kept, by the new run
+    assert main(["baseline", "--data", str(toy), "--output_dir", str(out), "--overwrite_output_dir"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["test"]
+
+
+def test_output_dir_inside_the_data_folder_is_refused(toy, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(toy, data)
+    scratch = ["train", "scratch", "--data", data, *TINY_SCRATCH]
+    _fails(capsys, [*scratch, "--output_dir", data / "run"], "inside the data folder")
+    _fails(capsys, [*scratch, "--output_dir", data], "inside the data folder")
+    _fails(capsys, ["baseline", "--data", data, "--output_dir", data / "bl"], "inside the data folder")
+    # and `prepare` never replaces a data folder that holds anything else (a run put there earlier)
+    (data / "run").mkdir()
+    (data / "run" / "metrics.json").write_text("{}")
+    src = tmp_path / "src.csv"
+    _write_csv(src, _toy_rows())
+    _fails(capsys, ["prepare", src, "--output_dir", data, "--tokenizer", "none"], "run/")
+    assert (data / "run" / "metrics.json").is_file()

@@ -11,10 +11,14 @@ treats them alike:
     RUN_DIR/metrics.json          test scores and costs (written by evaluation; marks an evaluated run)
     RUN_DIR/predictions.json      test labels and predictions (paired significance tests read them)
     RUN_DIR/training_curves.png, RUN_DIR/confusion_matrix.png
+    RUN_DIR/metrics_val.json ...  scores of another split (`ftvs evaluate RUN --split val`), split-named
+
+`check_output_dir` guards what a run may write into: nothing of the user's is ever replaced.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import yaml
@@ -35,7 +39,82 @@ TRAINING_CURVES = "training_curves.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
 DATA_METADATA = "metadata.json"  # inside a prepared data folder, which a run names in its config
 
+PROGRESS = "progress.json"
+
+# everything a run writes at its top level (plus hidden lock/temp files and split-named results)
+RUN_FILES = {CONFIG, HISTORY, TRAIN_SUMMARY, MODEL_DIR, CHECKPOINT_DIR, METRICS, PREDICTIONS, TRAINING_CURVES,
+             CONFUSION_MATRIX, PROGRESS} | {f"{d}{s}" for d in (MODEL_DIR, CHECKPOINT_DIR) for s in (".tmp", ".old")}
+RESULT_PREFIXES = ("metrics_", "predictions_", "confusion_matrix_")
+
 CONFIDENCE_DIGITS = 6  # enough to rank predictions, small enough to keep predictions.json readable
+
+
+def is_run_file(name: str) -> bool:
+    return name in RUN_FILES or name.startswith(".") or name.startswith(RESULT_PREFIXES)
+
+
+def run_kind(run_dir) -> str | None:
+    """The arm ("scratch", "finetune", "baseline") of an ftvs run folder, or None when it is not one."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return read_marker(run_dir).get("arm") if (model_dir(run_dir) / MODEL_MARKER).is_file() else None
+    return read_config(run_dir).get("arm")
+
+
+def is_finished(run_dir) -> bool:
+    return read_summary(run_dir).get("status") == "completed" or (Path(run_dir) / METRICS).is_file()
+
+
+def check_output_dir(out, kind: str, *, data_dir=None, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse an --output_dir where a run would replace something not its own: a file, the data folder or a
+    folder inside it, a folder holding other files, another kind of run, or a finished run (unless
+    `overwrite`, which then removes that run's files). An unfinished run of the same kind is left for
+    --resume (or replaced with `overwrite`)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FtvsError(f"--output_dir {out} is a file; name a folder for the run")
+    if data_dir:
+        data = Path(data_dir).resolve()
+        if out.resolve() == data or data in out.resolve().parents:
+            raise FtvsError(
+                f"--output_dir {out} is inside the data folder {data_dir} (`ftvs prepare` replaces that folder); "
+                "choose a folder outside it"
+            )
+    if not out.is_dir() or all(p.name.startswith(".") for p in out.iterdir()):
+        return  # new, empty, or left with only a lock by a run that failed before writing anything
+    found = run_kind(out)
+    # outside a run every entry is the user's, even one named like a run's (u/model/ with their files)
+    foreign = sorted(
+        p.name + ("/" if p.is_dir() else "")
+        for p in out.iterdir()
+        if found is None and not p.name.startswith(".") or not is_run_file(p.name)
+    )
+    if found is None or foreign:
+        shown = ", ".join(foreign[:5])
+        raise FtvsError(
+            f"--output_dir {out} holds files that are not an ftvs run's ({shown}); "
+            "choose a new or empty folder so nothing of yours is replaced"
+        )
+    if found != kind:
+        raise FtvsError(f"--output_dir {out} holds a {found!r} run, not a {kind!r} one; choose another folder")
+    if is_finished(out) and not (resume or overwrite):
+        raise FtvsError(
+            f"--output_dir {out} holds a finished {kind} run; pass --overwrite_output_dir to replace it "
+            "or choose another folder"
+        )
+
+
+def clear_run(run_dir) -> None:
+    """Remove a run's files (all of them, after `check_output_dir` found nothing else there)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    for p in run_dir.iterdir():
+        if is_run_file(p.name) and p.name != ".lock":  # the lock may be held by this very process
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
 
 
 def is_evaluated(path: Path) -> bool:

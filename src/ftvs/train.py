@@ -46,17 +46,20 @@ from ftvs.inference import make_eval_loader, predict_loader
 from ftvs.launch import make_accelerator
 from ftvs.metrics import summary_metrics
 from ftvs.progress import PROGRESS_FILE, ProgressFile
+from ftvs.rundir import check_output_dir, clear_run
 
 
 class NonFiniteLoss(FtvsError):
     pass
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train one run into `cfg.output_dir`; returns the training summary."""
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train one run into `cfg.output_dir`; returns the training summary. `overwrite` replaces a finished
+    (or unfinished) run of the same arm there; nothing else is ever replaced (`rundir.check_output_dir`)."""
     run_dir = Path(cfg.output_dir)
     if not cfg.output_dir:
         raise FtvsError("no --output_dir given; name a folder for the run")
+    check_output_dir(run_dir, cfg.arm, data_dir=cfg.data, resume=resume, overwrite=overwrite)
     accelerator = make_accelerator(cfg)
     if accelerator.distributed_type == "FSDP":  # checkpoints/export would hold one process's shard only
         raise FtvsError(
@@ -65,6 +68,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         )
     main = accelerator.is_main_process
     if main:
+        if overwrite and not resume:
+            clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     with RunLock(run_dir) if main else contextlib.nullcontext():
