@@ -365,3 +365,29 @@ def test_output_dir_inside_the_data_folder_is_refused(toy, tmp_path, capsys):
     _write_csv(src, _toy_rows())
     _fails(capsys, ["prepare", src, "--output_dir", data, "--tokenizer", "none"], "run/")
     assert (data / "run" / "metrics.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# Types of config values (issue #13, item 4)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_config_values_of_the_wrong_type_are_one_line_errors(toy, tmp_path, capsys):
+    base = ["train", "scratch", "--data", toy, "--output_dir", tmp_path / "run", *TINY_SCRATCH]
+    for text, needles in (
+        ('num_train_epochs: "one"\n', ("invalid num_train_epochs='one': must be an integer", "use e.g. 10")),
+        ("dropout: true\n", ("invalid dropout=True: must be a number",)),
+        ("compile: yes please\n", ("invalid compile='yes please': must be true or false",)),
+        ("lora_target_modules: {a: 1}\n", ("invalid lora_target_modules",)),
+        ("max_seq_length: 1.5\n", ("invalid max_seq_length=1.5: must be an integer",)),
+    ):
+        (tmp_path / "cfg.yaml").write_text(text)
+        _fails(capsys, [*base, "--config", tmp_path / "cfg.yaml"], *needles)
+    # numbers YAML reads as text are taken as numbers
+    (tmp_path / "cfg.yaml").write_text("learning_rate: 1e-3\nnum_train_epochs: '1'\n")
+    assert main([*map(str, base), "--config", str(tmp_path / "cfg.yaml"), "--no-evaluate"]) == 0
+    cfg = __import__("yaml").safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["learning_rate"] == 0.001 and cfg["num_train_epochs"] == 1
+    _fails(capsys, ["study", "--preset", "quick", "--set", "train.max_seq_length=abc", "--output_dir",
+                    tmp_path / "study", "--dry_run"], "invalid max_seq_length='abc': must be an integer")
+    assert not (tmp_path / "study").exists()
