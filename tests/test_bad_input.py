@@ -391,3 +391,99 @@ def test_config_values_of_the_wrong_type_are_one_line_errors(toy, tmp_path, caps
     _fails(capsys, ["study", "--preset", "quick", "--set", "train.max_seq_length=abc", "--output_dir",
                     tmp_path / "study", "--dry_run"], "invalid max_seq_length='abc': must be an integer")
     assert not (tmp_path / "study").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Data changed under a run; split-named evaluation files (issue #13, items 5, 8)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data_run(tmp_path_factory):
+    """A small prepared folder and a finished, evaluated scratch run on it (both owned by these tests)."""
+    root = tmp_path_factory.mktemp("datarun")
+    _write_csv(root / "src.csv", _toy_rows(20))
+    data = root / "data"
+    assert main(["prepare", str(root / "src.csv"), "--output_dir", str(data), "--tokenizer", "none"]) == 0
+    run = root / "run"
+    assert main(["train", "scratch", "--data", str(data), "--output_dir", str(run), *TINY_SCRATCH,
+                 "--num_train_epochs", "1"]) == 0
+    return root, data, run
+
+
+def test_other_data_needs_an_explicit_data_flag(data_run, tmp_path, capsys):
+    root, data, run = data_run
+    trained_hash = json.loads((data / "metadata.json").read_text())["content_hash"]
+    assert yaml_load(run / "config.yaml")["resolved"]["data_content_hash"] == trained_hash
+    assert json.loads((run / "train_summary.json").read_text())["data_content_hash"] == trained_hash
+    moved = tmp_path / "run"
+    shutil.copytree(run, moved)
+    metrics_before = (moved / "metrics.json").read_bytes()
+    # `prepare` rewrites the data folder with another split
+    assert main(["prepare", str(root / "src.csv"), "--output_dir", str(data), "--tokenizer", "none",
+                 "--seed", "7"]) == 0
+    _fails(capsys, ["evaluate", moved], "changed since", "--data")
+    _fails(capsys, ["train", "scratch", "--resume", moved], "changed since", "to resume on this other data")
+    assert (moved / "metrics.json").read_bytes() == metrics_before
+    capsys.readouterr()
+    assert main(["evaluate", str(moved), "--data", str(data)]) == 0
+    err = capsys.readouterr().err
+    assert "is other data than" in err and len(err.strip().splitlines()) == 1, err
+    # back to the original data: nothing to refuse
+    assert main(["prepare", str(root / "src.csv"), "--output_dir", str(data), "--tokenizer", "none"]) == 0
+    assert main(["evaluate", str(run)]) == 0
+
+
+def test_compare_refuses_runs_scored_on_other_test_texts(data_run, tmp_path, capsys):
+    root, data, run = data_run
+    other = tmp_path / "other"  # the same labels in the same order, other texts
+    shutil.copytree(data, other)
+    rows = [json.loads(line) for line in (other / "test.jsonl").read_text().splitlines()]
+    (other / "test.jsonl").write_text("".join(json.dumps({**r, "text": r["text"] + " extra"}) + "\n" for r in rows))
+    run2 = tmp_path / "run2"
+    shutil.copytree(run, run2)
+    assert main(["evaluate", str(run2), "--data", str(other)]) == 0
+    _fails(capsys, ["compare", run, run2, "--out", tmp_path / "cmp", "--no-report"], "different test texts")
+
+
+def test_evaluate_other_split_keeps_the_test_scores(data_run, tmp_path, capsys):
+    root, data, run = data_run
+    run = shutil.copytree(run, tmp_path / "run")
+    test_metrics = (run / "metrics.json").read_bytes()
+    test_predictions = (run / "predictions.json").read_bytes()
+    assert main(["evaluate", str(run), "--split", "val"]) == 0
+    assert (run / "metrics.json").read_bytes() == test_metrics
+    assert (run / "predictions.json").read_bytes() == test_predictions
+    val = json.loads((run / "metrics_val.json").read_text())
+    assert val["split"] == "val" and json.loads((run / "predictions_val.json").read_text())["split"] == "val"
+    assert (run / "confusion_matrix_val.png").is_file()
+    # a run with split-named results is still a run to retrain into (with --overwrite_output_dir)
+    assert main(["train", "scratch", "--data", str(data), "--output_dir", str(run), *TINY_SCRATCH,
+                 "--num_train_epochs", "1", "--no-evaluate", "--overwrite_output_dir"]) == 0
+    assert not (run / "metrics_val.json").exists()
+
+
+def test_bad_sizes_are_one_line_errors(data_run, tmp_path, capsys):
+    root, data, run = data_run
+    _fails(capsys, ["evaluate", run, "--batch-size", "0"], "--batch-size 0 must be at least 1")
+    _fails(capsys, ["train", "scratch", "--data", data, "--output_dir", tmp_path / "r", *TINY_SCRATCH,
+                    "--max_seq_length", "100000000"], "invalid max_seq_length=100000000",
+           "from-scratch model's 8192 positions")
+    (tmp_path / "file").write_text("x")
+    _fails(capsys, ["compare", run, "--out", tmp_path / "file"], "--out", "is a file")
+    _fails(capsys, ["report", run, "--out", tmp_path / "file"], "--out", "is a file")
+    _fails(capsys, ["prepare", root / "src.csv", "--output_dir", tmp_path / "file", "--tokenizer", "none"],
+           "is a file")
+
+
+def test_finetune_max_seq_length_is_capped_at_the_model_positions(data_run, tiny_llama_dir, tmp_path, capsys):
+    root, data, run = data_run
+    _fails(capsys, ["train", "finetune", "--data", data, "--output_dir", tmp_path / "r", "--model",
+                    tiny_llama_dir, "--max_seq_length", "100000000", "--disable_tqdm"],
+           "invalid max_seq_length=100000000: more than the model's 256 positions", "use at most 256")
+
+
+def yaml_load(path):
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())

@@ -65,7 +65,9 @@ def cmd_train(args) -> int:
     cfg = build_config({k: v for k, v in file_values.items() if k != "arm"}, cli_values)
     if not cfg.data:
         raise FtvsError("no --data given; prepare a dataset with `ftvs prepare` and pass its folder")
-    summary = train(cfg, resume=bool(args.resume), overwrite=args.overwrite_output_dir)
+    summary = train(
+        cfg, resume=bool(args.resume), overwrite=args.overwrite_output_dir, data_given="data" in cli_values
+    )
     from accelerate import PartialState
 
     log = PartialState().print  # under `accelerate launch`, the main process alone prints

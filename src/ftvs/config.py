@@ -154,7 +154,7 @@ class TrainConfig:
                     f"must be one of {', '.join(allowed)}",
                     f"use one of them{closest(str(value), allowed)}",
                 )
-        from ftvs.model import PRESETS
+        from ftvs.model import MAX_POSITIONS, PRESETS
 
         if self.arm == "scratch" and self.preset not in PRESETS:
             bad(
@@ -184,6 +184,12 @@ class TrainConfig:
         ):
             if getattr(self, key) < 0:
                 bad(key, "must be >= 0", "use 0 to disable")
+        if self.arm == "scratch" and self.max_seq_length > MAX_POSITIONS:
+            bad(
+                "max_seq_length",
+                f"more than the from-scratch model's {MAX_POSITIONS} positions",
+                f"use at most {MAX_POSITIONS}",
+            )
         if self.arm == "scratch" and self.n_embd and self.n_head and self.n_embd % self.n_head:
             bad("n_embd", f"must be divisible by n_head={self.n_head}", "pick a multiple of the head count")
         return self

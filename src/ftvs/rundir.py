@@ -19,12 +19,13 @@ treats them alike:
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
 
 from ftvs.errors import FtvsError
-from ftvs.fileio import read_json, read_jsonl, write_json
+from ftvs.fileio import check_folder_path, read_json, read_jsonl, write_json
 from ftvs.plots import plot_confusion_matrix, plot_training_curves
 
 CONFIG = "config.yaml"
@@ -71,8 +72,7 @@ def check_output_dir(out, kind: str, *, data_dir=None, resume: bool = False, ove
     `overwrite`, which then removes that run's files). An unfinished run of the same kind is left for
     --resume (or replaced with `overwrite`)."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FtvsError(f"--output_dir {out} is a file; name a folder for the run")
+    check_folder_path(out, "--output_dir")
     if data_dir:
         data = Path(data_dir).resolve()
         if out.resolve() == data or data in out.resolve().parents:
@@ -163,30 +163,69 @@ def read_predictions(run_dir) -> dict:
     return read_json(path, "predictions")
 
 
-def clear_results(run_dir) -> None:
+def result_names(split: str = "test") -> tuple[str, str, str]:
+    """(metrics, predictions, confusion matrix) file names of a split's scores: the test split owns the
+    plain names (what marks a run evaluated and what `compare` reads); another split never replaces them."""
+    if split == "test":
+        return METRICS, PREDICTIONS, CONFUSION_MATRIX
+    return f"metrics_{split}.json", f"predictions_{split}.json", f"confusion_matrix_{split}.png"
+
+
+def clear_results(run_dir, split: str = "test") -> None:
     """Remove a previous evaluation, so a failed re-run cannot leave stale scores behind."""
-    for name in (METRICS, PREDICTIONS):
+    for name in result_names(split)[:2]:
         (Path(run_dir) / name).unlink(missing_ok=True)
 
 
-def write_results(run_dir, metrics: dict, label_names, y_true, y_pred, confidence) -> None:
+def write_results(
+    run_dir, metrics: dict, label_names, y_true, y_pred, confidence, split: str = "test", split_hash=None
+) -> None:
     """predictions.json, then metrics.json: a run counts as evaluated once metrics.json exists, so it is
-    written last and a reader never finds scores without the predictions behind them."""
+    written last and a reader never finds scores without the predictions behind them. `split_hash`
+    (the scored split's content hash) lets `compare` check that runs saw the same texts."""
     run_dir = Path(run_dir)
+    metrics_name, predictions_name, _ = result_names(split)
     write_json(
-        run_dir / PREDICTIONS,
+        run_dir / predictions_name,
         {
             "label_names": list(label_names),
+            "split": split,
+            "split_hash": split_hash,
             "y_true": [int(y) for y in y_true],
             "y_pred": [int(y) for y in y_pred],
             "confidence": [round(float(c), CONFIDENCE_DIGITS) for c in confidence],
         },
     )
-    write_json(run_dir / METRICS, metrics)
+    write_json(run_dir / metrics_name, metrics)
+
+
+def trained_data_hash(run_dir) -> str | None:
+    """content_hash of the prepared data a run was trained on (config.yaml, under `resolved:` for the
+    neural runs), if recorded."""
+    cfg = read_config(run_dir)
+    return cfg.get("data_content_hash") or (cfg.get("resolved") or {}).get("data_content_hash")
+
+
+def check_same_data(run_dir, data_dir, data_hash, *, explicit: bool, doing: str) -> None:
+    """Refuse to `doing` (resume, evaluate) a run on data other than it was trained on, unless the user
+    named that data with --data; then say in one line that it is other data."""
+    trained = trained_data_hash(run_dir)
+    if not trained or not data_hash or trained == data_hash:
+        return
+    if not explicit:
+        raise FtvsError(
+            f"the data in {data_dir} changed since {run_dir} was trained on it (content hash {trained[:12]} -> "
+            f"{data_hash[:12]}); to {doing} on this other data pass --data {data_dir} explicitly"
+        )
+    print(
+        f"ftvs: note: {data_dir} is other data than {run_dir} was trained on (content hash {trained[:12]} -> "
+        f"{data_hash[:12]})",
+        file=sys.stderr,
+    )
 
 
 def write_figures(
-    run_dir, label_names, confusion_matrix, run_name: str, curves_title: str | None = None
+    run_dir, label_names, confusion_matrix, run_name: str, curves_title: str | None = None, split: str = "test"
 ) -> None:
     """The per-run figures: training curves (when there is a history) and the test confusion matrix."""
     run_dir = Path(run_dir)
@@ -194,5 +233,5 @@ def write_figures(
     if history:
         plot_training_curves(history, run_dir / TRAINING_CURVES, title=curves_title or run_name)
     plot_confusion_matrix(
-        confusion_matrix, label_names, run_dir / CONFUSION_MATRIX, title=f"{run_name}: test confusion matrix"
+        confusion_matrix, label_names, run_dir / result_names(split)[2], title=f"{run_name}: {split} confusion matrix"
     )

@@ -366,8 +366,8 @@ def _check_fits_model(cfg, hf_model) -> None:
     )
     if positions and cfg.max_seq_length > positions:
         raise FtvsError(
-            f"max_length={cfg.max_seq_length} exceeds the model's {positions} positions; "
-            "lower --max_seq_length"
+            f"invalid max_seq_length={cfg.max_seq_length}: more than the model's {positions} positions; "
+            f"use at most {positions}"
         )
 
 

@@ -33,7 +33,7 @@ from ftvs.baseline.model import (
     fit_baseline,
     mean_nll,
 )
-from ftvs.data import load_metadata, load_split
+from ftvs.data import load_metadata, load_split, split_hash
 from ftvs.errors import FtvsError
 from ftvs.fileio import RunLock, append_jsonl, atomic_write_bytes, dir_size_bytes, write_json
 from ftvs.metrics import classification_metrics, summary_metrics, train_val_gap
@@ -87,6 +87,7 @@ def _run_config(
         "run_name": run_name,
         "data": str(data_dir),
         "data_dir": str(data_dir),
+        "data_content_hash": meta.get("content_hash"),
         "output_dir": str(out),
         "seed": settings.seed,
         "dataset": meta.get("source") or data_dir.name,
@@ -254,7 +255,9 @@ def run_baseline(
             "infer_seconds": infer_seconds,
         }
         metrics = _metrics_record(config, model, record, scores, out)
-        rundir.write_results(out, metrics, label_names, test_y, y_pred, te_proba.max(1))
+        rundir.write_results(
+            out, metrics, label_names, test_y, y_pred, te_proba.max(1), split_hash=split_hash(data_dir, "test")
+        )
         rundir.write_figures(
             out,
             label_names,

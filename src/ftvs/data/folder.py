@@ -86,6 +86,11 @@ def content_hash(data_dir) -> str:
     return h.hexdigest()
 
 
+def split_hash(data_dir, split: str) -> str:
+    """sha256 of one split's file: the identity of the texts and labels a run was scored on."""
+    return hashlib.sha256((Path(data_dir) / f"{split}.jsonl").read_bytes()).hexdigest()
+
+
 def check_output_dir(out: Path, protect: list[Path] = ()) -> None:
     """Refuse to replace a folder that holds anything but prepared data (it would be deleted)."""
     for p in protect:
