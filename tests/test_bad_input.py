@@ -5,6 +5,7 @@ Commands run in-process through `ftvs.cli.main` (same code path as the console s
 start-up per case); stderr is captured and checked.
 """
 
+import codecs
 import csv
 import errno
 import json
@@ -152,7 +153,8 @@ def test_prepare_repairs_invalid_utf8_and_missing_labels(tmp_path, capsys):
               .replace(b"question number 2 about refund", b"question \xc3 number 2 about refund")
     bad += b"\nan unlabelled question,\nanother one,NaN\n"
     (tmp_path / "bad.csv").write_bytes(bad)
-    assert main(["prepare", str(tmp_path / "bad.csv"), "--output_dir", str(tmp_path / "d"), "--tokenizer", "none"]) == 0
+    assert main(["prepare", str(tmp_path / "bad.csv"), "--output_dir", str(tmp_path / "d"), "--tokenizer", "none",
+                 "--encoding", "utf-8"]) == 0  # UTF-8 as the fallback: invalid bytes are repaired and counted
     printed = capsys.readouterr().out
     meta = json.loads((tmp_path / "d" / "metadata.json").read_text())
     assert meta["cleaning"]["invalid_utf8_repaired"] == 2 and meta["cleaning"]["missing_label_dropped"] == 2
@@ -487,3 +489,58 @@ def yaml_load(path):
     import yaml
 
     return yaml.safe_load(Path(path).read_text())
+
+
+# --------------------------------------------------------------------------------------------------
+# Columns and encodings of data files (issue #13, items 6, 9)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_duplicate_column_names_are_refused(tmp_path, capsys):
+    rows = _toy_rows(10)
+    _write_csv(tmp_path / "dup.csv", [(t, c, c) for t, c in rows], header=("text", "label", "label"))
+    (tmp_path / "dup.tsv").write_text("text\ttext\tlabel\n" + "".join(f"{t}\t{t}\t{c}\n" for t, c in rows))
+    (tmp_path / "dup.jsonl").write_text("".join(f'{{"text": "{t}", "label": "{c}", "label": "x"}}\n'
+                                                 for t, c in rows))
+    for name, column in (("dup.csv", "'label'"), ("dup.tsv", "'text'"), ("dup.jsonl", "'label'")):
+        _fails(capsys, ["prepare", tmp_path / name, "--output_dir", tmp_path / "out", "--tokenizer", "none"],
+               "duplicate column names", column)
+    assert not (tmp_path / "out").exists()
+
+
+def _prepared_texts(folder: Path) -> list[str]:
+    return [json.loads(x)["text"] for s in ("train", "val", "test")
+            for x in (folder / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_encodings_are_detected_and_recorded(tmp_path, capsys):
+    rows = [(f"{t} café número {i}", c) for i, (t, c) in enumerate(_toy_rows(10))]
+    text = "text,label\n" + "".join(f"{t},{c}\n" for t, c in rows)
+    cases = {  # file bytes -> (encoding recorded, notice expected)
+        "utf16.csv": (text.encode("utf-16"), "utf-16", False),
+        "utf16be.csv": (codecs.BOM_UTF16_BE + text.encode("utf-16-be"), "utf-16", False),
+        "utf32.csv": (text.encode("utf-32"), "utf-32", False),
+        "bom.csv": (text.encode("utf-8-sig"), "utf-8-sig", False),
+        "plain.csv": (text.encode("utf-8"), "utf-8", False),
+        "latin1.csv": (text.encode("latin-1"), "iso8859-1", True),
+    }
+    for name, (data, recorded, notice) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        out = tmp_path / name.replace(".csv", "")
+        capsys.readouterr()
+        assert main(["prepare", str(tmp_path / name), "--output_dir", str(out), "--tokenizer", "none"]) == 0, name
+        err = capsys.readouterr().err
+        meta = json.loads((out / "metadata.json").read_text())
+        assert meta["encoding"] == recorded and meta["text_column"] == "text", (name, meta["encoding"])
+        assert meta["cleaning"]["invalid_utf8_repaired"] == 0
+        assert sorted(_prepared_texts(out)) == sorted(t for t, _ in rows), name
+        assert ("is not UTF-8; read it as iso8859-1" in err) == notice, (name, err)
+    # another fallback chosen by the user
+    (tmp_path / "cp.csv").write_bytes(text.replace("café", "café – ok").encode("cp1252"))
+    capsys.readouterr()
+    assert main(["prepare", str(tmp_path / "cp.csv"), "--output_dir", str(tmp_path / "cp"), "--tokenizer", "none",
+                 "--encoding", "cp1252"]) == 0
+    assert "read it as cp1252" in capsys.readouterr().err
+    assert any("café – ok" in t for t in _prepared_texts(tmp_path / "cp"))
+    _fails(capsys, ["prepare", tmp_path / "cp.csv", "--output_dir", tmp_path / "x", "--tokenizer", "none",
+                    "--encoding", "klingon"], "unknown --encoding 'klingon'")
