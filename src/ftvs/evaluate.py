@@ -109,9 +109,9 @@ def evaluate_run(
     if not data_dir:
         raise FtvsError(f"{run_dir} does not name its data; pass --data DIR")
     meta = load_metadata(data_dir)
-    rundir.check_same_data(run_dir, data_dir, meta.get("content_hash"), explicit=explicit, doing="evaluate")
     arm = load_arm(rundir.model_dir(run_dir))
     check_labels(arm.label_names, meta["label_names"], data_dir)
+    rundir.check_same_data(run_dir, data_dir, meta.get("content_hash"), explicit=explicit, doing="evaluate")
     texts, labels = load_split(data_dir, split)
     out, state, device, precision, n_examples = _predict_split(
         arm, texts, labels, batch_size, mixed_precision
