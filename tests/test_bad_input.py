@@ -5,6 +5,7 @@ Commands run in-process through `ftvs.cli.main` (same code path as the console s
 start-up per case); stderr is captured and checked.
 """
 
+import codecs
 import csv
 import errno
 import json
@@ -152,7 +153,8 @@ def test_prepare_repairs_invalid_utf8_and_missing_labels(tmp_path, capsys):
               .replace(b"question number 2 about refund", b"question \xc3 number 2 about refund")
     bad += b"\nan unlabelled question,\nanother one,NaN\n"
     (tmp_path / "bad.csv").write_bytes(bad)
-    assert main(["prepare", str(tmp_path / "bad.csv"), "--output_dir", str(tmp_path / "d"), "--tokenizer", "none"]) == 0
+    assert main(["prepare", str(tmp_path / "bad.csv"), "--output_dir", str(tmp_path / "d"), "--tokenizer", "none",
+                 "--encoding", "utf-8"]) == 0  # UTF-8 as the fallback: invalid bytes are repaired and counted
     printed = capsys.readouterr().out
     meta = json.loads((tmp_path / "d" / "metadata.json").read_text())
     assert meta["cleaning"]["invalid_utf8_repaired"] == 2 and meta["cleaning"]["missing_label_dropped"] == 2
@@ -203,8 +205,8 @@ def test_train_config_errors(toy, toy_run, tmp_path, capsys):
         (["train", "scratch", "--resume", toy_run, "--learning_rate", "0.5"], "--resume with a different config",
          "learning_rate", "rerun with the original settings"),
         # a second training into a finished run without --resume
-        (["train", "scratch", "--data", toy, "--output_dir", toy_run, *TINY_SCRATCH], "already holds a run",
-         "--resume"),
+        (["train", "scratch", "--data", toy, "--output_dir", toy_run, *TINY_SCRATCH],
+         "holds a finished scratch run", "--overwrite_output_dir"),
         # evaluate on data with another label set
         (["evaluate", toy_run, "--data", tmp_path / "other"], "label set of", "differs from the model's",
          "evaluate on the data it was trained on"),
@@ -309,3 +311,236 @@ def test_skip_nan_steps_tolerates_a_few_then_keeps_the_best_model(toy, tmp_path,
     assert main(["evaluate", str(run)]) == 0  # the kept model loads and scores; metrics say the run failed
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["training"]["status"] == "failed"
+
+
+# --------------------------------------------------------------------------------------------------
+# --output_dir: nothing of the user's is ever replaced (issue #13, items 2, 3, 7)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_user_files_in_output_dir_are_never_replaced(toy, toy_run, tmp_path, capsys):
+    user = tmp_path / "u"
+    (user / "model").mkdir(parents=True)
+    (user / "model" / "p.txt").write_text("x")
+    (user / "notes.txt").write_text("mine")
+    before = _snapshot(user)
+    scratch = ["train", "scratch", "--data", toy, *TINY_SCRATCH, "--num_train_epochs", "1", "--no-evaluate"]
+    _fails(capsys, [*scratch, "--output_dir", user], "not an ftvs run's", "model/", "notes.txt")
+    _fails(capsys, [*scratch, "--output_dir", user, "--overwrite_output_dir"], "not an ftvs run's")
+    _fails(capsys, ["baseline", "--data", toy, "--output_dir", user], "not an ftvs run's", "model/")
+    assert _snapshot(user) == before
+    # a file beside a run's files is just as much in the way
+    run = tmp_path / "run"
+    shutil.copytree(toy_run, run)
+    (run / "mine.csv").write_text("a,b\n")
+    _fails(capsys, [*scratch, "--output_dir", run, "--overwrite_output_dir"], "mine.csv")
+    # another kind of run
+    _fails(capsys, ["baseline", "--data", toy, "--output_dir", toy_run], "holds a 'scratch' run")
+    # --output_dir that is a file
+    _fails(capsys, [*scratch, "--output_dir", run / "mine.csv"], "is a file")
+    _fails(capsys, ["baseline", "--data", toy, "--output_dir", run / "mine.csv"], "is a file")
+
+
+def test_finished_runs_are_replaced_only_with_overwrite_output_dir(toy, tmp_path, capsys):
+    out = tmp_path / "bl"
+    assert main(["baseline", "--data", str(toy), "--output_dir", str(out)]) == 0
+    before = _snapshot(out)
+    _fails(capsys, ["baseline", "--data", toy, "--output_dir", out], "finished baseline run",
+           "--overwrite_output_dir")
+    assert _snapshot(out) == before
+    (out / "metrics.json").write_text("{}")  # replaced, not kept, by the new run
+    assert main(["baseline", "--data", str(toy), "--output_dir", str(out), "--overwrite_output_dir"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["test"]
+
+
+def test_output_dir_inside_the_data_folder_is_refused(toy, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(toy, data)
+    scratch = ["train", "scratch", "--data", data, *TINY_SCRATCH]
+    _fails(capsys, [*scratch, "--output_dir", data / "run"], "inside the data folder")
+    _fails(capsys, [*scratch, "--output_dir", data], "inside the data folder")
+    _fails(capsys, ["baseline", "--data", data, "--output_dir", data / "bl"], "inside the data folder")
+    # and `prepare` never replaces a data folder that holds anything else (a run put there earlier)
+    (data / "run").mkdir()
+    (data / "run" / "metrics.json").write_text("{}")
+    src = tmp_path / "src.csv"
+    _write_csv(src, _toy_rows())
+    _fails(capsys, ["prepare", src, "--output_dir", data, "--tokenizer", "none"], "run/")
+    assert (data / "run" / "metrics.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# Types of config values (issue #13, item 4)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_config_values_of_the_wrong_type_are_one_line_errors(toy, tmp_path, capsys):
+    base = ["train", "scratch", "--data", toy, "--output_dir", tmp_path / "run", *TINY_SCRATCH]
+    for text, needles in (
+        ('num_train_epochs: "one"\n', ("invalid num_train_epochs='one': must be an integer", "use e.g. 10")),
+        ("dropout: true\n", ("invalid dropout=True: must be a number",)),
+        ("compile: yes please\n", ("invalid compile='yes please': must be true or false",)),
+        ("lora_target_modules: {a: 1}\n", ("invalid lora_target_modules",)),
+        ("max_seq_length: 1.5\n", ("invalid max_seq_length=1.5: must be an integer",)),
+    ):
+        (tmp_path / "cfg.yaml").write_text(text)
+        _fails(capsys, [*base, "--config", tmp_path / "cfg.yaml"], *needles)
+    # numbers YAML reads as text are taken as numbers
+    (tmp_path / "cfg.yaml").write_text("learning_rate: 1e-3\nnum_train_epochs: '1'\n")
+    assert main([*map(str, base), "--config", str(tmp_path / "cfg.yaml"), "--no-evaluate"]) == 0
+    cfg = __import__("yaml").safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["learning_rate"] == 0.001 and cfg["num_train_epochs"] == 1
+    _fails(capsys, ["study", "--preset", "quick", "--set", "train.max_seq_length=abc", "--output_dir",
+                    tmp_path / "study", "--dry_run"], "invalid max_seq_length='abc': must be an integer")
+    assert not (tmp_path / "study").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Data changed under a run; split-named evaluation files (issue #13, items 5, 8)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data_run(tmp_path_factory):
+    """A small prepared folder and a finished, evaluated scratch run on it (both owned by these tests)."""
+    root = tmp_path_factory.mktemp("datarun")
+    _write_csv(root / "src.csv", _toy_rows(20))
+    data = root / "data"
+    assert main(["prepare", str(root / "src.csv"), "--output_dir", str(data), "--tokenizer", "none"]) == 0
+    run = root / "run"
+    assert main(["train", "scratch", "--data", str(data), "--output_dir", str(run), *TINY_SCRATCH,
+                 "--num_train_epochs", "1"]) == 0
+    return root, data, run
+
+
+def test_other_data_needs_an_explicit_data_flag(data_run, tmp_path, capsys):
+    root, data, run = data_run
+    trained_hash = json.loads((data / "metadata.json").read_text())["content_hash"]
+    assert yaml_load(run / "config.yaml")["resolved"]["data_content_hash"] == trained_hash
+    assert json.loads((run / "train_summary.json").read_text())["data_content_hash"] == trained_hash
+    moved = tmp_path / "run"
+    shutil.copytree(run, moved)
+    metrics_before = (moved / "metrics.json").read_bytes()
+    # `prepare` rewrites the data folder with another split
+    assert main(["prepare", str(root / "src.csv"), "--output_dir", str(data), "--tokenizer", "none",
+                 "--seed", "7"]) == 0
+    _fails(capsys, ["evaluate", moved], "changed since", "--data")
+    _fails(capsys, ["train", "scratch", "--resume", moved], "changed since", "to resume on this other data")
+    assert (moved / "metrics.json").read_bytes() == metrics_before
+    capsys.readouterr()
+    assert main(["evaluate", str(moved), "--data", str(data)]) == 0
+    err = capsys.readouterr().err
+    assert "is other data than" in err and len(err.strip().splitlines()) == 1, err
+    # back to the original data: nothing to refuse
+    assert main(["prepare", str(root / "src.csv"), "--output_dir", str(data), "--tokenizer", "none"]) == 0
+    assert main(["evaluate", str(run)]) == 0
+
+
+def test_compare_refuses_runs_scored_on_other_test_texts(data_run, tmp_path, capsys):
+    root, data, run = data_run
+    other = tmp_path / "other"  # the same labels in the same order, other texts
+    shutil.copytree(data, other)
+    rows = [json.loads(line) for line in (other / "test.jsonl").read_text().splitlines()]
+    (other / "test.jsonl").write_text("".join(json.dumps({**r, "text": r["text"] + " extra"}) + "\n" for r in rows))
+    run2 = tmp_path / "run2"
+    shutil.copytree(run, run2)
+    assert main(["evaluate", str(run2), "--data", str(other)]) == 0
+    _fails(capsys, ["compare", run, run2, "--out", tmp_path / "cmp", "--no-report"], "different test texts")
+
+
+def test_evaluate_other_split_keeps_the_test_scores(data_run, tmp_path, capsys):
+    root, data, run = data_run
+    run = shutil.copytree(run, tmp_path / "run")
+    test_metrics = (run / "metrics.json").read_bytes()
+    test_predictions = (run / "predictions.json").read_bytes()
+    assert main(["evaluate", str(run), "--split", "val"]) == 0
+    assert (run / "metrics.json").read_bytes() == test_metrics
+    assert (run / "predictions.json").read_bytes() == test_predictions
+    val = json.loads((run / "metrics_val.json").read_text())
+    assert val["split"] == "val" and json.loads((run / "predictions_val.json").read_text())["split"] == "val"
+    assert (run / "confusion_matrix_val.png").is_file()
+    # a run with split-named results is still a run to retrain into (with --overwrite_output_dir)
+    assert main(["train", "scratch", "--data", str(data), "--output_dir", str(run), *TINY_SCRATCH,
+                 "--num_train_epochs", "1", "--no-evaluate", "--overwrite_output_dir"]) == 0
+    assert not (run / "metrics_val.json").exists()
+
+
+def test_bad_sizes_are_one_line_errors(data_run, tmp_path, capsys):
+    root, data, run = data_run
+    _fails(capsys, ["evaluate", run, "--batch-size", "0"], "--batch-size 0 must be at least 1")
+    _fails(capsys, ["train", "scratch", "--data", data, "--output_dir", tmp_path / "r", *TINY_SCRATCH,
+                    "--max_seq_length", "100000000"], "invalid max_seq_length=100000000",
+           "from-scratch model's 8192 positions")
+    (tmp_path / "file").write_text("x")
+    _fails(capsys, ["compare", run, "--out", tmp_path / "file"], "--out", "is a file")
+    _fails(capsys, ["report", run, "--out", tmp_path / "file"], "--out", "is a file")
+    _fails(capsys, ["prepare", root / "src.csv", "--output_dir", tmp_path / "file", "--tokenizer", "none"],
+           "is a file")
+
+
+def test_finetune_max_seq_length_is_capped_at_the_model_positions(data_run, tiny_llama_dir, tmp_path, capsys):
+    root, data, run = data_run
+    _fails(capsys, ["train", "finetune", "--data", data, "--output_dir", tmp_path / "r", "--model",
+                    tiny_llama_dir, "--max_seq_length", "100000000", "--disable_tqdm"],
+           "invalid max_seq_length=100000000: more than the model's 256 positions", "use at most 256")
+
+
+def yaml_load(path):
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())
+
+
+# --------------------------------------------------------------------------------------------------
+# Columns and encodings of data files (issue #13, items 6, 9)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_duplicate_column_names_are_refused(tmp_path, capsys):
+    rows = _toy_rows(10)
+    _write_csv(tmp_path / "dup.csv", [(t, c, c) for t, c in rows], header=("text", "label", "label"))
+    (tmp_path / "dup.tsv").write_text("text\ttext\tlabel\n" + "".join(f"{t}\t{t}\t{c}\n" for t, c in rows))
+    (tmp_path / "dup.jsonl").write_text("".join(f'{{"text": "{t}", "label": "{c}", "label": "x"}}\n'
+                                                 for t, c in rows))
+    for name, column in (("dup.csv", "'label'"), ("dup.tsv", "'text'"), ("dup.jsonl", "'label'")):
+        _fails(capsys, ["prepare", tmp_path / name, "--output_dir", tmp_path / "out", "--tokenizer", "none"],
+               "duplicate column names", column)
+    assert not (tmp_path / "out").exists()
+
+
+def _prepared_texts(folder: Path) -> list[str]:
+    return [json.loads(x)["text"] for s in ("train", "val", "test")
+            for x in (folder / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_encodings_are_detected_and_recorded(tmp_path, capsys):
+    rows = [(f"{t} café número {i}", c) for i, (t, c) in enumerate(_toy_rows(10))]
+    text = "text,label\n" + "".join(f"{t},{c}\n" for t, c in rows)
+    cases = {  # file bytes -> (encoding recorded, notice expected)
+        "utf16.csv": (text.encode("utf-16"), "utf-16", False),
+        "utf16be.csv": (codecs.BOM_UTF16_BE + text.encode("utf-16-be"), "utf-16", False),
+        "utf32.csv": (text.encode("utf-32"), "utf-32", False),
+        "bom.csv": (text.encode("utf-8-sig"), "utf-8-sig", False),
+        "plain.csv": (text.encode("utf-8"), "utf-8", False),
+        "latin1.csv": (text.encode("latin-1"), "iso8859-1", True),
+    }
+    for name, (data, recorded, notice) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        out = tmp_path / name.replace(".csv", "")
+        capsys.readouterr()
+        assert main(["prepare", str(tmp_path / name), "--output_dir", str(out), "--tokenizer", "none"]) == 0, name
+        err = capsys.readouterr().err
+        meta = json.loads((out / "metadata.json").read_text())
+        assert meta["encoding"] == recorded and meta["text_column"] == "text", (name, meta["encoding"])
+        assert meta["cleaning"]["invalid_utf8_repaired"] == 0
+        assert sorted(_prepared_texts(out)) == sorted(t for t, _ in rows), name
+        assert ("is not UTF-8; read it as iso8859-1" in err) == notice, (name, err)
+    # another fallback chosen by the user
+    (tmp_path / "cp.csv").write_bytes(text.replace("café", "café – ok").encode("cp1252"))
+    capsys.readouterr()
+    assert main(["prepare", str(tmp_path / "cp.csv"), "--output_dir", str(tmp_path / "cp"), "--tokenizer", "none",
+                 "--encoding", "cp1252"]) == 0
+    assert "read it as cp1252" in capsys.readouterr().err
+    assert any("café – ok" in t for t in _prepared_texts(tmp_path / "cp"))
+    _fails(capsys, ["prepare", tmp_path / "cp.csv", "--output_dir", tmp_path / "x", "--tokenizer", "none",
+                    "--encoding", "klingon"], "unknown --encoding 'klingon'")

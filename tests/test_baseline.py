@@ -162,7 +162,7 @@ def test_refuses_to_overwrite_a_neural_run_and_reports_bad_input(run, data_dir, 
     (neural / "model").mkdir(parents=True)
     (neural / "model" / "ftvs.json").write_text(json.dumps({"arm": "scratch", "label_names": ["a"]}))
     assert main(["baseline", "--data", str(data_dir), "--output_dir", str(neural), "--C", "1"]) == 2
-    assert "already holds a 'scratch' run" in capsys.readouterr().err
+    assert "holds a 'scratch' run, not a 'baseline' one" in capsys.readouterr().err
     assert main(["baseline", "--data", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "r")]) == 2
     assert "ftvs prepare" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:

@@ -20,6 +20,8 @@ def test_results_are_written_once_and_read_back(tmp_path):
     pred = rundir.read_predictions(run)
     assert pred == {
         "label_names": ["a", "b"],
+        "split": "test",
+        "split_hash": None,
         "y_true": [0, 1],
         "y_pred": [0, 0],
         "confidence": [0.912346, 0.6],

@@ -65,7 +65,9 @@ def cmd_train(args) -> int:
     cfg = build_config({k: v for k, v in file_values.items() if k != "arm"}, cli_values)
     if not cfg.data:
         raise FtvsError("no --data given; prepare a dataset with `ftvs prepare` and pass its folder")
-    summary = train(cfg, resume=bool(args.resume))
+    summary = train(
+        cfg, resume=bool(args.resume), overwrite=args.overwrite_output_dir, data_given="data" in cli_values
+    )
     from accelerate import PartialState
 
     log = PartialState().print  # under `accelerate launch`, the main process alone prints
@@ -96,6 +98,12 @@ def _add_train(subparsers) -> None:
         sp.add_argument("--config", help="YAML file of flag values (flags given here override it)")
         sp.add_argument(
             "--resume", metavar="RUN_DIR", help="continue an interrupted run exactly where it stopped"
+        )
+        sp.add_argument(
+            "--overwrite_output_dir",
+            "--overwrite-output-dir",
+            action="store_true",
+            help="replace a finished run of this arm in --output_dir (nothing else is ever replaced)",
         )
         sp.add_argument(
             "--evaluate",

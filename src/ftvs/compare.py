@@ -10,6 +10,7 @@ import argparse
 
 from ftvs.comparison import compare, find_pair, markdown_table
 from ftvs.errors import FtvsError
+from ftvs.fileio import check_folder_path
 from ftvs.report import build_report, parse_formats
 
 # the rest of the comparison API lives in ftvs.comparison
@@ -49,6 +50,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 def cmd_compare(args) -> int:
     if args.bootstrap < 100:
         raise FtvsError("--bootstrap needs at least 100 resamples for a 95% interval")
+    check_folder_path(args.out, "--out")
     comparison = compare(args.runs, args.out, n_resamples=args.bootstrap, seed=args.seed)
     print(markdown_table(comparison["runs"]))
     if args.report:

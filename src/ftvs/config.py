@@ -7,6 +7,9 @@ change the result.
 """
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,7 +156,7 @@ class TrainConfig:
                     f"must be one of {', '.join(allowed)}",
                     f"use one of them{closest(str(value), allowed)}",
                 )
-        from ftvs.model import PRESETS
+        from ftvs.model import MAX_POSITIONS, PRESETS
 
         if self.arm == "scratch" and self.preset not in PRESETS:
             bad(
@@ -183,6 +186,12 @@ class TrainConfig:
         ):
             if getattr(self, key) < 0:
                 bad(key, "must be >= 0", "use 0 to disable")
+        if self.arm == "scratch" and self.max_seq_length > MAX_POSITIONS:
+            bad(
+                "max_seq_length",
+                f"more than the from-scratch model's {MAX_POSITIONS} positions",
+                f"use at most {MAX_POSITIONS}",
+            )
         if self.arm == "scratch" and self.n_embd and self.n_head and self.n_embd % self.n_head:
             bad("n_embd", f"must be divisible by n_head={self.n_head}", "pick a multiple of the head count")
         return self
@@ -192,6 +201,8 @@ class TrainConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+_FIELD_TYPES = typing.get_type_hints(TrainConfig)
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 # keys that only one arm reads (its `train` subcommand shows only its own flags)
 SCRATCH_ONLY = {
     "dropout",
@@ -250,12 +261,58 @@ def build_config(file_values: dict, cli_values: dict) -> TrainConfig:
                     f"unknown {source} key {key!r}{closest(key, FIELDS)}; see `ftvs train --help`"
                 )
             if value is not None:
-                merged[key] = value
+                merged[key] = check_type(key, value)
     try:
         cfg = TrainConfig(**merged)
     except TypeError as e:
         raise FtvsError(f"invalid configuration: {e}") from None
     return cfg.validate()
+
+
+_TYPE_WORDS = {int: ("an integer", "e.g. 8"), float: ("a number", "e.g. 0.1"), bool: ("true or false", "true"),
+               str: ("a text", "a quoted string"), dict: ("a mapping", "key: value pairs")}
+
+
+def check_type(key: str, value):
+    """`value` as the type of TrainConfig field `key` (YAML and `--set` give strings such as "1e-3" for
+    numbers, which are converted); a one-line FtvsError when it is not of that type."""
+    kind = _FIELD_TYPES[key]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next(t for t in typing.get_args(kind) if t is not type(None))
+    if typing.get_origin(kind) is list:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise FtvsError(f"invalid {key}={value!r}: must be a list of names; use e.g. [q_proj, v_proj]")
+    converted = _convert(value, kind)
+    if converted is None:
+        what, example = _TYPE_WORDS[kind]
+        default = _FIELD_DEFAULTS.get(key)
+        if isinstance(default, kind) and kind is not bool and default != "":
+            example = f"e.g. {default}"
+        raise FtvsError(f"invalid {key}={value!r}: must be {what}; use {example}")
+    return converted
+
+
+def _convert(value, kind):
+    """`value` as `kind`, or None when it is not one (bools are not numbers, 1.5 is not an integer)."""
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    if kind in (int, float) and not isinstance(value, bool):
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                return None
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            if kind is float:
+                return float(value)
+            return int(value) if float(value).is_integer() else None
+        return None
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # `data: 2024` names a folder "2024"
+    return value if isinstance(value, kind) else None
 
 
 def config_differences(saved: dict, current: dict, free_keys=RESUME_FREE_KEYS) -> list[str]:

@@ -14,7 +14,7 @@ from ftvs import rundir
 from ftvs.arms import load_arm
 from ftvs.baseline import BaselineModel
 from ftvs.calibration import calibrate_run, softmax
-from ftvs.data import load_metadata, load_split
+from ftvs.data import load_metadata, load_split, split_hash
 from ftvs.errors import FtvsError
 from ftvs.fileio import dir_size_bytes
 from ftvs.inference import make_eval_loader, predict_loader, timed_predict
@@ -107,13 +107,17 @@ def evaluate_run(
     calibrate: bool = False,
 ) -> dict:
     run_dir = Path(run_dir)
+    if batch_size < 1:
+        raise FtvsError(f"--batch-size {batch_size} must be at least 1; use e.g. 128")
     cfg = rundir.read_config(run_dir)
+    explicit = bool(data_dir)
     data_dir = data_dir or cfg.get("data")
     if not data_dir:
         raise FtvsError(f"{run_dir} does not name its data; pass --data DIR")
-    arm = load_arm(rundir.model_dir(run_dir))
     meta = load_metadata(data_dir)
+    arm = load_arm(rundir.model_dir(run_dir))
     check_labels(arm.label_names, meta["label_names"], data_dir)
+    rundir.check_same_data(run_dir, data_dir, meta.get("content_hash"), explicit=explicit, doing="evaluate")
     texts, labels = load_split(data_dir, split)
     out, state, device, precision, n_examples = _predict_split(
         arm, texts, labels, batch_size, mixed_precision
@@ -131,6 +135,7 @@ def evaluate_run(
         else f"scratch-{cfg.get('preset')}",
         "dataset": meta.get("source"),
         "data_dir": str(data_dir),
+        "data_content_hash": meta.get("content_hash"),
         "split": split,
         "seed": cfg.get("seed"),
         "test": scores,
@@ -162,10 +167,21 @@ def evaluate_run(
     if calibrate:  # temperature scaling is fitted on the validation split, never on the scored one
         val_texts, val_labels = load_split(data_dir, "val")
         val = (_predict_split(arm, val_texts, val_labels, batch_size, mixed_precision)[0]["logits"], val_labels)
-    calibrate_run(run_dir, metrics, out["logits"], labels, val)
-    rundir.write_results(run_dir, metrics, arm.label_names, labels, out["y_pred"], out["confidence"])
-    rundir.write_figures(run_dir, arm.label_names, scores["confusion_matrix"], run_name=run_dir.name)
-    write_model_card(run_dir)
+    if split == "test":  # the reliability diagram and the model card describe the test results
+        calibrate_run(run_dir, metrics, out["logits"], labels, val)
+    rundir.write_results(
+        run_dir,
+        metrics,
+        arm.label_names,
+        labels,
+        out["y_pred"],
+        out["confidence"],
+        split=split,
+        split_hash=split_hash(data_dir, split),
+    )
+    rundir.write_figures(run_dir, arm.label_names, scores["confusion_matrix"], run_name=run_dir.name, split=split)
+    if split == "test":
+        write_model_card(run_dir)
     return metrics
 
 
@@ -201,7 +217,7 @@ def cmd_evaluate(args) -> int:
     PartialState().print(
         f"{m['run_name']}: accuracy {t['accuracy']:.4f} | macro-F1 {t['macro_f1']:.4f} | weighted-F1 "
         f"{t['weighted_f1']:.4f} | {m['inference']['seconds_per_1000']:.2f} s per 1,000 examples | "
-        f"{m['params']['total']:,} params -> {Path(args.run_dir) / rundir.METRICS}"
+        f"{m['params']['total']:,} params -> {Path(args.run_dir) / rundir.result_names(args.split)[0]}"
     )
     return 0
 

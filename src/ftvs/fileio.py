@@ -140,6 +140,13 @@ def load_tensors(path, device="cpu") -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in tensors.items()}
 
 
+def check_folder_path(path, flag: str) -> None:
+    """A folder to write into must not be an existing file (`flag` names the option in the message)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FtvsError(f"{flag} {path} is a file; name a folder")
+
+
 def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     """Swap a fully written temp folder into place (old folder removed only after the new one is complete)."""
     final_dir = Path(final_dir)

@@ -22,6 +22,11 @@ PRESETS = {
 }
 
 
+# most positions a from-scratch model may have (its position table and attention grow with them; text
+# classification rarely needs more than a few hundred tokens)
+MAX_POSITIONS = 8192
+
+
 @dataclass
 class ScratchConfig:
     vocab_size: int

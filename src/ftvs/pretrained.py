@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -231,8 +232,11 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, fname = str(gguf.parent), gguf.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+    # a GGUF file holds tensors and metadata only (no pickle); use_safetensors would reject it
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname, **safe_pretrained_kwargs(folder))
+    loaded = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=fname, dtype=torch.float32, **safe_pretrained_kwargs(folder)
+    )
     # A GGUF-loaded model carries a gguf quantizer and refuses save_pretrained: rebuild a plain model.
     config = loaded.config
     if hasattr(config, "quantization_config"):
@@ -251,6 +255,56 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Safe loading: no code and no pickles from a model folder
+# --------------------------------------------------------------------------------------------------
+
+# files whose `auto_map` names Python modules of the folder that transformers would import
+_CODE_MAPS = ("config.json", "tokenizer_config.json", "processor_config.json", "adapter_config.json")
+_PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_custom_code(source) -> None:
+    """Refuse a local folder that asks for its own Python code (`auto_map`): importing it would run it."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return
+    for name in _CODE_MAPS:
+        path = folder / name
+        try:
+            data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except (OSError, ValueError):
+            continue  # a broken file is reported by the loader itself
+        if isinstance(data, dict) and data.get("auto_map"):
+            raise FtvsError(
+                f"{folder} needs custom code ({name} has auto_map); ftvs never runs code from a model "
+                "folder: use a model that the standard transformers classes load"
+            )
+
+
+def refuse_pickled_weights(source, safe_name: str = "model.safetensors") -> None:
+    """Refuse a local folder whose weights exist only as pickles (unpickling can run code)."""
+    folder = Path(source)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLED_WEIGHTS)
+    if pickles:
+        raise FtvsError(
+            f"{folder} holds only pickled weights ({', '.join(pickles[:3])}); ftvs loads safetensors only: "
+            f"save the model with save_pretrained(..., safe_serialization=True) to get {safe_name}"
+        )
+
+
+def safe_pretrained_kwargs(source, *, weights: bool = False) -> dict:
+    """The arguments every `from_pretrained` in ftvs passes (a test checks each call): no remote code and,
+    for `weights`, safetensors only. Checks a local `source` folder first, for a one-line refusal."""
+    refuse_custom_code(source)
+    if weights:
+        refuse_pickled_weights(source)
+        return {"trust_remote_code": False, "use_safetensors": True}
+    return {"trust_remote_code": False}
+
+
+# --------------------------------------------------------------------------------------------------
 # Tokenizer and architecture checks
 # --------------------------------------------------------------------------------------------------
 
@@ -260,9 +314,10 @@ def load_tokenizer(name_or_path, *, resolved=None):
     from transformers import AutoTokenizer
 
     source = resolved if resolved is not None else resolve_model(name_or_path)
+    kwargs = safe_pretrained_kwargs(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
-    except OSError as e:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
+    except (OSError, ValueError) as e:
         raise FtvsError(f"cannot load the tokenizer of {name_or_path!r}: {str(e).splitlines()[0]}") from None
     ensure_pad_token(tokenizer)
     tokenizer.padding_side = "right"
@@ -320,7 +375,8 @@ def load_config(name_or_path, *, resolved=None):
     from transformers import AutoConfig
 
     source = resolved if resolved is not None else resolve_model(name_or_path)
+    kwargs = safe_pretrained_kwargs(source)
     try:
-        return AutoConfig.from_pretrained(str(source))
+        return AutoConfig.from_pretrained(str(source), **kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise FtvsError(f"cannot load the config of {name_or_path!r}: {str(e).splitlines()[0]}") from None

@@ -47,17 +47,21 @@ from ftvs.launch import make_accelerator
 from ftvs.metrics import summary_metrics
 from ftvs.precision import resolve_precision, training_device_type
 from ftvs.progress import PROGRESS_FILE, ProgressFile
+from ftvs.rundir import check_output_dir, check_same_data, clear_run
 
 
 class NonFiniteLoss(FtvsError):
     pass
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train one run into `cfg.output_dir`; returns the training summary."""
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, data_given: bool = True) -> dict:
+    """Train one run into `cfg.output_dir`; returns the training summary. `overwrite` replaces a finished
+    (or unfinished) run of the same arm there; nothing else is ever replaced (`rundir.check_output_dir`).
+    A resumed run continues on other data than it started on only when the user named it (`data_given`)."""
     run_dir = Path(cfg.output_dir)
     if not cfg.output_dir:
         raise FtvsError("no --output_dir given; name a folder for the run")
+    check_output_dir(run_dir, cfg.arm, data_dir=cfg.data, resume=resume, overwrite=overwrite)
     accelerator = make_accelerator(cfg)
     if accelerator.distributed_type == "FSDP":  # checkpoints/export would hold one process's shard only
         raise FtvsError(
@@ -66,6 +70,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         )
     main = accelerator.is_main_process
     if main:
+        if overwrite and not resume:
+            clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     with RunLock(run_dir) if main else contextlib.nullcontext():
@@ -76,7 +82,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         resume = resume and ckpt.has_checkpoint(
             run_dir
         )  # --resume of a run that never checkpointed starts it
-        check_run_dir(run_dir, cfg, resume)
+        check_run_dir(run_dir, cfg, resume, data_given)
         setup = set_up(cfg, accelerator)
         state, running = start_or_resume(setup, run_dir, resume)
         return fit(setup, run_dir, state, running)
@@ -254,7 +260,8 @@ def set_up(cfg: TrainConfig, accelerator) -> Setup:
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
-    label_names = load_metadata(cfg.data)["label_names"]
+    meta = load_metadata(cfg.data)
+    label_names = meta["label_names"]
     train_texts, train_labels = load_split(cfg.data, "train")
     val_texts, val_labels = load_split(cfg.data, "val")
     arm = build_arm(cfg, train_texts, label_names)
@@ -270,6 +277,7 @@ def set_up(cfg: TrainConfig, accelerator) -> Setup:
     )
     description = arm.describe()
     resolved = {
+        "data_content_hash": meta.get("content_hash"),
         "world_size": accelerator.num_processes,
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
@@ -310,8 +318,11 @@ def set_up(cfg: TrainConfig, accelerator) -> Setup:
 # --------------------------------------------------------------------------------------------------
 
 
-def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool) -> None:
+def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, data_given: bool = True) -> None:
     started = (run_dir / "history.jsonl").exists() or ckpt.has_checkpoint(run_dir)
+    if resume:
+        data_hash = load_metadata(cfg.data).get("content_hash")
+        check_same_data(run_dir, cfg.data, data_hash, explicit=data_given, doing="resume")
     if started and not resume:
         raise FtvsError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --output_dir"

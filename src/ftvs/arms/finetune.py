@@ -52,6 +52,7 @@ from ftvs.pretrained import (
     load_config,
     load_tokenizer,
     resolve_model,
+    safe_pretrained_kwargs,
 )
 
 METHODS = ("lora", "full", "frozen", "unfreeze")
@@ -365,8 +366,8 @@ def _check_fits_model(cfg, hf_model) -> None:
     )
     if positions and cfg.max_seq_length > positions:
         raise FtvsError(
-            f"max_length={cfg.max_seq_length} exceeds the model's {positions} positions; "
-            "lower --max_seq_length"
+            f"invalid max_seq_length={cfg.max_seq_length}: more than the model's {positions} positions; "
+            f"use at most {positions}"
         )
 
 
@@ -410,6 +411,9 @@ def build_finetune_arm(cfg, train_texts, label_names) -> FinetuneArm:
     )
 
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
 def _read_marker(model_dir: Path) -> dict:
     info = read_json(model_dir / "ftvs.json", "model marker")
     if info.get("arm") != "finetune":
@@ -426,9 +430,10 @@ def _read_marker(model_dir: Path) -> dict:
 def _load_saved_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
+    kwargs = safe_pretrained_kwargs(model_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    except OSError as e:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), **kwargs)
+    except (OSError, ValueError) as e:
         raise FtvsError(f"cannot load the tokenizer saved in {model_dir}: {str(e).splitlines()[0]}") from None
     ensure_pad_token(tokenizer)
     tokenizer.padding_side = tokenizer.truncation_side = "right"
@@ -448,9 +453,15 @@ def _load_lora_net(model_dir: Path, info: dict, pad_id: int):
         source = Path(base_path)
     else:
         source = resolve_model(info["base_model"])
+    kwargs = safe_pretrained_kwargs(model_dir, weights=True)
+    if not (model_dir / ADAPTER_WEIGHTS).is_file():  # peft would fall back to unpickling adapter_model.bin
+        raise FtvsError(
+            f"{model_dir} lacks {ADAPTER_WEIGHTS}; ftvs loads safetensors only: retrain or restore the export"
+        )
     hf_model = load_classifier(source, info["label_names"], pad_id, info["base_model"])
     with quiet_peft():
-        return PeftModel.from_pretrained(hf_model, str(model_dir), is_trainable=False), source
+        net = PeftModel.from_pretrained(hf_model, str(model_dir), is_trainable=False, **kwargs)
+    return net, source
 
 
 def load_finetune_arm(model_dir) -> FinetuneArm:

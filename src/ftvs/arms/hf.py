@@ -14,7 +14,7 @@ import torch.nn as nn
 from ftvs.arms.base import embedding_param_ids
 from ftvs.batching import pad_token_batch
 from ftvs.errors import FtvsError
-from ftvs.pretrained import check_decoder_only, load_config
+from ftvs.pretrained import check_decoder_only, load_config, safe_pretrained_kwargs
 
 
 class SequenceClassifier(nn.Module):
@@ -197,12 +197,13 @@ def load_classifier(source, label_names, pad_id: int, name: str):
     config.pad_token_id = pad_id  # HF pools the last token != pad_token_id: a wrong id silently ruins it
     if hasattr(config, "get_text_config") and config.get_text_config() is not config:
         config.get_text_config().pad_token_id = pad_id
+    kwargs = safe_pretrained_kwargs(source, weights=True)
     try:
         with quiet_transformers():
             return AutoModelForSequenceClassification.from_pretrained(
-                str(source), config=config, dtype=torch.float32
+                str(source), config=config, dtype=torch.float32, **kwargs
             )
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise FtvsError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
 
 

@@ -13,7 +13,7 @@ from ftvs.arms.base import DEFAULT_LEARNING_RATES, Arm, base_ids
 from ftvs.errors import FtvsError
 from ftvs.fileio import load_tensors, read_json, save_tensors, write_json
 from ftvs.model import PRESETS, ScratchClassifier, ScratchConfig
-from ftvs.pretrained import load_tokenizer
+from ftvs.pretrained import load_tokenizer, safe_pretrained_kwargs
 
 PAD_ID, UNK_ID = 0, 1
 
@@ -71,7 +71,8 @@ class TrimmedTokenizer:
         from transformers import AutoTokenizer
 
         info = read_json(model_dir / "vocab_map.json", "vocabulary map")
-        base = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
+        folder = model_dir / "tokenizer"
+        base = AutoTokenizer.from_pretrained(folder, **safe_pretrained_kwargs(folder))
         return cls(base, info["kept_ids"], info["base_tokenizer"], info.get("lowercase", False))
 
     def describe(self) -> dict:

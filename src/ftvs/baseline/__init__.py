@@ -35,7 +35,7 @@ from ftvs.baseline.model import (
     mean_nll,
 )
 from ftvs.calibration import calibrate_run
-from ftvs.data import load_metadata, load_split
+from ftvs.data import load_metadata, load_split, split_hash
 from ftvs.errors import FtvsError
 from ftvs.fileio import RunLock, append_jsonl, atomic_write_bytes, dir_size_bytes, write_json
 from ftvs.metrics import classification_metrics, summary_metrics, train_val_gap
@@ -58,16 +58,12 @@ __all__ = [
 # ------------------------------------------------------------------------------------------- the run
 
 
-def _load_splits(data_dir: Path, out: Path) -> tuple[dict, list[str], dict]:
+def _load_splits(data_dir: Path) -> tuple[dict, list[str], dict]:
     """metadata, label names and the three (texts, labels) splits, with the input checks."""
     if not data_dir.is_dir():
         raise FtvsError(
             f"data folder {data_dir} not found; create it with `ftvs prepare ... --output_dir {data_dir}`"
         )
-    marker = rundir.read_marker(out)
-    if marker and marker.get("arm") != ARM:
-        arm = marker.get("arm")
-        raise FtvsError(f"{out} already holds a {arm!r} run; pick another --output_dir for the baseline")
     meta = load_metadata(data_dir)
     label_names = list(meta.get("label_names") or [])
     if not label_names:
@@ -94,6 +90,7 @@ def _run_config(
         "run_name": run_name,
         "data": str(data_dir),
         "data_dir": str(data_dir),
+        "data_content_hash": meta.get("content_hash"),
         "output_dir": str(out),
         "seed": settings.seed,
         "dataset": meta.get("source") or data_dir.name,
@@ -201,17 +198,25 @@ def _metrics_record(config: dict, model: BaselineModel, record: dict, scores: di
 
 
 def run_baseline(
-    data_dir, output_dir, settings: BaselineSettings | None = None, run_name: str | None = None, log=print
+    data_dir,
+    output_dir,
+    settings: BaselineSettings | None = None,
+    run_name: str | None = None,
+    log=print,
+    overwrite: bool = False,
 ) -> dict:
     """Fit, save, reload, evaluate; writes config.yaml, history.jsonl, train_summary.json, model/,
     metrics.json and predictions.json into `output_dir`. Returns the metrics dict."""
     settings = settings or BaselineSettings()
     data_dir, out = Path(data_dir), Path(output_dir)
-    meta, label_names, splits = _load_splits(data_dir, out)
+    rundir.check_output_dir(out, ARM, data_dir=data_dir, overwrite=overwrite)
+    meta, label_names, splits = _load_splits(data_dir)
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = splits["train"], splits["val"], splits["test"]
     run_name = run_name or out.name
 
     with RunLock(out):
+        if overwrite:
+            rundir.clear_run(out)
         rundir.clear_results(out)
         config = _run_config(settings, meta, data_dir, out, run_name, len(train_x))
         write_json(out / rundir.TRAIN_SUMMARY, {"status": "running", "arm": ARM, "run_name": run_name})
@@ -256,7 +261,9 @@ def run_baseline(
         }
         metrics = _metrics_record(config, model, record, scores, out)
         calibrate_run(out, metrics, np.log(np.clip(te_proba, 1e-30, None)), test_y)  # log p: logits up to a constant
-        rundir.write_results(out, metrics, label_names, test_y, y_pred, te_proba.max(1))
+        rundir.write_results(
+            out, metrics, label_names, test_y, y_pred, te_proba.max(1), split_hash=split_hash(data_dir, "test")
+        )
         rundir.write_figures(
             out,
             label_names,
@@ -309,6 +316,12 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="prepared data folder (from `ftvs prepare`)")
     p.add_argument("--output_dir", required=True, help="run directory to write")
     p.add_argument(
+        "--overwrite_output_dir",
+        "--overwrite-output-dir",
+        action="store_true",
+        help="replace a finished baseline run in --output_dir (nothing else is ever replaced)",
+    )
+    p.add_argument(
         "--C", type=float, default=None, help="fixed inverse regularisation strength (skips the grid)"
     )
     p.add_argument(
@@ -344,5 +357,5 @@ def cmd_baseline(args) -> int:
         max_iter=args.max_iter,
         seed=args.seed,
     )
-    run_baseline(args.data, args.output_dir, settings, run_name=args.run_name)
+    run_baseline(args.data, args.output_dir, settings, run_name=args.run_name, overwrite=args.overwrite_output_dir)
     return 0

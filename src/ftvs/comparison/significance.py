@@ -13,7 +13,8 @@ from ftvs.stats import ALPHA, bootstrap_interval, fast_macro_f1, holm, mcnemar_e
 
 
 def check_same_test_set(runs: list[Run]) -> dict:
-    """All runs must share one test set (same labels in the same order); FtvsError naming the odd one."""
+    """All runs must share one test set (same labels in the same order and, where recorded, the same test
+    file content); FtvsError naming the odd one."""
     ref = runs[0]
     ref_y = ref.predictions.get("y_true") or []
     ref_names = ref.predictions.get("label_names")
@@ -27,6 +28,10 @@ def check_same_test_set(runs: list[Run]) -> dict:
         elif y != ref_y:
             n_diff = sum(a != b for a, b in zip(y, ref_y))
             problem = f"labels differ at {n_diff} of {len(y)} positions"
+        elif None not in (r.predictions.get("split_hash"), ref.predictions.get("split_hash")) and (
+            r.predictions["split_hash"] != ref.predictions["split_hash"]
+        ):
+            problem = "same labels but different test texts"
         if problem:
             raise FtvsError(
                 f"runs {ref.name!r} (data {ref.data_dir}) and {r.name!r} (data {r.data_dir}) were not "

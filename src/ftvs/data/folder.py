@@ -86,8 +86,13 @@ def content_hash(data_dir) -> str:
     return h.hexdigest()
 
 
+def split_hash(data_dir, split: str) -> str:
+    """sha256 of one split's file: the identity of the texts and labels a run was scored on."""
+    return hashlib.sha256((Path(data_dir) / f"{split}.jsonl").read_bytes()).hexdigest()
+
+
 def check_output_dir(out: Path, protect: list[Path] = ()) -> None:
-    """Refuse to replace a folder that is not a prepared data folder (it would be deleted)."""
+    """Refuse to replace a folder that holds anything but prepared data (it would be deleted)."""
     for p in protect:
         if out.resolve() == Path(p).resolve():
             raise FtvsError(f"output folder {out} is the input folder; choose another --output_dir")
@@ -98,6 +103,17 @@ def check_output_dir(out: Path, protect: list[Path] = ()) -> None:
             raise FtvsError(
                 f"output folder {out} exists, is not empty and is not a prepared data folder; "
                 "choose a new or empty --output_dir"
+            )
+        ours = {f"{split}.jsonl" for split in SPLITS} | {"metadata.json"}
+        other = sorted(
+            p.name + ("/" if p.is_dir() else "")
+            for p in out.iterdir()
+            if p.name not in ours and not p.name.startswith(".")
+        )
+        if other:
+            raise FtvsError(
+                f"output folder {out} holds more than prepared data ({', '.join(other[:5])}), which "
+                "re-preparing would delete; move those out or choose another --output_dir"
             )
 
 

@@ -57,8 +57,12 @@ def prepare(
     tokenizer=DEFAULT_TOKENIZER,
     remove_headers: bool = True,
     max_chars: int = MAX_CHARS,
+    encoding: str | None = None,
 ) -> dict:
     """Prepare `source` into `output_dir` (train/val/test.jsonl + metadata.json) and return the metadata.
+
+    `encoding` is the fallback for local text files without a byte-order mark that are not UTF-8
+    (default latin-1); the encoding used is recorded as metadata's `encoding`.
 
     `tokenizer` names the tokenizer for token-length statistics (`"none"` skips them). The val split is
     a stratified `validation_split` of train unless the source has one; the test split is the source's
@@ -69,7 +73,7 @@ def prepare(
     out = Path(output_dir)
     check_output_dir(out)
 
-    src = load_source(str(source), remove_headers)
+    src = load_source(str(source), remove_headers, encoding)
     text_col, label_col = _pick_columns(src, text_column, label_column)
     class_names = src.tables["train"].class_names.get(label_col)
     counts: Counter = Counter()
@@ -335,6 +339,11 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         "--max-chars", "--max_chars", dest="max_chars", type=_positive_int, default=MAX_CHARS,
         help=f"truncate texts longer than this many characters (default {MAX_CHARS})",
     )  # fmt: skip
+    p.add_argument(
+        "--encoding", default=None,
+        help="encoding of text files that have no byte-order mark and are not UTF-8 (default latin-1; "
+        "the one used is printed and recorded in metadata.json)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_prepare)
     return p
 
@@ -352,6 +361,7 @@ def cmd_prepare(args) -> int:
         tokenizer=args.tokenizer,
         remove_headers=args.remove_headers,
         max_chars=args.max_chars,
+        encoding=args.encoding,
     )
     print_summary(meta, args.output_dir)
     return 0

@@ -6,6 +6,7 @@ cleaning step reads column by column.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import importlib.metadata
@@ -15,6 +16,7 @@ import json
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,7 @@ class Table:
     columns: list[str]
     fetch: Callable[[str], list]
     class_names: dict[str, list[str]] = field(default_factory=dict)  # ClassLabel names per column
+    encoding: str | None = None  # how a text file was decoded (recorded in metadata.json)
 
 
 @dataclass
@@ -79,6 +82,70 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="surrogateescape")
 
 
+DEFAULT_FALLBACK_ENCODING = "latin-1"
+# longest first: the UTF-32-LE mark starts with the UTF-16-LE one
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def check_encoding(name: str | None) -> str:
+    """A codec name the user gave with --encoding, checked (one-line error naming the fix)."""
+    name = name or DEFAULT_FALLBACK_ENCODING
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        raise FtvsError(f"unknown --encoding {name!r}; use a Python codec name such as cp1252 or latin-1") from None
+
+
+def decode_file(path: Path, data: bytes, fallback: str | None = None) -> tuple[str, str]:
+    """(text, encoding used): a byte-order mark decides (UTF-8/16/32), else strict UTF-8, else `fallback`
+    (--encoding, default latin-1), announced in one line. UTF-8 as the fallback keeps the old repair:
+    invalid bytes become U+FFFD and are counted (see `_decode`)."""
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(name), name
+            except UnicodeDecodeError as e:
+                raise FtvsError(
+                    f"{path} starts with a {name.upper()} byte-order mark but is not valid {name.upper()} "
+                    f"(byte {e.start}); re-save it as UTF-8"
+                ) from None
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    name = check_encoding(fallback)
+    if name == "utf-8":
+        text = _decode(data)
+    else:
+        try:
+            text = data.decode(name)
+        except UnicodeDecodeError as e:
+            raise FtvsError(
+                f"{path} is neither UTF-8 nor {name} (byte {e.start}); pass the file's --encoding"
+            ) from None
+    print(f"ftvs: note: {path} is not UTF-8; read it as {name} (--encoding chooses another)", file=sys.stderr)
+    return text, name
+
+
+def check_unique_columns(origin: str, names) -> None:
+    seen, dupes = set(), []
+    for name in names:
+        if name in seen and name not in dupes:
+            dupes.append(name)
+        seen.add(name)
+    if dupes:
+        raise FtvsError(
+            f"{origin} has duplicate column names ({', '.join(map(repr, dupes))}); rename them so each "
+            "column is named once"
+        )
+
+
 def repair_text(text: str) -> tuple[str, bool]:
     """Replace runs of escaped invalid bytes by U+FFFD; report whether anything was replaced."""
     if not _SURROGATE_RUN.search(text):
@@ -104,28 +171,37 @@ def _large_csv_fields():
         csv.field_size_limit(old)
 
 
-def _read_delimited(path: Path, delimiter: str) -> Table:
-    text = _decode(_read_bytes(path))
+def _read_delimited(path: Path, delimiter: str, encoding: str | None = None) -> Table:
+    text, used = decode_file(path, _read_bytes(path), encoding)
     with _large_csv_fields():
         rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if r]
     header = [repair_text(h)[0].strip() for h in rows[0]]
+    check_unique_columns(str(path), header)
     body = rows[1:]
     if not body:
         raise FtvsError(f"data file {path} has a header row but no examples; add rows or use another file")
     columns = {}
     for j, name in enumerate(header):
         columns[name] = [r[j] if j < len(r) else None for r in body]
-    return _dict_table(str(path), columns)
+    return Table(str(path), list(columns), columns.__getitem__, encoding=used)
 
 
-def _read_jsonl_file(path: Path) -> Table:
-    text = _decode(_read_bytes(path))
+def _unique_keys(path: Path, n: int):
+    def hook(pairs):
+        check_unique_columns(f"{path}:{n}", [k for k, _ in pairs])
+        return dict(pairs)
+
+    return hook
+
+
+def _read_jsonl_file(path: Path, encoding: str | None = None) -> Table:
+    text, used = decode_file(path, _read_bytes(path), encoding)
     records = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_unique_keys(path, n))
         except json.JSONDecodeError:
             raise FtvsError(f"{path}:{n} is not valid JSON; fix or delete that line") from None
         if not isinstance(obj, dict):
@@ -137,10 +213,10 @@ def _read_jsonl_file(path: Path) -> Table:
     for r in records:
         names.update(dict.fromkeys(r))
     columns = {name: [r.get(name) for r in records] for name in names}
-    return _dict_table(str(path), columns)
+    return Table(str(path), list(columns), columns.__getitem__, encoding=used)
 
 
-def _read_parquet(path: Path) -> Table:
+def _read_parquet(path: Path, encoding: str | None = None) -> Table:
     import pyarrow.parquet as pq
 
     _read_bytes(path)  # empty-file check
@@ -150,6 +226,7 @@ def _read_parquet(path: Path) -> Table:
         raise FtvsError(f"could not read parquet file {path} ({e}); re-export it or use CSV/JSONL") from None
     if table.num_rows == 0:
         raise FtvsError(f"data file {path} has no rows; point to a file with examples")
+    check_unique_columns(str(path), table.column_names)
     # Parquet written by `datasets` keeps the features (ClassLabel names) in the schema metadata.
     class_names = {}
     meta = table.schema.metadata or {}
@@ -167,26 +244,32 @@ def _read_parquet(path: Path) -> Table:
 
 
 _READERS = {
-    ".csv": lambda p: _read_delimited(p, ","),
-    ".tsv": lambda p: _read_delimited(p, "\t"),
+    ".csv": lambda p, enc: _read_delimited(p, ",", enc),
+    ".tsv": lambda p, enc: _read_delimited(p, "\t", enc),
     ".jsonl": _read_jsonl_file,
     ".parquet": _read_parquet,
 }
 
 
-def _read_file(path: Path) -> Table:
+def _read_file(path: Path, encoding: str | None = None) -> Table:
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         raise FtvsError(
             f"unsupported data file {path} (suffix {path.suffix!r}); use one of {', '.join(FILE_EXTENSIONS)}"
         )
-    return reader(path)
+    return reader(path, encoding)
 
 
-def _load_local(path: Path) -> Source:
+def _with_encodings(description: str, tables: dict[str, Table]) -> Source:
+    """A local source, with the encoding(s) its text files were read in (for metadata.json)."""
+    used = sorted({t.encoding for t in tables.values() if t.encoding})
+    return Source(description, tables, {"encoding": ", ".join(used)} if used else {})
+
+
+def _load_local(path: Path, encoding: str | None = None) -> Source:
     """A single file (becomes train; val/test are carved from it) or a folder with train/val/test files."""
     if path.is_file():
-        return Source(str(path), {"train": _read_file(path)})
+        return _with_encodings(str(path), {"train": _read_file(path, encoding)})
     if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
         import datasets
 
@@ -204,7 +287,7 @@ def _load_local(path: Path) -> Source:
             f"folder {path} has no train data (expected train.csv, .tsv, .jsonl or .parquet; found: {files}); "
             "add a train file or pass the file itself"
         )
-    return Source(str(path), {split: _read_file(f) for split, f in found.items()})
+    return _with_encodings(str(path), {split: _read_file(f, encoding) for split, f in found.items()})
 
 
 # ------------------------------- Hugging Face -------------------------------------------------------
@@ -389,7 +472,9 @@ def _looks_like_path(source: str) -> bool:
     )
 
 
-def load_source(source: str, remove_headers: bool) -> Source:
+def load_source(source: str, remove_headers: bool, encoding: str | None = None) -> Source:
+    """The source's tables; `encoding` is the fallback for local text files that are not UTF-8."""
+    check_encoding(encoding)
     if source.startswith("hf:"):
         return _load_hf(source)
     if source == "20newsgroups":
@@ -398,7 +483,7 @@ def load_source(source: str, remove_headers: bool) -> Source:
         return _load_sms_spam()
     path = Path(source).expanduser()
     if path.exists():
-        return _load_local(path)
+        return _load_local(path, encoding)
     if _looks_like_path(source):
         raise FtvsError(
             f"data path not found: {path}; check the path (relative paths start at the current folder)"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ftvs.comparison import COMPARISON_JSON, compare
 from ftvs.errors import FtvsError, closest
-from ftvs.fileio import atomic_write_bytes, read_json, write_json
+from ftvs.fileio import atomic_write_bytes, check_folder_path, read_json, write_json
 from ftvs.report.builder import build_blocks, report_title
 from ftvs.report.render import to_html, to_markdown, write_pdf
 
@@ -95,6 +95,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 def cmd_report(args) -> int:
     formats = parse_formats(args.formats)
     out = Path(args.out)
+    check_folder_path(out, "--out")
     if args.runs:
         if args.comparison:
             raise FtvsError("give either RUN_DIRs or --comparison, not both")
