@@ -26,7 +26,8 @@ from ftvs.study.registry import now
 
 def _die_with_parent_fn():
     """preexec_fn: on Linux the child gets SIGTERM when its parent dies (even by SIGKILL), so a killed
-    study (or Ray worker) never leaves an orphaned training that holds its run lock."""
+    study (or Ray worker) never leaves an orphaned training that holds its run lock. The "parent" is
+    the thread that started the child: that thread must wait for it (the supervisor's run threads do)."""
     parent = os.getpid()
 
     def setup():
