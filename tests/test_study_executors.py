@@ -24,7 +24,12 @@ from ftvs.study.executors import Job
 from ftvs.study.executors.local import LocalExecutor
 
 RUNS = ("tfidf-f1-s0", "tfidf-f1-s1", "scratch-f1-s0", "scratch-f1-s1")
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # one thread a run: the executors' share
+
+
+def env() -> dict:
+    """The children's environment, read when they start: after `ray.init`, it carries the test cluster's
+    authentication mode (the token itself is in ~/.ray)."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # one thread a run: as executors give
 
 
 def study_cmd(cfg: Path, out: Path, *extra) -> list[str]:
@@ -33,7 +38,7 @@ def study_cmd(cfg: Path, out: Path, *extra) -> list[str]:
 
 
 def run_study(cfg: Path, out: Path, *extra) -> dict:
-    res = subprocess.run(study_cmd(cfg, out, *extra), capture_output=True, text=True, env=ENV, timeout=900)
+    res = subprocess.run(study_cmd(cfg, out, *extra), capture_output=True, text=True, env=env(), timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return json.loads((out / "study.json").read_text())
 
@@ -135,7 +140,7 @@ def test_parallel_on_cpu_shares_the_cores(tmp_path, monkeypatch):
 
 def test_ray_is_imported_only_for_the_ray_executor(tiny, tmp_path, capsys):
     code = "import sys, ftvs.cli, ftvs.study; print('ray' in sys.modules)"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=120)
     assert res.stdout.strip() == "False", res.stderr
     cfg = tiny
     assert_one_line_error(capsys, ["study", str(cfg), "--ray_address", "auto"], "add --executor ray")
@@ -173,7 +178,7 @@ def test_ray_retries_a_killed_training_from_its_checkpoint(ray_address, tmp_path
     run_dir = out / "runs" / "scratch-f1-s0"
     cmd = study_cmd(cfg, out, "--executor", "ray", "--ray_address", ray_address, "--only", "scratch-f1-s0")
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=ENV)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env())
     try:
         wait_for("a checkpoint", lambda: (run_dir / "checkpoint" / "state.json").is_file()
                  and 1 <= history_rows(run_dir) < epochs - 5, proc, log)
@@ -207,7 +212,7 @@ def test_ray_study_resumes_after_its_driver_is_killed(ray_address, tmp_path):
             (out / r["run_dir"] / "checkpoint" / "state.json").is_file() and r["state"] == "running" for r in runs)
 
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=ENV)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env())
     try:
         wait_for("a finished run and one in training", one_done_one_training, proc, log)
         os.kill(proc.pid, signal.SIGKILL)
@@ -221,7 +226,7 @@ def test_ray_study_resumes_after_its_driver_is_killed(ray_address, tmp_path):
     killed = [rid for rid, e in before.items() if e["state"] == "running"]
     assert done and killed
 
-    res = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=900)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     after = registry(out)["runs"]
     assert all(e["state"] == "completed" for e in after.values())

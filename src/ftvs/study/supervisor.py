@@ -269,9 +269,9 @@ class Study:
                     for f in futures:
                         f.cancel()
                     self._stopping.set()  # a run that failed the study stops the others too
-            for f in futures:
-                if not f.cancelled() and f.exception():
-                    raise f.exception()
+            errors = [f.exception() for f in futures if not f.cancelled() and f.exception()]
+            if errors:  # the cause, rather than the runs it stopped
+                raise next((x for x in errors if not isinstance(x, StudyInterrupted)), errors[0])
 
     def _run_in_thread(self, rid: str, index: int, total: int) -> None:
         with self._lock:
@@ -297,7 +297,8 @@ class Study:
             return
         log.parent.mkdir(parents=True, exist_ok=True)
         self._ran_any = True
-        self._wait_for_lock(run_dir)
+        with self._released():
+            self._wait_for_lock(run_dir)
         e["state"] = "running"
         e["error"] = None
         e["started_at"] = e.get("started_at") or now()
