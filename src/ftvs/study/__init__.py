@@ -8,6 +8,7 @@ The YAML format, the study folder and study.json are described in docs/study.md.
     plan        the runs to make, in execution order
     registry    study.json: a `RunEntry` per run, load/save, reconciling it with the plan
     supervisor  the study process: data, child processes, resume/retry, compare
+    executors   where the child processes run: here, one or `--parallel N` at a time, or on a Ray cluster
     progress    the status line and ETAs, from each run's progress.json and history.jsonl
     summary     per-arm summaries, sweeps, crossover, the terminal summary
 """
@@ -19,6 +20,7 @@ import copy
 import sys
 from pathlib import Path
 
+from ftvs.errors import FtvsError
 from ftvs.study.config import (
     FREE_KEYS,
     apply_override,
@@ -29,6 +31,7 @@ from ftvs.study.config import (
     preset_names,
     preset_text,
 )
+from ftvs.study.executors import make_executor
 from ftvs.study.plan import PlannedRun, frac, plan_runs
 from ftvs.study.progress import Progress
 from ftvs.study.registry import RunEntry
@@ -77,18 +80,23 @@ def cmd_study(args) -> int:
     study = Study(cfg, out, preset=preset, force=args.force, only=args.only or (), retry_failed=args.retry_failed,
                   progress=Progress(quiet=args.quiet), poll_seconds=args.poll_seconds,
                   config_source=str(args.config) if args.config else f"preset:{preset}")
+    if args.ray_address and args.executor != "ray":
+        raise FtvsError("--ray_address is for --executor ray; add --executor ray")
     if args.dry_run:
         print(f"study {cfg['name']} -> {out}: {len(study.plan)} runs ({study.plan_text()})")
         for r in study.plan:
             mark = "" if study.selected(r.id) else "  (not selected)"
             print(f"  {r.id:<40} {r.kind:<9} sweep={r.sweep:<10} seed={r.seed} fraction={frac(r.train_fraction)}{mark}")
         return 0
+    study.executor = make_executor(args.executor, args.parallel, args.ray_address, out, args.ray_retries)
     try:
         reg = study.run()
     except (KeyboardInterrupt, StudyInterrupted):
         print(f"\nftvs: study interrupted; run the same command again to resume (registry: {study.path})",
               file=sys.stderr)
         return 130
+    finally:
+        study.executor.close()
     print()
     print(format_summary(reg))
     print(f"registry: {study.path}")
@@ -128,6 +136,16 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                    default=True, help="retry runs that failed in an earlier invocation (default on)")
     p.add_argument("--no-compare", "--no_compare", dest="no_compare", action="store_true", help="skip `ftvs compare`")
     p.add_argument("--no-report", "--no_report", dest="no_report", action="store_true", help="skip `ftvs report`")
+    p.add_argument("--parallel", type=int, metavar="N",
+                   help="run up to N runs at once, each on its own GPU, or on CPU on cores/N threads; with "
+                        "--executor ray, at most N runs submitted at once (default: what the cluster holds)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where the runs execute: this machine (default) or a Ray cluster (docs/cluster.md)")
+    p.add_argument("--ray_address", "--ray-address", dest="ray_address", metavar="ADDRESS",
+                   help="the Ray cluster: auto (the one this node belongs to) or ray://HOST:PORT; default: "
+                        "$RAY_ADDRESS, else a Ray instance started on this machine")
+    p.add_argument("--ray_retries", "--ray-retries", dest="ray_retries", type=int, default=3,
+                   help="times Ray retries a run whose worker or process died (it resumes from its checkpoint)")
     p.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true", help="print the runs and exit")
     p.add_argument("--quiet", action="store_true", help="no progress view, only the final summary")
     p.add_argument("--poll_seconds", "--poll-seconds", dest="poll_seconds", type=float, default=1.0,

@@ -150,9 +150,11 @@ def training_status(info: dict, num_epochs: int) -> list[str]:
     return parts
 
 
-def study_eta(reg: dict, selected, exclude: str | None = None) -> float | None:
-    """Rough time for the runs still pending: per arm, wall seconds per (train example x epoch) of its
-    finished runs, times each pending run's examples x epochs (early stopping makes it an upper bound)."""
+def study_eta(reg: dict, selected, exclude=None) -> float | None:
+    """Rough time for the runs still pending (not those of `exclude`, an id or several): per arm, wall
+    seconds per (train example x epoch) of its finished runs, times each pending run's examples x epochs
+    (early stopping makes it an upper bound)."""
+    exclude = {exclude} if isinstance(exclude, str) else set(exclude or ())
     rate: dict[str, list[float]] = defaultdict(list)
     for rid in reg["order"]:
         r = reg["runs"][rid]
@@ -162,7 +164,7 @@ def study_eta(reg: dict, selected, exclude: str | None = None) -> float | None:
     total, known = 0.0, False
     for rid in reg["order"]:
         r = reg["runs"][rid]
-        if rid == exclude or r["state"] == "completed" or not selected(rid):
+        if rid in exclude or r["state"] == "completed" or not selected(rid):
             continue
         n = num_train_examples(reg, r)
         if rate.get(r["arm_name"]) and n:

@@ -4,21 +4,27 @@ Every training run is a subprocess (`python -m ftvs train ...`, or `launch.launc
 launcher is set), so a crash in one run never kills the study, and a killed study leaves resumable
 runs: rerunning the same command skips finished runs, resumes interrupted ones from their last
 checkpoint (`ftvs train ... --resume RUN_DIR`), retries failed ones and carries on. `--force` reruns.
+
+Where the child processes run is the executor's business (study/executors: here one at a time or
+`--parallel N`, or on a Ray cluster); the supervisor owns study.json. With several runs in flight each
+has a thread, and the threads take turns on `self._lock`: they hold it while they read or change the
+registry and let go only while they wait for their child, so the registry code stays single-threaded.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fnmatch
 import os
 import re
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from pathlib import Path
 
 import yaml
@@ -26,6 +32,8 @@ import yaml
 from ftvs.data import SPLITS, cap_eval_splits, prepare, subsample_train
 from ftvs.fileio import RunLock, atomic_write_bytes, read_json, read_jsonl
 from ftvs.launch import launch_command
+from ftvs.study.executors import Executor, Job
+from ftvs.study.executors.local import LocalExecutor, child_process
 from ftvs.study.plan import PlannedRun, frac, plan_runs
 from ftvs.study.plan import plan_text as format_plan
 from ftvs.study.progress import Progress, fmt_seconds, run_progress, study_eta, training_status
@@ -50,21 +58,6 @@ class StudyInterrupted(Exception):
 # --------------------------------------------------------------------------------------------------
 # Child processes
 # --------------------------------------------------------------------------------------------------
-
-
-def _die_with_parent_fn():
-    """preexec_fn: on Linux the child gets SIGTERM when the study process dies (even by SIGKILL), so a
-    killed study never leaves an orphaned training that holds its run lock."""
-    parent = os.getpid()
-
-    def setup():
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-            if os.getppid() != parent:  # the study died before prctl took effect
-                os._exit(143)
-
-    return setup if sys.platform.startswith("linux") else None
 
 
 def ftvs_cmd(args: list[str], launcher: dict) -> list[str]:
@@ -96,33 +89,6 @@ def last_error(log_path: Path) -> str:
     return lines[-1] if lines else "no output"
 
 
-@contextlib.contextmanager
-def child_process(cmd: list[str], log: Path, label: str):
-    """A child process writing into `log` (appended, after a header line); stopped if we are interrupted."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    with open(log, "ab") as logf:
-        logf.write(f"\n=== {now()} {label}{shlex.join(cmd)}\n".encode())
-        logf.flush()
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                preexec_fn=_die_with_parent_fn())
-        try:
-            yield proc
-        except BaseException:
-            stop_child(proc)
-            raise
-
-
-def stop_child(proc: subprocess.Popen) -> None:
-    """Interrupt a child like Ctrl-C would (it checkpointed at its last epoch), then insist."""
-    for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        if proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=wait)
-
-
 def _read_summary(path: Path) -> dict:
     with contextlib.suppress(Exception):
         return read_json(path) if path.is_file() else {}
@@ -137,7 +103,7 @@ def _read_summary(path: Path) -> dict:
 class Study:
     def __init__(self, cfg: dict, out_dir, preset: str | None = None, force: bool = False, only=(),
                  retry_failed: bool = True, progress: Progress | None = None, poll_seconds: float = 1.0,
-                 config_source: str | None = None):
+                 config_source: str | None = None, executor: Executor | None = None):
         self.cfg = cfg
         self.dir = Path(out_dir)
         self.preset = preset
@@ -153,6 +119,10 @@ class Study:
         self.reg: dict = {}
         self._started = time.monotonic()
         self._ran_any = False  # did this invocation (re)run anything? (else compare is up to date)
+        self.executor = executor or LocalExecutor()
+        self._lock = threading.Lock()  # held by the run threads except while they wait (module docstring)
+        self._stopping = threading.Event()  # the study was interrupted: every run thread stops its child
+        self._active: dict[str, tuple] = {}  # run id -> (entry, head, phase, progress info) of runs in flight
 
     def save(self) -> None:
         save_registry(self.path, self.reg)
@@ -204,8 +174,7 @@ class Study:
         self.progress.say(f"study {self.cfg['name']}: {len(self.plan)} runs ({self.plan_text()}) -> {self.dir}")
         self.prepare_data()
         todo = [rid for rid in self.reg["order"] if self.selected(rid)]
-        for i, rid in enumerate(todo, 1):
-            self.run_one(rid, i, len(todo))
+        self.run_runs(todo)
         collect(self.reg, self.cfg)
         self.save()
         st = self.reg["stages"].get("compare") or {}
@@ -278,6 +247,46 @@ class Study:
     def num_train_examples(self, entry: dict) -> int | None:
         return num_train_examples(self.reg, entry)
 
+    # --- the runs ------------------------------------------------------------------------------------
+    def run_runs(self, todo: list[str]) -> None:
+        """Every run of `todo`: one after another, or as many at once as the executor has slots."""
+        with self._lock:
+            if self.executor.slots <= 1 or len(todo) <= 1:
+                for i, rid in enumerate(todo, 1):
+                    self.run_one(rid, i, len(todo))
+                return
+            with self._released(), ThreadPoolExecutor(self.executor.slots, thread_name_prefix="run") as pool:
+                futures = [pool.submit(self._run_in_thread, rid, i, len(todo)) for i, rid in enumerate(todo, 1)]
+                try:
+                    while True:  # short waits: the main thread must stay free for Ctrl-C and SIGTERM
+                        done, pending = wait_futures(futures, timeout=0.5, return_when=FIRST_EXCEPTION)
+                        if not pending or any(f.exception() for f in done):
+                            break
+                except BaseException:
+                    self._stopping.set()
+                    raise
+                finally:
+                    for f in futures:
+                        f.cancel()
+                    self._stopping.set()  # a run that failed the study stops the others too
+            errors = [f.exception() for f in futures if not f.cancelled() and f.exception()]
+            if errors:  # the cause, rather than the runs it stopped
+                raise next((x for x in errors if not isinstance(x, StudyInterrupted)), errors[0])
+
+    def _run_in_thread(self, rid: str, index: int, total: int) -> None:
+        with self._lock:
+            if not self._stopping.is_set():
+                self.run_one(rid, index, total)
+
+    @contextlib.contextmanager
+    def _released(self):
+        """Let the other run threads at the registry while this one waits."""
+        self._lock.release()
+        try:
+            yield
+        finally:
+            self._lock.acquire()
+
     # --- one run -------------------------------------------------------------------------------------
     def run_one(self, rid: str, index: int, total: int) -> None:
         e = self.reg["runs"][rid]
@@ -288,7 +297,8 @@ class Study:
             return
         log.parent.mkdir(parents=True, exist_ok=True)
         self._ran_any = True
-        self._wait_for_lock(run_dir)
+        with self._released():
+            self._wait_for_lock(run_dir)
         e["state"] = "running"
         e["error"] = None
         e["started_at"] = e.get("started_at") or now()
@@ -354,8 +364,7 @@ class Study:
         with contextlib.suppress(Exception):
             e["epochs_done"] = len(read_jsonl(hist)) if hist.is_file() else 0
 
-    def _attempt(self, e: dict, mode: str, cmd: list[str], run_dir: Path, log: Path, head: str,
-                 phase: str) -> int:
+    def _attempt(self, e: dict, mode: str, job: Job, head: str, phase: str) -> int:
         att = {"mode": mode, "started_at": now(), "ended_at": None, "outcome": "running", "exit_code": None,
                "seconds": None}
         e["attempts"].append(att)
@@ -363,7 +372,7 @@ class Study:
         t0 = time.monotonic()
         rc = None
         try:
-            rc = self._spawn(e, cmd, run_dir, log, head, phase)
+            rc = self._spawn(e, job, head, phase)
         finally:
             att["seconds"] = time.monotonic() - t0
             e["seconds_wall"] = e.get("seconds_wall", 0.0) + att["seconds"]
@@ -374,23 +383,50 @@ class Study:
             self.save()
         return rc
 
-    def _spawn(self, e: dict, cmd: list[str], run_dir: Path, log: Path, head: str, phase: str) -> int:
+    def _spawn(self, e: dict, job: Job, head: str, phase: str) -> int:
+        """The job through the executor, its progress on the status line until it ends."""
         self.progress.reset()
         since = time.time()  # a progress.json older than this is an earlier attempt's
-        with child_process(cmd, log, f"{phase}: ") as proc:
+        with self._released():
+            handle = self.executor.start(job)
+        try:
             last_epochs = e.get("epochs_done", 0)
             while True:
-                try:
-                    rc = proc.wait(timeout=self.poll)
-                except subprocess.TimeoutExpired:
-                    rc = None
-                info = run_progress(run_dir, e.get("num_train_epochs"), since) if phase == "train" else None
+                if self._stopping.is_set():
+                    raise StudyInterrupted("stopped with the study")
+                with self._released():
+                    rc = handle.wait(self.poll)
+                info = run_progress(job.run_dir, e.get("num_train_epochs"), since) if phase == "train" else None
                 if info and info["epochs_done"] != last_epochs:
                     last_epochs = e["epochs_done"] = info["epochs_done"]
                     self.save()
                 if rc is not None:
                     return rc
-                self.progress.status(self._status_text(e, head, phase, info), info["epochs_done"] if info else 0)
+                self._active[e["id"]] = (e, head, phase, info)
+                self._show_status()
+        except BaseException:
+            with self._released():
+                handle.stop()
+            raise
+        finally:
+            self._active.pop(e["id"], None)
+
+    def _show_status(self) -> None:
+        """One run in flight: its full status line; several: a compact part each, on one line."""
+        if len(self._active) == 1:
+            e, head, phase, info = next(iter(self._active.values()))
+            self.progress.status(self._status_text(e, head, phase, info), info["epochs_done"] if info else 0)
+            return
+        parts, epochs = [], 0
+        for e, head, phase, info in self._active.values():
+            what = training_status(info, e.get("num_train_epochs") or 0)[0] if phase == "train" and info else phase
+            parts.append(f"{head} {what}")
+            epochs += info["epochs_done"] if info else 0
+        text = " · ".join(parts)
+        eta = study_eta(self.reg, self.selected, exclude=self._active)
+        if eta:
+            text += f" | then ~{fmt_seconds(eta / self.executor.slots)} more"
+        self.progress.status(f"{text} | elapsed {fmt_seconds(time.monotonic() - self._started)}", epochs)
 
     def _status_text(self, e: dict, head: str, phase: str, info: dict | None) -> str:
         elapsed = time.monotonic() - self._started
@@ -401,7 +437,7 @@ class Study:
             parts += training_status(info, e.get("num_train_epochs") or 0)
         eta = study_eta(self.reg, self.selected, exclude=e["id"])
         if eta:
-            parts.append(f"then ~{fmt_seconds(eta)} more")
+            parts.append(f"then ~{fmt_seconds(eta / self.executor.slots)} more")
         parts.append(f"elapsed {fmt_seconds(elapsed)}")
         return " | ".join(parts)
 
@@ -422,7 +458,7 @@ class Study:
                 v = s[key]
                 args += [f"--{key}", ",".join(str(x) for x in v) if isinstance(v, list | tuple) else str(v)]
         self.progress.say(f"{head}: TF-IDF baseline, seed {e['seed']}, {e.get('num_train_examples') or '?'} train examples")
-        rc = self._attempt(e, "fresh", ftvs_cmd(args, {}), run_dir, log, head, "baseline")
+        rc = self._attempt(e, "fresh", Job(ftvs_cmd(args, {}), run_dir, log, "baseline: "), head, "baseline")
         if rc != 0 or not (run_dir / "metrics.json").is_file():
             e["error"] = last_error(log) if rc != 0 else "baseline finished without metrics.json"
             return False
@@ -445,8 +481,8 @@ class Study:
         elif not self._train(e, run_dir, log, head, what):
             return False
         if not (run_dir / "metrics.json").is_file():
-            rc = self._attempt(e, "evaluate", ftvs_cmd(["evaluate", str(run_dir)], {}), run_dir, log, head,
-                               "evaluating")
+            job = Job(ftvs_cmd(["evaluate", str(run_dir)], {}), run_dir, log, "evaluating: ")
+            rc = self._attempt(e, "evaluate", job, head, "evaluating")
             if rc != 0 or not (run_dir / "metrics.json").is_file():
                 e["error"] = last_error(log) if rc != 0 else "evaluation wrote no metrics.json"
                 return False
@@ -459,12 +495,13 @@ class Study:
                                                     sort_keys=False).encode())
         launcher = e.get("launcher") or {}
         args = ["train", e["arm"], "--config", str(cfg_path)]
+        resume_args = [*args, "--resume", str(run_dir)]  # also starts a run that never checkpointed
         if (run_dir / "checkpoint" / "state.json").is_file():
             epoch = None
             with contextlib.suppress(Exception):
                 epoch = read_json(run_dir / "checkpoint" / "state.json").get("epoch")
             e["resumed_from_epoch"] = epoch
-            args += ["--resume", str(run_dir)]
+            args = resume_args
             mode = "resume"
             self.progress.say(f"{head}: {what}: resuming after epoch {epoch}")
         else:
@@ -472,9 +509,12 @@ class Study:
             args += ["--output_dir", str(run_dir)]
             mode = "fresh"
             self.progress.say(f"{head}: {what}")
-        if int(launcher.get("num_processes", 1)) > 1:
-            args.append("--no-evaluate")  # evaluation runs once, after training, in a single process
-        rc = self._attempt(e, mode, ftvs_cmd(args, launcher), run_dir, log, head, "train")
+        processes = int(launcher.get("num_processes", 1))
+        if processes > 1:  # evaluation runs once, after training, in a single process
+            args, resume_args = [*args, "--no-evaluate"], [*resume_args, "--no-evaluate"]
+        job = Job(ftvs_cmd(args, launcher), run_dir, log, "train: ", processes=processes,
+                  retry_cmd=ftvs_cmd(resume_args, launcher))
+        rc = self._attempt(e, mode, job, head, "train")
         status = _read_summary(run_dir / "train_summary.json").get("status")
         if rc != 0 or status != "completed":
             e["error"] = last_error(log) if rc != 0 else f"training ended with status {status!r}"

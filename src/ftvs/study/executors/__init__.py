@@ -1,0 +1,73 @@
+"""Where a study's child commands run: the executor seam between the supervisor and the machines.
+
+A run is one or more jobs (`ftvs train`, `ftvs evaluate`, `ftvs baseline`): a command line, the run
+folder it writes, its log, and what it needs (`processes`: the launcher's num_processes, a GPU or a
+share of the CPU cores each). An executor places a job and reports its exit code; it never reads or
+writes study.json, which stays with the supervisor (the one source of truth for resume, whatever
+executes).
+
+    local  the embedded default: one job at a time (today's behaviour), or `--parallel N` jobs at once,
+           each pinned to its own GPUs or to its share of the cores
+    ray    each job a Ray task on a cluster (`--executor ray`); imported only then (docs/cluster.md)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ftvs.errors import FtvsError
+
+CHECKPOINT_STATE = Path("checkpoint") / "state.json"
+
+
+@dataclass
+class Job:
+    """One child command of a run."""
+
+    cmd: list[str]
+    run_dir: Path
+    log: Path
+    label: str = ""  # the log's header line starts with it ("train: ")
+    processes: int = 1  # launcher num_processes: each takes a device, or a share of the cores
+    retry_cmd: list[str] | None = None  # what a retried job runs: continues from run_dir's checkpoint
+    env: dict = field(default_factory=dict)  # set by the executor: the job's devices and thread counts
+
+    def command(self) -> list[str]:
+        """What to run now. The supervisor wipes a run folder it starts afresh, so a started run found
+        there (history or checkpoint) is this job's own earlier try, killed: a retry continues it."""
+        started = (self.run_dir / "history.jsonl").exists() or (self.run_dir / CHECKPOINT_STATE).is_file()
+        return self.retry_cmd if self.retry_cmd and started else self.cmd
+
+
+class Handle(Protocol):
+    def wait(self, timeout: float) -> int | None:
+        """The job's exit code, or None if it is still running after `timeout` seconds."""
+
+    def stop(self) -> None:
+        """Interrupt the job like Ctrl-C would (it checkpoints), then insist."""
+
+
+class Executor(Protocol):
+    slots: int  # how many runs the supervisor keeps in flight
+
+    def start(self, job: Job) -> Handle:
+        """Start `job` (blocking while the resources it needs are taken)."""
+
+    def close(self) -> None: ...
+
+
+def make_executor(name: str = "local", parallel: int | None = None, ray_address: str | None = None,
+                  study_dir: Path | None = None, retries: int = 3) -> Executor:
+    if parallel is not None and parallel < 1:
+        raise FtvsError(f"--parallel {parallel}: give a number of runs at once, 1 or more")
+    if name == "local":
+        from ftvs.study.executors.local import LocalExecutor
+
+        return LocalExecutor(parallel or 1)
+    if name == "ray":
+        from ftvs.study.executors.ray import RayExecutor
+
+        return RayExecutor(study_dir, address=ray_address, max_in_flight=parallel, retries=retries)
+    raise FtvsError(f"unknown executor {name!r}; use --executor local or --executor ray")

@@ -1,0 +1,32 @@
+"""A tiny 4-run study (TF-IDF and a one-block from-scratch model, two seeds, on the 4-intent data of
+tests/tiny_runs.py) whose runs take seconds: for the executor tests and benchmarks/parallel_study.py."""
+
+from pathlib import Path
+
+import yaml
+from tiny_runs import prepare_tiny_dataset
+
+
+def tiny_study_yaml(root: Path, epochs: int = 3, seeds=(0, 1)) -> Path:
+    """Writes the data under root/source and the study YAML as root/study.yaml; returns the YAML's path."""
+    source = root / "source"
+    source.mkdir(parents=True, exist_ok=True)
+    prepare_tiny_dataset(source)
+    cfg = {
+        "name": "tiny-executors",
+        "data": {"source": str(source), "tokenizer": "none"},
+        "seeds": list(seeds),
+        "train": {"max_seq_length": 24, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 64,
+                  "mixed_precision": "no", "early_stopping_patience": 0},
+        "arms": [
+            {"name": "tfidf", "arm": "baseline", "C": 10},
+            {"name": "scratch", "arm": "scratch", "preset": "tiny", "tokenizer": "bpe", "bpe_vocab_size": 300,
+             "n_layer": 1, "n_embd": 32, "n_head": 2, "d_ff": 64, "num_train_epochs": epochs,
+             "learning_rate": 3e-3},
+        ],
+        "compare": False,
+        "report": False,
+    }
+    path = root / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
