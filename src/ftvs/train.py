@@ -46,6 +46,8 @@ from ftvs.inference import make_eval_loader, predict_loader
 from ftvs.launch import make_accelerator
 from ftvs.metrics import summary_metrics
 from ftvs.progress import PROGRESS_FILE, ProgressFile
+from ftvs.small_data import apply_small_data_defaults
+from ftvs.small_data import describe as describe_auto_defaults
 
 
 class NonFiniteLoss(FtvsError):
@@ -75,8 +77,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         resume = resume and ckpt.has_checkpoint(
             run_dir
         )  # --resume of a run that never checkpointed starts it
+        auto_defaults = apply_small_data_defaults(cfg, accelerator.num_processes)
+        if auto_defaults:
+            accelerator.print(describe_auto_defaults(auto_defaults))
         check_run_dir(run_dir, cfg, resume)
         setup = set_up(cfg, accelerator)
+        setup.resolved["auto_defaults"] = auto_defaults
         state, running = start_or_resume(setup, run_dir, resume)
         return fit(setup, run_dir, state, running)
 

@@ -455,7 +455,9 @@ class Study:
     def _train(self, e: dict, run_dir: Path, log: Path, head: str, what: str) -> bool:
         """`ftvs train`, fresh or resumed from the run's checkpoint; False (with e["error"]) when it failed."""
         cfg_path = self.abs(e["config_file"])
-        atomic_write_bytes(cfg_path, yaml.safe_dump({k: v for k, v in e["config"].items() if k != "arm"},
+        # only the settings the study gives: what it leaves out gets `ftvs train`'s defaults, small-data rule included
+        given = set(self._planned(e["id"]).settings) | {"data", "output_dir", "seed", "extra"}
+        atomic_write_bytes(cfg_path, yaml.safe_dump({k: v for k, v in e["config"].items() if k in given},
                                                     sort_keys=False).encode())
         launcher = e.get("launcher") or {}
         args = ["train", e["arm"], "--config", str(cfg_path)]
