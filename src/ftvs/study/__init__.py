@@ -76,7 +76,7 @@ def cmd_study(args) -> int:
     out = Path(args.output_dir or Path("studies") / cfg["name"])
     study = Study(cfg, out, preset=preset, force=args.force, only=args.only or (), retry_failed=args.retry_failed,
                   progress=Progress(quiet=args.quiet), poll_seconds=args.poll_seconds,
-                  config_source=str(args.config) if args.config else f"preset:{preset}")
+                  config_source=str(args.config) if args.config else f"preset:{preset}", tune_only=args.tune_only)
     if args.dry_run:
         print(f"study {cfg['name']} -> {out}: {len(study.plan)} runs ({study.plan_text()})")
         for r in study.plan:
@@ -92,7 +92,7 @@ def cmd_study(args) -> int:
     print()
     print(format_summary(reg))
     print(f"registry: {study.path}")
-    return 0 if reg["state"] == "completed" else 1
+    return 0 if reg["state"] in ("completed", "tuned") else 1
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
@@ -128,6 +128,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                    default=True, help="retry runs that failed in an earlier invocation (default on)")
     p.add_argument("--no-compare", "--no_compare", dest="no_compare", action="store_true", help="skip `ftvs compare`")
     p.add_argument("--no-report", "--no_report", dest="no_report", action="store_true", help="skip `ftvs report`")
+    p.add_argument("--tune_only", "--tune-only", dest="tune_only", action="store_true",
+                   help="prepare the data and run the arms' `tune:` searches, then stop (no final runs)")
     p.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true", help="print the runs and exit")
     p.add_argument("--quiet", action="store_true", help="no progress view, only the final summary")
     p.add_argument("--poll_seconds", "--poll-seconds", dest="poll_seconds", type=float, default=1.0,
