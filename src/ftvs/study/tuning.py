@@ -153,6 +153,10 @@ def run_tuning(study) -> None:
             rec.update(state="failed", error=str(e))
             study.save()
             raise FtvsError(f"tuning arm {arm['name']} failed: {e} (log in {rec['tune_dir']}/trials)") from None
+        except BaseException:  # interrupted: the search resumes when the study is rerun
+            rec["state"] = "interrupted"
+            study.save()
+            raise
         rec.update(record(summary))
         study.save()
         study.progress.say(f"  tuned {arm['name']}: best val macro-F1 {rec['best_value']:.4f} (defaults "
