@@ -13,7 +13,7 @@ TOP_PARAMS = 3  # importance: the parameters shown per arm
 def _budget(a: dict) -> str:
     parts = [
         f"{a['n_trials']} trials" if a["n_trials"] else "",
-        fmt.seconds(a["timeout_seconds"]) if a["timeout_seconds"] else "",
+        fmt.clock(a["timeout_seconds"]) if a["timeout_seconds"] else "",
     ]
     return " or ".join(p for p in parts if p)
 
@@ -75,7 +75,7 @@ def tuning_blocks(x: Ctx) -> list[dict]:
                     a["arm_name"],
                     _budget(a),
                     str(a["trials_finished"] or 0),
-                    fmt.seconds(a["seconds_used"] or 0),
+                    fmt.clock(a["seconds_used"] or 0),
                     f4(a["defaults_value"]) if a["defaults_value"] is not None else "–",
                     f4(a["best_value"]) if a["best_value"] is not None else "–",
                     signed(a["gain"]) if a["gain"] is not None else "–",
