@@ -20,7 +20,7 @@ def test_default_learning_rates_come_from_one_table():
     for method in ("lora", "full", "frozen", "unfreeze"):
         assert default_learning_rate(method) == DEFAULT_LEARNING_RATES[method]
     assert (
-        describe_default_learning_rates() == "scratch 1e-3, lora 5e-4, full 3e-5, frozen 1e-3, unfreeze 1e-3"
+        describe_default_learning_rates() == "scratch 1e-3, lora 5e-4, full 5e-5, frozen 1e-3, unfreeze 1e-3"
     )
 
 

@@ -285,7 +285,7 @@ def test_bad_settings_are_one_line_errors(tiny_llama_dir, tmp_path):
         finetune_arm(tiny_llama_dir, ["a"])
     with pytest.raises(FtvsError, match="ftvs.json"):
         load_finetune_arm(tmp_path)
-    assert default_learning_rate("lora") == 5e-4 and default_learning_rate("full") == 3e-5
+    assert default_learning_rate("lora") == 5e-4 and default_learning_rate("full") == 5e-5
     assert default_learning_rate("frozen") == 1e-3 and default_learning_rate("unfreeze") == 1e-3
 
 

@@ -170,3 +170,24 @@ def test_refuses_to_overwrite_a_neural_run_and_reports_bad_input(run, data_dir, 
     assert e.value.code == 2
     with pytest.raises(FtvsError, match="holds a 'scratch' model"):
         BaselineModel.load(neural / "model")
+
+
+def test_a_config_file_is_taken_as_is_and_flags_override_it(tmp_path, capsys):
+    from tiny_runs import prepare_tiny_dataset
+
+    data = prepare_tiny_dataset(tmp_path, num_train=80, num_test=20)
+    best = tmp_path / "best.yaml"  # as `ftvs tune --arm baseline` writes it
+    best.write_text('C: 3.5\nword_ngrams: "1,1"\nchar_ngrams: [2, 4]\nmax_iter: 300\n')
+    run = tmp_path / "run"
+    assert main(["baseline", "--data", str(data), "--output_dir", str(run), "--config", str(best)]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["C_grid"] == [3.5] and saved["word_ngrams"] == [1, 1] and saved["char_ngrams"] == [2, 4]
+    assert saved["max_iter"] == 300 and saved["min_df"] == 1
+    other = tmp_path / "other"
+    argv = ["baseline", "--data", str(data), "--output_dir", str(other), "--config", str(best), "--C", "2"]
+    assert main([*argv, "--word_ngrams", "1,3"]) == 0
+    saved = yaml.safe_load((other / "config.yaml").read_text())
+    assert saved["C_grid"] == [2.0] and saved["word_ngrams"] == [1, 3] and saved["max_iter"] == 300
+    best.write_text("C: 1\nmax_iters: 5\n")
+    assert main(["baseline", "--data", str(data), "--output_dir", str(tmp_path / "x"), "--config", str(best)]) == 2
+    assert "unknown key 'max_iters'" in capsys.readouterr().err

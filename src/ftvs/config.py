@@ -12,6 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
@@ -103,8 +104,16 @@ class TrainConfig:
     max_seq_length: int = option(
         128, "truncate texts to this many tokens (batches are padded to their longest text only)"
     )
-    num_train_epochs: int = option(10, "maximum epochs (early stopping may end sooner)")
-    per_device_train_batch_size: int = option(32, "training batch size per process")
+    num_train_epochs: int = option(
+        10,
+        "maximum epochs (early stopping may end sooner); if not given and the run would make fewer than 200 "
+        "optimizer steps, it rises after the batch size (at most 30 scratch, 20 finetune)",
+    )
+    per_device_train_batch_size: int = option(
+        32,
+        "training batch size per process; if not given and the run would make fewer than 200 optimizer "
+        "steps (small data), 16 or 8",
+    )
     per_device_eval_batch_size: int = option(128, "evaluation batch size per process")
     gradient_accumulation_steps: int = option(1, "batches per optimizer step")
     learning_rate: float | None = option(
@@ -141,6 +150,9 @@ class TrainConfig:
     num_workers: int = option(0, "DataLoader worker processes")
     disable_tqdm: bool = option(False, "no progress bars")
     extra: dict = field(default_factory=dict)  # free-form tags (study sweeps: train_fraction, ...); no flag
+    # the keys the user set (flags, --config, study train keys), filled by `build_config`; None (a config
+    # built in Python) counts every key as given. Not a field: it is not a setting and is never saved.
+    given: ClassVar[frozenset | None] = None
 
     def validate(self) -> "TrainConfig":
         def bad(key, why, fix):
@@ -266,6 +278,7 @@ def build_config(file_values: dict, cli_values: dict) -> TrainConfig:
         cfg = TrainConfig(**merged)
     except TypeError as e:
         raise FtvsError(f"invalid configuration: {e}") from None
+    cfg.given = frozenset(merged)
     return cfg.validate()
 
 

@@ -344,6 +344,27 @@ def plot_model_sweep(comparison: dict, path: Path) -> str | None:
     )
 
 
+def plot_tuning_history(comparison: dict, path: Path) -> str | None:
+    """Best validation macro-F1 so far against finished trials and against seconds in trials, per arm."""
+    arms = [a for a in (comparison.get("tuning") or {}).get("arms", []) if a["history"]]
+    if not arms:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    cmap = plt.get_cmap("tab10")
+    for i, arm in enumerate(arms):
+        rows = [h for h in arm["history"] if h["best_value"] is not None]
+        for ax, key in zip(axes, ("finished", "elapsed_seconds")):
+            ax.step([h[key] for h in rows], [h["best_value"] for h in rows], where="post", marker="o",
+                    markersize=3, color=cmap(i % 10), label=_short(arm["arm_name"], 20))  # fmt: skip
+    axes[0].set_xlabel("finished trials")
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[1].set_xlabel("seconds in trials")
+    axes[0].set_ylabel("best val macro-F1 so far")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("hyperparameter search: optimisation history")
+    return _save(fig, path)
+
+
 def make_figures(runs, comparison: dict, out: Path) -> dict[str, str]:
     """Write every figure that has data into `out`; returns {figure id: file name}."""
     out = Path(out)
@@ -357,5 +378,6 @@ def make_figures(runs, comparison: dict, out: Path) -> dict[str, str]:
         "sweep_data_size": plot_data_sweep(comparison, out / "sweep_data_size.png"),
         "sweep_model_size": plot_model_sweep(comparison, out / "sweep_model_size.png"),
         "reliability": plot_reliability_overlay(runs, reliability_runs(comparison), out / "reliability_diagrams.png"),
+        "tuning_history": plot_tuning_history(comparison, out / "tuning_history.png"),
     }
     return {k: v for k, v in made.items() if v}

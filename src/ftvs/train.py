@@ -48,6 +48,8 @@ from ftvs.metrics import summary_metrics
 from ftvs.precision import resolve_precision, training_device_type
 from ftvs.progress import PROGRESS_FILE, ProgressFile
 from ftvs.rundir import check_output_dir, check_same_data, clear_run
+from ftvs.small_data import apply_small_data_defaults
+from ftvs.small_data import describe as describe_auto_defaults
 
 
 class NonFiniteLoss(FtvsError):
@@ -82,8 +84,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, data_
         resume = resume and ckpt.has_checkpoint(
             run_dir
         )  # --resume of a run that never checkpointed starts it
+        auto_defaults = apply_small_data_defaults(cfg, accelerator.num_processes)
+        if auto_defaults:
+            accelerator.print(describe_auto_defaults(auto_defaults))
         check_run_dir(run_dir, cfg, resume, data_given)
         setup = set_up(cfg, accelerator)
+        setup.resolved["auto_defaults"] = auto_defaults
         state, running = start_or_resume(setup, run_dir, resume)
         return fit(setup, run_dir, state, running)
 

@@ -36,7 +36,7 @@ from ftvs.baseline.model import (
 )
 from ftvs.calibration import calibrate_run
 from ftvs.data import load_metadata, load_split, split_hash
-from ftvs.errors import FtvsError
+from ftvs.errors import FtvsError, closest
 from ftvs.fileio import RunLock, append_jsonl, atomic_write_bytes, dir_size_bytes, write_json
 from ftvs.metrics import classification_metrics, summary_metrics, train_val_gap
 from ftvs.modelcard import write_model_card
@@ -322,40 +322,83 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         help="replace a finished baseline run in --output_dir (nothing else is ever replaced)",
     )
     p.add_argument(
+        "--config",
+        help="YAML file of the settings below (keys are the flag names; flags given here override it), "
+        "e.g. the best.yaml of `ftvs tune --arm baseline`",
+    )
+    p.add_argument(
         "--C", type=float, default=None, help="fixed inverse regularisation strength (skips the grid)"
     )
     p.add_argument(
         "--C_grid",
         type=_floats,
-        default=DEFAULT_C_GRID,
+        default=None,
         help="C values tried on the val split, comma-separated (default: 5,10,20)",
     )
-    p.add_argument("--word_ngrams", type=_pair, default=(1, 2), help="word n-gram range lo,hi (default 1,2)")
+    p.add_argument("--word_ngrams", type=_pair, default=None, help="word n-gram range lo,hi (default 1,2)")
     p.add_argument(
-        "--char_ngrams", type=_pair, default=(2, 5), help="char_wb n-gram range lo,hi (default 2,5)"
+        "--char_ngrams", type=_pair, default=None, help="char_wb n-gram range lo,hi (default 2,5)"
     )
     p.add_argument(
-        "--min_df", type=int, default=1, help="drop n-grams seen in fewer training texts (default 1)"
+        "--min_df", type=int, default=None, help="drop n-grams seen in fewer training texts (default 1)"
     )
     p.add_argument("--max_features", type=int, default=None, help="cap on features per vectoriser")
-    p.add_argument("--max_iter", type=int, default=1000, help="lbfgs iteration cap (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--max_iter", type=int, default=None, help="lbfgs iteration cap (default 1000)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--run_name", default=None, help="name shown in comparisons (default: the folder name)")
     p.set_defaults(func=cmd_baseline)
     return p
 
 
+# the settings a --config file may hold, at their defaults (the flags above)
+SETTING_DEFAULTS = {
+    "C": None,
+    "C_grid": DEFAULT_C_GRID,
+    "word_ngrams": (1, 2),
+    "char_ngrams": (2, 5),
+    "min_df": 1,
+    "max_features": None,
+    "max_iter": 1000,
+    "seed": 0,
+}
+
+
+def _file_settings(path) -> dict:
+    """The settings of a --config YAML file, in the flags' types (`word_ngrams: "1,2"` or `[1, 2]`)."""
+    from ftvs.config import load_yaml
+
+    values = load_yaml(path)
+    for key in values:
+        if key not in SETTING_DEFAULTS:
+            raise FtvsError(
+                f"unknown key {key!r} in {path}{closest(key, SETTING_DEFAULTS)}; see `ftvs baseline --help`"
+            )
+    parse = {"word_ngrams": _pair, "char_ngrams": _pair, "C_grid": _floats}
+    out = {}
+    for key, value in values.items():
+        if value is not None and key in parse:
+            text = ",".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
+            try:
+                value = parse[key](text)
+            except argparse.ArgumentTypeError as e:
+                raise FtvsError(f"{path}: {key}: {e}") from None
+        out[key] = value
+    return out
+
+
 def cmd_baseline(args) -> int:
-    if args.min_df < 1:
+    given = {k: getattr(args, k) for k in SETTING_DEFAULTS if getattr(args, k) is not None}
+    values = {**SETTING_DEFAULTS, **(_file_settings(args.config) if args.config else {}), **given}
+    if values["min_df"] < 1:
         raise FtvsError("--min_df must be at least 1")
     settings = BaselineSettings(
-        word_ngrams=tuple(args.word_ngrams),
-        char_ngrams=tuple(args.char_ngrams),
-        min_df=args.min_df,
-        max_features=args.max_features,
-        C_grid=(args.C,) if args.C is not None else tuple(args.C_grid),
-        max_iter=args.max_iter,
-        seed=args.seed,
+        word_ngrams=tuple(values["word_ngrams"]),
+        char_ngrams=tuple(values["char_ngrams"]),
+        min_df=values["min_df"],
+        max_features=values["max_features"],
+        C_grid=(float(values["C"]),) if values["C"] is not None else tuple(values["C_grid"]),
+        max_iter=values["max_iter"],
+        seed=values["seed"],
     )
     run_baseline(args.data, args.output_dir, settings, run_name=args.run_name, overwrite=args.overwrite_output_dir)
     return 0

@@ -11,7 +11,7 @@ baseline runs are treated alike. `compare(paths, out_dir)` writes into the outpu
 
 Modules: `runs` (find and load run folders), `tables` (per-run rows, seed groups, the Markdown table),
 `significance`, `describe` (models and data set), `sweeps`, `focus` (which runs the report narrates),
-`build` (the driver).
+`tuning` (the arms' searches of a tuned study), `build` (the driver).
 """
 
 from ftvs.comparison.build import COMPARISON_JSON, COMPARISON_MD, COMPARISON_VERSION, compare

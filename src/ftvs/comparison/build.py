@@ -11,6 +11,7 @@ from ftvs.comparison.runs import load_runs
 from ftvs.comparison.significance import significance
 from ftvs.comparison.sweeps import sweeps
 from ftvs.comparison.tables import make_groups, markdown_table, table_row
+from ftvs.comparison.tuning import tuning
 from ftvs.fileio import atomic_write_bytes, write_json
 from ftvs.plots_compare import make_figures
 
@@ -42,6 +43,7 @@ def compare(paths, out_dir, n_resamples: int = 2000, seed: int = 0, figures: boo
         ],
         "histories": {r.name: r.history for r in runs},
         "focus": focus(groups, rows),
+        "tuning": tuning(studies),
         "per_class_diff": None,
         "figures": {},
     }

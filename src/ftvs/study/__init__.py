@@ -79,7 +79,7 @@ def cmd_study(args) -> int:
     out = Path(args.output_dir or Path("studies") / cfg["name"])
     study = Study(cfg, out, preset=preset, force=args.force, only=args.only or (), retry_failed=args.retry_failed,
                   progress=Progress(quiet=args.quiet), poll_seconds=args.poll_seconds,
-                  config_source=str(args.config) if args.config else f"preset:{preset}")
+                  config_source=str(args.config) if args.config else f"preset:{preset}", tune_only=args.tune_only)
     if args.ray_address and args.executor != "ray":
         raise FtvsError("--ray_address is for --executor ray; add --executor ray")
     if args.dry_run:
@@ -100,7 +100,7 @@ def cmd_study(args) -> int:
     print()
     print(format_summary(reg))
     print(f"registry: {study.path}")
-    return 0 if reg["state"] == "completed" else 1
+    return 0 if reg["state"] in ("completed", "tuned") else 1
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
@@ -146,6 +146,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                         "$RAY_ADDRESS, else a Ray instance started on this machine")
     p.add_argument("--ray_retries", "--ray-retries", dest="ray_retries", type=int, default=3,
                    help="times Ray retries a run whose worker or process died (it resumes from its checkpoint)")
+    p.add_argument("--tune_only", "--tune-only", dest="tune_only", action="store_true",
+                   help="prepare the data and run the arms' `tune:` searches, then stop (no final runs)")
     p.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true", help="print the runs and exit")
     p.add_argument("--quiet", action="store_true", help="no progress view, only the final summary")
     p.add_argument("--poll_seconds", "--poll-seconds", dest="poll_seconds", type=float, default=1.0,

@@ -16,14 +16,15 @@ import yaml
 from ftvs.config import FIELDS, RESUME_FREE_KEYS, build_config
 from ftvs.data import DEFAULT_TOKENIZER
 from ftvs.errors import FtvsError, closest
+from ftvs.study.tuning import check_tuning
 
 KINDS = ("baseline", "scratch", "finetune")
 TOP_KEYS = {"name", "description", "data", "seeds", "train", "arms", "sweeps", "launcher", "compare", "report",
-            "reference_results", "notes", "expected_minutes"}
+            "reference_results", "notes", "expected_minutes", "tune"}
 DATA_DEFAULTS = {"source": None, "max_train_examples": None, "max_val_examples": None, "max_test_examples": None,
                  "validation_split": 0.1, "test_split": 0.2, "seed": 0, "tokenizer": DEFAULT_TOKENIZER,
                  "text_column": None, "label_column": None, "remove_headers": True, "max_chars": None}
-ARM_META_KEYS = {"name", "arm", "launcher", "enabled"}
+ARM_META_KEYS = {"name", "arm", "launcher", "enabled", "tune"}
 BASELINE_KEYS = {"C", "C_grid", "word_ngrams", "char_ngrams", "min_df", "max_features", "max_iter"}
 SIZE_KEYS = ("n_layer", "n_head", "n_embd", "d_ff")
 # config keys that may change without making a finished run stale: what `--resume` tolerates, plus the tags
@@ -125,6 +126,7 @@ def normalize_config(raw: dict, name_hint: str = "study") -> dict:
     cfg["launcher"] = _launcher(cfg.get("launcher"), "launcher")
     cfg["arms"] = _normalize_arms(cfg.get("arms") or [], train)
     cfg["sweeps"] = _normalize_sweeps(dict(cfg.get("sweeps") or {}), cfg["arms"])
+    check_tuning(cfg)  # `tune:` blocks (ftvs.study.tuning)
     cfg["compare"] = bool(cfg.get("compare", True))
     cfg["report"] = bool(cfg.get("report", True))
     cfg["reference_results"] = cfg.get("reference_results") or []

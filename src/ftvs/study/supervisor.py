@@ -46,6 +46,7 @@ from ftvs.study.registry import (
     save_registry,
 )
 from ftvs.study.summary import collect, result_text, run_results
+from ftvs.study.tuning import run_tuning, tuned_config
 
 _PREPARE_KEYS = ("text_column", "label_column", "validation_split", "test_split", "max_train_examples", "seed",
                  "tokenizer", "remove_headers", "max_chars")
@@ -103,7 +104,8 @@ def _read_summary(path: Path) -> dict:
 class Study:
     def __init__(self, cfg: dict, out_dir, preset: str | None = None, force: bool = False, only=(),
                  retry_failed: bool = True, progress: Progress | None = None, poll_seconds: float = 1.0,
-                 config_source: str | None = None, executor: Executor | None = None):
+                 config_source: str | None = None, executor: Executor | None = None,
+                 tune_only: bool = False):
         self.cfg = cfg
         self.dir = Path(out_dir)
         self.preset = preset
@@ -113,7 +115,8 @@ class Study:
         self.progress = progress or Progress()
         self.poll = poll_seconds
         self.config_source = config_source
-        self.plan = plan_runs(cfg)
+        self.plan = plan_runs(tuned_config(cfg, self.dir))  # arms tuned earlier run with their best settings
+        self.tune_only = tune_only
         self.entries = EntryFactory(self.dir, cfg, preset)
         self.path = self.dir / "study.json"
         self.reg: dict = {}
@@ -173,6 +176,11 @@ class Study:
         t0 = time.monotonic()
         self.progress.say(f"study {self.cfg['name']}: {len(self.plan)} runs ({self.plan_text()}) -> {self.dir}")
         self.prepare_data()
+        run_tuning(self)
+        if self.tune_only:
+            self.reg["state"] = "tuned"
+            self.save()
+            return
         todo = [rid for rid in self.reg["order"] if self.selected(rid)]
         self.run_runs(todo)
         collect(self.reg, self.cfg)
@@ -491,7 +499,9 @@ class Study:
     def _train(self, e: dict, run_dir: Path, log: Path, head: str, what: str) -> bool:
         """`ftvs train`, fresh or resumed from the run's checkpoint; False (with e["error"]) when it failed."""
         cfg_path = self.abs(e["config_file"])
-        atomic_write_bytes(cfg_path, yaml.safe_dump({k: v for k, v in e["config"].items() if k != "arm"},
+        # only the settings the study gives: what it leaves out gets `ftvs train`'s defaults, small-data rule included
+        given = set(self._planned(e["id"]).settings) | {"data", "output_dir", "seed", "extra"}
+        atomic_write_bytes(cfg_path, yaml.safe_dump({k: v for k, v in e["config"].items() if k in given},
                                                     sort_keys=False).encode())
         launcher = e.get("launcher") or {}
         args = ["train", e["arm"], "--config", str(cfg_path)]

@@ -101,6 +101,20 @@ def _default_params(arm: str, method: str | None, space: dict, base: dict) -> di
             defaults["learning_rate"] = DEFAULT_LEARNING_RATES[
                 "scratch" if arm == "scratch" else base["method"]
             ]
+        from ftvs.data import load_metadata
+        from ftvs.small_data import small_data_defaults
+
+        # a plain run on small data gets a smaller batch / more epochs where the base leaves them open
+        num_train = load_metadata(base["data"])["splits"]["train"]["count"]
+        auto = {} if defaults.get("max_train_steps") else small_data_defaults(
+            arm,
+            num_train,
+            defaults["per_device_train_batch_size"],
+            defaults["num_train_epochs"],
+            set(base),
+            defaults["gradient_accumulation_steps"],
+        )
+        defaults.update({k: change["value"] for k, change in auto.items()})
     return {
         k: defaults[k] for k, p in spaces.searched(space).items() if k in defaults and p.contains(defaults[k])
     }

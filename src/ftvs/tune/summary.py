@@ -76,14 +76,9 @@ def best_settings(base: dict, params: dict) -> dict:
     return {**{k: v for k, v in base.items() if k != "data"}, **params}
 
 
-def best_command(arm: str, settings: dict, best_yaml: Path) -> str:
-    if arm != "baseline":
-        return f"ftvs train {arm} --config {best_yaml} --data DATA --output_dir RUN_DIR"
-    flags = " ".join(
-        f"--{k} {','.join(str(x) for x in v) if isinstance(v, list | tuple) else v}"
-        for k, v in settings.items()
-    )
-    return f"ftvs baseline --data DATA --output_dir RUN_DIR {flags}"
+def best_command(arm: str, best_yaml: Path) -> str:
+    command = "ftvs baseline" if arm == "baseline" else f"ftvs train {arm}"
+    return f"{command} --config {best_yaml} --data DATA --output_dir RUN_DIR"
 
 
 def write_outputs(out: Path, study, setup: dict, budget: dict, final: bool) -> dict:
@@ -105,7 +100,7 @@ def write_outputs(out: Path, study, setup: dict, budget: dict, final: bool) -> d
             "params": top["params"],
             "config": settings,
             "config_path": str(out / "best.yaml"),
-            "command": best_command(setup["arm"], settings, out / "best.yaml"),
+            "command": best_command(setup["arm"], out / "best.yaml"),
         }
     defaults = next((r for r in records if r["defaults"]), None)
     summary = {
