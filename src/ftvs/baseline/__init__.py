@@ -33,6 +33,7 @@ from ftvs.baseline.model import (
     fit_baseline,
     mean_nll,
 )
+from ftvs.class_weights import check_spec
 from ftvs.data import load_metadata, load_split
 from ftvs.errors import FtvsError
 from ftvs.fileio import RunLock, append_jsonl, atomic_write_bytes, dir_size_bytes, write_json
@@ -105,6 +106,7 @@ def _run_config(
         "solver": settings.solver,
         "max_iter": settings.max_iter,
         "tol": settings.tol,
+        "class_weights": settings.class_weights,
         "train_fraction": meta.get("train_fraction", 1.0),
         "num_train_examples": num_train,
         "num_train_epochs": 1,
@@ -203,6 +205,7 @@ def run_baseline(
     """Fit, save, reload, evaluate; writes config.yaml, history.jsonl, train_summary.json, model/,
     metrics.json and predictions.json into `output_dir`. Returns the metrics dict."""
     settings = settings or BaselineSettings()
+    check_spec(settings.class_weights)
     data_dir, out = Path(data_dir), Path(output_dir)
     meta, label_names, splits = _load_splits(data_dir, out)
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = splits["train"], splits["val"], splits["test"]
@@ -320,6 +323,11 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max_features", type=int, default=None, help="cap on features per vectoriser")
     p.add_argument("--max_iter", type=int, default=1000, help="lbfgs iteration cap (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--class_weights",
+        default="none",
+        help="none, balanced (n / (classes x count)) or a JSON file {label_name: weight} (default none)",
+    )
     p.add_argument("--run_name", default=None, help="name shown in comparisons (default: the folder name)")
     p.set_defaults(func=cmd_baseline)
     return p
@@ -336,6 +344,7 @@ def cmd_baseline(args) -> int:
         C_grid=(args.C,) if args.C is not None else tuple(args.C_grid),
         max_iter=args.max_iter,
         seed=args.seed,
+        class_weights=args.class_weights,
     )
     run_baseline(args.data, args.output_dir, settings, run_name=args.run_name)
     return 0

@@ -455,8 +455,9 @@ class Study:
     def _train(self, e: dict, run_dir: Path, log: Path, head: str, what: str) -> bool:
         """`ftvs train`, fresh or resumed from the run's checkpoint; False (with e["error"]) when it failed."""
         cfg_path = self.abs(e["config_file"])
-        atomic_write_bytes(cfg_path, yaml.safe_dump({k: v for k, v in e["config"].items() if k != "arm"},
-                                                    sort_keys=False).encode())
+        train_cfg = {k: v for k, v in e["config"].items() if k != "arm"}
+        train_cfg["tracking_project"] = train_cfg.get("tracking_project") or self.cfg["name"]  # one experiment
+        atomic_write_bytes(cfg_path, yaml.safe_dump(train_cfg, sort_keys=False).encode())
         launcher = e.get("launcher") or {}
         args = ["train", e["arm"], "--config", str(cfg_path)]
         if (run_dir / "checkpoint" / "state.json").is_file():
