@@ -20,7 +20,9 @@ from ftvs.train import forward_backward
 def test_balanced_weights_are_n_over_k_times_count():
     # 10 examples, 3 classes present: 10 / (3 * count); an absent class keeps 1
     assert balanced_weights([6, 3, 1, 0]) == pytest.approx([10 / 18, 10 / 9, 10 / 3, 1.0])
-    assert resolve("balanced", [0] * 6 + [1] * 3 + [2], ["a", "b", "c"]) == pytest.approx([10 / 18, 10 / 9, 10 / 3])
+    assert resolve("balanced", [0] * 6 + [1] * 3 + [2], ["a", "b", "c"]) == pytest.approx(
+        [10 / 18, 10 / 9, 10 / 3]
+    )
     assert resolve("none", [0, 1], ["a", "b"]) is None
     assert imbalance_ratio({"a": 40, "b": 10, "c": 0}) == 4.0
 
@@ -55,7 +57,9 @@ def test_training_loss_is_the_weighted_cross_entropy_with_label_smoothing():
         def forward(self, x):
             return self.inner(x)
 
-    _, loss, _, _ = forward_backward(Accelerator(cpu=True), Wrap(), {"x": x, "labels": y, "index": None}, cfg, weight)
+    _, loss, _, _ = forward_backward(
+        Accelerator(cpu=True), Wrap(), {"x": x, "labels": y, "index": None}, cfg, weight
+    )
     expected = F.cross_entropy(model(x), y, weight=weight, label_smoothing=0.1)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert loss.item() != pytest.approx(F.cross_entropy(model(x), y, label_smoothing=0.1).item(), rel=1e-3)
