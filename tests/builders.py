@@ -38,14 +38,14 @@ def _newsgroups_posts() -> dict:
     out = {}
     for split, table in source.tables.items():
         names = table.class_names["label"]
-        out[split] = [(_short_post(t, 24), names[y]) for t, y in zip(table.fetch("text"), table.fetch("label"))]
+        out[split] = [(_short_post(t, 12), names[y]) for t, y in zip(table.fetch("text"), table.fetch("label"))]
     return out
 
 
 def newsgroups_csv(folder, per_class_train: int | None = None, per_class_test: int = NEWSGROUPS_TEST_PER_CLASS,
                    num_classes: int = 20) -> Path:  # fmt: skip
     """Write `folder/train.csv` and `folder/test.csv` in Banking77's format (`text,category`): real 20 Newsgroups
-    texts (subject + first 24 words), the first `per_class_*` of each of the first `num_classes` groups."""
+    texts (subject + first 12 words), the first `per_class_*` of each of the first `num_classes` groups."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for split, cap in (("train", per_class_train), ("test", per_class_test)):

@@ -414,7 +414,7 @@ class Study:
         s = e["config"]
         args = ["baseline", "--data", str(self.abs(e["data_dir"])), "--output_dir", str(run_dir),
                 "--seed", str(e["seed"]), "--run_name", e["id"]]
-        for key in ("C", "min_df", "max_features", "max_iter"):
+        for key in ("C", "min_df", "max_features", "max_iter", "class_weights"):
             if s.get(key) is not None:
                 args += [f"--{key}", str(s[key])]
         for key in ("C_grid", "word_ngrams", "char_ngrams"):
