@@ -29,7 +29,7 @@ lint: setup
 
 # checks that need the real Banking77 CSVs (../shared/data/banking77); `make test` tests the same code without them
 extra-checks: setup
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --rootdir . -c pyproject.toml benchmarks/checks
+	$(VENV)/bin/python -m pytest -q benchmarks/checks
 
 # needs ../shared/data/banking77 (the real Banking77 CSVs); see benchmarks/RESULTS.md
 bench: setup

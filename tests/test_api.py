@@ -35,7 +35,8 @@ def test_the_documented_example_runs(tmp_path, monkeypatch):
     assert scratch["test"]["macro_f1"] > 0.6 and tfidf["test"]["macro_f1"] > 0.85
     assert {r["run"] for r in comparison["runs"]} == {"sms-tfidf", "sms-scratch"}
     assert Path(comparison["report"]["md"]).is_file()
-    assert (tmp_path / "runs" / "sms-scratch" / "config.yaml").read_text().count("class_weights: balanced") == 1
+    config = (tmp_path / "runs" / "sms-scratch" / "config.yaml").read_text()
+    assert "class_weights: balanced" in config
 
 
 def test_api_errors_are_ftvs_errors(tmp_path):

@@ -85,3 +85,26 @@ def test_banking77_deterministic_and_max_train_keeps_val_test(banking77, tmp_pat
 
 
 #
+
+
+@needs_banking77
+def test_every_preset_stays_inside_half_to_ten_million_parameters_on_banking77():
+    import csv
+
+    from ftvs.arms import TrimmedTokenizer, scratch_model_config
+    from ftvs.config import build_config
+    from ftvs.model import PRESETS, ScratchClassifier
+    from ftvs.pretrained import load_tokenizer
+
+    with open(BANKING77 / "train.csv", encoding="utf-8") as f:
+        texts = [r["text"] for r in csv.DictReader(f)]
+    tok = TrimmedTokenizer.fit(load_tokenizer("smollm2-135m"), texts, max_length=128, max_vocab=16000,
+                               name="smollm2-135m")  # fmt: skip
+    assert 1000 < tok.vocab_size < 16000
+    cfg = build_config({}, {"data": "x", "output_dir": "y"})
+    counts = {}
+    for preset in PRESETS:
+        cfg.preset = preset
+        counts[preset] = ScratchClassifier(scratch_model_config(cfg, tok.vocab_size, 77)).num_parameters()["total"]
+        assert 500_000 <= counts[preset] <= 10_000_000, (preset, counts[preset])
+    assert counts["tiny"] < counts["small"] < counts["medium"] < counts["large"]
