@@ -83,13 +83,34 @@ def imbalanced_sms(tmp_path_factory):
     return root, meta
 
 
-def test_balanced_weights_raise_the_minority_recall_of_the_baseline(imbalanced_sms):
-    root, meta = imbalanced_sms
-    assert imbalance_ratio(meta["splits"]["train"]["per_class"]) > 3
-    recall = {}
+@pytest.fixture(scope="module")
+def baseline_runs(imbalanced_sms):
+    root, _ = imbalanced_sms
+    runs = {}
     for spec in ("none", "balanced"):
         settings = BaselineSettings(C_grid=(10.0,), class_weights=spec)
-        m = run_baseline(root / "data", root / f"run-{spec}", settings, log=lambda *a: None)
-        recall[spec] = m["test"]["per_class"]["spam"]["recall"]
+        runs[spec] = run_baseline(root / "data", root / f"run-{spec}", settings, log=lambda *a: None)
+    return root, runs
+
+
+def test_balanced_weights_raise_the_minority_recall_of_the_baseline(imbalanced_sms, baseline_runs):
+    _, meta = imbalanced_sms
+    root, runs = baseline_runs
+    assert imbalance_ratio(meta["splits"]["train"]["per_class"]) > 3
+    recall = {spec: m["test"]["per_class"]["spam"]["recall"] for spec, m in runs.items()}
     assert recall["balanced"] > recall["none"] + 0.05, recall
     assert "class_weights: balanced" in (root / "run-balanced" / "config.yaml").read_text()
+
+
+def test_the_report_says_the_training_split_is_imbalanced_and_what_was_done(imbalanced_sms, baseline_runs):
+    import ftvs
+
+    _, meta = imbalanced_sms
+    ratio = imbalance_ratio(meta["splits"]["train"]["per_class"])
+    root, _ = baseline_runs
+    out = ftvs.compare(
+        [root / "run-none", root / "run-balanced"], out=root / "cmp", formats="md", bootstrap=200
+    )
+    text = " ".join(open(out["report"]["md"], encoding="utf-8").read().split())
+    assert f"The training split is imbalanced (largest class {ratio:.1f}× the smallest)" in text
+    assert "class-weighted loss (`--class_weights`) in **run-balanced** only" in text
