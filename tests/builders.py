@@ -45,13 +45,15 @@ def _newsgroups_posts() -> dict:
 def newsgroups_csv(folder, per_class_train: int | None = None, per_class_test: int = NEWSGROUPS_TEST_PER_CLASS,
                    num_classes: int = 20) -> Path:  # fmt: skip
     """Write `folder/train.csv` and `folder/test.csv` in Banking77's format (`text,category`): real 20 Newsgroups
-    texts (subject + first 12 words), the first `per_class_*` of each of the first `num_classes` groups."""
+    texts (subject + first 12 words), the first `per_class_*` of each of the first `num_classes` groups
+    (alphabetical)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    keep = sorted({group for _, group in _newsgroups_posts()["train"]})[:num_classes]
     for split, cap in (("train", per_class_train), ("test", per_class_test)):
         rows, taken = [], {}
         for text, group in _newsgroups_posts()[split]:
-            if not text.strip() or (group not in taken and len(taken) >= num_classes):
+            if not text.strip() or group not in keep:
                 continue
             if cap is None or taken.get(group, 0) < cap:
                 taken[group] = taken.get(group, 0) + 1
