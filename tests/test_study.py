@@ -141,7 +141,7 @@ def test_study_survives_sigkill_resumes_and_reports_a_failed_run(tmp_path, banki
     for rid in ok:
         r = runs[rid]["results"]
         assert 0 <= r["test_accuracy"] <= 1 and r["num_test_examples"] == 80
-    assert runs["tfidf-f1-s0"]["results"]["test_accuracy"] > 0.5  # 10 intents: chance is 0.1
+    assert runs["tfidf-f1-s0"]["results"]["test_accuracy"] > 0.35  # 10 classes, 30 training texts each: chance is 0.1
     ds = reg["sweeps"]["data_size"]
     assert len(ds) == 8 and {(d["arm_name"], d["train_fraction"]) for d in ds} == {
         (a, f) for a in ("tfidf", "scratch") for f in (0.1, 1.0)}
