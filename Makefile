@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ftvs-installed
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench extra-checks
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# checks that need the real Banking77 CSVs (../shared/data/banking77); `make test` tests the same code without them
+extra-checks: setup
+	$(VENV)/bin/python -m pytest -q benchmarks/checks
 
 # needs ../shared/data/banking77 (the real Banking77 CSVs); see benchmarks/RESULTS.md
 bench: setup

@@ -1,15 +1,80 @@
-"""Test assets: tiny random decoder-only models built from a config (never downloaded), and where the
-real Banking77 CSVs live. Test modules import these as `from builders import ...` (pytest puts tests/
-on the path)."""
+"""Test assets: tiny random decoder-only models built from a config (never downloaded), and a data folder
+in Banking77's CSV format built from real 20 Newsgroups posts (installed by `make test`), so that no test
+needs the Banking77 CSVs of ../shared. Test modules import these as `from builders import ...` (pytest puts
+tests/ on the path)."""
 
+import csv
+import functools
+import os
+import re
+import tempfile
 from pathlib import Path
 
-import pytest
-
+# The real Banking77 CSVs, beside the repository where CI has them; FTVS_NO_SHARED=1 hides them (a fresh
+# clone). Only benchmarks/checks/ (`make extra-checks`) uses them; the main suite never does.
 BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
-needs_banking77 = pytest.mark.skipif(
-    not BANKING77.is_dir(), reason=f"Banking77 CSVs not found at {BANKING77}"
-)
+if os.environ.get("FTVS_NO_SHARED"):
+    BANKING77 = Path("/nonexistent/shared/data/banking77")
+
+# Banking77-sized: 20 intents (newsgroups), ~11k train texts, 150 test texts per class (3,000)
+NEWSGROUPS_TEST_PER_CLASS = 150
+
+
+def _short_post(raw: str, words: int) -> str:
+    """A newsgroup post as a short query-like text: its subject line and the first words of its body."""
+    head, _, body = raw.partition("\n\n")
+    subject = next((line[8:] for line in head.splitlines() if line.startswith("Subject:")), "")
+    subject = re.sub(r"^\s*(re:\s*)+", "", subject.strip(), flags=re.I)
+    body_words = [w for w in body.split() if not w.startswith((">", "|")) and "@" not in w][:words]
+    return " ".join([subject.rstrip(".?!") + "."] + body_words) if subject else " ".join(body_words)
+
+
+@functools.cache
+def _newsgroups_posts() -> dict:
+    """{"train"|"test": [(short text, newsgroup)]}: the scikit-learn bydate split of 20 Newsgroups."""
+    from ftvs.data.sources import load_source
+
+    source = load_source("20newsgroups", remove_headers=False)  # the subject line is in the headers
+    out = {}
+    for split, table in source.tables.items():
+        names = table.class_names["label"]
+        out[split] = [(_short_post(t, 12), names[y]) for t, y in zip(table.fetch("text"), table.fetch("label"))]
+    return out
+
+
+def newsgroups_csv(folder, per_class_train: int | None = None, per_class_test: int = NEWSGROUPS_TEST_PER_CLASS,
+                   num_classes: int = 20) -> Path:  # fmt: skip
+    """Write `folder/train.csv` and `folder/test.csv` in Banking77's format (`text,category`): real 20 Newsgroups
+    texts (subject + first 12 words), the first `per_class_*` of each of the first `num_classes` groups
+    (alphabetical)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    keep = sorted({group for _, group in _newsgroups_posts()["train"]})[:num_classes]
+    for split, cap in (("train", per_class_train), ("test", per_class_test)):
+        rows, taken = [], {}
+        for text, group in _newsgroups_posts()[split]:
+            if not text.strip() or group not in keep:
+                continue
+            if cap is None or taken.get(group, 0) < cap:
+                taken[group] = taken.get(group, 0) + 1
+                rows.append((text, group))
+        with open(folder / f"{split}.csv", "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "category"])
+            writer.writerows(rows)
+    return folder
+
+
+@functools.cache
+def intents_csv_dir() -> Path:
+    """One Banking77-format folder (train.csv, test.csv) of real texts per test process, for the tests that
+    used to read the Banking77 CSVs: 20 classes, every training post, 150 test posts per class."""
+    folder = Path(tempfile.mkdtemp(prefix="ftvs-tests-20ng-"))
+    import atexit
+    import shutil
+
+    atexit.register(shutil.rmtree, folder, True)
+    return newsgroups_csv(folder)
 
 _TINY_CORPUS = """\
 I am still waiting on my card? What can I do if my card still hasn't arrived after 2 weeks?

@@ -18,29 +18,28 @@ def tiny_gpt2_dir(tmp_path_factory):
     return tiny_model_dir(tmp_path_factory.mktemp("tiny_gpt2") / "model", model_type="gpt2")
 
 
-# --- a real from-scratch run on a Banking77 subset, shared by test_train, test_arms_scratch, test_evaluate ---
+# --- a real from-scratch run on real 20 Newsgroups texts, shared by test_train, test_arms_scratch, test_evaluate ---
 
 
 @_pytest.fixture(scope="session")
-def banking_small(tmp_path_factory):
-    from builders import BANKING77
+def intents_small(tmp_path_factory):
+    """3,000 training texts of 20 classes (short 20 Newsgroups posts in Banking77's CSV format), 3,000 test."""
+    from builders import intents_csv_dir
 
     from ftvs.data import prepare
 
-    if not BANKING77.is_dir():
-        _pytest.skip(f"Banking77 CSVs not found at {BANKING77}")
-    out = tmp_path_factory.mktemp("b77")
-    prepare(str(BANKING77), out, max_train_examples=3000, seed=0)
+    out = tmp_path_factory.mktemp("intents")
+    prepare(str(intents_csv_dir()), out, max_train_examples=3000, seed=0)
     return out
 
 
 @_pytest.fixture(scope="session")
-def trained_run(banking_small, tmp_path_factory):
-    """Five epochs of the tiny preset on 3,000 Banking77 texts (about a minute on one CPU thread)."""
+def trained_run(intents_small, tmp_path_factory):
+    """Five epochs of the tiny preset on 3,000 short texts (about a minute on one CPU thread)."""
     from ftvs.cli import main
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    code = main(["train", "scratch", "--data", str(banking_small), "--output_dir", str(run), "--preset", "tiny",
+    code = main(["train", "scratch", "--data", str(intents_small), "--output_dir", str(run), "--preset", "tiny",
                  "--num_train_epochs", "5", "--max_seq_length", "48", "--learning_rate", "2e-3",
                  "--pooling", "mean", "--disable_tqdm"])
     assert code == 0

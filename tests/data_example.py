@@ -6,8 +6,6 @@ from pathlib import Path
 
 from ftvs import data
 
-BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
-
 
 def prepare_offline(source, out, **kw):
     """`prepare` without token statistics (no pre-trained tokenizer needed)."""

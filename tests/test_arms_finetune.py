@@ -10,32 +10,18 @@ import csv
 import json
 import time
 import types
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import finetune_arm
+from builders import finetune_arm, intents_csv_dir
 
 from ftvs.arms import DEFAULT_LEARNING_RATES, default_learning_rate, load_finetune_arm
 from ftvs.errors import FtvsError
 from ftvs.fileio import load_tensors, save_tensors
 from ftvs.pretrained import load_tokenizer
 
-BANKING77 = Path("/work/shared/data/banking77/train.csv")
 METHODS = ("lora", "full", "frozen", "unfreeze")
-
-_FALLBACK = {
-    "card_arrival": ["I am still waiting on my card?", "When will my new card arrive?",
-                     "My card has not arrived yet", "How long does card delivery take?"],
-    "exchange_rate": ["What exchange rate do you use?", "The exchange rate on my payment looks wrong",
-                      "Why is the rate different from the market?", "How are currencies converted?"],
-    "lost_or_stolen_card": ["I lost my card", "Someone stole my card, freeze it please",
-                            "My wallet was stolen with my card", "I cannot find my card anywhere"],
-    "top_up_failed": ["My top up failed", "Why did my top-up not go through?",
-                      "The top up was declined", "I tried to top up but it did not work"],
-}
-
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -48,18 +34,16 @@ def _one_thread():
 
 
 def sample_texts(n_labels=4, per_label=8):
-    """Real Banking77 texts (or a small built-in stand-in), balanced over the first `n_labels` intents."""
+    """Real short texts (20 Newsgroups posts, builders.intents_csv_dir), balanced over the first `n_labels`
+    classes."""
     groups: dict[str, list[str]] = {}
-    if BANKING77.is_file():
-        with open(BANKING77, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                bucket = groups.setdefault(row["category"], [])
-                if len(bucket) < per_label:
-                    bucket.append(row["text"])
-                if len(groups) > n_labels and all(len(v) >= per_label for v in list(groups.values())[:n_labels]):
-                    break
-    else:
-        groups = {k: (v * per_label)[:per_label] for k, v in _FALLBACK.items()}
+    with open(intents_csv_dir() / "train.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            bucket = groups.setdefault(row["category"], [])
+            if len(bucket) < per_label:
+                bucket.append(row["text"])
+            if len(groups) > n_labels and all(len(v) >= per_label for v in list(groups.values())[:n_labels]):
+                break
     labels = list(groups)[:n_labels]
     texts, y = [], []
     for i, name in enumerate(labels):
@@ -295,8 +279,6 @@ def test_bad_settings_are_one_line_errors(tiny_llama_dir, tmp_path):
 @pytest.mark.slow
 def test_smollm2_lora_learns_and_reloads(tmp_path, capsys):
     pytest.importorskip("gguf")
-    if not BANKING77.is_file():
-        pytest.skip(f"{BANKING77} not present")
     from ftvs.pretrained import builtin_gguf_path, cache_dir, ensure_builtin
 
     try:
@@ -316,7 +298,7 @@ def test_smollm2_lora_learns_and_reloads(tmp_path, capsys):
 
     busy = os.getloadavg()[0] > (os.cpu_count() or 1)  # oversubscribed box: one thread is far faster
     torch.set_num_threads(1 if busy else max(1, min(os.cpu_count() or 1, 4)))
-    texts, y, labels = sample_texts(n_labels=4, per_label=16)  # 64 real Banking77 texts
+    texts, y, labels = sample_texts(n_labels=4, per_label=16)  # 64 real newsgroup texts
     torch.manual_seed(0)
     t0 = time.perf_counter()
     arm = finetune_arm("smollm2-135m", labels, method="lora", max_seq_length=32)

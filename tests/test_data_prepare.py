@@ -10,14 +10,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from data_example import BANKING77, class_rows, prepare_offline, write_csv
+from builders import intents_csv_dir
+from data_example import class_rows, prepare_offline, write_csv
 
 from ftvs import data
 from ftvs.errors import FtvsError
 
-needs_banking77 = pytest.mark.skipif(
-    not (BANKING77 / "train.csv").is_file(), reason=f"Banking77 CSVs not found at {BANKING77}"
-)
 META_KEYS = {
     "source", "label_names", "num_labels", "seed", "splits", "length_words", "length_tokens", "cleaning",
     "content_hash",
@@ -27,28 +25,26 @@ META_KEYS = {
 
 
 # --------------------------------------------------------------------------------------------------
-# Banking77 (local CSV folder with an official test split)
+# A local CSV folder with an official test split, in Banking77's format (text,category): real 20 Newsgroups
+# posts (tests/builders.py); the same checks on the real Banking77 CSVs: benchmarks/checks/test_banking77.py
 # --------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def banking77(tmp_path_factory):
-    if not (BANKING77 / "train.csv").is_file():
-        pytest.skip(f"Banking77 CSVs not found at {BANKING77}")
-    out = tmp_path_factory.mktemp("b77") / "data"
-    return out, prepare_offline(BANKING77, out)
+def csv_folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("intents") / "data"
+    return out, prepare_offline(intents_csv_dir(), out)
 
 
-@needs_banking77
-def test_banking77_uses_official_test_and_stratified_val(banking77):
-    out, meta = banking77
+def test_csv_folder_uses_official_test_and_stratified_val(csv_folder):
+    out, meta = csv_folder
     assert META_KEYS <= set(meta)
-    assert meta["num_labels"] == 77 == len(meta["label_names"])
+    assert meta["num_labels"] == 20 == len(meta["label_names"])
     assert meta["label_names"] == sorted(meta["label_names"])
     assert meta["test_source"] == "source" and meta["val_source"] == "stratified"
     assert (meta["text_column"], meta["label_column"]) == ("text", "category")
     # official test split, minus the texts that also occur in train
-    assert meta["splits"]["test"]["count"] == 3080 - meta["cleaning"]["leaked_test_dropped"]
+    assert meta["splits"]["test"]["count"] == 3000 - meta["cleaning"]["leaked_test_dropped"]
     assert meta == data.load_metadata(out)
 
     train_texts, train_y = data.load_split(out, "train")
@@ -57,7 +53,7 @@ def test_banking77_uses_official_test_and_stratified_val(banking77):
     assert len(val_texts) == meta["splits"]["val"]["count"]
     assert not set(train_texts) & set(val_texts) and not set(train_texts) & set(test_texts)
     assert len(set(train_texts)) == len(train_texts)
-    assert set(train_y) == set(val_y) == set(range(77))
+    assert set(train_y) == set(val_y) == set(range(20))
     # val is ~10% of the de-duplicated train data, and each class is within one example of 10%
     pool = Counter(train_y) + Counter(val_y)
     assert abs(len(val_y) - 0.1 * sum(pool.values())) <= 1
@@ -72,16 +68,15 @@ def test_banking77_uses_official_test_and_stratified_val(banking77):
     assert meta["content_hash"] == data.content_hash(out)
 
 
-@needs_banking77
-def test_banking77_deterministic_and_max_train_keeps_val_test(banking77, tmp_path):
-    out, meta = banking77
-    again = prepare_offline(BANKING77, tmp_path / "again")
+def test_csv_folder_deterministic_and_max_train_keeps_val_test(csv_folder, tmp_path):
+    out, meta = csv_folder
+    again = prepare_offline(intents_csv_dir(), tmp_path / "again")
     assert again["content_hash"] == meta["content_hash"]
-    other_seed = prepare_offline(BANKING77, tmp_path / "seed1", seed=1)
+    other_seed = prepare_offline(intents_csv_dir(), tmp_path / "seed1", seed=1)
     assert other_seed["content_hash"] != meta["content_hash"]
 
-    small = prepare_offline(BANKING77, tmp_path / "small", max_train_examples=770)
-    assert small["splits"]["train"]["count"] == 770
+    small = prepare_offline(intents_csv_dir(), tmp_path / "small", max_train_examples=200)
+    assert small["splits"]["train"]["count"] == 200
     assert all(n >= 1 for n in small["splits"]["train"]["per_class"].values())
     for split in ("val", "test"):
         assert (tmp_path / "small" / f"{split}.jsonl").read_bytes() == (out / f"{split}.jsonl").read_bytes()

@@ -2,12 +2,9 @@
 
 import json
 
-from builders import needs_banking77
-
 from ftvs.cli import main
 
 
-@needs_banking77
 def test_bf16_inference_is_recorded_and_agrees_with_fp32(trained_run, tmp_path):
     import shutil
 

@@ -19,23 +19,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import intents_csv_dir
 from safetensors.torch import load_file
 from tiny_runs import assert_one_line_error
 
 from ftvs.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-BANKING77 = next(
-    (
-        p
-        for p in (ROOT.parent / "shared" / "data" / "banking77", Path("/work/shared/data/banking77"))
-        if (p / "train.csv").is_file()
-    ),
-    ROOT.parent / "shared" / "data" / "banking77",
-)
-needs_banking77 = pytest.mark.skipif(
-    not (BANKING77 / "train.csv").is_file(), reason=f"Banking77 CSVs not found at {BANKING77}"
-)
 
 # small enough that a run is a few seconds of compute on a shared 2-core machine
 SCRATCH_FLAGS = [
@@ -106,9 +96,8 @@ def _cmd(arm_args, run_dir, resume=False):
 
 @pytest.fixture(scope="module")
 def small_b77(tmp_path_factory):
-    """A small prepared Banking77: 600 train (stratified), ~150 val, 200 test."""
-    if not (BANKING77 / "train.csv").is_file():
-        pytest.skip(f"Banking77 CSVs not found at {BANKING77}")
+    """A small prepared Banking77-format set (real newsgroup posts, 20 classes): 600 train (stratified),
+    ~150 val, 200 test."""
     import csv
 
     from ftvs.data import prepare
@@ -116,7 +105,7 @@ def small_b77(tmp_path_factory):
     root = tmp_path_factory.mktemp("b77small")
     rng = random.Random(0)
     for name, n in (("train", 1500), ("test", 200)):
-        with open(BANKING77 / f"{name}.csv", encoding="utf-8", newline="") as f:
+        with open(intents_csv_dir() / f"{name}.csv", encoding="utf-8", newline="") as f:
             rows = list(csv.reader(f))
         body = rows[1:]
         rng.shuffle(body)
@@ -209,13 +198,11 @@ def _kill_resume_matches(arm_args, tmp_path, seed, capsys):
     _assert_same_run(ref, run, tmp_path)
 
 
-@needs_banking77
 def test_scratch_sigkill_resume_is_exact(small_b77, tmp_path, capsys):
     args = ["scratch", "--data", str(small_b77), *SCRATCH_FLAGS, *COMMON_FLAGS]
     _kill_resume_matches(args, tmp_path, seed=1234, capsys=capsys)
 
 
-@needs_banking77
 def test_finetune_lora_sigkill_resume_is_exact(small_b77, tiny_llama_dir, tmp_path, capsys):
     pytest.importorskip("ftvs.arms.finetune")
     args = [
@@ -244,7 +231,6 @@ def test_finetune_lora_sigkill_resume_is_exact(small_b77, tiny_llama_dir, tmp_pa
 # --------------------------------------------------------------------------------------------------
 
 
-@needs_banking77
 def test_run_dir_is_locked_while_training(small_b77, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["scratch", "--data", str(small_b77), *SCRATCH_FLAGS, *COMMON_FLAGS, "--num_train_epochs", "50"]

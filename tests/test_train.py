@@ -5,7 +5,6 @@ import json
 
 import pytest
 import yaml
-from builders import needs_banking77
 from tiny_runs import TINY_SCRATCH_FLAGS, prepare_tiny_dataset
 
 from ftvs.cli import main
@@ -121,16 +120,16 @@ HISTORY_KEYS = {
 }
 
 
-@needs_banking77
 def test_training_learns_far_above_chance_and_writes_documented_outputs(trained_run):
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics)
     assert metrics["arm"] == "scratch" and metrics["num_test_examples"] > 2500
-    # 77 classes: chance is 1.3%; five epochs on 3,000 examples must be far above it
-    assert metrics["test"]["accuracy"] > 0.25, metrics["test"]["accuracy"]
-    assert metrics["test"]["macro_f1"] > 0.15
-    assert len(metrics["test"]["per_class"]) == 77
-    assert len(metrics["test"]["confusion_matrix"]) == 77
+    # 20 classes: chance is 5%; five epochs on 3,000 short posts must be far above it (the official test
+    # split is later in time than the training posts, and harder than val)
+    assert metrics["test"]["accuracy"] > 0.15, metrics["test"]["accuracy"]
+    assert metrics["test"]["macro_f1"] > 0.12
+    assert len(metrics["test"]["per_class"]) == 20
+    assert len(metrics["test"]["confusion_matrix"]) == 20
     assert metrics["inference"]["seconds_per_1000"] > 0
     assert 500_000 <= metrics["params"]["total"] <= 10_000_000
     assert metrics["params"]["total"] == metrics["params"]["trainable"]

@@ -77,8 +77,10 @@ def cmd_train(args) -> int:
     )
     if args.evaluate and summary.get("status") == "completed":
         from ftvs.evaluate import evaluate_run
+        from ftvs.tracking import log_test_metrics
 
         m = evaluate_run(cfg.output_dir)
+        log_test_metrics(cfg, m)
         log(f"test accuracy {m['test']['accuracy']:.4f} | macro-F1 {m['test']['macro_f1']:.4f}")
     return 0
 

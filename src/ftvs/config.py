@@ -130,6 +130,11 @@ class TrainConfig:
     )
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 disables)")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
+    class_weights: str = option(
+        "none",
+        "class weights of the cross-entropy: none, balanced (n / (classes x count) over the training split) "
+        "or a JSON file {label_name: weight}",
+    )
     early_stopping_patience: int = option(
         5, "stop after this many epochs without a val macro-F1 gain (0 disables)"
     )
@@ -149,6 +154,14 @@ class TrainConfig:
     max_train_steps: int | None = option(None, "stop after N optimizer steps (smoke tests, benchmarks)")
     num_workers: int = option(0, "DataLoader worker processes")
     disable_tqdm: bool = option(False, "no progress bars")
+    report_to: str = option(
+        "none",
+        "experiment trackers, logging under RUN/logs/: none, all, or a comma list of tensorboard, mlflow, "
+        "trackio, wandb",
+    )
+    tracking_project: str = option(
+        "", "tracker experiment/project name (default: the run folder's name; a study passes its own)"
+    )
     extra: dict = field(default_factory=dict)  # free-form tags (study sweeps: train_fraction, ...); no flag
     # the keys the user set (flags, --config, study train keys), filled by `build_config`; None (a config
     # built in Python) counts every key as given. Not a field: it is not a setting and is never saved.
@@ -204,6 +217,11 @@ class TrainConfig:
                 f"more than the from-scratch model's {MAX_POSITIONS} positions",
                 f"use at most {MAX_POSITIONS}",
             )
+        from ftvs.class_weights import check_spec
+        from ftvs.tracking import parse_report_to
+
+        parse_report_to(self.report_to)
+        check_spec(self.class_weights)
         if self.arm == "scratch" and self.n_embd and self.n_head and self.n_embd % self.n_head:
             bad("n_embd", f"must be divisible by n_head={self.n_head}", "pick a multiple of the head count")
         return self
@@ -245,7 +263,16 @@ FINETUNE_ONLY = {
     "feature_cache",
 }
 # keys that may differ between an interrupted run and its resumption without changing the result
-RESUME_FREE_KEYS = {"output_dir", "disable_tqdm", "logging_steps", "save_steps", "num_workers", "data"}
+RESUME_FREE_KEYS = {
+    "output_dir",
+    "disable_tqdm",
+    "logging_steps",
+    "save_steps",
+    "num_workers",
+    "data",
+    "report_to",
+    "tracking_project",
+}
 
 
 def load_yaml(path) -> dict:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ftvs import checkpoint as ckpt
+from ftvs import class_weights
 from ftvs.arms import build_arm
 from ftvs.batching import IndexedDataset, LengthGroupedBatchSampler, make_collate
 from ftvs.config import (
@@ -50,6 +51,7 @@ from ftvs.progress import PROGRESS_FILE, ProgressFile
 from ftvs.rundir import check_output_dir, check_same_data, clear_run
 from ftvs.small_data import apply_small_data_defaults
 from ftvs.small_data import describe as describe_auto_defaults
+from ftvs.tracking import RunTracker
 
 
 class NonFiniteLoss(FtvsError):
@@ -91,7 +93,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, data_
         setup = set_up(cfg, accelerator)
         setup.resolved["auto_defaults"] = auto_defaults
         state, running = start_or_resume(setup, run_dir, resume)
-        return fit(setup, run_dir, state, running)
+        setup.tracker = RunTracker(cfg, run_dir, main)
+        setup.tracker.log_config(cfg, setup.resolved)
+        try:
+            return fit(setup, run_dir, state, running)
+        finally:
+            setup.tracker.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,14 +118,16 @@ def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
     return f
 
 
-def forward_backward(accelerator, model, batch: dict, cfg: TrainConfig) -> tuple:
+def forward_backward(accelerator, model, batch: dict, cfg: TrainConfig, class_weight=None) -> tuple:
     """One training micro-batch, called inside `accelerator.accumulate(model)`: forward, loss, backward
     and, on a step that syncs the gradients, clipping. Returns (logits, loss, labels, bad), `bad` being
     the non-finite loss/grad-norm flag (a device tensor: no sync) on a syncing step, else None."""
     batch.pop("index")
     labels = batch.pop("labels")
     logits = model(**batch)
-    loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+    loss = F.cross_entropy(
+        logits.float(), labels, weight=class_weight, label_smoothing=cfg.label_smoothing
+    )
     accelerator.backward(loss)
     if not accelerator.sync_gradients:
         return logits, loss, labels, None
@@ -161,6 +170,7 @@ class TrainStep:
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
         self.global_step = 0
         self.nonfinite_skipped = 0
+        self.class_weight = None  # per-label loss weights on the device (--class_weights), or None
         self.reset_fault_flags()
 
     def reset_fault_flags(self) -> None:
@@ -174,7 +184,9 @@ class TrainStep:
         """(logits, loss, labels) of one micro-batch."""
         cfg, optimizer = self.cfg, self.optimizer
         with self.accelerator.accumulate(self.model):
-            logits, loss, labels, bad = forward_backward(self.accelerator, self.model, batch, cfg)
+            logits, loss, labels, bad = forward_backward(
+                self.accelerator, self.model, batch, cfg, self.class_weight
+            )
             if bad is not None:  # a step that syncs the gradients
                 if cfg.skip_nan_steps and bad.item():  # tolerating faults costs a sync per step
                     self.nonfinite_skipped += 1
@@ -256,6 +268,7 @@ class Setup:
     encode_seconds: float
     description: dict  # the arm's sizes as built (before any freeze-then-unfreeze changes what trains)
     resolved: dict  # the derived settings written under `resolved:` in config.yaml and into the summary
+    tracker: RunTracker | None = None  # --report_to: set by train() once the run folder is ready
 
     @property
     def main(self) -> bool:
@@ -278,6 +291,9 @@ def set_up(cfg: TrainConfig, accelerator) -> Setup:
     encode_seconds = time.perf_counter() - t0
 
     step = build_train_step(cfg, arm, train_examples, train_labels, accelerator)
+    weights = class_weights.resolve(cfg.class_weights, train_labels, label_names)
+    if weights is not None:
+        step.class_weight = torch.tensor(weights, dtype=torch.float32, device=accelerator.device)
     val_loader = accelerator.prepare(
         make_eval_loader(arm, val_examples, val_labels, cfg.per_device_eval_batch_size, cfg.num_workers)
     )
@@ -299,6 +315,7 @@ def set_up(cfg: TrainConfig, accelerator) -> Setup:
         "num_val_examples": len(val_examples),
         "params_total": description["params_total"],
         "params_trainable": description["params_trainable"],
+        "class_weights": weights,
     }
     accelerator.print(
         f"{cfg.arm} | {description['params_total']:,} params ({description['params_trainable']:,} trainable) | "
@@ -460,9 +477,12 @@ def train_epoch(
         progress.tick(i + 1, step.global_step)
         if (i + 1) % cfg.logging_steps == 0 or i + 1 == num_batches:
             check_finite(setup, run_dir, state, epoch)
+            lr = step.scheduler.get_last_lr()[0]
+            if setup.tracker:
+                setup.tracker.log_step(step.global_step, loss.item(), lr)
             bar.set_postfix(
                 loss=f"{loss.item():.4f}",
-                lr=f"{step.scheduler.get_last_lr()[0]:.2e}",
+                lr=f"{lr:.2e}",
                 ex_s=f"{seen / (time.perf_counter() - epoch_start):.0f}",
             )
         if (
@@ -536,6 +556,8 @@ def end_epoch(setup: Setup, run_dir: Path, state: dict, epoch: int, trained: dic
         state["epochs_without_gain"] += 1
     if setup.main:
         append_jsonl(run_dir / "history.jsonl", row)
+        if setup.tracker:
+            setup.tracker.log_epoch(row)
         if improved:
             _export_best(setup.arm, run_dir)
     accelerator.print(

@@ -35,6 +35,7 @@ from ftvs.baseline.model import (
     mean_nll,
 )
 from ftvs.calibration import calibrate_run
+from ftvs.class_weights import check_spec
 from ftvs.data import load_metadata, load_split, split_hash
 from ftvs.errors import FtvsError, closest
 from ftvs.fileio import RunLock, append_jsonl, atomic_write_bytes, dir_size_bytes, write_json
@@ -105,6 +106,7 @@ def _run_config(
         "solver": settings.solver,
         "max_iter": settings.max_iter,
         "tol": settings.tol,
+        "class_weights": settings.class_weights,
         "train_fraction": meta.get("train_fraction", 1.0),
         "num_train_examples": num_train,
         "num_train_epochs": 1,
@@ -208,6 +210,7 @@ def run_baseline(
     """Fit, save, reload, evaluate; writes config.yaml, history.jsonl, train_summary.json, model/,
     metrics.json and predictions.json into `output_dir`. Returns the metrics dict."""
     settings = settings or BaselineSettings()
+    check_spec(settings.class_weights)
     data_dir, out = Path(data_dir), Path(output_dir)
     rundir.check_output_dir(out, ARM, data_dir=data_dir, overwrite=overwrite)
     meta, label_names, splits = _load_splits(data_dir)
@@ -345,6 +348,11 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max_features", type=int, default=None, help="cap on features per vectoriser")
     p.add_argument("--max_iter", type=int, default=None, help="lbfgs iteration cap (default 1000)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument(
+        "--class_weights",
+        default=None,
+        help="none, balanced (n / (classes x count)) or a JSON file {label_name: weight} (default none)",
+    )
     p.add_argument("--run_name", default=None, help="name shown in comparisons (default: the folder name)")
     p.set_defaults(func=cmd_baseline)
     return p
@@ -360,6 +368,7 @@ SETTING_DEFAULTS = {
     "max_features": None,
     "max_iter": 1000,
     "seed": 0,
+    "class_weights": "none",
 }
 
 
@@ -399,6 +408,7 @@ def cmd_baseline(args) -> int:
         C_grid=(float(values["C"]),) if values["C"] is not None else tuple(values["C_grid"]),
         max_iter=values["max_iter"],
         seed=values["seed"],
+        class_weights=values["class_weights"],
     )
     run_baseline(args.data, args.output_dir, settings, run_name=args.run_name, overwrite=args.overwrite_output_dir)
     return 0

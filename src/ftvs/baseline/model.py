@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ftvs import rundir
+from ftvs import class_weights, rundir
 from ftvs.errors import FtvsError
 from ftvs.fileio import load_tensors, read_json, replace_dir, save_tensors, write_json
 from ftvs.metrics import summary_metrics
@@ -41,6 +41,7 @@ class BaselineSettings:
     tol: float = 1e-4
     solver: str = "lbfgs"
     seed: int = 0
+    class_weights: str = "none"  # none | balanced | PATH.json (ftvs.class_weights)
     extra: dict = field(default_factory=dict)
 
 
@@ -204,7 +205,9 @@ class BaselineModel:
         return cls(settings, word, char, t["coef"].numpy(), t["intercept"].numpy(), marker["label_names"])
 
 
-def _fit_grid(x_train, y_train, grid: list[float], settings: BaselineSettings) -> list[tuple]:
+def _fit_grid(
+    x_train, y_train, grid: list[float], settings: BaselineSettings, class_weight: dict | None = None
+) -> list[tuple]:
     """One logistic regression per C: [(classifier, seconds)] in grid order."""
     import warnings
 
@@ -219,6 +222,7 @@ def _fit_grid(x_train, y_train, grid: list[float], settings: BaselineSettings) -
             max_iter=settings.max_iter,
             tol=settings.tol,
             random_state=settings.seed,
+            class_weight=class_weight,
         )
         clf.fit(x_train, y_train)
         return clf, time.perf_counter() - t1
@@ -273,7 +277,9 @@ def fit_baseline(
     present = np.unique(y_train)
     grid = sorted(float(c) for c in settings.C_grid)
 
-    fitted = _fit_grid(x_train, y_train, grid, settings)
+    weights = class_weights.resolve(settings.class_weights, y_train, label_names)
+    class_weight = {int(c): weights[c] for c in present} if weights else None
+    fitted = _fit_grid(x_train, y_train, grid, settings, class_weight)
 
     trials, best = [], None
     for c, (clf, seconds) in zip(grid, fitted):

@@ -56,6 +56,7 @@ def describe_model(run: Run) -> dict:
                 "dropout",
                 "token_dropout",
                 "label_smoothing",
+                "class_weights",
                 "early_stopping_patience",
                 "lora_r",
                 "lora_alpha",

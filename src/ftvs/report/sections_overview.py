@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ftvs import fmt
+from ftvs.class_weights import IMBALANCE_RATIO
 from ftvs.fmt import f4
 from ftvs.report.context import Ctx, arm_label, describe_pair, ratio, significance_words, verdict
 
@@ -289,6 +290,26 @@ def _input_items(x: Ctx, ds: dict) -> list[str]:
     return items
 
 
+def _imbalance_item(x: Ctx, ds: dict) -> str | None:
+    """One sentence when the training split is imbalanced: the ratio, and what each run did about it."""
+    lo, hi = ds.get("train_per_class_min"), ds.get("train_per_class_max")
+    if not lo or not hi or hi / lo <= IMBALANCE_RATIO:
+        return None
+    weighted = {
+        r["run"]: (x.models.get(r["run"], {}).get("training") or {}).get("class_weights") or "none"
+        for r in x.rows
+    }
+    used = sorted(run for run, w in weighted.items() if w != "none")
+    if not used:
+        done = "no run weighted the classes (`--class_weights balanced` would), so macro-F1 is the fairer score"
+    elif len(used) == len(weighted):
+        kinds = sorted(set(weighted.values()))
+        done = f"every run weighted the loss by class (`--class_weights {', '.join(kinds)}`)"
+    else:
+        done = f"class-weighted loss (`--class_weights`) in {', '.join(f'**{r}**' for r in used)} only"
+    return f"The training split is imbalanced (largest class {hi / lo:.1f}× the smallest); {done}."
+
+
 def dataset_blocks(x: Ctx) -> list[dict]:
     ds = x.c.get("dataset") or {}
     blocks = [{"t": "h2", "text": "2. Dataset description"}]
@@ -304,7 +325,8 @@ def dataset_blocks(x: Ctx) -> list[dict]:
         return blocks
     counts = {k: (v or {}).get("count") for k, v in (ds.get("splits") or {}).items()}
     blocks += [_dataset_overview(ds, counts), _length_table(ds, counts)]
-    items = [_cleaning_item(ds), *_split_items(ds), *_input_items(x, ds)]
+    imbalance = _imbalance_item(x, ds)
+    items = [_cleaning_item(ds), *_split_items(ds), *([imbalance] if imbalance else []), *_input_items(x, ds)]
     blocks += [{"t": "h3", "text": "Preprocessing"}, {"t": "ul", "items": items}]
     ex = ds.get("examples") or []
     if ex:

@@ -25,7 +25,7 @@ DATA_DEFAULTS = {"source": None, "max_train_examples": None, "max_val_examples":
                  "validation_split": 0.1, "test_split": 0.2, "seed": 0, "tokenizer": DEFAULT_TOKENIZER,
                  "text_column": None, "label_column": None, "remove_headers": True, "max_chars": None}
 ARM_META_KEYS = {"name", "arm", "launcher", "enabled", "tune"}
-BASELINE_KEYS = {"C", "C_grid", "word_ngrams", "char_ngrams", "min_df", "max_features", "max_iter"}
+BASELINE_KEYS = {"C", "C_grid", "word_ngrams", "char_ngrams", "min_df", "max_features", "max_iter", "class_weights"}
 SIZE_KEYS = ("n_layer", "n_head", "n_embd", "d_ff")
 # config keys that may change without making a finished run stale: what `--resume` tolerates, plus the tags
 FREE_KEYS = RESUME_FREE_KEYS | {"extra"}

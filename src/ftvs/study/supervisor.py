@@ -458,7 +458,7 @@ class Study:
         s = e["config"]
         args = ["baseline", "--data", str(self.abs(e["data_dir"])), "--output_dir", str(run_dir),
                 "--seed", str(e["seed"]), "--run_name", e["id"]]
-        for key in ("C", "min_df", "max_features", "max_iter"):
+        for key in ("C", "min_df", "max_features", "max_iter", "class_weights"):
             if s.get(key) is not None:
                 args += [f"--{key}", str(s[key])]
         for key in ("C_grid", "word_ngrams", "char_ngrams"):
@@ -501,8 +501,9 @@ class Study:
         cfg_path = self.abs(e["config_file"])
         # only the settings the study gives: what it leaves out gets `ftvs train`'s defaults, small-data rule included
         given = set(self._planned(e["id"]).settings) | {"data", "output_dir", "seed", "extra"}
-        atomic_write_bytes(cfg_path, yaml.safe_dump({k: v for k, v in e["config"].items() if k in given},
-                                                    sort_keys=False).encode())
+        train_cfg = {k: v for k, v in e["config"].items() if k in given}
+        train_cfg["tracking_project"] = train_cfg.get("tracking_project") or self.cfg["name"]  # one experiment
+        atomic_write_bytes(cfg_path, yaml.safe_dump(train_cfg, sort_keys=False).encode())
         launcher = e.get("launcher") or {}
         args = ["train", e["arm"], "--config", str(cfg_path)]
         resume_args = [*args, "--resume", str(run_dir)]  # also starts a run that never checkpointed

@@ -1,0 +1,107 @@
+"""The Python API (`from ftvs import prepare, train, evaluate, compare, study`): one function per command,
+keyword arguments named like the command's flags, results returned as the dicts the command writes.
+
+    import ftvs
+    meta = ftvs.prepare("sms_spam", "data/sms", max_train_examples=1000)
+    metrics = ftvs.train(arm="scratch", data="data/sms", output_dir="runs/sms", num_train_epochs=3)
+    ftvs.compare(["runs/sms", "runs/other"], out="reports/sms")
+
+Errors a user can fix raise `ftvs.errors.FtvsError`, as on the command line. See docs/api.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def prepare(source: str, output_dir, **kw) -> dict:
+    """`ftvs prepare SOURCE --output_dir DIR`: returns the folder's metadata.json. Keywords as the flags:
+    text_column, label_column, validation_split, test_split, max_train_examples, seed, tokenizer, ..."""
+    from ftvs.data import prepare as prepare_data
+
+    return prepare_data(str(source), output_dir, **kw)
+
+
+def train(
+    arm: str = "scratch",
+    data=None,
+    output_dir=None,
+    *,
+    config=None,
+    resume: bool = False,
+    evaluate: bool = True,
+    **config_overrides,
+) -> dict:
+    """`ftvs train ARM --data DATA --output_dir RUN [--config YAML] [--flag value ...]`.
+
+    Returns the run's metrics.json (test scores, cost, ...) when `evaluate` (the default), else the
+    training summary. Keywords other than these are TrainConfig fields, as the flags
+    (`num_train_epochs=3`, `learning_rate=1e-3`, `report_to="tensorboard"`, ...)."""
+    from ftvs.config import build_config, load_yaml
+    from ftvs.tracking import log_test_metrics
+    from ftvs.train import train as train_run
+
+    values = {k: v for k, v in config_overrides.items() if v is not None}
+    values.update(
+        arm=arm, data=str(data) if data else None, output_dir=str(output_dir) if output_dir else None
+    )
+    file_values = load_yaml(config) if config else {}
+    cfg = build_config({k: v for k, v in file_values.items() if k != "arm"}, values)
+    if not cfg.data:
+        from ftvs.errors import FtvsError
+
+        raise FtvsError("no data given; prepare a dataset with ftvs.prepare(...) and pass data=its folder")
+    summary = train_run(cfg, resume=resume)
+    if not evaluate or summary.get("status") != "completed":
+        return summary
+    from ftvs.evaluate import evaluate_run
+
+    metrics = evaluate_run(cfg.output_dir)
+    log_test_metrics(cfg, metrics)
+    return metrics
+
+
+def baseline(data, output_dir, **settings) -> dict:
+    """`ftvs baseline --data DATA --output_dir RUN`: the TF-IDF + logistic regression run; returns its
+    metrics.json. Keywords are `BaselineSettings` fields (C_grid, word_ngrams, class_weights, seed, ...)."""
+    from ftvs.baseline import BaselineSettings, run_baseline
+
+    run_name = settings.pop("run_name", None)
+    return run_baseline(data, output_dir, BaselineSettings(**settings), run_name=run_name)
+
+
+def evaluate(run_dir, split: str = "test", data=None, batch_size: int = 128) -> dict:
+    """`ftvs evaluate RUN_DIR`: scores the run's best model on a split; returns metrics.json."""
+    from ftvs.evaluate import evaluate_run
+
+    return evaluate_run(run_dir, data, split, batch_size)
+
+
+def compare(
+    run_dirs, out, *, report: bool = True, formats: str = "md,html", bootstrap: int = 2000, seed=0
+) -> dict:
+    """`ftvs compare RUN_DIR... --out DIR`: returns comparison.json's content (plus `report`: the paths
+    of the report files written, when `report`)."""
+    from ftvs.comparison import compare as build_comparison
+    from ftvs.report import build_report, parse_formats
+
+    runs = [str(run_dirs)] if isinstance(run_dirs, str | Path) else [str(r) for r in run_dirs]
+    comparison = build_comparison(runs, str(out), n_resamples=bootstrap, seed=seed)
+    if report:
+        written = build_report(comparison, str(out), formats=parse_formats(formats))
+        return {**comparison, "report": {k: str(v) for k, v in written.items()}}
+    return comparison
+
+
+def study(
+    preset: str | None = None, config=None, output_dir=None, *, overrides=(), quiet: bool = True
+) -> dict:
+    """`ftvs study [CONFIG.yaml | --preset NAME] --output_dir DIR [--set key=value ...]`: runs (or resumes)
+    the whole study; returns its registry (study.json)."""
+    from ftvs.study import Progress, Study, load_study_config
+
+    cfg, preset = load_study_config(config, preset, tuple(overrides))
+    out = Path(output_dir or Path("studies") / cfg["name"])
+    source = str(config) if config else f"preset:{preset}"
+    runner = Study(cfg, out, preset=preset, progress=Progress(quiet=quiet), config_source=source)
+    return runner.run()

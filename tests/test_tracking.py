@@ -1,0 +1,62 @@
+"""`--report_to` (ftvs/tracking.py): a real tiny run logs to TensorBoard and a local MLflow store, read back."""
+
+import importlib.util
+
+import pytest
+
+from ftvs.cli import main
+from ftvs.data import prepare
+from ftvs.errors import FtvsError
+from ftvs.tracking import check_installed, parse_report_to
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tracking")
+    data, run = root / "sms", root / "runs" / "sms-tiny"
+    prepare("sms_spam", data, max_train_examples=240, tokenizer="none", seed=0)
+    code = main(["train", "scratch", "--data", str(data), "--output_dir", str(run), "--tokenizer", "bpe",
+                 "--bpe_vocab_size", "400", "--max_seq_length", "32", "--num_train_epochs", "2",
+                 "--learning_rate", "2e-3", "--logging_steps", "2", "--report_to", "tensorboard,mlflow",
+                 "--disable_tqdm"])  # fmt: skip
+    assert code == 0
+    return run
+
+
+def test_tensorboard_events_hold_the_step_loss_and_the_val_metrics_per_epoch(tracked_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tracked_run / "logs" / "tensorboard" / "sms-tiny")).Reload()
+    scalars = events.Tags()["scalars"]
+    losses = events.Scalars("train/loss")
+    assert len(losses) >= 4 and all(e.value > 0 for e in losses)  # 8 batches/epoch, logged every 2
+    assert [e.step for e in losses] == sorted(e.step for e in losses)
+    assert "train/learning_rate" in scalars
+    val = events.Scalars("val_macro_f1")
+    assert len(val) == 2 and all(0 <= e.value <= 1 for e in val)  # one per epoch
+    assert "test_accuracy" in scalars  # evaluation after training logs the test scores too
+
+
+def test_mlflow_run_has_the_config_the_val_metrics_and_the_test_scores(tracked_run):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tracked_run / 'logs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("sms-tiny")  # no study: the run's name
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "sms-tiny" and run.info.status == "FINISHED"
+    assert float(run.data.params["learning_rate"]) == pytest.approx(2e-3)
+    assert run.data.params["arm"] == "scratch"
+    assert len(client.get_metric_history(run.info.run_id, "val_macro_f1")) == 2
+    assert 0.5 < run.data.metrics["test_accuracy"] <= 1.0  # SMS spam: 87% ham, a trained model beats chance
+
+
+def test_report_to_parsing_and_missing_packages():
+    assert parse_report_to("none") == [] and parse_report_to("") == []
+    assert parse_report_to("tensorboard, mlflow,tensorboard") == ["tensorboard", "mlflow"]
+    assert set(parse_report_to("all")) >= {"tensorboard", "mlflow"}
+    with pytest.raises(FtvsError, match="did you mean .tensorboard."):
+        parse_report_to("tensorbord")
+    for name in ("wandb", "trackio"):
+        if importlib.util.find_spec(name) is None:
+            with pytest.raises(FtvsError, match=f"pip install {name}"):
+                check_installed([name])
