@@ -29,7 +29,6 @@ and the matmul probe is re-run between rounds so MFU is measured against the mac
 Timings cover whole steps, data loading included, synchronising the device only at window boundaries.
 """
 
-import argparse
 import copy
 import os
 import statistics
@@ -38,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_cli import BATCH_ORDER, build_parser
 from bench_flops import FlopModel, counted_flops, linear_flop_profile, model_shape
 from bench_inference import inference_bench
 from bench_machine import MatmulProbe, PeakMemory, choose_threads, machine_info, summary
@@ -82,11 +82,6 @@ QUICK = {
         warmup_steps=2, rounds=2, steps_per_round=3, latency_examples=20, throughput_examples=256
     ),
     "finetune": dict(warmup_steps=1, rounds=1, steps_per_round=2, latency_examples=5, throughput_examples=32),
-}
-BATCH_ORDER = {
-    "spread": "the length-grouped sampler's batches, visited in van der Corput order over their padded sizes "
-    "(the timed steps sample the epoch's batch sizes evenly; see SpreadBatches)",
-    "epoch": "the length-grouped sampler's batches in its own shuffled order",
 }
 
 
@@ -272,6 +267,25 @@ def baseline_results(kind, arm, cfg, timed, flop_model, peak, equivalence) -> di
     }
 
 
+def train_summary(timer, timed, flop_model, peak: float, settings: dict, args, log) -> dict:
+    """The ftvs side's timed training windows, with how they were timed and whether any step went NaN."""
+    host_syncs = timer.count_host_syncs(args.sync_check_steps) if timer.device.type == "cuda" else None
+    nonfinite = bool(timer.step.nonfinite.item())
+    if nonfinite:
+        log("  warning: a NaN/Inf loss or gradient occurred during the timed steps")
+    train = summarise_windows(timed["ours"], flop_model, peak, timed["warm"][0])
+    train.update(
+        nonfinite=nonfinite,
+        fused_adamw=timer.fused_adamw,
+        rounds=settings["rounds"],
+        steps_per_round=settings["steps_per_round"],
+        warmup_steps=settings["warmup_steps"],
+        host_syncs=host_syncs,
+        batch_order=BATCH_ORDER[args.batch_order],
+    )
+    return train
+
+
 def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log, precision: str, compare: bool) -> dict:
     """One arm in one precision ("no" = fp32, "bf16", "fp16"); `compare`: with its baseline side by side."""
     from accelerate.state import AcceleratorState
@@ -314,23 +328,8 @@ def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log, precision: s
     if compare:
         baseline_step = baseline_step_of(kind, arm, cfg, data, train_examples, initial_state, accelerator)
     timed = timed_rounds(kind, args, settings, timer, baseline_step, probe, memory, log)
-    ours, theirs = timed["ours"], timed["theirs"]
-    host_syncs = timer.count_host_syncs(args.sync_check_steps) if device.type == "cuda" else None
-    nonfinite = bool(timer.step.nonfinite.item())
-    if nonfinite:
-        log("  warning: a NaN/Inf loss or gradient occurred during the timed steps")
-
     peak = statistics.median(timed["probes"])  # the probes between this arm's rounds, in its dtype
-    train = summarise_windows(ours, flop_model, peak, timed["warm"][0])
-    train.update(
-        nonfinite=nonfinite,
-        fused_adamw=timer.fused_adamw,
-        rounds=rounds,
-        steps_per_round=per_round,
-        warmup_steps=settings["warmup_steps"],
-        host_syncs=host_syncs,
-        batch_order=BATCH_ORDER[args.batch_order],
-    )
+    train = train_summary(timer, timed, flop_model, peak, settings, args, log)
     result = {
         "arm": kind,
         "model": name,
@@ -351,7 +350,7 @@ def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log, precision: s
         "matmul_probe_interleaved_gflops": summary(timed["probes"]),
         "inference": arm_inference(arm, timer, accelerator, data, settings, memory),
     }
-    if theirs:
+    if timed["theirs"]:
         result.update(baseline_results(kind, arm, cfg, timed, flop_model, peak, equivalence))
     accelerator.free_memory()
     return result
@@ -518,93 +517,6 @@ def run(args) -> dict:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.output, report)
     return report
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python benchmarks/bench.py",
-        description="Benchmark ftvs on a prepared dataset: training throughput, inference latency (batch 1) and "
-        "throughput, peak memory, a matmul probe and the MFU of the training step; side by side with "
-        "(a) a padded-to-max-length reference loop (scratch) and (b) transformers.Trainer (finetune), "
-        "in one process on the same data, model and batch size. Writes JSON with --output.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--data", required=True, help="prepared data folder (from `ftvs prepare`)")
-    p.add_argument(
-        "--arm", choices=("scratch", "finetune", "both"), default="scratch", help="what to benchmark"
-    )
-    p.add_argument("--preset", default="tiny", help="scratch: size preset")
-    p.add_argument("--tokenizer", default="smollm2-135m", help="scratch: tokenizer (name/path, or 'bpe')")
-    p.add_argument(
-        "--model",
-        "--model_name_or_path",
-        dest="model",
-        default="smollm2-135m",
-        help="finetune: pre-trained model",
-    )
-    p.add_argument(
-        "--method", default="lora", choices=("lora", "full", "frozen", "unfreeze"), help="finetune: method"
-    )
-    p.add_argument(
-        "--batch_size",
-        "--batch-size",
-        type=int,
-        default=None,
-        help="training batch size (default: scratch 32, finetune 16)",
-    )
-    p.add_argument("--max_seq_length", "--max-seq-length", type=int, default=128, help="truncation length")
-    p.add_argument("--warmup_steps", "--warmup-steps", type=int, default=None, help="untimed steps first")
-    p.add_argument("--rounds", type=int, default=None, help="timed rounds (ftvs and baseline alternate)")
-    p.add_argument(
-        "--steps_per_round", "--steps-per-round", type=int, default=None, help="timed steps per round"
-    )
-    p.add_argument("--latency_examples", type=int, default=None, help="examples timed one by one")
-    p.add_argument(
-        "--throughput_examples", type=int, default=None, help="examples for the inference throughput"
-    )
-    p.add_argument("--throughput_batch_size", type=int, default=None, help="inference batch size")
-    p.add_argument("--max_train_examples", type=int, default=None, help="use only the first N training texts")
-    p.add_argument(
-        "--mixed_precision",
-        default="auto",
-        choices=("auto", "no", "bf16", "fp16"),
-        help="the precision in use, which also runs the baselines (auto: as for training, bf16 on CUDA and on "
-        "CPUs with native bf16, else fp32)",
-    )
-    p.add_argument(
-        "--dtypes",
-        default="auto",
-        help="dtypes to time the training step and inference in, side by side: e.g. fp32,bf16 (auto: fp32 and "
-        "bf16 where bf16 is native, else fp32 alone)",
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile the ftvs model")
-    p.add_argument(
-        "--threads", default="auto", help="CPU threads: a number or auto (probe 1 vs torch's default)"
-    )
-    p.add_argument(
-        "--probe_size", type=int, default=None, help="matmul probe size (default 2048 CPU, 8192 GPU)"
-    )
-    p.add_argument("--probe_repeats", type=int, default=3, help="probe matmuls after each round")
-    p.add_argument(
-        "--batch_order",
-        choices=tuple(BATCH_ORDER),
-        default="spread",
-        help="ftvs batches: spread (a representative sample of the epoch's batch sizes in every "
-        "window) or epoch (the sampler's own order: a few steps may be a biased sample)",
-    )
-    p.add_argument(
-        "--sync_check_steps",
-        type=int,
-        default=10,
-        help="CUDA: extra steps run under torch.cuda.set_sync_debug_mode to count host syncs",
-    )
-    p.add_argument(
-        "--compare", action=argparse.BooleanOptionalAction, default=True, help="run the baseline side by side"
-    )
-    p.add_argument("--quick", action="store_true", help="a short run (smoke test): few steps, few examples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", "-o", help="write the results as JSON to this file")
-    return p
 
 
 def main(argv=None) -> int:

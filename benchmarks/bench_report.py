@@ -153,6 +153,17 @@ def fmt_load(load) -> str:
 
 
 def format_table(report: dict) -> str:
+    lines = _machine_lines(report)
+    for kind, r in report["results"].items():
+        lines += _arm_lines(kind, r)
+    if report["comparisons"]:
+        lines += ["", f"{'comparison':<36} {'value':>10} {'target':>8}  per-round"]
+        lines += [_comparison_line(key, c) for key, c in report["comparisons"].items()]
+    return "\n".join(lines)
+
+
+def _machine_lines(report: dict) -> list[str]:
+    """The machine, its matmul probes and the precision in use."""
     m = report["machine"]
     lines = [
         f"benchmarks/bench.py | {m['cpu_model']} | {m['cpu_count']} cpus | torch {m['torch']} "
@@ -173,90 +184,102 @@ def format_table(report: dict) -> str:
         for name, p in report["matmul_probes"].items()
         if "warning" in p
     ]
-    for kind, r in report["results"].items():
-        t, inf = r["train"], r["inference"]
-        lines += [
-            "",
-            f"{kind}: {r['model']} | {r['params_total']:,} params ({r['params_trainable']:,} trainable) | "
-            f"batch {r['batch_size']} | {r['device']} {r['mixed_precision']}",
-            f"  {'metric':<36} {'ftvs':>14} {'baseline':>14}",
-        ]
-        base = r.get("reference", r.get("trainer"))
-        bt = base["train"] if base else {}
+    return lines
 
-        def row(label, key, fmt, src_a=t, src_b=bt, out=lines):
-            a = src_a.get(key)
-            b = src_b.get(key) if src_b else None
-            out.append(
-                f"  {label:<36} {format(a, fmt) if a is not None else '-':>14} "
-                f"{format(b, fmt) if b is not None else '-':>14}"
-            )
 
-        row("train examples/s", "examples_per_second", ".1f")
-        row("train tokens/s (real)", "tokens_per_second", ".0f")
-        row("train tokens/s (padded)", "padded_tokens_per_second", ".0f")
-        row("real tokens per example", "tokens_per_example", ".1f")
-        row("padding fraction", "padding_fraction", ".2f")
-        row("step seconds (median)", "step_seconds_median", ".4f")
-        row("achieved GFLOP/s", "achieved_gflops", ".1f")
-        row("MFU (padded tokens)", "mfu", ".1%")
-        row("MFU (real tokens)", "mfu_useful", ".1%")
-        row(f"MFU vs best dtype ({t.get('best_dtype')})", "mfu_vs_best_dtype", ".1%")
+def _arm_lines(kind: str, r: dict) -> list[str]:
+    """One arm: ftvs and its baseline side by side, then its dtypes side by side."""
+    lines = [
+        "",
+        f"{kind}: {r['model']} | {r['params_total']:,} params ({r['params_trainable']:,} trainable) | "
+        f"batch {r['batch_size']} | {r['device']} {r['mixed_precision']}",
+        f"  {'metric':<36} {'ftvs':>14} {'baseline':>14}",
+    ]
+    base = r.get("reference", r.get("trainer"))
+    lines += _train_lines(r["train"], base["train"] if base else {}, r["inference"])
+    if len(r["by_dtype"]) > 1:
+        lines += _by_dtype_lines(r["by_dtype"])
+    if base:
+        lines.append(f"  baseline: {base['name']}")
+    if r.get("reference"):
         lines.append(
-            f"  {'train peak memory (MiB)':<36} {t['peak_memory']['bytes'] / 2**20:>14.0f} "
-            f"{bt['peak_memory']['bytes'] / 2**20 if bt.get('peak_memory') else float('nan'):>14.0f}"
+            f"  reference logits max |diff| vs ftvs: {r['reference']['logit_max_abs_diff_vs_ftvs']:.2e}"
         )
+    return lines
+
+
+def _train_lines(t: dict, bt: dict, inf: dict) -> list[str]:
+    """Training rows (ftvs vs baseline), peak memory and inference."""
+    lines = []
+    for label, key, fmt in (
+        ("train examples/s", "examples_per_second", ".1f"),
+        ("train tokens/s (real)", "tokens_per_second", ".0f"),
+        ("train tokens/s (padded)", "padded_tokens_per_second", ".0f"),
+        ("real tokens per example", "tokens_per_example", ".1f"),
+        ("padding fraction", "padding_fraction", ".2f"),
+        ("step seconds (median)", "step_seconds_median", ".4f"),
+        ("achieved GFLOP/s", "achieved_gflops", ".1f"),
+        ("MFU (padded tokens)", "mfu", ".1%"),
+        ("MFU (real tokens)", "mfu_useful", ".1%"),
+        (f"MFU vs best dtype ({t.get('best_dtype')})", "mfu_vs_best_dtype", ".1%"),
+    ):
+        a = t.get(key)
+        b = bt.get(key) if bt else None
         lines.append(
-            f"  {'latency batch 1 p50 / p95 (ms)':<36} "
-            f"{inf['latency_batch1_ms']['p50']:>7.2f} / {inf['latency_batch1_ms']['p95']:.2f}"
+            f"  {label:<36} {format(a, fmt) if a is not None else '-':>14} "
+            f"{format(b, fmt) if b is not None else '-':>14}"
         )
+    lines.append(
+        f"  {'train peak memory (MiB)':<36} {t['peak_memory']['bytes'] / 2**20:>14.0f} "
+        f"{bt['peak_memory']['bytes'] / 2**20 if bt.get('peak_memory') else float('nan'):>14.0f}"
+    )
+    lines.append(
+        f"  {'latency batch 1 p50 / p95 (ms)':<36} "
+        f"{inf['latency_batch1_ms']['p50']:>7.2f} / {inf['latency_batch1_ms']['p95']:.2f}"
+    )
+    lines.append(
+        f"  {'inference ex/s (batch ' + str(inf['throughput']['batch_size']) + ')':<36} "
+        f"{inf['throughput']['examples_per_second']:>14.1f}"
+    )
+    return lines
+
+
+def _by_dtype_lines(by_dtype: dict) -> list[str]:
+    names = list(by_dtype)
+    lines = [f"  {'by dtype':<36} " + " ".join(f"{n:>14}" for n in names)]
+    for label, key, fmt in (
+        ("step seconds (median)", "step_seconds_median", ".4f"),
+        ("MFU, own dtype peak", "mfu_own_dtype", ".1%"),
+        ("MFU, best dtype peak", "mfu_vs_best_dtype", ".1%"),
+        ("inference ex/s", "inference_examples_per_second", ".1f"),
+        ("train speed-up vs fp32", "train_speedup_vs_fp32", ".2f"),
+        ("inference speed-up vs fp32", "inference_speedup_vs_fp32", ".2f"),
+    ):
+        cells = [by_dtype[n].get(key) for n in names]
         lines.append(
-            f"  {'inference ex/s (batch ' + str(inf['throughput']['batch_size']) + ')':<36} "
-            f"{inf['throughput']['examples_per_second']:>14.1f}"
+            f"  {label:<36} " + " ".join(f"{format(c, fmt) if c is not None else '-':>14}" for c in cells)
         )
-        if len(r["by_dtype"]) > 1:
-            names = list(r["by_dtype"])
-            lines.append(f"  {'by dtype':<36} " + " ".join(f"{n:>14}" for n in names))
-            for label, key, fmt in (
-                ("step seconds (median)", "step_seconds_median", ".4f"),
-                ("MFU, own dtype peak", "mfu_own_dtype", ".1%"),
-                ("MFU, best dtype peak", "mfu_vs_best_dtype", ".1%"),
-                ("inference ex/s", "inference_examples_per_second", ".1f"),
-                ("train speed-up vs fp32", "train_speedup_vs_fp32", ".2f"),
-                ("inference speed-up vs fp32", "inference_speedup_vs_fp32", ".2f"),
-            ):
-                cells = [r["by_dtype"][n].get(key) for n in names]
-                lines.append(
-                    f"  {label:<36} "
-                    + " ".join(f"{format(c, fmt) if c is not None else '-':>14}" for c in cells)
-                )
-        if base:
-            lines.append(f"  baseline: {base['name']}")
-        if r.get("reference"):
-            lines.append(
-                f"  reference logits max |diff| vs ftvs: {r['reference']['logit_max_abs_diff_vs_ftvs']:.2e}"
-            )
-    if report["comparisons"]:
-        lines += ["", f"{'comparison':<36} {'value':>10} {'target':>8}  per-round"]
-        for key, c in report["comparisons"].items():
-            if "step_speedup" in c:
-                target = f"{c['target']:.1f}x" if c.get("target") else "-"
-                lines.append(
-                    f"{key:<36} {c['step_speedup']:>9.2f}x {target:>8}  (inference {c['inference_speedup']:.2f}x)"
-                    f"{'  BELOW TARGET' if c.get('meets_target') is False else ''}"
-                )
-            elif "examples_per_second_ratio" in c:
-                rounds = ", ".join(f"{x:.2f}" for x in c["per_round"])
-                lines.append(
-                    f"{key:<36} {c['examples_per_second_ratio']:>9.2f}x {c['target']:>7.1f}x  [{rounds}]"
-                    f"{'' if c['meets_target'] else '  BELOW TARGET'}"
-                )
-            else:
-                target = f"{c['target']:.0%}" if c.get("target") is not None else "-"
-                best = c.get("mfu_vs_best_dtype")
-                lines.append(
-                    f"{key:<36} {c['mfu']:>10.1%} {target:>8}  (real tokens only: {c['mfu_useful']:.1%}; "
-                    f"vs best dtype {c.get('best_dtype')}: {format(best, '.1%') if best is not None else '-'})"
-                    f"{'  BELOW TARGET' if c.get('meets_target') is False else ''}"
-                )
-    return "\n".join(lines)
+    return lines
+
+
+def _comparison_line(key: str, c: dict) -> str:
+    """One comparison: a speed-up, a throughput ratio against its target, or an MFU."""
+    if "step_speedup" in c:
+        target = f"{c['target']:.1f}x" if c.get("target") else "-"
+        return (
+            f"{key:<36} {c['step_speedup']:>9.2f}x {target:>8}  (inference {c['inference_speedup']:.2f}x)"
+            f"{'  BELOW TARGET' if c.get('meets_target') is False else ''}"
+        )
+    if "examples_per_second_ratio" in c:
+        rounds = ", ".join(f"{x:.2f}" for x in c["per_round"])
+        return (
+            f"{key:<36} {c['examples_per_second_ratio']:>9.2f}x {c['target']:>7.1f}x  [{rounds}]"
+            f"{'' if c['meets_target'] else '  BELOW TARGET'}"
+        )
+    target = f"{c['target']:.0%}" if c.get("target") is not None else "-"
+    best = c.get("mfu_vs_best_dtype")
+    return (
+        f"{key:<36} {c['mfu']:>10.1%} {target:>8}  (real tokens only: {c['mfu_useful']:.1%}; "
+        f"vs best dtype {c.get('best_dtype')}: {format(best, '.1%') if best is not None else '-'})"
+        f"{'  BELOW TARGET' if c.get('meets_target') is False else ''}"
+    )

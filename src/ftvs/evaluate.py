@@ -98,6 +98,51 @@ def _predict_split(arm, texts, labels, batch_size: int, mixed_precision: str):
     return out, state, device, precision, len(examples)
 
 
+def _inference_record(seconds, n_examples, batch_size, device, precision, state) -> dict:
+    """How fast the split was predicted, and on what."""
+    return {
+        "seconds_total": seconds,
+        "seconds_per_1000": 1000 * seconds / max(1, n_examples),
+        "examples_per_second": n_examples / max(seconds, 1e-9),
+        "batch_size": batch_size,
+        "device": str(device),
+        "precision": precision.name,
+        "precision_reason": precision.reason,
+        "torch_threads": torch.get_num_threads(),
+        "num_processes": state.num_processes,
+        "machine": platform.processor() or platform.machine(),
+    }
+
+
+def _metrics_record(run_dir, cfg, meta, data_dir, split, arm, scores, n_examples, inference) -> dict:
+    """The run's metrics.json: what was scored, on which data, how fast, and the model's size."""
+    description = arm.describe()
+    return {
+        "run_name": run_dir.name,
+        "arm": arm.kind,
+        "method": getattr(arm, "method", None),
+        "model_name": cfg.get("model_name_or_path")
+        if arm.kind == "finetune"
+        else f"scratch-{cfg.get('preset')}",
+        "dataset": meta.get("source"),
+        "data_dir": str(data_dir),
+        "data_content_hash": meta.get("content_hash"),
+        "split": split,
+        "seed": cfg.get("seed"),
+        "test": scores,
+        "num_test_examples": n_examples,
+        "inference": inference,
+        # a reloaded model is frozen for inference: what was trainable comes from the training record
+        "params": {
+            "total": description["params_total"],
+            "trainable": cfg.get("resolved", {}).get("params_trainable", description["params_trainable"]),
+        },
+        "size_on_disk_bytes": dir_size_bytes(rundir.model_dir(run_dir)),
+        "model": description,
+        **training_record(run_dir),
+    }
+
+
 def evaluate_run(
     run_dir,
     data_dir=None,
@@ -125,42 +170,8 @@ def evaluate_run(
     scores = classification_metrics(
         labels, out["y_pred"], arm.label_names, loss=out["loss"], probs=softmax(out["logits"])
     )
-    description = arm.describe()
-    metrics = {
-        "run_name": run_dir.name,
-        "arm": arm.kind,
-        "method": getattr(arm, "method", None),
-        "model_name": cfg.get("model_name_or_path")
-        if arm.kind == "finetune"
-        else f"scratch-{cfg.get('preset')}",
-        "dataset": meta.get("source"),
-        "data_dir": str(data_dir),
-        "data_content_hash": meta.get("content_hash"),
-        "split": split,
-        "seed": cfg.get("seed"),
-        "test": scores,
-        "num_test_examples": n_examples,
-        "inference": {
-            "seconds_total": out["seconds"],
-            "seconds_per_1000": 1000 * out["seconds"] / max(1, n_examples),
-            "examples_per_second": n_examples / max(out["seconds"], 1e-9),
-            "batch_size": batch_size,
-            "device": str(device),
-            "precision": precision.name,
-            "precision_reason": precision.reason,
-            "torch_threads": torch.get_num_threads(),
-            "num_processes": state.num_processes,
-            "machine": platform.processor() or platform.machine(),
-        },
-        # a reloaded model is frozen for inference: what was trainable comes from the training record
-        "params": {
-            "total": description["params_total"],
-            "trainable": cfg.get("resolved", {}).get("params_trainable", description["params_trainable"]),
-        },
-        "size_on_disk_bytes": dir_size_bytes(rundir.model_dir(run_dir)),
-        "model": description,
-        **training_record(run_dir),
-    }
+    inference = _inference_record(out["seconds"], n_examples, batch_size, device, precision, state)
+    metrics = _metrics_record(run_dir, cfg, meta, data_dir, split, arm, scores, n_examples, inference)
     if not state.is_main_process:  # every process holds the same gathered results; one writes them
         return metrics
     val = None

@@ -7,6 +7,7 @@ Upload the folder as it is (`huggingface-cli upload USER/NAME RUN_DIR/model`) an
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -140,12 +141,35 @@ def _load_snippet(arm: str, info: dict, library: str) -> str:
     )
 
 
-def build_model_card(run_dir):
-    """The `huggingface_hub.ModelCard` of an evaluated run (needs RUN_DIR/metrics.json)."""
-    import yaml
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+@dataclass
+class _Run:
+    """What every card section reads, gathered once from the run folder."""
 
-    run_dir = Path(run_dir)
+    run_dir: Path
+    metrics: dict
+    info: dict
+    cfg: dict
+    meta: dict
+    arm: str | None
+    method: str | None
+    label_names: list
+    test: dict
+    dataset: str
+    name: str
+    library: str
+
+    @property
+    def splits(self) -> dict:
+        return self.meta.get("splits") or {}
+
+    @property
+    def max_length(self):
+        return self.info.get("max_length") or self.cfg.get("max_seq_length")
+
+
+def _read_run(run_dir: Path) -> _Run:
+    import yaml
+
     metrics = _read_optional(run_dir / "metrics.json", "metrics")
     if not metrics:
         raise FtvsError(f"{run_dir} has no metrics.json; run `ftvs evaluate {run_dir}` first")
@@ -156,20 +180,35 @@ def build_model_card(run_dir):
     meta = _read_optional(Path(data_dir) / "metadata.json", "data metadata") if data_dir else {}
     arm = metrics.get("arm") or info.get("arm")
     method = metrics.get("method") or info.get("method")
-    label_names = info.get("label_names") or meta.get("label_names") or []
-    test = metrics.get("test") or {}
-    dataset = metrics.get("dataset") or meta.get("source") or "local data"
-    name = metrics.get("run_name") or run_dir.name
-    library = {"scratch": "ftvs", "baseline": "sklearn"}.get(
-        arm, "peft" if method == "lora" else "transformers"
+    return _Run(
+        run_dir=run_dir,
+        metrics=metrics,
+        info=info,
+        cfg=cfg,
+        meta=meta,
+        arm=arm,
+        method=method,
+        label_names=info.get("label_names") or meta.get("label_names") or [],
+        test=metrics.get("test") or {},
+        dataset=metrics.get("dataset") or meta.get("source") or "local data",
+        name=metrics.get("run_name") or run_dir.name,
+        library={"scratch": "ftvs", "baseline": "sklearn"}.get(
+            arm, "peft" if method == "lora" else "transformers"
+        ),
     )
-    base = _hub_base_model(info.get("base_model")) if arm == "finetune" else None
 
+
+def _card_metadata(r: _Run):
+    """The card's YAML metadata: library, base model, tags and the test scores as Hub eval results."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    base = _hub_base_model(r.info.get("base_model")) if r.arm == "finetune" else None
+    test = r.test
     results = [
         EvalResult(
             task_type="text-classification",
-            dataset_type=str(dataset),
-            dataset_name=str(dataset),
+            dataset_type=str(r.dataset),
+            dataset_name=str(r.dataset),
             dataset_split="test",
             metric_type=key,
             metric_name=label,
@@ -184,60 +223,73 @@ def build_model_card(run_dir):
         )
         if test.get(key) is not None
     ]
-    data = ModelCardData(
-        model_name=name,
-        library_name=library,
+    return ModelCardData(
+        model_name=r.name,
+        library_name=r.library,
         pipeline_tag="text-classification",
         base_model=base,
         metrics=["accuracy", "f1"] + [k for k in ("ece", "brier") if k in test],
-        tags=["ftvs", "text-classification", arm] + ([method] if method and method != arm else []),
+        tags=["ftvs", "text-classification", r.arm] + ([r.method] if r.method and r.method != r.arm else []),
         eval_results=results or None,
     )
 
-    splits = meta.get("splits") or {}
-    sections = [
-        f"# {name}",
-        f"A {len(label_names)}-class text classifier for **{dataset}**, trained and evaluated with "
-        "ftvs (fine-tuning vs. from-scratch). " + _arm_sentence(arm, info, metrics),
-        "## Data",
-        f"Source: {meta.get('source_description') or dataset}.",
+
+def _intro_section(r: _Run) -> list[str]:
+    return [
+        f"# {r.name}",
+        f"A {len(r.label_names)}-class text classifier for **{r.dataset}**, trained and evaluated with "
+        "ftvs (fine-tuning vs. from-scratch). " + _arm_sentence(r.arm, r.info, r.metrics),
     ]
-    if splits:
-        sections.append(_table(["split", "examples"], [[s, v.get("count")] for s, v in splits.items()]))
+
+
+def _data_section(r: _Run) -> list[str]:
+    label_names = r.label_names
+    sections = ["## Data", f"Source: {r.meta.get('source_description') or r.dataset}."]
+    if r.splits:
+        sections.append(_table(["split", "examples"], [[s, v.get("count")] for s, v in r.splits.items()]))
     shown = ", ".join(f"`{n}`" for n in label_names[:MAX_CLASSES_LISTED])
     more = (
         f" and {len(label_names) - MAX_CLASSES_LISTED} more" if len(label_names) > MAX_CLASSES_LISTED else ""
     )
     sections.append(f"Classes ({len(label_names)}): {shown}{more}.")
+    return sections
 
-    params = metrics.get("params") or {}
-    sections += [
+
+def _model_section(r: _Run) -> list[str]:
+    params = r.metrics.get("params") or {}
+    return [
         "## Model",
         _table(
             ["", ""],
             [
-                ["arm", arm],
-                ["method", method or "–"],
-                ["base model", info.get("base_model") or "–"],
+                ["arm", r.arm],
+                ["method", r.method or "–"],
+                ["base model", r.info.get("base_model") or "–"],
                 ["parameters (total)", params.get("total")],
                 ["parameters (trained)", params.get("trainable")],
-                ["max sequence length", info.get("max_length") or cfg.get("max_seq_length")],
-                ["size on disk (bytes)", metrics.get("size_on_disk_bytes")],
+                ["max sequence length", r.max_length],
+                ["size on disk (bytes)", r.metrics.get("size_on_disk_bytes")],
             ],
         ),
     ]
-    drop = NOT_HYPERPARAMETERS | _other_arm_keys(arm)
+
+
+def _hyperparameters_section(r: _Run) -> list[str]:
+    drop = NOT_HYPERPARAMETERS | _other_arm_keys(r.arm)
     hyper = [
         [f"`{k}`", "–" if v is None else str(v)]
-        for k, v in cfg.items()
+        for k, v in r.cfg.items()
         if k not in drop and not isinstance(v, dict)
     ]
-    sections += [
+    return [
         "## Hyperparameters",
         "From the run's `config.yaml` (every flag, resolved).",
         _table(["key", "value"], hyper) if hyper else "Not recorded.",
     ]
 
+
+def _results_section(r: _Run) -> list[str]:
+    test = r.test
     rows = [
         [label, test.get(key)]
         for key, label in (
@@ -252,19 +304,19 @@ def build_model_card(run_dir):
         )
         if test.get(key) is not None
     ]
-    cal = metrics.get("calibration")
+    cal = r.metrics.get("calibration")
     if cal:
         rows += [
             ["temperature (fitted on val)", cal.get("temperature")],
             ["ECE after scaling", cal.get("ece_after")],
             ["Brier after scaling", cal.get("brier_after")],
         ]
-    sections += [
+    sections = [
         "## Test results",
-        f"On the held-out test split ({_fmt(metrics.get('num_test_examples'))} examples).",
+        f"On the held-out test split ({_fmt(r.metrics.get('num_test_examples'))} examples).",
         _table(["metric", "value"], rows),
     ]
-    pairs = most_confused_pairs(test.get("confusion_matrix") or [], label_names) if label_names else []
+    pairs = most_confused_pairs(test.get("confusion_matrix") or [], r.label_names) if r.label_names else []
     if pairs:
         sections += [
             "Most confused pairs (true → predicted):",
@@ -273,9 +325,12 @@ def build_model_card(run_dir):
                 [[f"`{p['true']}`", f"`{p['predicted']}`", p["count"], p["share_of_true"]] for p in pairs],
             ),
         ]
+    return sections
 
-    tr, inf = metrics.get("training") or {}, metrics.get("inference") or {}
-    sections += [
+
+def _cost_section(r: _Run) -> list[str]:
+    tr, inf = r.metrics.get("training") or {}, r.metrics.get("inference") or {}
+    sections = [
         "## Training and inference cost",
         _table(
             ["", ""],
@@ -283,7 +338,7 @@ def build_model_card(run_dir):
                 ["training seconds (total)", tr.get("seconds_total")],
                 ["epochs run / best epoch", f"{_fmt(tr.get('epochs_run'))} / {_fmt(tr.get('best_epoch'))}"],
                 ["stop reason", tr.get("stop_reason") or "–"],
-                ["training device", (cfg.get("resolved") or {}).get("device") or "–"],
+                ["training device", (r.cfg.get("resolved") or {}).get("device") or "–"],
                 ["inference seconds per 1,000 texts", inf.get("seconds_per_1000")],
                 [
                     "inference batch size / device",
@@ -292,7 +347,7 @@ def build_model_card(run_dir):
             ],
         ),
     ]
-    onnx = _read_optional(run_dir / "export" / "onnx_check.json", "ONNX check")
+    onnx = _read_optional(r.run_dir / "export" / "onnx_check.json", "ONNX check")
     if onnx:
         lat = onnx.get("latency") or {}
         sections.append(
@@ -300,34 +355,63 @@ def build_model_card(run_dir):
             f"(ONNX Runtime) vs. {_fmt(lat.get('pytorch', {}).get('seconds_per_1000'))}s (PyTorch), batch "
             f"{onnx.get('batch_size')}; predictions agree on {_fmt(onnx.get('argmax_agreement'))} of the test split."
         )
+    return sections
 
-    n_train = (splits.get("train") or {}).get("count")
-    sections += [
+
+def _intended_use_section(r: _Run) -> list[str]:
+    n_train = (r.splits.get("train") or {}).get("count")
+    n_classes = len(r.label_names)
+    calibrated = r.metrics.get("calibration")
+    ece = r.test.get("ece")
+    return [
         "## Intended use and limitations",
         "\n".join(
             [
-                f"- Intended for classifying short texts like those of {dataset} into exactly these "
-                f"{len(label_names)} classes; anything else is forced into one of them.",
+                f"- Intended for classifying short texts like those of {r.dataset} into exactly these "
+                f"{n_classes} classes; anything else is forced into one of them.",
                 f"- Trained on {_fmt(n_train)} examples; the test scores hold for text from the same distribution, "
                 "not for other domains, languages or time periods.",
-                f"- Inputs are truncated to {info.get('max_length') or cfg.get('max_seq_length') or '–'} tokens.",
-                f"- Confidences are {'calibrated by temperature scaling' if cal else 'not calibrated'}"
-                + (f" (test ECE {_fmt(test.get('ece'))})" if test.get("ece") is not None else "")
+                f"- Inputs are truncated to {r.max_length or '–'} tokens.",
+                f"- Confidences are {'calibrated by temperature scaling' if calibrated else 'not calibrated'}"
+                + (f" (test ECE {_fmt(ece)})" if ece is not None else "")
                 + "; do not read them as probabilities without checking.",
                 "- Not evaluated for fairness or robustness to adversarial input; review errors (above) before use "
                 "in decisions about people.",
             ]
         ),
     ]
-    sections += [
+
+
+def _how_to_load_section(r: _Run) -> list[str]:
+    return [
         "## How to load",
-        _load_snippet(arm, info, library),
+        _load_snippet(r.arm, r.info, r.library),
         'Or from the command line: `ftvs predict RUN_DIR "some text"` (with `--onnx` after '
         "`ftvs export RUN_DIR --format onnx`)."
-        if arm != "baseline"
+        if r.arm != "baseline"
         else 'Or from the command line: `ftvs predict RUN_DIR "some text"`.',
     ]
-    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
+
+
+_SECTIONS = (
+    _intro_section,
+    _data_section,
+    _model_section,
+    _hyperparameters_section,
+    _results_section,
+    _cost_section,
+    _intended_use_section,
+    _how_to_load_section,
+)
+
+
+def build_model_card(run_dir):
+    """The `huggingface_hub.ModelCard` of an evaluated run (needs RUN_DIR/metrics.json)."""
+    from huggingface_hub import ModelCard
+
+    r = _read_run(Path(run_dir))
+    sections = [part for section in _SECTIONS for part in section(r)]
+    content = f"---\n{_card_metadata(r).to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"
     return ModelCard(content, ignore_metadata_errors=True)
 
 
