@@ -34,6 +34,7 @@ TRAIN_SUMMARY = "train_summary.json"
 MODEL_DIR = "model"
 MODEL_MARKER = "ftvs.json"  # inside MODEL_DIR: which arm wrote the model, and how to load it
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_STATE = "state.json"  # inside CHECKPOINT_DIR, written last: a checkpoint is complete once it exists
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.json"
 TRAINING_CURVES = "training_curves.png"
@@ -123,6 +124,10 @@ def is_evaluated(path: Path) -> bool:
 
 def model_dir(run_dir) -> Path:
     return Path(run_dir) / MODEL_DIR
+
+
+def has_checkpoint(run_dir) -> bool:
+    return (Path(run_dir) / CHECKPOINT_DIR / CHECKPOINT_STATE).is_file()
 
 
 def read_config(run_dir) -> dict:
