@@ -196,6 +196,7 @@ def plot_reliability_overlay(runs, names: list[str], path) -> str | None:
     """One reliability curve per named run (from predictions.json: confidence and correctness), for the
     report. Returns the file name, or None when no run has predictions."""
     from ftvs.plots import plt
+    from ftvs.rundir import PREDICTIONS
 
     by_name = {r.name: r for r in runs}
     fig, ax = plt.subplots(figsize=(5.5, 4.6))
@@ -203,7 +204,7 @@ def plot_reliability_overlay(runs, names: list[str], path) -> str | None:
     drawn = 0
     for name in names:
         run = by_name.get(name)
-        if run is None or not (run.path / "predictions.json").is_file():
+        if run is None or not (run.path / PREDICTIONS).is_file():
             continue
         p = run.predictions
         t = confidence_table(p["confidence"], np.asarray(p["y_true"]) == np.asarray(p["y_pred"]))
