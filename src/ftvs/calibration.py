@@ -154,6 +154,8 @@ def reliability_diagram(probs, y, path, title: str = "", probs_after=None, n_bin
 def calibrate_run(run_dir, metrics: dict, test_logits, test_y, validation=None) -> dict:
     """Draw RUN_DIR/reliability_diagram.png and, given `validation=(val_logits, val_y)`, add the fitted
     temperature and the test ECE/Brier after scaling to `metrics["calibration"]`. Returns `metrics`."""
+    from ftvs.rundir import RELIABILITY_DIAGRAM
+
     run_dir = Path(run_dir)
     probs, after = softmax(test_logits), None
     if validation is not None:
@@ -161,7 +163,7 @@ def calibrate_run(run_dir, metrics: dict, test_logits, test_y, validation=None) 
     reliability_diagram(
         probs,
         test_y,
-        run_dir / "reliability_diagram.png",
+        run_dir / RELIABILITY_DIAGRAM,
         probs_after=after,
         title=f"{metrics.get('run_name', run_dir.name)}: test reliability",
     )
