@@ -154,6 +154,8 @@ def reliability_diagram(probs, y, path, title: str = "", probs_after=None, n_bin
 def calibrate_run(run_dir, metrics: dict, test_logits, test_y, validation=None) -> dict:
     """Draw RUN_DIR/reliability_diagram.png and, given `validation=(val_logits, val_y)`, add the fitted
     temperature and the test ECE/Brier after scaling to `metrics["calibration"]`. Returns `metrics`."""
+    from ftvs.rundir import RELIABILITY_DIAGRAM
+
     run_dir = Path(run_dir)
     probs, after = softmax(test_logits), None
     if validation is not None:
@@ -161,7 +163,7 @@ def calibrate_run(run_dir, metrics: dict, test_logits, test_y, validation=None) 
     reliability_diagram(
         probs,
         test_y,
-        run_dir / "reliability_diagram.png",
+        run_dir / RELIABILITY_DIAGRAM,
         probs_after=after,
         title=f"{metrics.get('run_name', run_dir.name)}: test reliability",
     )
@@ -196,6 +198,7 @@ def plot_reliability_overlay(runs, names: list[str], path) -> str | None:
     """One reliability curve per named run (from predictions.json: confidence and correctness), for the
     report. Returns the file name, or None when no run has predictions."""
     from ftvs.plots import plt
+    from ftvs.rundir import PREDICTIONS
 
     by_name = {r.name: r for r in runs}
     fig, ax = plt.subplots(figsize=(5.5, 4.6))
@@ -203,7 +206,7 @@ def plot_reliability_overlay(runs, names: list[str], path) -> str | None:
     drawn = 0
     for name in names:
         run = by_name.get(name)
-        if run is None or not (run.path / "predictions.json").is_file():
+        if run is None or not (run.path / PREDICTIONS).is_file():
             continue
         p = run.predictions
         t = confidence_table(p["confidence"], np.asarray(p["y_true"]) == np.asarray(p["y_pred"]))

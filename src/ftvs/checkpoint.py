@@ -16,8 +16,11 @@ import torch
 
 from ftvs.errors import FtvsError
 from ftvs.fileio import load_tensors, read_json, replace_dir, save_tensors, write_json
-
-CHECKPOINT_DIR = "checkpoint"
+from ftvs.rundir import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_STATE,
+    has_checkpoint,  # noqa: F401  (part of this module's API: save, check, load)
+)
 
 
 def _flatten_optimizer(opt_state: dict) -> tuple[dict, dict]:
@@ -89,22 +92,18 @@ def save_checkpoint(run_dir, *, model_state: dict, optimizer, scheduler, state: 
     rng_tensors, rng_meta = rng_state()
     save_tensors(tmp / "rng.safetensors", {**rng_tensors, **{f"running.{k}": v for k, v in running.items()}})
     write_json(
-        tmp / "state.json",
+        tmp / CHECKPOINT_STATE,
         {**state, "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta},
     )
     replace_dir(tmp, run_dir / CHECKPOINT_DIR)
 
 
-def has_checkpoint(run_dir) -> bool:
-    return (Path(run_dir) / CHECKPOINT_DIR / "state.json").is_file()
-
-
 def load_checkpoint(run_dir, device="cpu") -> dict:
     """Read a checkpoint back; any missing, truncated or tampered file is a one-line FtvsError."""
     ckpt = Path(run_dir) / CHECKPOINT_DIR
-    if not (ckpt / "state.json").is_file():
+    if not (ckpt / CHECKPOINT_STATE).is_file():
         raise FtvsError(f"no checkpoint in {run_dir}; start a new run without --resume")
-    state = read_json(ckpt / "state.json", "checkpoint state")
+    state = read_json(ckpt / CHECKPOINT_STATE, "checkpoint state")
     if not isinstance(state, dict):
         raise FtvsError(f"checkpoint {ckpt} is corrupt (state.json is not an object); delete it to restart")
     for key in ("epoch", "batches_done", "global_step", "optimizer", "scheduler", "rng"):

@@ -53,7 +53,9 @@ def cmd_train(args) -> int:
     if args.resume and not args.config and not file_values:
         from pathlib import Path
 
-        saved = Path(args.resume) / "config.yaml"
+        from ftvs.rundir import CONFIG
+
+        saved = Path(args.resume) / CONFIG
         if saved.is_file():  # `--resume RUN_DIR` alone continues with the run's own config
             from ftvs.config import read_saved_config
 

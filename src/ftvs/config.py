@@ -18,6 +18,7 @@ import yaml
 
 from ftvs.errors import FtvsError, closest
 from ftvs.fileio import atomic_write_bytes
+from ftvs.rundir import CONFIG
 
 
 def default_learning_rates() -> str:
@@ -367,14 +368,14 @@ def config_differences(saved: dict, current: dict, free_keys=RESUME_FREE_KEYS) -
 def write_config(run_dir: Path, cfg: TrainConfig, extra: dict) -> None:
     """RUN/config.yaml: the run's full config, and under `resolved:` what the run derived from it."""
     text = yaml.safe_dump({**cfg.to_dict(), "resolved": extra}, sort_keys=False)
-    atomic_write_bytes(run_dir / "config.yaml", text.encode())
+    atomic_write_bytes(run_dir / CONFIG, text.encode())
 
 
 def read_saved_config(run_dir: Path) -> dict:
     """A run's config as written by `write_config`, without the `resolved:` part."""
-    path = run_dir / "config.yaml"
+    path = run_dir / CONFIG
     if not path.is_file():
-        raise FtvsError(f"{run_dir} has no config.yaml; it is not an ftvs run dir")
+        raise FtvsError(f"{run_dir} has no {CONFIG}; it is not an ftvs run dir")
     data = yaml.safe_load(path.read_text()) or {}
     data.pop("resolved", None)
     return data

@@ -30,8 +30,9 @@ from ftvs.arms.hf import SequenceClassifier
 from ftvs.calibration import softmax
 from ftvs.data import load_split
 from ftvs.errors import FtvsError
-from ftvs.fileio import read_json, write_json
+from ftvs.fileio import write_json
 from ftvs.inference import make_eval_loader
+from ftvs.rundir import METRICS, model_dir, read_config, read_marker
 
 DEFAULT_OPSET = 18
 LOGIT_TOLERANCE = 1e-3  # max |logit difference| allowed for fp32 (graph rewrites reorder float sums)
@@ -97,7 +98,7 @@ def export_onnx(run_dir, output=None, opset: int = DEFAULT_OPSET, arm=None) -> P
     _require_onnx()
 
     run_dir = Path(run_dir)
-    arm = arm or load_arm(run_dir / "model")
+    arm = arm or load_arm(model_dir(run_dir))
     output = Path(output) if output else run_dir / "export" / "model.onnx"
     output.parent.mkdir(parents=True, exist_ok=True)
     data_dir = _data_dir(run_dir)
@@ -138,10 +139,8 @@ def export_onnx(run_dir, output=None, opset: int = DEFAULT_OPSET, arm=None) -> P
 
 
 def _data_dir(run_dir: Path) -> str | None:
-    import yaml
-
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-    return (cfg or {}).get("data") or (cfg or {}).get("data_dir")
+    cfg = read_config(run_dir)
+    return cfg.get("data") or cfg.get("data_dir")
 
 
 def onnx_session(path, threads: int | None = None):
@@ -181,7 +180,7 @@ def check_onnx(
     data_dir = _data_dir(run_dir)
     if not data_dir:
         raise FtvsError(f"{run_dir}/config.yaml does not name its data; the check needs the test split")
-    arm = arm or load_arm(run_dir / "model")
+    arm = arm or load_arm(model_dir(run_dir))
     model = arm.model.to("cpu").eval()  # as `ftvs evaluate` runs it (LoRA adapters unmerged)
     texts, labels = load_split(data_dir, split)
     examples = arm.encode(texts)
@@ -252,7 +251,7 @@ def predict_onnx(run_dir, texts: list[str], onnx_path=None, batch_size: int = 64
     onnx_path = Path(onnx_path) if onnx_path else run_dir / "export" / "model.onnx"
     if not onnx_path.is_file():
         raise FtvsError(f"{onnx_path} not found; run `ftvs export {run_dir} --format onnx` first")
-    arm = load_arm(run_dir / "model")
+    arm = load_arm(model_dir(run_dir))
     session = onnx_session(onnx_path)
     examples = arm.encode(texts)
     probs = np.empty((len(examples), len(arm.label_names)))
@@ -268,8 +267,7 @@ def predict_onnx(run_dir, texts: list[str], onnx_path=None, batch_size: int = 64
 
 def cmd_export(args) -> int:
     run_dir = Path(args.run_dir)
-    marker = run_dir / "model" / "ftvs.json"
-    if marker.is_file() and read_json(marker, "model marker").get("arm") == "baseline":
+    if read_marker(run_dir).get("arm") == "baseline":
         raise FtvsError(f"{run_dir} is a TF-IDF baseline; export covers the neural arms (scratch, finetune)")
     t0 = time.perf_counter()
     path = export_onnx(run_dir, args.output, args.opset)
@@ -290,7 +288,7 @@ def cmd_export(args) -> int:
         f"{lat['onnxruntime']['seconds_per_1000']:.3f}s, PyTorch {lat['pytorch']['seconds_per_1000']:.3f}s "
         f"-> {run_dir / 'export' / 'onnx_check.json'}"
     )
-    if (run_dir / "metrics.json").is_file():  # the model card gains the ONNX latency
+    if (run_dir / METRICS).is_file():  # the model card gains the ONNX latency
         from ftvs.modelcard import write_model_card
 
         write_model_card(run_dir)

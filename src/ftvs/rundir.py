@@ -10,7 +10,7 @@ treats them alike:
     RUN_DIR/checkpoint/           the training state to resume from
     RUN_DIR/metrics.json          test scores and costs (written by evaluation; marks an evaluated run)
     RUN_DIR/predictions.json      test labels and predictions (paired significance tests read them)
-    RUN_DIR/training_curves.png, RUN_DIR/confusion_matrix.png
+    RUN_DIR/training_curves.png, RUN_DIR/confusion_matrix.png, RUN_DIR/reliability_diagram.png
     RUN_DIR/metrics_val.json ...  scores of another split (`ftvs evaluate RUN --split val`), split-named
 
 `check_output_dir` guards what a run may write into: nothing of the user's is ever replaced.
@@ -34,17 +34,19 @@ TRAIN_SUMMARY = "train_summary.json"
 MODEL_DIR = "model"
 MODEL_MARKER = "ftvs.json"  # inside MODEL_DIR: which arm wrote the model, and how to load it
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_STATE = "state.json"  # inside CHECKPOINT_DIR, written last: a checkpoint is complete once it exists
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.json"
 TRAINING_CURVES = "training_curves.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
+RELIABILITY_DIAGRAM = "reliability_diagram.png"
 DATA_METADATA = "metadata.json"  # inside a prepared data folder, which a run names in its config
 
 PROGRESS = "progress.json"
 
 # everything a run writes at its top level (plus hidden lock/temp files and split-named results)
 RUN_FILES = {CONFIG, HISTORY, TRAIN_SUMMARY, MODEL_DIR, CHECKPOINT_DIR, METRICS, PREDICTIONS, TRAINING_CURVES,
-             CONFUSION_MATRIX, PROGRESS} | {f"{d}{s}" for d in (MODEL_DIR, CHECKPOINT_DIR) for s in (".tmp", ".old")}
+             CONFUSION_MATRIX, RELIABILITY_DIAGRAM, PROGRESS} | {f"{d}{s}" for d in (MODEL_DIR, CHECKPOINT_DIR) for s in (".tmp", ".old")}
 RESULT_PREFIXES = ("metrics_", "predictions_", "confusion_matrix_")
 
 CONFIDENCE_DIGITS = 6  # enough to rank predictions, small enough to keep predictions.json readable
@@ -123,6 +125,10 @@ def is_evaluated(path: Path) -> bool:
 
 def model_dir(run_dir) -> Path:
     return Path(run_dir) / MODEL_DIR
+
+
+def has_checkpoint(run_dir) -> bool:
+    return (Path(run_dir) / CHECKPOINT_DIR / CHECKPOINT_STATE).is_file()
 
 
 def read_config(run_dir) -> dict:

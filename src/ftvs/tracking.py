@@ -149,10 +149,9 @@ def log_test_metrics(cfg, metrics: dict) -> None:
     run_dir = Path(cfg.output_dir)
     tracker = RunTracker(cfg, run_dir, main=PartialState().is_main_process)
     try:
-        from ftvs.fileio import read_json
+        from ftvs.rundir import read_summary
 
-        summary = run_dir / "train_summary.json"
-        step = read_json(summary).get("global_step") if summary.is_file() else None
+        step = read_summary(run_dir).get("global_step")
         tracker.log_test(metrics, step=step)
     finally:
         tracker.close()

@@ -37,7 +37,6 @@ from ftvs.fileio import (
     RunLock,
     append_jsonl,
     atomic_write_bytes,
-    read_json,
     read_jsonl,
     recover_dir,
     replace_dir,
@@ -48,7 +47,19 @@ from ftvs.launch import make_accelerator
 from ftvs.metrics import summary_metrics
 from ftvs.precision import resolve_precision, training_device_type
 from ftvs.progress import PROGRESS_FILE, ProgressFile
-from ftvs.rundir import check_output_dir, check_same_data, clear_run
+from ftvs.rundir import (
+    CONFIG,
+    HISTORY,
+    METRICS,
+    MODEL_DIR,
+    TRAIN_SUMMARY,
+    check_output_dir,
+    check_same_data,
+    clear_run,
+    model_dir,
+    read_history,
+    read_summary,
+)
 from ftvs.small_data import apply_small_data_defaults
 from ftvs.small_data import describe as describe_auto_defaults
 from ftvs.tracking import RunTracker
@@ -80,7 +91,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, data_
     accelerator.wait_for_everyone()
     with RunLock(run_dir) if main else contextlib.nullcontext():
         if main:  # a kill between replace_dir's two renames leaves only "<name>.old": put it back
-            for name in (ckpt.CHECKPOINT_DIR, "model"):
+            for name in (ckpt.CHECKPOINT_DIR, MODEL_DIR):
                 recover_dir(run_dir / name)
         accelerator.wait_for_everyone()
         resume = resume and ckpt.has_checkpoint(
@@ -342,7 +353,7 @@ def set_up(cfg: TrainConfig, accelerator) -> Setup:
 
 
 def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, data_given: bool = True) -> None:
-    started = (run_dir / "history.jsonl").exists() or ckpt.has_checkpoint(run_dir)
+    started = (run_dir / HISTORY).exists() or ckpt.has_checkpoint(run_dir)
     if resume:
         data_hash = load_metadata(cfg.data).get("content_hash")
         check_same_data(run_dir, cfg.data, data_hash, explicit=data_given, doing="resume")
@@ -350,7 +361,7 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, data_given: boo
         raise FtvsError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --output_dir"
         )
-    if resume and (run_dir / "config.yaml").is_file():
+    if resume and (run_dir / CONFIG).is_file():
         saved = read_saved_config(run_dir)
         current = cfg.to_dict()
         if saved.get("learning_rate") is not None and current.get("learning_rate") is None:
@@ -375,12 +386,12 @@ def start_or_resume(setup: Setup, run_dir: Path, resume: bool) -> tuple[dict, di
         "train_seconds": 0.0,
         "encode_seconds": setup.encode_seconds,
     }
-    step, history = setup.step, run_dir / "history.jsonl"
+    step, history = setup.step, run_dir / HISTORY
     if not resume:
         if setup.main:
             write_config(run_dir, setup.cfg, setup.resolved)
-            write_json(run_dir / "train_summary.json", {"status": "running"})
-            for stale in ("history.jsonl", "metrics.json"):
+            write_json(run_dir / TRAIN_SUMMARY, {"status": "running"})
+            for stale in (HISTORY, METRICS):
                 (run_dir / stale).unlink(missing_ok=True)
         return state, {}
     saved, running = ckpt.load_training_state(
@@ -555,7 +566,7 @@ def end_epoch(setup: Setup, run_dir: Path, state: dict, epoch: int, trained: dic
     else:
         state["epochs_without_gain"] += 1
     if setup.main:
-        append_jsonl(run_dir / "history.jsonl", row)
+        append_jsonl(run_dir / HISTORY, row)
         if setup.tracker:
             setup.tracker.log_epoch(row)
         if improved:
@@ -585,7 +596,7 @@ def save_state(setup: Setup, run_dir: Path, state: dict, preds: list, labels: li
 
 def finish(setup: Setup, run_dir: Path, state: dict, stop_reason: str, started: float) -> dict:
     setup.accelerator.wait_for_everyone()
-    history = read_jsonl(run_dir / "history.jsonl") if (run_dir / "history.jsonl").exists() else []
+    history = read_history(run_dir)
     summary = {
         "status": "completed",
         "stop_reason": stop_reason,
@@ -602,7 +613,7 @@ def finish(setup: Setup, run_dir: Path, state: dict, stop_reason: str, started: 
         **setup.resolved,
     }
     if setup.main:
-        write_json(run_dir / "train_summary.json", summary)
+        write_json(run_dir / TRAIN_SUMMARY, summary)
     return summary
 
 
@@ -613,18 +624,18 @@ def check_finite(setup: Setup, run_dir: Path, state: dict, epoch: int) -> None:
 
 
 def _export_best(arm, run_dir: Path) -> None:
-    tmp = run_dir / "model.tmp"
+    tmp = run_dir / (MODEL_DIR + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     arm.save_pretrained(tmp)
-    replace_dir(tmp, run_dir / "model")
+    replace_dir(tmp, model_dir(run_dir))
 
 
 def _fail_nonfinite(run_dir: Path, main: bool, state: dict, epoch: int, cfg: TrainConfig, step: int):
     ran_fp32 = resolve_precision(cfg.mixed_precision, training_device_type()).name == "no"
     fp32 = "" if ran_fp32 else "use --mixed_precision no (fp32), "
     kept = (
-        f"the best model so far (epoch {state['best_epoch']}) is kept in {run_dir / 'model'}"
+        f"the best model so far (epoch {state['best_epoch']}) is kept in {model_dir(run_dir)}"
         if state["best_epoch"]
         else "no epoch finished, so no model was saved"
     )
@@ -633,11 +644,9 @@ def _fail_nonfinite(run_dir: Path, main: bool, state: dict, epoch: int, cfg: Tra
         f"(now {cfg.learning_rate:g}), {fp32}or pass --skip_nan_steps N to tolerate a few; {kept}"
     )
     if main:
-        summary = (
-            read_json(run_dir / "train_summary.json") if (run_dir / "train_summary.json").exists() else {}
-        )
+        summary = read_summary(run_dir)
         write_json(
-            run_dir / "train_summary.json",
+            run_dir / TRAIN_SUMMARY,
             {
                 **summary,
                 "status": "failed",

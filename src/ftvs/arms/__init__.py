@@ -29,6 +29,7 @@ from ftvs.arms.scratch import (
     scratch_model_config,
 )
 from ftvs.errors import FtvsError
+from ftvs.rundir import MODEL_DIR, MODEL_MARKER
 
 __all__ = [
     "DEFAULT_LEARNING_RATES",
@@ -63,12 +64,12 @@ def build_arm(cfg, train_texts, label_names) -> Arm:
 def load_arm(model_dir) -> Arm:
     """Rebuild a trained arm from an exported model folder (a run's `model/`), in eval mode."""
     model_dir = Path(model_dir)
-    if (model_dir / "model" / "ftvs.json").is_file():
-        model_dir = model_dir / "model"
-    marker = model_dir / "ftvs.json"
+    if (model_dir / MODEL_DIR / MODEL_MARKER).is_file():
+        model_dir = model_dir / MODEL_DIR
+    marker = model_dir / MODEL_MARKER
     if not marker.is_file():
         raise FtvsError(
-            f"{model_dir} holds no trained ftvs model (no ftvs.json); train one with `ftvs train`"
+            f"{model_dir} holds no trained ftvs model (no {MODEL_MARKER}); train one with `ftvs train`"
         )
     try:
         info = json.loads(marker.read_text())

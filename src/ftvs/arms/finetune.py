@@ -54,6 +54,7 @@ from ftvs.pretrained import (
     resolve_model,
     safe_pretrained_kwargs,
 )
+from ftvs.rundir import MODEL_MARKER
 
 METHODS = ("lora", "full", "frozen", "unfreeze")
 
@@ -247,7 +248,7 @@ class FinetuneArm(Arm):
                 "top_k": self.unfreeze_top_k,
                 "base_lr_ratio": self.base_lr_ratio,
             }
-        write_json(out_dir / "ftvs.json", info)
+        write_json(out_dir / MODEL_MARKER, info)
 
     def count_parameters(self) -> dict:
         seen, total = set(), 0
@@ -415,13 +416,13 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def _read_marker(model_dir: Path) -> dict:
-    info = read_json(model_dir / "ftvs.json", "model marker")
+    info = read_json(model_dir / MODEL_MARKER, "model marker")
     if info.get("arm") != "finetune":
         raise FtvsError(f"{model_dir} does not hold a fine-tuned model (ftvs.json arm={info.get('arm')!r})")
     for key in ("method", "label_names", "max_length", "base_model"):
         if key not in info:
             raise FtvsError(
-                f"{model_dir / 'ftvs.json'} lacks {key!r}; the export is incomplete, retrain or restore it"
+                f"{model_dir / MODEL_MARKER} lacks {key!r}; the export is incomplete, retrain or restore it"
             )
     check_method(info["method"])
     return info

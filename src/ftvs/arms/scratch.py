@@ -14,6 +14,7 @@ from ftvs.errors import FtvsError
 from ftvs.fileio import load_tensors, read_json, save_tensors, write_json
 from ftvs.model import PRESETS, ScratchClassifier, ScratchConfig
 from ftvs.pretrained import load_tokenizer, safe_pretrained_kwargs
+from ftvs.rundir import MODEL_MARKER
 
 PAD_ID, UNK_ID = 0, 1
 
@@ -131,7 +132,7 @@ class ScratchArm(Arm):
         write_json(out_dir / "config.json", self.model.config.to_dict())
         self.tokenizer.save(out_dir)
         write_json(
-            out_dir / "ftvs.json",
+            out_dir / MODEL_MARKER,
             {"arm": "scratch", "label_names": self.label_names, "max_length": self.max_length},
         )
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from ftvs.fileio import read_jsonl
 from ftvs.fmt import clock
 from ftvs.progress import read_progress
+from ftvs.rundir import HISTORY
 from ftvs.study.registry import num_train_examples
 
 
@@ -87,7 +88,7 @@ def run_progress(run_dir: Path, num_epochs: int | None, since_unix: float | None
     """What a running training has done so far: finished epochs from history.jsonl, the current epoch's
     step from progress.json (`live`, None when absent)."""
     rows = []
-    hist = run_dir / "history.jsonl"
+    hist = run_dir / HISTORY
     if hist.is_file():
         with contextlib.suppress(Exception):
             rows = read_jsonl(hist)

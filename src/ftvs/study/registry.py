@@ -17,6 +17,7 @@ from ftvs import __version__
 from ftvs.config import FINETUNE_ONLY, build_config, config_differences
 from ftvs.errors import FtvsError
 from ftvs.fileio import read_json, write_json
+from ftvs.rundir import has_checkpoint
 from ftvs.study.config import FREE_KEYS, model_dims, own_size_name
 from ftvs.study.plan import PlannedRun, frac
 
@@ -210,7 +211,7 @@ def _merge_runs(reg: dict, factory: EntryFactory, plan: list[PlannedRun], force:
             changed = config_differences(entry.get("config") or {}, planned["config"], FREE_KEYS)
             keep = {k: entry[k] for k in _OUTCOME_KEYS if k in entry}
             if changed and not (force and selected(run.id)):
-                resumable = (factory.dir / planned["run_dir"] / "checkpoint" / "state.json").resolve().is_file()
+                resumable = has_checkpoint(factory.dir / planned["run_dir"])
                 if entry.get("state") == "completed" or (entry.get("state") in ("running", "interrupted")
                                                           and resumable):
                     stale.append(f"{run.id} ({', '.join(changed[:3])})")

@@ -11,15 +11,15 @@ from pathlib import Path
 
 from ftvs.aggregate import crossovers as aggregate_crossovers
 from ftvs.aggregate import mean_std
-from ftvs.fileio import read_json
 from ftvs.fmt import clock, pm
+from ftvs.rundir import read_metrics
 from ftvs.study.config import SIZE_KEYS, model_dims, own_size_name
 from ftvs.study.plan import frac
 
 
 def run_results(run_dir: Path) -> dict:
     """The registry's `results` of a finished run, from its metrics.json."""
-    m = read_json(run_dir / "metrics.json", "metrics")
+    m = read_metrics(run_dir)
     test = m.get("test") or {}
     gap = ((m.get("train_val_gap") or {}).get("best") or {})
     training = m.get("training") or {}

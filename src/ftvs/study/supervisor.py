@@ -32,6 +32,15 @@ import yaml
 from ftvs.data import SPLITS, cap_eval_splits, prepare, subsample_train
 from ftvs.fileio import RunLock, atomic_write_bytes, read_json, read_jsonl
 from ftvs.launch import launch_command
+from ftvs.rundir import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_STATE,
+    CONFIG,
+    HISTORY,
+    METRICS,
+    has_checkpoint,
+    read_summary,
+)
 from ftvs.study.executors import Executor, Job
 from ftvs.study.executors.local import LocalExecutor, child_process
 from ftvs.study.plan import PlannedRun, frac, plan_runs
@@ -90,9 +99,9 @@ def last_error(log_path: Path) -> str:
     return lines[-1] if lines else "no output"
 
 
-def _read_summary(path: Path) -> dict:
+def _read_summary(run_dir: Path) -> dict:
     with contextlib.suppress(Exception):
-        return read_json(path) if path.is_file() else {}
+        return read_summary(run_dir)
     return {}
 
 
@@ -338,7 +347,7 @@ class Study:
     def _start(self, e: dict, run_dir: Path, head: str) -> bool:
         """Whether the run is to (re)run now; clears what a forced or changed run leaves behind."""
         force = self.force and self.selected(e["id"])
-        done = e["state"] == "completed" and (run_dir / "metrics.json").is_file() and not e.get("needs_wipe")
+        done = e["state"] == "completed" and (run_dir / METRICS).is_file() and not e.get("needs_wipe")
         if done and not force:
             self.progress.say(f"{head}: done earlier ({result_text(e)}), skipped")
             return False
@@ -368,7 +377,7 @@ class Study:
             time.sleep(0.5)
 
     def _epochs_done(self, e: dict, run_dir: Path) -> None:
-        hist = run_dir / "history.jsonl"
+        hist = run_dir / HISTORY
         with contextlib.suppress(Exception):
             e["epochs_done"] = len(read_jsonl(hist)) if hist.is_file() else 0
 
@@ -467,11 +476,11 @@ class Study:
                 args += [f"--{key}", ",".join(str(x) for x in v) if isinstance(v, list | tuple) else str(v)]
         self.progress.say(f"{head}: TF-IDF baseline, seed {e['seed']}, {e.get('num_train_examples') or '?'} train examples")
         rc = self._attempt(e, "fresh", Job(ftvs_cmd(args, {}), run_dir, log, "baseline: "), head, "baseline")
-        if rc != 0 or not (run_dir / "metrics.json").is_file():
+        if rc != 0 or not (run_dir / METRICS).is_file():
             e["error"] = last_error(log) if rc != 0 else "baseline finished without metrics.json"
             return False
         # tag the run like the neural runs (compare/report group on these)
-        cfg_path = run_dir / "config.yaml"
+        cfg_path = run_dir / CONFIG
         with contextlib.suppress(Exception):
             saved = yaml.safe_load(cfg_path.read_text()) or {}
             saved["extra"] = self.entries.extra(self._planned(e["id"]))
@@ -484,14 +493,14 @@ class Study:
     def _run_neural(self, e: dict, run_dir: Path, log: Path, head: str) -> bool:
         what = (f"{e['arm']} {e['model']}{' ' + e['method'] if e.get('method') else ''}, seed {e['seed']}, "
                 f"fraction {frac(e['train_fraction'])} ({e.get('num_train_examples') or '?'} train examples)")
-        if _read_summary(run_dir / "train_summary.json").get("status") == "completed":
+        if _read_summary(run_dir).get("status") == "completed":
             self.progress.say(f"{head}: {what}: trained earlier, evaluating")
         elif not self._train(e, run_dir, log, head, what):
             return False
-        if not (run_dir / "metrics.json").is_file():
+        if not (run_dir / METRICS).is_file():
             job = Job(ftvs_cmd(["evaluate", str(run_dir)], {}), run_dir, log, "evaluating: ")
             rc = self._attempt(e, "evaluate", job, head, "evaluating")
-            if rc != 0 or not (run_dir / "metrics.json").is_file():
+            if rc != 0 or not (run_dir / METRICS).is_file():
                 e["error"] = last_error(log) if rc != 0 else "evaluation wrote no metrics.json"
                 return False
         return True
@@ -507,10 +516,10 @@ class Study:
         launcher = e.get("launcher") or {}
         args = ["train", e["arm"], "--config", str(cfg_path)]
         resume_args = [*args, "--resume", str(run_dir)]  # also starts a run that never checkpointed
-        if (run_dir / "checkpoint" / "state.json").is_file():
+        if has_checkpoint(run_dir):
             epoch = None
             with contextlib.suppress(Exception):
-                epoch = read_json(run_dir / "checkpoint" / "state.json").get("epoch")
+                epoch = read_json(run_dir / CHECKPOINT_DIR / CHECKPOINT_STATE).get("epoch")
             e["resumed_from_epoch"] = epoch
             args = resume_args
             mode = "resume"
@@ -526,7 +535,7 @@ class Study:
         job = Job(ftvs_cmd(args, launcher), run_dir, log, "train: ", processes=processes,
                   retry_cmd=ftvs_cmd(resume_args, launcher))
         rc = self._attempt(e, mode, job, head, "train")
-        status = _read_summary(run_dir / "train_summary.json").get("status")
+        status = _read_summary(run_dir).get("status")
         if rc != 0 or status != "completed":
             e["error"] = last_error(log) if rc != 0 else f"training ended with status {status!r}"
             return False

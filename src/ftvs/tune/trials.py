@@ -21,12 +21,13 @@ from pathlib import Path
 import yaml
 
 from ftvs.errors import FtvsError
-from ftvs.fileio import atomic_write_bytes, read_json, write_json
+from ftvs.fileio import atomic_write_bytes, write_json
+from ftvs.rundir import CHECKPOINT_DIR, HISTORY, MODEL_DIR, read_summary
 
 POLL_SECONDS = 0.5
 # what a finished trial keeps: its settings, curves and log; checkpoints and exported models are dropped
 # (a full fine-tune writes ~1.5 GB per trial) because the study retrains the best configuration anyway
-DISPOSABLE = ("checkpoint", "model", "model.tmp", "checkpoint.tmp", "checkpoint.old", "model.old")
+DISPOSABLE = tuple(f"{d}{s}" for d in (CHECKPOINT_DIR, MODEL_DIR) for s in ("", ".tmp", ".old"))
 
 
 @dataclass
@@ -91,7 +92,7 @@ def run_train_trial(trial, arm: str, settings: dict, run_dir: Path, on_epoch=Non
         "--no-evaluate",
         "--disable_tqdm",
     ]
-    history_path = run_dir / "history.jsonl"
+    history_path = run_dir / HISTORY
     started = time.perf_counter()
     result = TrialResult(value=None)
     with open(run_dir / "train.log", "wb") as log:
@@ -122,9 +123,7 @@ def run_train_trial(trial, arm: str, settings: dict, run_dir: Path, on_epoch=Non
     if result.intermediate:
         result.value = max(result.intermediate.values())
     if not result.pruned:
-        summary = (
-            read_json(run_dir / "train_summary.json") if (run_dir / "train_summary.json").exists() else {}
-        )
+        summary = read_summary(run_dir)
         if summary.get("stop_reason") == "nonfinite":
             # a learning rate that diverges is a bad configuration, not a broken search: it scores what it
             # reached before diverging

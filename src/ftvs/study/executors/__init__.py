@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ftvs.errors import FtvsError
-
-CHECKPOINT_STATE = Path("checkpoint") / "state.json"
+from ftvs.rundir import HISTORY, has_checkpoint
 
 
 @dataclass
@@ -37,7 +36,7 @@ class Job:
     def command(self) -> list[str]:
         """What to run now. The supervisor wipes a run folder it starts afresh, so a started run found
         there (history or checkpoint) is this job's own earlier try, killed: a retry continues it."""
-        started = (self.run_dir / "history.jsonl").exists() or (self.run_dir / CHECKPOINT_STATE).is_file()
+        started = (self.run_dir / HISTORY).exists() or has_checkpoint(self.run_dir)
         return self.retry_cmd if self.retry_cmd and started else self.cmd
 
 
