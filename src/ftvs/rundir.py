@@ -43,10 +43,29 @@ RELIABILITY_DIAGRAM = "reliability_diagram.png"
 DATA_METADATA = "metadata.json"  # inside a prepared data folder, which a run names in its config
 
 PROGRESS = "progress.json"
+LOGS_DIR = "logs"  # experiment trackers (`--report_to`)
+EXPORT_DIR = "export"  # `ftvs export`
+TRIAL_CONFIG, TRIAL_LOG = "trial.yaml", "train.log"  # what `ftvs tune` writes before a trial's run starts
+LAUNCH_FILES = {TRIAL_CONFIG, TRIAL_LOG}
 
 # everything a run writes at its top level (plus hidden lock/temp files and split-named results)
-RUN_FILES = {CONFIG, HISTORY, TRAIN_SUMMARY, MODEL_DIR, CHECKPOINT_DIR, METRICS, PREDICTIONS, TRAINING_CURVES,
-             CONFUSION_MATRIX, RELIABILITY_DIAGRAM, PROGRESS} | {f"{d}{s}" for d in (MODEL_DIR, CHECKPOINT_DIR) for s in (".tmp", ".old")}
+RUN_FILES = {
+    CONFIG,
+    HISTORY,
+    TRAIN_SUMMARY,
+    MODEL_DIR,
+    CHECKPOINT_DIR,
+    METRICS,
+    PREDICTIONS,
+    TRAINING_CURVES,
+    CONFUSION_MATRIX,
+    PROGRESS,
+    RELIABILITY_DIAGRAM,
+    LOGS_DIR,
+    EXPORT_DIR,
+    TRIAL_CONFIG,
+    TRIAL_LOG,
+} | {f"{d}{s}" for d in (MODEL_DIR, CHECKPOINT_DIR) for s in (".tmp", ".old")}
 RESULT_PREFIXES = ("metrics_", "predictions_", "confusion_matrix_")
 
 CONFIDENCE_DIGITS = 6  # enough to rank predictions, small enough to keep predictions.json readable
@@ -82,8 +101,8 @@ def check_output_dir(out, kind: str, *, data_dir=None, resume: bool = False, ove
                 f"--output_dir {out} is inside the data folder {data_dir} (`ftvs prepare` replaces that folder); "
                 "choose a folder outside it"
             )
-    if not out.is_dir() or all(p.name.startswith(".") for p in out.iterdir()):
-        return  # new, empty, or left with only a lock by a run that failed before writing anything
+    if not out.is_dir() or all(p.name.startswith(".") or p.name in LAUNCH_FILES for p in out.iterdir()):
+        return  # new, empty, prepared by `ftvs tune`, or left with only a lock by a run that failed early
     found = run_kind(out)
     # outside a run every entry is the user's, even one named like a run's (u/model/ with their files)
     foreign = sorted(
@@ -98,7 +117,9 @@ def check_output_dir(out, kind: str, *, data_dir=None, resume: bool = False, ove
             "choose a new or empty folder so nothing of yours is replaced"
         )
     if found != kind:
-        raise FtvsError(f"--output_dir {out} holds a {found!r} run, not a {kind!r} one; choose another folder")
+        raise FtvsError(
+            f"--output_dir {out} holds a {found!r} run, not a {kind!r} one; choose another folder"
+        )
     if is_finished(out) and not (resume or overwrite):
         raise FtvsError(
             f"--output_dir {out} holds a finished {kind} run; pass --overwrite_output_dir to replace it "
@@ -231,7 +252,12 @@ def check_same_data(run_dir, data_dir, data_hash, *, explicit: bool, doing: str)
 
 
 def write_figures(
-    run_dir, label_names, confusion_matrix, run_name: str, curves_title: str | None = None, split: str = "test"
+    run_dir,
+    label_names,
+    confusion_matrix,
+    run_name: str,
+    curves_title: str | None = None,
+    split: str = "test",
 ) -> None:
     """The per-run figures: training curves (when there is a history) and the test confusion matrix."""
     run_dir = Path(run_dir)
@@ -239,5 +265,8 @@ def write_figures(
     if history:
         plot_training_curves(history, run_dir / TRAINING_CURVES, title=curves_title or run_name)
     plot_confusion_matrix(
-        confusion_matrix, label_names, run_dir / result_names(split)[2], title=f"{run_name}: {split} confusion matrix"
+        confusion_matrix,
+        label_names,
+        run_dir / result_names(split)[2],
+        title=f"{run_name}: {split} confusion matrix",
     )

@@ -22,8 +22,10 @@ import sys
 import warnings
 from pathlib import Path
 
+from ftvs.data import load_metadata
 from ftvs.errors import FtvsError
 from ftvs.fileio import RunLock
+from ftvs.fmt import clock
 from ftvs.tune import space as spaces
 from ftvs.tune.summary import FINISHED, write_outputs
 from ftvs.tune.trials import BaselineData, baseline_settings, run_baseline_trial, run_train_trial
@@ -106,13 +108,17 @@ def _default_params(arm: str, method: str | None, space: dict, base: dict) -> di
 
         # a plain run on small data gets a smaller batch / more epochs where the base leaves them open
         num_train = load_metadata(base["data"])["splits"]["train"]["count"]
-        auto = {} if defaults.get("max_train_steps") else small_data_defaults(
-            arm,
-            num_train,
-            defaults["per_device_train_batch_size"],
-            defaults["num_train_epochs"],
-            set(base),
-            defaults["gradient_accumulation_steps"],
+        auto = (
+            {}
+            if defaults.get("max_train_steps")
+            else small_data_defaults(
+                arm,
+                num_train,
+                defaults["per_device_train_batch_size"],
+                defaults["num_train_epochs"],
+                set(base),
+                defaults["gradient_accumulation_steps"],
+            )
         )
         defaults.update({k: change["value"] for k, change in auto.items()})
     return {
@@ -133,7 +139,7 @@ class Progress:
     def status(self, finished: int, seconds: float, best) -> str:
         parts = [
             f"best val macro-F1 {best[1]:.4f} (trial {best[0]})" if best else "no completed trial yet",
-            f"{_clock(seconds)} spent",
+            f"{clock(seconds)} spent",
         ]
         remaining = []
         if self.n_trials and finished:
@@ -141,17 +147,108 @@ class Progress:
         if self.timeout:
             remaining.append(max(0.0, self.timeout - seconds))
         if remaining:
-            parts.append(f"ETA {_clock(min(remaining))}")
+            parts.append(f"ETA {clock(min(remaining))}")
         return " | ".join(parts)
 
     def of(self, n: int) -> str:
         return f"trial {n}/{self.n_trials}" if self.n_trials else f"trial {n}"
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    return (f"{h}h" if h else "") + f"{rest // 60}m{rest % 60:02d}s"
+def _check_arguments(n_trials, timeout, pruner, output_dir) -> None:
+    if n_trials is None and timeout is None:
+        raise FtvsError("no budget: give --n_trials N and/or --timeout SECONDS")
+    if n_trials is not None and n_trials < 1:
+        raise FtvsError(f"--n_trials must be >= 1, got {n_trials}")
+    if timeout is not None and not timeout > 0:
+        raise FtvsError(f"--timeout must be > 0 seconds, got {timeout}")
+    if pruner not in PRUNERS:
+        raise FtvsError(f"unknown pruner {pruner!r}; use one of {', '.join(PRUNERS)}")
+    if not output_dir:
+        raise FtvsError("no --output_dir given; name a folder for the search")
+
+
+def _pruner_record(pruner: str) -> dict:
+    if pruner == "median":
+        return {"name": pruner, "n_startup_trials": 2, "n_warmup_steps": 2}
+    if pruner == "halving":
+        return {"name": pruner, "min_resource": 1, "reduction_factor": 3}
+    return {"name": pruner}
+
+
+def _open_study(out: Path, setup: dict, search_space: dict, n_trials, seed: int, pruner: str, defaults_first):
+    """The Optuna study in out/optuna.db, created or resumed (interrupted trials queued again)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
+    study = optuna.create_study(
+        study_name=STUDY_NAME, storage=storage, direction="maximize", load_if_exists=True
+    )
+    _check_same_search(study, setup, out)
+    _requeue_interrupted(study)
+    if defaults_first and not study.trials:
+        defaults = _default_params(setup["arm"], setup["method"], search_space, setup["base"])
+        study.enqueue_trial(defaults, user_attrs={"defaults": True})
+    # offset by the trials so far: a resumed sampler must not replay the first session's random draws
+    startup = _startup_trials(n_trials)
+    sampler = optuna.samplers.TPESampler(
+        seed=seed + len(study.trials), multivariate=True, n_startup_trials=startup
+    )
+    setup["sampler"] = {"name": "TPESampler", "seed": seed, "multivariate": True, "n_startup_trials": startup}
+    setup["pruner"] = _pruner_record(pruner)
+    return optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=_pruner(pruner))
+
+
+def _budget(study, n_trials, timeout) -> dict:
+    finished = study.get_trials(deepcopy=False, states=_states(FINISHED))
+    seconds = sum(t.user_attrs.get("seconds", 0.0) for t in finished)
+    return {
+        "n_trials": n_trials,
+        "timeout_seconds": timeout,
+        "trials_finished": len(finished),
+        "seconds_used": seconds,
+        "exhausted_by": _budget_spent(n_trials, timeout, len(finished), seconds),
+    }
+
+
+def _run_trial(study, trial, setup: dict, search_space: dict, out: Path, bar, baseline_data, budget: dict):
+    """Run one asked trial as a real run in out/trials/NNNN and tell Optuna how it ended."""
+    import optuna
+
+    arm, base, seed = setup["arm"], setup["base"], setup["seed"]
+    params = spaces.suggest(trial, search_space)
+    shown = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    best = _best(study)
+    finished, seconds = budget["trials_finished"], budget["seconds_used"]
+    bar.line(f"{bar.of(finished + 1)} (#{trial.number}) {shown} | {bar.status(finished, seconds, best)}")
+    run_dir = out / "trials" / f"{trial.number:04d}"
+    trial.set_user_attr("run_dir", str(run_dir))
+    if arm == "baseline":
+        result = run_baseline_trial(trial, baseline_data, params, base, seed, run_dir)
+    else:
+
+        def on_epoch(epoch, f1, n=trial.number):
+            bar.line(f"  trial #{n} epoch {epoch}: val macro-F1 {f1:.4f}")
+
+        try:
+            result = run_train_trial(trial, arm, {**base, **params}, run_dir, on_epoch)
+        except FtvsError:
+            trial.set_user_attr("status", "failed")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            write_outputs(out, study, setup, budget, final=False)
+            raise
+    for key in ("seconds", "status", "epochs_run", "value"):
+        trial.set_user_attr(key, getattr(result, key))
+    if result.pruned:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    else:
+        study.tell(trial, result.value)
+    ended = "pruned after epoch " + str(result.epochs_run) if result.pruned else result.status
+    value = "-" if result.value is None else f"{result.value:.4f}"
+    bar.line(f"trial #{trial.number} {ended}: val macro-F1 {value} in {clock(result.seconds)}")
+    after = {**budget, "trials_finished": finished + 1, "seconds_used": seconds + result.seconds}
+    write_outputs(out, study, setup, after, final=False)
 
 
 def tune_arm(
@@ -178,20 +275,7 @@ def tune_arm(
     n_trials / timeout: the budget (finished trials / seconds in trials), at least one of them.
     Returns the tune.json content (`best.config` is the best configuration, `best.value` its val macro-F1).
     """
-    import optuna
-
-    if n_trials is None and timeout is None:
-        raise FtvsError("no budget: give --n_trials N and/or --timeout SECONDS")
-    if n_trials is not None and n_trials < 1:
-        raise FtvsError(f"--n_trials must be >= 1, got {n_trials}")
-    if timeout is not None and not timeout > 0:
-        raise FtvsError(f"--timeout must be > 0 seconds, got {timeout}")
-    if pruner not in PRUNERS:
-        raise FtvsError(f"unknown pruner {pruner!r}; use one of {', '.join(PRUNERS)}")
-    if not output_dir:
-        raise FtvsError("no --output_dir given; name a folder for the search")
-    from ftvs.data import load_metadata
-
+    _check_arguments(n_trials, timeout, pruner, output_dir)
     data = Path(data).resolve()
     load_metadata(data)
     base = _base_settings(arm, method, data, base, seed)
@@ -208,109 +292,22 @@ def tune_arm(
         "base": base,
         "space": {k: p.to_dict() for k, p in search_space.items()},
     }
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     with RunLock(out):
-        storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
-        study = optuna.create_study(
-            study_name=STUDY_NAME, storage=storage, direction="maximize", load_if_exists=True
-        )
-        _check_same_search(study, setup, out)
-        _requeue_interrupted(study)
-        if defaults_first and not study.trials:
-            study.enqueue_trial(
-                _default_params(arm, method, search_space, base), user_attrs={"defaults": True}
-            )
-        # offset by the trials so far: a resumed sampler must not replay the first session's random draws
-        sampler = optuna.samplers.TPESampler(
-            seed=seed + len(study.trials), multivariate=True, n_startup_trials=_startup_trials(n_trials)
-        )
-        study = optuna.load_study(
-            study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=_pruner(pruner)
-        )
-        setup["sampler"] = {
-            "name": "TPESampler",
-            "seed": seed,
-            "multivariate": True,
-            "n_startup_trials": _startup_trials(n_trials),
-        }
-        setup["pruner"] = {
-            "name": pruner,
-            **(
-                {"n_startup_trials": 2, "n_warmup_steps": 2}
-                if pruner == "median"
-                else {"min_resource": 1, "reduction_factor": 3}
-                if pruner == "halving"
-                else {}
-            ),
-        }
+        study = _open_study(out, setup, search_space, n_trials, seed, pruner, defaults_first)
         baseline_data = BaselineData(data) if arm == "baseline" else None
         bar = Progress(arm if arm != "finetune" else f"finetune/{method}", n_trials, timeout, progress)
-        while True:
-            finished = study.get_trials(deepcopy=False, states=_states(FINISHED))
-            seconds = sum(t.user_attrs.get("seconds", 0.0) for t in finished)
-            spent = _budget_spent(n_trials, timeout, len(finished), seconds)
-            budget = {
-                "n_trials": n_trials,
-                "timeout_seconds": timeout,
-                "trials_finished": len(finished),
-                "seconds_used": seconds,
-                "exhausted_by": spent,
-            }
-            best = _best(study)
-            if spent:
-                break
-            trial = study.ask()
-            params = spaces.suggest(trial, search_space)
-            shown = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-            bar.line(
-                f"{bar.of(len(finished) + 1)} (#{trial.number}) {shown} | {bar.status(len(finished), seconds, best)}"
-            )
-            run_dir = out / "trials" / f"{trial.number:04d}"
-            trial.set_user_attr("run_dir", str(run_dir))
-            if arm == "baseline":
-                result = run_baseline_trial(trial, baseline_data, params, base, seed, run_dir)
-            else:
-
-                def on_epoch(epoch, f1, n=trial.number):
-                    bar.line(f"  trial #{n} epoch {epoch}: val macro-F1 {f1:.4f}")
-
-                try:
-                    result = run_train_trial(trial, arm, {**base, **params}, run_dir, on_epoch)
-                except FtvsError:
-                    trial.set_user_attr("status", "failed")
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                    write_outputs(out, study, setup, budget, final=False)
-                    raise
-            for key, value in (
-                ("seconds", result.seconds),
-                ("status", result.status),
-                ("epochs_run", result.epochs_run),
-                ("value", result.value),
-            ):
-                trial.set_user_attr(key, value)
-            if result.pruned:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            else:
-                study.tell(trial, result.value)
-            ended = "pruned after epoch " + str(result.epochs_run) if result.pruned else result.status
-            value = "-" if result.value is None else f"{result.value:.4f}"
-            bar.line(f"trial #{trial.number} {ended}: val macro-F1 {value} in {_clock(result.seconds)}")
-            write_outputs(
-                out,
-                study,
-                setup,
-                {**budget, "trials_finished": len(finished) + 1, "seconds_used": seconds + result.seconds},
-                final=False,
-            )
+        budget = _budget(study, n_trials, timeout)
+        while not budget["exhausted_by"]:
+            _run_trial(study, study.ask(), setup, search_space, out, bar, baseline_data, budget)
+            budget = _budget(study, n_trials, timeout)
         summary = write_outputs(out, study, setup, budget, final=True)
+    best = summary["best"]
     bar.line(
-        f"done: {budget['trials_finished']} trials in {_clock(budget['seconds_used'])} ({spent} budget spent) | "
+        f"done: {budget['trials_finished']} trials in {clock(budget['seconds_used'])} "
+        f"({budget['exhausted_by']} budget spent) | "
         + (
-            f"best val macro-F1 {summary['best']['value']:.4f} (trial {summary['best']['number']}) -> "
-            f"{out / 'best.yaml'}"
-            if summary["best"]
+            f"best val macro-F1 {best['value']:.4f} (trial {best['number']}) -> {out / 'best.yaml'}"
+            if best
             else "no trial completed"
         )
     )

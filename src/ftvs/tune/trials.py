@@ -22,7 +22,7 @@ import yaml
 
 from ftvs.errors import FtvsError
 from ftvs.fileio import atomic_write_bytes, write_json
-from ftvs.rundir import CHECKPOINT_DIR, HISTORY, MODEL_DIR, read_summary
+from ftvs.rundir import CHECKPOINT_DIR, HISTORY, MODEL_DIR, TRIAL_CONFIG, TRIAL_LOG, read_summary
 
 POLL_SECONDS = 0.5
 # what a finished trial keeps: its settings, curves and log; checkpoints and exported models are dropped
@@ -78,7 +78,7 @@ def run_train_trial(trial, arm: str, settings: dict, run_dir: Path, on_epoch=Non
     """Train `settings` (a train config without arm/output_dir) into `run_dir` in a child process,
     reporting each epoch to the Optuna `trial`; returns its result (pruned trials included)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_train_yaml(run_dir / "trial.yaml", settings)
+    write_train_yaml(run_dir / TRIAL_CONFIG, settings)
     cmd = [
         sys.executable,
         "-m",
@@ -86,7 +86,7 @@ def run_train_trial(trial, arm: str, settings: dict, run_dir: Path, on_epoch=Non
         "train",
         arm,
         "--config",
-        str(run_dir / "trial.yaml"),
+        str(run_dir / TRIAL_CONFIG),
         "--output_dir",
         str(run_dir),
         "--no-evaluate",
@@ -95,7 +95,7 @@ def run_train_trial(trial, arm: str, settings: dict, run_dir: Path, on_epoch=Non
     history_path = run_dir / HISTORY
     started = time.perf_counter()
     result = TrialResult(value=None)
-    with open(run_dir / "train.log", "wb") as log:
+    with open(run_dir / TRIAL_LOG, "wb") as log:
         child = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
         )
@@ -129,12 +129,12 @@ def run_train_trial(trial, arm: str, settings: dict, run_dir: Path, on_epoch=Non
             # reached before diverging
             result.status, result.value = "nonfinite", result.value or 0.0
         elif child.returncode != 0 or summary.get("status") != "completed":
-            tail = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()[-1:] or [
+            tail = (run_dir / TRIAL_LOG).read_text(errors="replace").strip().splitlines()[-1:] or [
                 "no output"
             ]
             raise FtvsError(
                 f"trial {trial.number} failed (exit {child.returncode}): {tail[0][:300]}; see "
-                f"{run_dir / 'train.log'}, fix the setting, then rerun the same command to resume"
+                f"{run_dir / TRIAL_LOG}, fix the setting, then rerun the same command to resume"
             )
         elif result.value is None:
             result.value = float(summary["best_val_macro_f1"])
