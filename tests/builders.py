@@ -38,7 +38,9 @@ def _newsgroups_posts() -> dict:
     out = {}
     for split, table in source.tables.items():
         names = table.class_names["label"]
-        out[split] = [(_short_post(t, 12), names[y]) for t, y in zip(table.fetch("text"), table.fetch("label"))]
+        out[split] = [
+            (_short_post(t, 12), names[y]) for t, y in zip(table.fetch("text"), table.fetch("label"))
+        ]
     return out
 
 
@@ -75,6 +77,7 @@ def intents_csv_dir() -> Path:
 
     atexit.register(shutil.rmtree, folder, True)
     return newsgroups_csv(folder)
+
 
 _TINY_CORPUS = """\
 I am still waiting on my card? What can I do if my card still hasn't arrived after 2 weeks?

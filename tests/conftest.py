@@ -39,8 +39,26 @@ def trained_run(intents_small, tmp_path_factory):
     from ftvs.cli import main
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    code = main(["train", "scratch", "--data", str(intents_small), "--output_dir", str(run), "--preset", "tiny",
-                 "--num_train_epochs", "5", "--max_seq_length", "48", "--learning_rate", "2e-3",
-                 "--pooling", "mean", "--disable_tqdm"])
+    code = main(
+        [
+            "train",
+            "scratch",
+            "--data",
+            str(intents_small),
+            "--output_dir",
+            str(run),
+            "--preset",
+            "tiny",
+            "--num_train_epochs",
+            "5",
+            "--max_seq_length",
+            "48",
+            "--learning_rate",
+            "2e-3",
+            "--pooling",
+            "mean",
+            "--disable_tqdm",
+        ]
+    )
     assert code == 0
     return run

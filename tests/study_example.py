@@ -13,9 +13,10 @@ def raw_config(**over) -> dict:
             {"name": "scratch", "arm": "scratch", "preset": "tiny", "num_train_epochs": 3},
             {"name": "lora", "arm": "finetune", "model_name_or_path": "smollm2-135m", "method": "lora"},
         ],
-        "sweeps": {"data_size": {"fractions": [0.1, 0.5], "arms": ["tfidf", "scratch"]},
-                   "model_size": {"arm": "scratch", "sizes": ["tiny", "small", {"name": "wide", "n_embd": 256}]}},
+        "sweeps": {
+            "data_size": {"fractions": [0.1, 0.5], "arms": ["tfidf", "scratch"]},
+            "model_size": {"arm": "scratch", "sizes": ["tiny", "small", {"name": "wide", "n_embd": 256}]},
+        },
     }
     raw.update(over)
     return raw
-

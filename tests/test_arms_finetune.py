@@ -23,6 +23,7 @@ from ftvs.pretrained import load_tokenizer
 
 METHODS = ("lora", "full", "frozen", "unfreeze")
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny models gain nothing from threads, and on a busy 2-core box OpenMP oversubscription makes
@@ -118,7 +119,15 @@ def test_each_method_learns_and_reloads_identically(tiny_dir, method, tmp_path):
     torch.testing.assert_close(logits_of(reloaded, texts), expected, rtol=0, atol=1e-5)
 
     desc = arm.describe()
-    for key in ("architecture", "params_total", "params_trainable", "method", "tokenizer", "pretrained_name", "head"):
+    for key in (
+        "architecture",
+        "params_total",
+        "params_trainable",
+        "method",
+        "tokenizer",
+        "pretrained_name",
+        "head",
+    ):
         assert key in desc
     assert desc["architecture"]["n_layer"] == 2 and desc["architecture"]["n_embd"] == 32
     assert desc["tokenizer"]["vocab_size"] > 100
@@ -155,7 +164,9 @@ def test_frozen_feature_cache_matches_slow_path(tiny_dir):
     fast = finetune_arm(tiny_dir, labels, method="frozen", feature_cache=True)
     slow = finetune_arm(tiny_dir, labels, method="frozen", feature_cache=False)
     assert fast.feature_cache and not slow.feature_cache
-    assert isinstance(fast.model, torch.nn.Module) and sum(p.numel() for p in fast.model.parameters()) == 32 * 4
+    assert (
+        isinstance(fast.model, torch.nn.Module) and sum(p.numel() for p in fast.model.parameters()) == 32 * 4
+    )
     slow.head.weight.data.copy_(fast.head.weight.data)
     torch.testing.assert_close(logits_of(fast, texts), logits_of(slow, texts), rtol=1e-4, atol=1e-5)
     # and they stay equal through training (same batches, same optimizer)
@@ -177,8 +188,10 @@ def test_padding_does_not_change_an_examples_logits(tiny_dir):
         batched = arm.model(**arm.collate(ids))  # short one right-padded to the long one
         one = arm.collate(ids[:1])
         pad = torch.full((1, 7), arm.pad_id)
-        extra = arm.model(input_ids=torch.cat([one["input_ids"], pad], 1),
-                          attention_mask=torch.cat([one["attention_mask"], torch.zeros_like(pad)], 1))
+        extra = arm.model(
+            input_ids=torch.cat([one["input_ids"], pad], 1),
+            attention_mask=torch.cat([one["attention_mask"], torch.zeros_like(pad)], 1),
+        )
     torch.testing.assert_close(batched[0:1], alone, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(extra, alone, rtol=1e-4, atol=1e-5)
     assert arm.hf.config.pad_token_id == arm.pad_id == arm.tokenizer.pad_token_id
@@ -186,8 +199,14 @@ def test_padding_does_not_change_an_examples_logits(tiny_dir):
 
 def test_unfreeze_schedule_and_discriminative_lr(tiny_llama_dir):
     texts, y, labels = sample_texts()
-    arm = finetune_arm(tiny_llama_dir, labels, method="unfreeze", unfreeze_after_epochs=2, unfreeze_top_k=1,
-                             base_lr_ratio=0.1)
+    arm = finetune_arm(
+        tiny_llama_dir,
+        labels,
+        method="unfreeze",
+        unfreeze_after_epochs=2,
+        unfreeze_top_k=1,
+        base_lr_ratio=0.1,
+    )
     groups = arm.param_groups(cfg(1e-3))
     lrs = {name: g["lr"] for g in groups for name in g["names"]}
     assert lrs["score.weight"] == 1e-3
@@ -315,14 +334,18 @@ def test_smollm2_lora_learns_and_reloads(tmp_path, capsys):
     probe = texts[::4]
     expected = logits_of(arm, probe)
     arm.save_pretrained(tmp_path / "model")
-    assert (tmp_path / "model" / "adapter_model.safetensors").stat().st_size < 10_000_000  # adapter + head only
+    assert (
+        tmp_path / "model" / "adapter_model.safetensors"
+    ).stat().st_size < 10_000_000  # adapter + head only
     reloaded = load_finetune_arm(tmp_path / "model")
     torch.testing.assert_close(logits_of(reloaded, probe), expected, rtol=0, atol=1e-4)
     reload_s = time.perf_counter() - t0
     with capsys.disabled():
-        print(f"\n[smollm2] {'converted' if not was_cached else 'cached'} folder {folder} in {convert_s:.1f}s; "
-              f"arm build {build_s:.1f}s; 8 LoRA steps (8 x <=32 tokens) + 2 evals of 64 texts {steps_s:.1f}s; "
-              f"save + reload + compare {reload_s:.1f}s; loss {before:.3f} -> {after:.3f}")
+        print(
+            f"\n[smollm2] {'converted' if not was_cached else 'cached'} folder {folder} in {convert_s:.1f}s; "
+            f"arm build {build_s:.1f}s; 8 LoRA steps (8 x <=32 tokens) + 2 evals of 64 texts {steps_s:.1f}s; "
+            f"save + reload + compare {reload_s:.1f}s; loss {before:.3f} -> {after:.3f}"
+        )
 
 
 def test_frozen_run_counts_the_feature_pass_as_training_time(tiny_llama_dir, tmp_path):
@@ -338,8 +361,26 @@ def test_frozen_run_counts_the_feature_pass_as_training_time(tiny_llama_dir, tmp
         w.writerows((t, labels[i]) for t, i in zip(texts, y))
     prepare(str(tmp_path / "all.csv"), tmp_path / "data", seed=0, tokenizer="none")
     run = tmp_path / "run"
-    assert main(["train", "finetune", "--data", str(tmp_path / "data"), "--output_dir", str(run), "--model",
-                 str(tiny_llama_dir), "--method", "frozen", "--num_train_epochs", "2", "--disable_tqdm"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "finetune",
+                "--data",
+                str(tmp_path / "data"),
+                "--output_dir",
+                str(run),
+                "--model",
+                str(tiny_llama_dir),
+                "--method",
+                "frozen",
+                "--num_train_epochs",
+                "2",
+                "--disable_tqdm",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((run / "train_summary.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]

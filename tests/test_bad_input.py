@@ -23,11 +23,34 @@ from ftvs import fileio
 from ftvs.cli import main
 from ftvs.errors import FtvsError
 
-TINY_SCRATCH = ["--tokenizer", "bpe", "--bpe_vocab_size", "300", "--n_layer", "1", "--n_embd", "32", "--n_head", "2",
-                "--d_ff", "64", "--max_seq_length", "16", "--per_device_train_batch_size", "8", "--disable_tqdm",
-                "--mixed_precision", "no", "--seed", "3"]
-WORDS = {"card": "card lost stolen pin blocked atm", "transfer": "transfer pending bank account arrive sent",
-         "refund": "refund money back return purchase merchant"}
+TINY_SCRATCH = [
+    "--tokenizer",
+    "bpe",
+    "--bpe_vocab_size",
+    "300",
+    "--n_layer",
+    "1",
+    "--n_embd",
+    "32",
+    "--n_head",
+    "2",
+    "--d_ff",
+    "64",
+    "--max_seq_length",
+    "16",
+    "--per_device_train_batch_size",
+    "8",
+    "--disable_tqdm",
+    "--mixed_precision",
+    "no",
+    "--seed",
+    "3",
+]
+WORDS = {
+    "card": "card lost stolen pin blocked atm",
+    "transfer": "transfer pending bank account arrive sent",
+    "refund": "refund money back return purchase merchant",
+}
 
 
 def _write_csv(path: Path, rows, header=("text", "label")) -> Path:
@@ -49,8 +72,11 @@ def _toy_rows(n=30, classes=WORDS):
 
 
 def _snapshot(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def _fails(capsys, argv, *needles) -> str:
@@ -93,8 +119,23 @@ def toy(tmp_path_factory):
 @pytest.fixture(scope="module")
 def toy_run(toy, tmp_path_factory):
     run = tmp_path_factory.mktemp("toyrun") / "run"
-    assert main(["train", "scratch", "--data", str(toy), "--output_dir", str(run), *TINY_SCRATCH,
-                 "--num_train_epochs", "1", "--no-evaluate"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "scratch",
+                "--data",
+                str(toy),
+                "--output_dir",
+                str(run),
+                *TINY_SCRATCH,
+                "--num_train_epochs",
+                "1",
+                "--no-evaluate",
+            ]
+        )
+        == 0
+    )
     assert main(["evaluate", str(run)]) == 0
     return run
 
@@ -114,18 +155,30 @@ def test_prepare_bad_sources(tmp_path, toy, capsys, monkeypatch):
     (t / "empty.csv").write_bytes(b"")
     _write_csv(t / "cols.csv", _toy_rows(), header=("foo", "bar"))
     _write_csv(t / "named.csv", _toy_rows())
-    _write_csv(t / "nolabels.csv", [(text, ["", "NaN", "None"][i % 3]) for i, (text, _) in enumerate(_toy_rows())])
+    _write_csv(
+        t / "nolabels.csv", [(text, ["", "NaN", "None"][i % 3]) for i, (text, _) in enumerate(_toy_rows())]
+    )
     _write_csv(t / "unseen" / "train.csv", _toy_rows())
     _write_csv(t / "unseen" / "test.csv", [*_toy_rows(3), ("a brand new kind of question", "zebra")])
     _write_csv(t / "oneclass.csv", _toy_rows(classes={"card": WORDS["card"]}))
-    _write_csv(t / "rare.csv", _toy_rows() + [("one rare question", "rare"), ("another rare question", "rare")])
+    _write_csv(
+        t / "rare.csv", _toy_rows() + [("one rare question", "rare"), ("another rare question", "rare")]
+    )
     cases = [
         (["prepare", t / "nope" / "train.csv"], "data path not found", "check the path"),
         (["prepare", t / "nodata"], "has no train data", "add a train file"),
         (["prepare", t / "empty.csv"], "is empty", "point to a file"),
         (["prepare", t / "cols.csv"], "could not find a text column", "--text-column"),
-        (["prepare", t / "named.csv", "--text-column", "txt"], "has no column 'txt'", "(did you mean 'text'?)"),
-        (["prepare", t / "named.csv", "--label-column", "labl"], "has no column 'labl'", "(did you mean 'label'?)"),
+        (
+            ["prepare", t / "named.csv", "--text-column", "txt"],
+            "has no column 'txt'",
+            "(did you mean 'text'?)",
+        ),
+        (
+            ["prepare", t / "named.csv", "--label-column", "labl"],
+            "has no column 'labl'",
+            "(did you mean 'label'?)",
+        ),
         (["prepare", t / "nolabels.csv"], "are empty/NaN/None", "--label-column"),
         (["prepare", t / "unseen"], "unseen in train: 'zebra'", "drop those rows"),
         (["prepare", t / "oneclass.csv"], "one class only", "at least 2"),
@@ -139,8 +192,12 @@ def test_prepare_bad_sources(tmp_path, toy, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     start = time.monotonic()
-    _fails(capsys, ["prepare", "hf:some-user/surely-not-a-cached-dataset", "--output_dir", out, "--tokenizer", "none"],
-           "could not download or load Hugging Face dataset", "20newsgroups")
+    _fails(
+        capsys,
+        ["prepare", "hf:some-user/surely-not-a-cached-dataset", "--output_dir", out, "--tokenizer", "none"],
+        "could not download or load Hugging Face dataset",
+        "20newsgroups",
+    )
     assert time.monotonic() - start < 60
     assert _snapshot(out) == before
 
@@ -149,18 +206,35 @@ def test_prepare_repairs_invalid_utf8_and_missing_labels(tmp_path, capsys):
     rows = _toy_rows()
     lines = ["text,label"] + [f"{t},{c}" for t, c in rows]
     body = "\n".join(lines).encode()
-    bad = body.replace(b"question number 1 about card", b"question \xff\xfe number 1 about card") \
-              .replace(b"question number 2 about refund", b"question \xc3 number 2 about refund")
+    bad = body.replace(b"question number 1 about card", b"question \xff\xfe number 1 about card").replace(
+        b"question number 2 about refund", b"question \xc3 number 2 about refund"
+    )
     bad += b"\nan unlabelled question,\nanother one,NaN\n"
     (tmp_path / "bad.csv").write_bytes(bad)
-    assert main(["prepare", str(tmp_path / "bad.csv"), "--output_dir", str(tmp_path / "d"), "--tokenizer", "none",
-                 "--encoding", "utf-8"]) == 0  # UTF-8 as the fallback: invalid bytes are repaired and counted
+    assert (
+        main(
+            [
+                "prepare",
+                str(tmp_path / "bad.csv"),
+                "--output_dir",
+                str(tmp_path / "d"),
+                "--tokenizer",
+                "none",
+                "--encoding",
+                "utf-8",
+            ]
+        )
+        == 0
+    )  # UTF-8 as the fallback: invalid bytes are repaired and counted
     printed = capsys.readouterr().out
     meta = json.loads((tmp_path / "d" / "metadata.json").read_text())
     assert meta["cleaning"]["invalid_utf8_repaired"] == 2 and meta["cleaning"]["missing_label_dropped"] == 2
     assert "invalid_utf8_repaired=2" in printed and "missing_label_dropped=2" in printed
-    texts = [json.loads(x)["text"] for s in ("train", "val", "test")
-             for x in (tmp_path / "d" / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()]
+    texts = [
+        json.loads(x)["text"]
+        for s in ("train", "val", "test")
+        for x in (tmp_path / "d" / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     for repaired in ("question \ufffd number 1 about card", "question \ufffd number 2 about refund"):
         assert any(t.endswith(repaired) for t in texts), repaired
 
@@ -196,24 +270,52 @@ def test_train_config_errors(toy, toy_run, tmp_path, capsys):
         ([*base, "--learning_rate", "-0.001"], "invalid learning_rate=-0.001: must be > 0", "use e.g. 1e-3"),
         ([*base, "--max_seq_length", "0"], "invalid max_seq_length=0: must be >= 1", "positive integer"),
         ([*base, "--preset", "smal"], "invalid preset='smal': unknown preset", "(did you mean 'small'?)"),
-        ([*base, "--config", tmp_path / "cfg.yaml"], "unknown config file key 'learning_rat'",
-         "(did you mean 'learning_rate'?)"),
+        (
+            [*base, "--config", tmp_path / "cfg.yaml"],
+            "unknown config file key 'learning_rat'",
+            "(did you mean 'learning_rate'?)",
+        ),
         ([*base, "--pooling", "maximum"], "invalid pooling='maximum'", "(did you mean 'max'?)"),
-        (["train", "scratch", "--data", tmp_path / "nodata", "--output_dir", new], "not a prepared data folder",
-         "ftvs prepare"),
+        (
+            ["train", "scratch", "--data", tmp_path / "nodata", "--output_dir", new],
+            "not a prepared data folder",
+            "ftvs prepare",
+        ),
         # resuming with a different config
-        (["train", "scratch", "--resume", toy_run, "--learning_rate", "0.5"], "--resume with a different config",
-         "learning_rate", "rerun with the original settings"),
+        (
+            ["train", "scratch", "--resume", toy_run, "--learning_rate", "0.5"],
+            "--resume with a different config",
+            "learning_rate",
+            "rerun with the original settings",
+        ),
         # a second training into a finished run without --resume
-        (["train", "scratch", "--data", toy, "--output_dir", toy_run, *TINY_SCRATCH],
-         "holds a finished scratch run", "--overwrite_output_dir"),
+        (
+            ["train", "scratch", "--data", toy, "--output_dir", toy_run, *TINY_SCRATCH],
+            "holds a finished scratch run",
+            "--overwrite_output_dir",
+        ),
         # evaluate on data with another label set
-        (["evaluate", toy_run, "--data", tmp_path / "other"], "label set of", "differs from the model's",
-         "evaluate on the data it was trained on"),
+        (
+            ["evaluate", toy_run, "--data", tmp_path / "other"],
+            "label set of",
+            "differs from the model's",
+            "evaluate on the data it was trained on",
+        ),
     ]
     _write_csv(tmp_path / "other.csv", _toy_rows(classes={"a": "x y z", "b": "u v w"}))
-    assert main(["prepare", str(tmp_path / "other.csv"), "--output_dir", str(tmp_path / "other"),
-                 "--tokenizer", "none"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                str(tmp_path / "other.csv"),
+                "--output_dir",
+                str(tmp_path / "other"),
+                "--tokenizer",
+                "none",
+            ]
+        )
+        == 0
+    )
     for argv, *needles in cases:
         _fails(capsys, argv, *needles)
         assert _snapshot(toy_run) == run_before, argv
@@ -226,12 +328,25 @@ def test_encoder_only_model_is_refused(toy, tmp_path, capsys):
 
     folder = tmp_path / "tiny-bert"
     tok = build_tiny_tokenizer()
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+    BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(folder)
     tok.save_pretrained(folder)
     run = tmp_path / "run"
-    _fails(capsys, ["train", "finetune", "--data", toy, "--output_dir", run, "--model_name_or_path", folder],
-           "is not a decoder-only language model", "model_type 'bert'", "use e.g.")
+    _fails(
+        capsys,
+        ["train", "finetune", "--data", toy, "--output_dir", run, "--model_name_or_path", folder],
+        "is not a decoder-only language model",
+        "model_type 'bert'",
+        "use e.g.",
+    )
     assert not (run / "config.yaml").exists() and not (run / "checkpoint").exists()
 
 
@@ -241,8 +356,20 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(toy, tmp_pa
     if not Path("/proc/self/fd").is_dir():
         pytest.skip("needs /proc to map a file descriptor to its path")
     run = tmp_path / "run"
-    argv = ["train", "scratch", "--data", toy, "--output_dir", run, *TINY_SCRATCH, "--num_train_epochs", "1",
-            "--save_steps", "2", "--no-evaluate"]
+    argv = [
+        "train",
+        "scratch",
+        "--data",
+        toy,
+        "--output_dir",
+        run,
+        *TINY_SCRATCH,
+        "--num_train_epochs",
+        "1",
+        "--save_steps",
+        "2",
+        "--no-evaluate",
+    ]
     real_fsync = fileio.os.fsync
     optimizer_saves = []
 
@@ -255,8 +382,12 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(toy, tmp_pa
         return real_fsync(fd)
 
     monkeypatch.setattr(fileio.os, "fsync", fsync)
-    err = _fails(capsys, argv, f"disk full while writing {run / 'checkpoint.tmp' / 'optimizer.safetensors'}; "
-                               "free space", "--resume")
+    err = _fails(
+        capsys,
+        argv,
+        f"disk full while writing {run / 'checkpoint.tmp' / 'optimizer.safetensors'}; free space",
+        "--resume",
+    )
     monkeypatch.setattr(fileio.os, "fsync", real_fsync)
     assert not list((run / "checkpoint.tmp").glob(".*.tmp"))  # the torn temp file was removed
     loaded = ckpt.load_checkpoint(run)  # the previous checkpoint survived and loads
@@ -285,14 +416,39 @@ def _finite(tensors) -> bool:
 
 def test_nan_loss_stops_with_the_step_and_a_fix(toy, tmp_path, capsys):
     run = tmp_path / "run"
-    argv = ["train", "scratch", "--data", toy, "--output_dir", run, *TINY_SCRATCH, "--learning_rate", "1e6",
-            "--warmup_ratio", "0", "--save_steps", "1", "--num_train_epochs", "2"]
-    err = _fails(capsys, argv, "NaN/Inf at optimizer step", "lower --learning_rate (now 1e+06)", "--skip_nan_steps N",
-                 "no epoch finished, so no model was saved")
+    argv = [
+        "train",
+        "scratch",
+        "--data",
+        toy,
+        "--output_dir",
+        run,
+        *TINY_SCRATCH,
+        "--learning_rate",
+        "1e6",
+        "--warmup_ratio",
+        "0",
+        "--save_steps",
+        "1",
+        "--num_train_epochs",
+        "2",
+    ]
+    err = _fails(
+        capsys,
+        argv,
+        "NaN/Inf at optimizer step",
+        "lower --learning_rate (now 1e+06)",
+        "--skip_nan_steps N",
+        "no epoch finished, so no model was saved",
+    )
     step = int(re.search(r"optimizer step (\d+)", err).group(1))
     assert 1 <= step < 5  # the first bad step, not the next logging/check point (logging_steps=20)
     summary = json.loads((run / "train_summary.json").read_text())
-    assert summary["status"] == "failed" and summary["stop_reason"] == "nonfinite" and summary["failed_step"] == step
+    assert (
+        summary["status"] == "failed"
+        and summary["stop_reason"] == "nonfinite"
+        and summary["failed_step"] == step
+    )
     loaded = ckpt.load_checkpoint(run)  # the last checkpoint predates the fault: finite weights
     assert loaded["state"]["global_step"] < step and _finite(loaded["model"])
 
@@ -301,9 +457,26 @@ def test_skip_nan_steps_tolerates_a_few_then_keeps_the_best_model(toy, tmp_path,
     n_train = json.loads((toy / "metadata.json").read_text())["splits"]["train"]["count"]
     steps_per_epoch = math.ceil(n_train / 8)
     run = tmp_path / "run"
-    argv = ["train", "scratch", "--data", toy, "--output_dir", run, *TINY_SCRATCH, "--learning_rate", "1e6",
-            "--warmup_ratio", "0", "--num_train_epochs", "3", "--skip_nan_steps", str(steps_per_epoch)]
-    _fails(capsys, argv, "NaN/Inf at optimizer step", "(epoch 2)", "the best model so far (epoch 1) is kept in")
+    argv = [
+        "train",
+        "scratch",
+        "--data",
+        toy,
+        "--output_dir",
+        run,
+        *TINY_SCRATCH,
+        "--learning_rate",
+        "1e6",
+        "--warmup_ratio",
+        "0",
+        "--num_train_epochs",
+        "3",
+        "--skip_nan_steps",
+        str(steps_per_epoch),
+    ]
+    _fails(
+        capsys, argv, "NaN/Inf at optimizer step", "(epoch 2)", "the best model so far (epoch 1) is kept in"
+    )
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["status"] == "failed" and summary["best_epoch"] == 1
     history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
@@ -345,8 +518,12 @@ def test_finished_runs_are_replaced_only_with_overwrite_output_dir(toy, tmp_path
     out = tmp_path / "bl"
     assert main(["baseline", "--data", str(toy), "--output_dir", str(out)]) == 0
     before = _snapshot(out)
-    _fails(capsys, ["baseline", "--data", toy, "--output_dir", out], "finished baseline run",
-           "--overwrite_output_dir")
+    _fails(
+        capsys,
+        ["baseline", "--data", toy, "--output_dir", out],
+        "finished baseline run",
+        "--overwrite_output_dir",
+    )
     assert _snapshot(out) == before
     (out / "metrics.json").write_text("{}")  # replaced, not kept, by the new run
     assert main(["baseline", "--data", str(toy), "--output_dir", str(out), "--overwrite_output_dir"]) == 0
@@ -390,8 +567,20 @@ def test_config_values_of_the_wrong_type_are_one_line_errors(toy, tmp_path, caps
     assert main([*map(str, base), "--config", str(tmp_path / "cfg.yaml"), "--no-evaluate"]) == 0
     cfg = __import__("yaml").safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert cfg["learning_rate"] == 0.001 and cfg["num_train_epochs"] == 1
-    _fails(capsys, ["study", "--preset", "quick", "--set", "train.max_seq_length=abc", "--output_dir",
-                    tmp_path / "study", "--dry_run"], "invalid max_seq_length='abc': must be an integer")
+    _fails(
+        capsys,
+        [
+            "study",
+            "--preset",
+            "quick",
+            "--set",
+            "train.max_seq_length=abc",
+            "--output_dir",
+            tmp_path / "study",
+            "--dry_run",
+        ],
+        "invalid max_seq_length='abc': must be an integer",
+    )
     assert not (tmp_path / "study").exists()
 
 
@@ -408,8 +597,22 @@ def data_run(tmp_path_factory):
     data = root / "data"
     assert main(["prepare", str(root / "src.csv"), "--output_dir", str(data), "--tokenizer", "none"]) == 0
     run = root / "run"
-    assert main(["train", "scratch", "--data", str(data), "--output_dir", str(run), *TINY_SCRATCH,
-                 "--num_train_epochs", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "scratch",
+                "--data",
+                str(data),
+                "--output_dir",
+                str(run),
+                *TINY_SCRATCH,
+                "--num_train_epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     return root, data, run
 
 
@@ -422,8 +625,21 @@ def test_other_data_needs_an_explicit_data_flag(data_run, tmp_path, capsys):
     shutil.copytree(run, moved)
     metrics_before = (moved / "metrics.json").read_bytes()
     # `prepare` rewrites the data folder with another split
-    assert main(["prepare", str(root / "src.csv"), "--output_dir", str(data), "--tokenizer", "none",
-                 "--seed", "7"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                str(root / "src.csv"),
+                "--output_dir",
+                str(data),
+                "--tokenizer",
+                "none",
+                "--seed",
+                "7",
+            ]
+        )
+        == 0
+    )
     _fails(capsys, ["evaluate", moved], "changed since", "--data")
     _fails(capsys, ["train", "scratch", "--resume", moved], "changed since", "to resume on this other data")
     assert (moved / "metrics.json").read_bytes() == metrics_before
@@ -441,7 +657,9 @@ def test_compare_refuses_runs_scored_on_other_test_texts(data_run, tmp_path, cap
     other = tmp_path / "other"  # the same labels in the same order, other texts
     shutil.copytree(data, other)
     rows = [json.loads(line) for line in (other / "test.jsonl").read_text().splitlines()]
-    (other / "test.jsonl").write_text("".join(json.dumps({**r, "text": r["text"] + " extra"}) + "\n" for r in rows))
+    (other / "test.jsonl").write_text(
+        "".join(json.dumps({**r, "text": r["text"] + " extra"}) + "\n" for r in rows)
+    )
     run2 = tmp_path / "run2"
     shutil.copytree(run, run2)
     assert main(["evaluate", str(run2), "--data", str(other)]) == 0
@@ -460,29 +678,76 @@ def test_evaluate_other_split_keeps_the_test_scores(data_run, tmp_path, capsys):
     assert val["split"] == "val" and json.loads((run / "predictions_val.json").read_text())["split"] == "val"
     assert (run / "confusion_matrix_val.png").is_file()
     # a run with split-named results is still a run to retrain into (with --overwrite_output_dir)
-    assert main(["train", "scratch", "--data", str(data), "--output_dir", str(run), *TINY_SCRATCH,
-                 "--num_train_epochs", "1", "--no-evaluate", "--overwrite_output_dir"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "scratch",
+                "--data",
+                str(data),
+                "--output_dir",
+                str(run),
+                *TINY_SCRATCH,
+                "--num_train_epochs",
+                "1",
+                "--no-evaluate",
+                "--overwrite_output_dir",
+            ]
+        )
+        == 0
+    )
     assert not (run / "metrics_val.json").exists()
 
 
 def test_bad_sizes_are_one_line_errors(data_run, tmp_path, capsys):
     root, data, run = data_run
     _fails(capsys, ["evaluate", run, "--batch-size", "0"], "--batch-size 0 must be at least 1")
-    _fails(capsys, ["train", "scratch", "--data", data, "--output_dir", tmp_path / "r", *TINY_SCRATCH,
-                    "--max_seq_length", "100000000"], "invalid max_seq_length=100000000",
-           "from-scratch model's 8192 positions")
+    _fails(
+        capsys,
+        [
+            "train",
+            "scratch",
+            "--data",
+            data,
+            "--output_dir",
+            tmp_path / "r",
+            *TINY_SCRATCH,
+            "--max_seq_length",
+            "100000000",
+        ],
+        "invalid max_seq_length=100000000",
+        "from-scratch model's 8192 positions",
+    )
     (tmp_path / "file").write_text("x")
     _fails(capsys, ["compare", run, "--out", tmp_path / "file"], "--out", "is a file")
     _fails(capsys, ["report", run, "--out", tmp_path / "file"], "--out", "is a file")
-    _fails(capsys, ["prepare", root / "src.csv", "--output_dir", tmp_path / "file", "--tokenizer", "none"],
-           "is a file")
+    _fails(
+        capsys,
+        ["prepare", root / "src.csv", "--output_dir", tmp_path / "file", "--tokenizer", "none"],
+        "is a file",
+    )
 
 
 def test_finetune_max_seq_length_is_capped_at_the_model_positions(data_run, tiny_llama_dir, tmp_path, capsys):
     root, data, run = data_run
-    _fails(capsys, ["train", "finetune", "--data", data, "--output_dir", tmp_path / "r", "--model",
-                    tiny_llama_dir, "--max_seq_length", "100000000", "--disable_tqdm"],
-           "invalid max_seq_length=100000000: more than the model's 256 positions", "use at most 256")
+    _fails(
+        capsys,
+        [
+            "train",
+            "finetune",
+            "--data",
+            data,
+            "--output_dir",
+            tmp_path / "r",
+            "--model",
+            tiny_llama_dir,
+            "--max_seq_length",
+            "100000000",
+            "--disable_tqdm",
+        ],
+        "invalid max_seq_length=100000000: more than the model's 256 positions",
+        "use at most 256",
+    )
 
 
 def yaml_load(path):
@@ -500,17 +765,25 @@ def test_duplicate_column_names_are_refused(tmp_path, capsys):
     rows = _toy_rows(10)
     _write_csv(tmp_path / "dup.csv", [(t, c, c) for t, c in rows], header=("text", "label", "label"))
     (tmp_path / "dup.tsv").write_text("text\ttext\tlabel\n" + "".join(f"{t}\t{t}\t{c}\n" for t, c in rows))
-    (tmp_path / "dup.jsonl").write_text("".join(f'{{"text": "{t}", "label": "{c}", "label": "x"}}\n'
-                                                 for t, c in rows))
+    (tmp_path / "dup.jsonl").write_text(
+        "".join(f'{{"text": "{t}", "label": "{c}", "label": "x"}}\n' for t, c in rows)
+    )
     for name, column in (("dup.csv", "'label'"), ("dup.tsv", "'text'"), ("dup.jsonl", "'label'")):
-        _fails(capsys, ["prepare", tmp_path / name, "--output_dir", tmp_path / "out", "--tokenizer", "none"],
-               "duplicate column names", column)
+        _fails(
+            capsys,
+            ["prepare", tmp_path / name, "--output_dir", tmp_path / "out", "--tokenizer", "none"],
+            "duplicate column names",
+            column,
+        )
     assert not (tmp_path / "out").exists()
 
 
 def _prepared_texts(folder: Path) -> list[str]:
-    return [json.loads(x)["text"] for s in ("train", "val", "test")
-            for x in (folder / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [
+        json.loads(x)["text"]
+        for s in ("train", "val", "test")
+        for x in (folder / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
 
 
 def test_encodings_are_detected_and_recorded(tmp_path, capsys):
@@ -528,7 +801,9 @@ def test_encodings_are_detected_and_recorded(tmp_path, capsys):
         (tmp_path / name).write_bytes(data)
         out = tmp_path / name.replace(".csv", "")
         capsys.readouterr()
-        assert main(["prepare", str(tmp_path / name), "--output_dir", str(out), "--tokenizer", "none"]) == 0, name
+        assert (
+            main(["prepare", str(tmp_path / name), "--output_dir", str(out), "--tokenizer", "none"]) == 0
+        ), name
         err = capsys.readouterr().err
         meta = json.loads((out / "metadata.json").read_text())
         assert meta["encoding"] == recorded and meta["text_column"] == "text", (name, meta["encoding"])
@@ -538,9 +813,34 @@ def test_encodings_are_detected_and_recorded(tmp_path, capsys):
     # another fallback chosen by the user
     (tmp_path / "cp.csv").write_bytes(text.replace("café", "café – ok").encode("cp1252"))
     capsys.readouterr()
-    assert main(["prepare", str(tmp_path / "cp.csv"), "--output_dir", str(tmp_path / "cp"), "--tokenizer", "none",
-                 "--encoding", "cp1252"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                str(tmp_path / "cp.csv"),
+                "--output_dir",
+                str(tmp_path / "cp"),
+                "--tokenizer",
+                "none",
+                "--encoding",
+                "cp1252",
+            ]
+        )
+        == 0
+    )
     assert "read it as cp1252" in capsys.readouterr().err
     assert any("café – ok" in t for t in _prepared_texts(tmp_path / "cp"))
-    _fails(capsys, ["prepare", tmp_path / "cp.csv", "--output_dir", tmp_path / "x", "--tokenizer", "none",
-                    "--encoding", "klingon"], "unknown --encoding 'klingon'")
+    _fails(
+        capsys,
+        [
+            "prepare",
+            tmp_path / "cp.csv",
+            "--output_dir",
+            tmp_path / "x",
+            "--tokenizer",
+            "none",
+            "--encoding",
+            "klingon",
+        ],
+        "unknown --encoding 'klingon'",
+    )

@@ -119,12 +119,19 @@ def test_scores_come_from_the_one_metrics_function_on_the_test_file_order(run, d
 def test_model_is_saved_without_pickle_and_reloads_to_the_same_predictions(run, data_dir):
     model_dir = run / "model"
     files = sorted(p.name for p in model_dir.iterdir())
-    assert files == ["README.md", "ftvs.json", "vocab.json", "weights.safetensors"]  # README.md: the model card
+    assert files == [
+        "README.md",
+        "ftvs.json",
+        "vocab.json",
+        "weights.safetensors",
+    ]  # README.md: the model card
     for p in model_dir.iterdir():
         assert not p.read_bytes()[:2] == b"\x80\x04", f"{p} looks like a pickle"
     m = json.loads((run / "metrics.json").read_text())
     # the card is written from metrics.json, after the size was measured
-    assert m["size_on_disk_bytes"] == sum(p.stat().st_size for p in model_dir.iterdir() if p.name != "README.md")
+    assert m["size_on_disk_bytes"] == sum(
+        p.stat().st_size for p in model_dir.iterdir() if p.name != "README.md"
+    )
     model = BaselineModel.load(model_dir)
     texts, _ = load_split(data_dir, "test")
     proba = model.predict_proba(texts)
@@ -166,5 +173,8 @@ def test_a_config_file_is_taken_as_is_and_flags_override_it(tmp_path, capsys):
     saved = yaml.safe_load((other / "config.yaml").read_text())
     assert saved["C_grid"] == [2.0] and saved["word_ngrams"] == [1, 3] and saved["max_iter"] == 300
     best.write_text("C: 1\nmax_iters: 5\n")
-    assert main(["baseline", "--data", str(data), "--output_dir", str(tmp_path / "x"), "--config", str(best)]) == 2
+    assert (
+        main(["baseline", "--data", str(data), "--output_dir", str(tmp_path / "x"), "--config", str(best)])
+        == 2
+    )
     assert "unknown key 'max_iters'" in capsys.readouterr().err

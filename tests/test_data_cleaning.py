@@ -43,4 +43,3 @@ def test_cleaning_counts_and_repairs(tmp_path):
     assert all(t == " ".join(t.split()) and t for t in texts)
     test_texts, _ = data.load_split(tmp_path / "out", "test")
     assert test_texts == ["fresh test text", "another one"]
-

@@ -22,8 +22,6 @@ META_KEYS = {
 }  # fmt: skip
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # A local CSV folder with an official test split, in Banking77's format (text,category): real 20 Newsgroups
 # posts (tests/builders.py); the same checks on the real Banking77 CSVs: benchmarks/checks/test_banking77.py
@@ -117,7 +115,6 @@ def test_sms_spam_builtin_stratified_test(tmp_path):
     assert abs(spam_share["val"] - spam_share["train"]) < 0.01
 
 
-
 def test_token_statistics_with_a_tokenizer_object(tmp_path):
     class CharPairs:  # stand-in tokenizer: one token per two characters
         def __call__(self, texts, add_special_tokens=False):
@@ -174,7 +171,6 @@ def test_error_cases(tmp_path):
         assert "\n" not in msg, name
 
 
-
 def test_load_errors_and_output_guard(tmp_path):
     with pytest.raises(FtvsError, match="run `ftvs prepare"):
         data.load_metadata(tmp_path)
@@ -187,7 +183,6 @@ def test_load_errors_and_output_guard(tmp_path):
     with pytest.raises(FtvsError, match="not a prepared data folder"):
         prepare_offline(tmp_path / "src" / "d.csv", tmp_path)
     assert (tmp_path / "keep.txt").read_text() == "precious"
-
 
 
 # --------------------------------------------------------------------------------------------------

@@ -61,7 +61,6 @@ def test_hf_source_uses_class_label_names_and_ignores_unlabelled_test(tmp_path, 
     assert meta["splits"]["test"]["count"] == 12  # 20% of 60
 
 
-
 def test_hf_offline_error_names_alternatives(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "_hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(FtvsError) as info:
@@ -69,4 +68,3 @@ def test_hf_offline_error_names_alternatives(tmp_path, monkeypatch):
     msg = str(info.value)
     assert "could not download" in msg and "offline" in msg
     assert "20newsgroups" in msg and "sms_spam" in msg and "CSV" in msg
-

@@ -59,7 +59,6 @@ def test_stratified_split_properties(class_sizes, fraction, seed):
         assert 1 <= held_counts[c] <= n - 1
 
 
-
 # --------------------------------------------------------------------------------------------------
 # The study's caps: stratified_cap and cap_eval_splits
 # --------------------------------------------------------------------------------------------------
@@ -88,5 +87,7 @@ def test_cap_eval_splits_caps_val_and_test_in_place(tmp_path):
     assert len(data.load_split(out, "val")[0]) == 5
     assert (out / "train.jsonl").read_bytes() == train_before
     assert meta == data.load_metadata(out) and meta["content_hash"] == data.content_hash(out)
-    assert meta["splits"]["test"]["count"] == 9 and meta["eval_caps"]["test_before_cap"] == len(test_before[0])
+    assert meta["splits"]["test"]["count"] == 9 and meta["eval_caps"]["test_before_cap"] == len(
+        test_before[0]
+    )
     assert data.cap_eval_splits(out, max_val=None, max_test=100) == meta  # nothing to cap: unchanged

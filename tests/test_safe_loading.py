@@ -44,10 +44,20 @@ def _make_evil(model_dir: Path, marker: Path) -> None:
 
 def _ftvs_with_yes(args) -> subprocess.CompletedProcess:
     """The real console command, answering "y" to any prompt on stdin."""
-    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "ftvs", *map(str, args)], input="y\ny\n", text=True,
-                          capture_output=True, env=env, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "ftvs", *map(str, args)],
+        input="y\ny\n",
+        text=True,
+        capture_output=True,
+        env=env,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +67,29 @@ def lora_setup(tmp_path_factory, tiny_llama_dir):
     data = root / "data"
     assert main(["prepare", str(root / "src.csv"), "--output_dir", str(data), "--tokenizer", "none"]) == 0
     run = root / "lora"
-    assert main(["train", "finetune", "--data", str(data), "--output_dir", str(run), "--model", str(tiny_llama_dir),
-                 "--method", "lora", "--num_train_epochs", "1", "--disable_tqdm", "--max_seq_length", "16",
-                 "--no-evaluate"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "finetune",
+                "--data",
+                str(data),
+                "--output_dir",
+                str(run),
+                "--model",
+                str(tiny_llama_dir),
+                "--method",
+                "lora",
+                "--num_train_epochs",
+                "1",
+                "--disable_tqdm",
+                "--max_seq_length",
+                "16",
+                "--no-evaluate",
+            ]
+        )
+        == 0
+    )
     return root, data, run
 
 
@@ -97,15 +127,41 @@ def test_custom_code_never_runs_even_when_y_is_typed(lora_setup, tiny_llama_dir,
     (full / "model" / "ftvs.json").write_text(json.dumps(info))
 
     cases = {
-        "train finetune --model DIR": ["train", "finetune", "--data", data, "--output_dir", tmp_path / "r1",
-                                       "--model", evil, "--num_train_epochs", "1", "--disable_tqdm"],
+        "train finetune --model DIR": [
+            "train",
+            "finetune",
+            "--data",
+            data,
+            "--output_dir",
+            tmp_path / "r1",
+            "--model",
+            evil,
+            "--num_train_epochs",
+            "1",
+            "--disable_tqdm",
+        ],
         "train finetune --resume (edited config.yaml)": ["train", "finetune", "--resume", resumed],
         "evaluate (edited model/ftvs.json base path)": ["evaluate", rebased],
         "evaluate (full-model folder)": ["evaluate", full],
-        "prepare --tokenizer DIR": ["prepare", root / "src.csv", "--output_dir", tmp_path / "d2",
-                                    "--tokenizer", evil],
-        "train scratch --tokenizer DIR": ["train", "scratch", "--data", data, "--output_dir", tmp_path / "r2",
-                                          "--tokenizer", evil, "--disable_tqdm"],
+        "prepare --tokenizer DIR": [
+            "prepare",
+            root / "src.csv",
+            "--output_dir",
+            tmp_path / "d2",
+            "--tokenizer",
+            evil,
+        ],
+        "train scratch --tokenizer DIR": [
+            "train",
+            "scratch",
+            "--data",
+            data,
+            "--output_dir",
+            tmp_path / "r2",
+            "--tokenizer",
+            evil,
+            "--disable_tqdm",
+        ],
     }
     for name, args in cases.items():
         proc = _ftvs_with_yes(args)
@@ -121,9 +177,27 @@ def test_pickled_weights_are_refused(lora_setup, tiny_llama_dir, tmp_path, capsy
     root, data, run = lora_setup
     pickled = tmp_path / "pickled"
     shutil.copytree(tiny_llama_dir, pickled)
-    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")  # content does not matter: never read
-    _fails(capsys, ["train", "finetune", "--data", data, "--output_dir", tmp_path / "r", "--model", pickled,
-                    "--num_train_epochs", "1", "--disable_tqdm"], "pickled weights", "pytorch_model.bin")
+    (pickled / "model.safetensors").rename(
+        pickled / "pytorch_model.bin"
+    )  # content does not matter: never read
+    _fails(
+        capsys,
+        [
+            "train",
+            "finetune",
+            "--data",
+            data,
+            "--output_dir",
+            tmp_path / "r",
+            "--model",
+            pickled,
+            "--num_train_epochs",
+            "1",
+            "--disable_tqdm",
+        ],
+        "pickled weights",
+        "pytorch_model.bin",
+    )
     adapter_bin = tmp_path / "adapter_bin"
     shutil.copytree(run, adapter_bin)
     (adapter_bin / "model" / "adapter_model.safetensors").rename(adapter_bin / "model" / "adapter_model.bin")
@@ -134,8 +208,11 @@ def _from_pretrained_calls():
     for path in sorted(SRC.rglob("*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr == "from_pretrained"):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "from_pretrained"
+            ):
                 yield path, node
 
 
@@ -154,13 +231,18 @@ def test_every_from_pretrained_call_passes_the_safe_arguments():
             func = _enclosing_assignment(path, node, value.id)
         else:
             func = value
-        assert isinstance(func, ast.Call) and getattr(func.func, "id", None) == "safe_pretrained_kwargs", where
+        assert isinstance(func, ast.Call) and getattr(func.func, "id", None) == "safe_pretrained_kwargs", (
+            where
+        )
         loads_weights = "Model" in ast.unparse(node.func.value)
         weights = any(k.arg == "weights" and getattr(k.value, "value", False) for k in func.keywords)
         if loads_weights and "gguf_file" not in keywords:
             assert weights, f"{where}: a model load must pass safe_pretrained_kwargs(..., weights=True)"
     assert safe_pretrained_kwargs("gpt2") == {"trust_remote_code": False}
-    assert safe_pretrained_kwargs("gpt2", weights=True) == {"trust_remote_code": False, "use_safetensors": True}
+    assert safe_pretrained_kwargs("gpt2", weights=True) == {
+        "trust_remote_code": False,
+        "use_safetensors": True,
+    }
 
 
 def _enclosing_assignment(path: Path, call: ast.Call, name: str):
@@ -170,8 +252,11 @@ def _enclosing_assignment(path: Path, call: ast.Call, name: str):
         if isinstance(func, ast.FunctionDef) and func.lineno <= call.lineno <= func.end_lineno:
             found = None
             for node in ast.walk(func):
-                if (isinstance(node, ast.Assign) and node.lineno < call.lineno
-                        and any(getattr(t, "id", None) == name for t in node.targets)):
+                if (
+                    isinstance(node, ast.Assign)
+                    and node.lineno < call.lineno
+                    and any(getattr(t, "id", None) == name for t in node.targets)
+                ):
                     found = node.value
             if found is not None:
                 return found

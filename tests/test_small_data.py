@@ -47,7 +47,9 @@ def test_settings_the_user_gave_are_kept():
 
 
 def test_accumulation_and_processes_count_in_the_steps():
-    assert steps_per_epoch(1000, 16, accumulation=2, world_size=2) == 16  # 63 batches, 32 per process, 2 per step
+    assert (
+        steps_per_epoch(1000, 16, accumulation=2, world_size=2) == 16
+    )  # 63 batches, 32 per process, 2 per step
     assert values(small_data_defaults("finetune", 1000, 32, 10, set(), world_size=4)) == {
         "per_device_train_batch_size": 8
     }
@@ -66,7 +68,15 @@ def tiny_data(tmp_path_factory):
 
 def test_a_small_run_trains_with_the_adjusted_defaults_and_records_why(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
-    flags = ["--data", str(tiny_data), "--output_dir", str(run), *TINY_SCRATCH_FLAGS, "--early_stopping_patience", "1"]
+    flags = [
+        "--data",
+        str(tiny_data),
+        "--output_dir",
+        str(run),
+        *TINY_SCRATCH_FLAGS,
+        "--early_stopping_patience",
+        "1",
+    ]
     assert main(["train", "scratch", *flags, "--no-evaluate"]) == 0
     assert "small data: per_device_train_batch_size 8, num_train_epochs 20" in capsys.readouterr().out
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -79,7 +89,20 @@ def test_a_small_run_trains_with_the_adjusted_defaults_and_records_why(tiny_data
     # resuming it (its own config) keeps the same values; a flag the user gives is not touched
     other = tmp_path / "given"
     flags[3] = str(other)
-    assert main(["train", "scratch", *flags, "--per_device_train_batch_size", "32", "--num_train_epochs", "1",
-                 "--no-evaluate"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "scratch",
+                *flags,
+                "--per_device_train_batch_size",
+                "32",
+                "--num_train_epochs",
+                "1",
+                "--no-evaluate",
+            ]
+        )
+        == 0
+    )
     given = yaml.safe_load((other / "config.yaml").read_text())
     assert given["per_device_train_batch_size"] == 32 and given["resolved"]["auto_defaults"] == {}

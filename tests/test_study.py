@@ -40,19 +40,47 @@ def banking10(tmp_path_factory):
 def _study_yaml(path: Path, source: Path, llama: Path) -> Path:
     cfg = {
         "name": "tiny-study",
-        "data": {"source": str(source), "max_train_examples": 300, "max_val_examples": 60, "max_test_examples": 80,
-                 "tokenizer": "none"},
+        "data": {
+            "source": str(source),
+            "max_train_examples": 300,
+            "max_val_examples": 60,
+            "max_test_examples": 80,
+            "tokenizer": "none",
+        },
         "seeds": [0, 1],
-        "train": {"max_seq_length": 24, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 64,
-                  "mixed_precision": "no", "early_stopping_patience": 0},
+        "train": {
+            "max_seq_length": 24,
+            "per_device_train_batch_size": 16,
+            "per_device_eval_batch_size": 64,
+            "mixed_precision": "no",
+            "early_stopping_patience": 0,
+        },
         "arms": [
             {"name": "tfidf", "arm": "baseline", "C": 10},
-            {"name": "scratch", "arm": "scratch", "preset": "tiny", "tokenizer": "bpe", "bpe_vocab_size": 400,
-             "n_layer": 1, "num_train_epochs": EPOCHS, "learning_rate": 3e-3},
-            {"name": "llama", "arm": "finetune", "model_name_or_path": str(llama), "method": "lora",
-             "num_train_epochs": 1},
-            {"name": "broken", "arm": "finetune", "model_name_or_path": str(path.parent / "no-such-model"),
-             "method": "lora", "num_train_epochs": 1},
+            {
+                "name": "scratch",
+                "arm": "scratch",
+                "preset": "tiny",
+                "tokenizer": "bpe",
+                "bpe_vocab_size": 400,
+                "n_layer": 1,
+                "num_train_epochs": EPOCHS,
+                "learning_rate": 3e-3,
+            },
+            {
+                "name": "llama",
+                "arm": "finetune",
+                "model_name_or_path": str(llama),
+                "method": "lora",
+                "num_train_epochs": 1,
+            },
+            {
+                "name": "broken",
+                "arm": "finetune",
+                "model_name_or_path": str(path.parent / "no-such-model"),
+                "method": "lora",
+                "num_train_epochs": 1,
+            },
         ],
         "sweeps": {"data_size": {"fractions": [0.1, 1.0], "arms": ["tfidf", "scratch"]}},
         "compare": True,
@@ -80,10 +108,14 @@ def test_study_survives_sigkill_resumes_and_reports_a_failed_run(tmp_path, banki
         deadline = time.monotonic() + 600
         try:
             while True:
-                assert proc.poll() is None, "the study ended before it could be killed:\n" + \
-                    (tmp_path / "first.log").read_text()[-3000:]
+                assert proc.poll() is None, (
+                    "the study ended before it could be killed:\n"
+                    + (tmp_path / "first.log").read_text()[-3000:]
+                )
                 assert time.monotonic() < deadline, "no from-scratch epoch finished in time"
-                if (target / "checkpoint" / "state.json").is_file() and 1 <= len(_history_rows(target)) < EPOCHS - 1:
+                if (target / "checkpoint" / "state.json").is_file() and 1 <= len(
+                    _history_rows(target)
+                ) < EPOCHS - 1:
                     os.kill(proc.pid, signal.SIGKILL)
                     break
                 time.sleep(0.05)
@@ -103,9 +135,15 @@ def test_study_survives_sigkill_resumes_and_reports_a_failed_run(tmp_path, banki
     kept_rows = [r for r in _history_rows(target) if r["epoch"] <= ckpt_epoch]
     finished = {rid: e for rid, e in reg["runs"].items() if e["state"] == "completed"}
     assert set(finished) == {"tfidf-f1-s0", "tfidf-f1-s1"}
-    before = {rid: ((out / e["run_dir"] / "history.jsonl").read_bytes(),
-                    (out / e["run_dir"] / "history.jsonl").stat().st_mtime_ns, e["finished_at"], len(e["attempts"]))
-              for rid, e in finished.items()}
+    before = {
+        rid: (
+            (out / e["run_dir"] / "history.jsonl").read_bytes(),
+            (out / e["run_dir"] / "history.jsonl").stat().st_mtime_ns,
+            e["finished_at"],
+            len(e["attempts"]),
+        )
+        for rid, e in finished.items()
+    }
 
     # 2. the same command again: skips finished runs, resumes the killed one, reports the failed arm
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
@@ -141,10 +179,13 @@ def test_study_survives_sigkill_resumes_and_reports_a_failed_run(tmp_path, banki
     for rid in ok:
         r = runs[rid]["results"]
         assert 0 <= r["test_accuracy"] <= 1 and r["num_test_examples"] == 80
-    assert runs["tfidf-f1-s0"]["results"]["test_accuracy"] > 0.35  # 10 classes, 30 training texts each: chance is 0.1
+    assert (
+        runs["tfidf-f1-s0"]["results"]["test_accuracy"] > 0.35
+    )  # 10 classes, 30 training texts each: chance is 0.1
     ds = reg["sweeps"]["data_size"]
     assert len(ds) == 8 and {(d["arm_name"], d["train_fraction"]) for d in ds} == {
-        (a, f) for a in ("tfidf", "scratch") for f in (0.1, 1.0)}
+        (a, f) for a in ("tfidf", "scratch") for f in (0.1, 1.0)
+    }
     main_train = (out / "data" / "main" / "train.jsonl").read_text().splitlines()
     per_class = Counter(json.loads(x)["label"] for x in main_train)
     n_tenth = sum(math.ceil(0.1 * n) for n in per_class.values())  # nested subsets round up per class
@@ -153,15 +194,18 @@ def test_study_survives_sigkill_resumes_and_reports_a_failed_run(tmp_path, banki
     summary = {(s["arm_name"], s["train_fraction"]): s for s in reg["sweeps"]["data_size_summary"]}
     assert summary[("scratch", 0.1)]["n"] == 2 and summary[("scratch", 0.1)]["test_macro_f1_std"] is not None
     conf = yaml.safe_load((out / "runs" / "scratch-f0.1-s1" / "config.yaml").read_text())
-    assert conf["seed"] == 1 and conf["extra"]["train_fraction"] == 0.1 and conf["extra"]["sweep"] == "data_size"
+    assert (
+        conf["seed"] == 1 and conf["extra"]["train_fraction"] == 0.1 and conf["extra"]["sweep"] == "data_size"
+    )
     assert conf["extra"]["preset"] == "tiny" and conf["extra"]["arm_name"] == "scratch"
     base_conf = yaml.safe_load((out / "runs" / "tfidf-f0.1-s0" / "config.yaml").read_text())
     assert base_conf["extra"]["train_fraction"] == 0.1
     for seed in (0, 1):
         sub = (out / "data" / f"train-0.1-s{seed}" / "train.jsonl").read_text().splitlines()
         assert len(sub) == n_tenth and set(sub) <= set(main_train)
-        assert (out / "data" / f"train-0.1-s{seed}" / "test.jsonl").read_bytes() == \
-            (out / "data" / "main" / "test.jsonl").read_bytes()
+        assert (out / "data" / f"train-0.1-s{seed}" / "test.jsonl").read_bytes() == (
+            out / "data" / "main" / "test.jsonl"
+        ).read_bytes()
     meta = json.loads((out / "data" / "main" / "metadata.json").read_text())
     assert meta["splits"]["val"]["count"] == 60 and meta["splits"]["test"]["count"] == 80
     assert meta["eval_caps"]["test_before_cap"] > 80
@@ -170,8 +214,13 @@ def test_study_survives_sigkill_resumes_and_reports_a_failed_run(tmp_path, banki
     assert "data-size sweep (test macro-F1)" in res.stdout and "failed broken-f1-s0" in res.stdout
 
     # 3. --force --only reruns exactly the named run; failed runs are not retried with --no-retry_failed
-    res = subprocess.run(cmd + ["--force", "--only", "tfidf-f0.1-s0", "--no-retry_failed", "--no-compare"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run(
+        cmd + ["--force", "--only", "tfidf-f0.1-s0", "--no-retry_failed", "--no-compare"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     reg2 = json.loads((out / "study.json").read_text())
     assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]  # the broken runs are still failed
     assert reg2["runs"]["tfidf-f0.1-s0"]["finished_at"] >= runs["tfidf-f0.1-s0"]["finished_at"]

@@ -32,7 +32,6 @@ def test_presets_load_validate_and_plan():
         load_study_config(preset="quik")
 
 
-
 def test_config_errors_and_overrides():
     raw = raw_config()
     apply_override(raw, "arms.scratch.num_train_epochs=7")
@@ -57,7 +56,6 @@ def test_config_errors_and_overrides():
         normalize_config(raw_config(arms=[{"name": "scratch", "arm": "scratch", "preset": "huge"}]))
     with pytest.raises(FtvsError, match="data.source is missing"):
         normalize_config(raw_config(data={}))
-
 
 
 def test_a_run_saved_before_a_training_key_existed_is_not_stale():

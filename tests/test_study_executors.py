@@ -29,12 +29,26 @@ RUNS = ("tfidf-f1-s0", "tfidf-f1-s1", "scratch-f1-s0", "scratch-f1-s1")
 def env() -> dict:
     """The children's environment, read when they start: after `ray.init`, it carries the test cluster's
     authentication mode (the token itself is in ~/.ray)."""
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # one thread a run: as executors give
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }  # one thread a run: as executors give
 
 
 def study_cmd(cfg: Path, out: Path, *extra) -> list[str]:
-    return [sys.executable, "-m", "ftvs", "study", str(cfg), "--output_dir", str(out), "--poll_seconds", "0.2",
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "ftvs",
+        "study",
+        str(cfg),
+        "--output_dir",
+        str(out),
+        "--poll_seconds",
+        "0.2",
+        *extra,
+    ]
 
 
 def run_study(cfg: Path, out: Path, *extra) -> dict:
@@ -93,7 +107,9 @@ SHOW_ENV = "import os, time; print(os.environ.get('CUDA_VISIBLE_DEVICES'), os.en
 
 
 def _job(tmp_path: Path, name: str, processes: int = 1) -> Job:
-    return Job([sys.executable, "-c", SHOW_ENV], tmp_path / name, tmp_path / f"{name}.log", "show: ", processes)
+    return Job(
+        [sys.executable, "-c", SHOW_ENV], tmp_path / name, tmp_path / f"{name}.log", "show: ", processes
+    )
 
 
 def _output(job: Job) -> str:
@@ -144,8 +160,9 @@ def test_ray_is_imported_only_for_the_ray_executor(tiny, tmp_path, capsys):
     assert res.stdout.strip() == "False", res.stderr
     cfg = tiny
     assert_one_line_error(capsys, ["study", str(cfg), "--ray_address", "auto"], "add --executor ray")
-    assert_one_line_error(capsys, ["study", str(cfg), "--parallel", "0", "--output_dir", str(tmp_path / "o")],
-                          "--parallel 0")
+    assert_one_line_error(
+        capsys, ["study", str(cfg), "--parallel", "0", "--output_dir", str(tmp_path / "o")], "--parallel 0"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,8 +197,14 @@ def test_ray_retries_a_killed_training_from_its_checkpoint(ray_address, tmp_path
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env())
     try:
-        wait_for("a checkpoint", lambda: (run_dir / "checkpoint" / "state.json").is_file()
-                 and 1 <= history_rows(run_dir) < epochs - 5, proc, log)
+        wait_for(
+            "a checkpoint",
+            lambda: (
+                (run_dir / "checkpoint" / "state.json").is_file() and 1 <= history_rows(run_dir) < epochs - 5
+            ),
+            proc,
+            log,
+        )
         pid = int((run_dir / ".lock").read_text())  # the training process holds the run's lock
         assert b"ftvs\x00train" in Path(f"/proc/{pid}/cmdline").read_bytes()
         os.kill(pid, signal.SIGKILL)
@@ -210,7 +233,9 @@ def test_ray_study_resumes_after_its_driver_is_killed(ray_address, tmp_path):
             return False
         runs = registry(out)["runs"].values()
         return any(r["state"] == "completed" for r in runs) and any(
-            (out / r["run_dir"] / "checkpoint" / "state.json").is_file() and r["state"] == "running" for r in runs)
+            (out / r["run_dir"] / "checkpoint" / "state.json").is_file() and r["state"] == "running"
+            for r in runs
+        )
 
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env())
@@ -222,8 +247,15 @@ def test_ray_study_resumes_after_its_driver_is_killed(ray_address, tmp_path):
         if proc.poll() is None:
             proc.kill()
     before = registry(out)["runs"]
-    done = {rid: (e["finished_at"], len(e["attempts"]), (out / e["run_dir"] / "predictions.json").stat().st_mtime_ns)
-            for rid, e in before.items() if e["state"] == "completed"}
+    done = {
+        rid: (
+            e["finished_at"],
+            len(e["attempts"]),
+            (out / e["run_dir"] / "predictions.json").stat().st_mtime_ns,
+        )
+        for rid, e in before.items()
+        if e["state"] == "completed"
+    }
     killed = [rid for rid, e in before.items() if e["state"] == "running"]
     assert done and killed
 
@@ -237,4 +269,6 @@ def test_ray_study_resumes_after_its_driver_is_killed(ray_address, tmp_path):
         assert (out / e["run_dir"] / "predictions.json").stat().st_mtime_ns == mtime
         assert f"{rid}: done earlier" in res.stdout
     for rid in killed:
-        assert after[rid]["attempts"][0]["outcome"] == "killed" and after[rid]["attempts"][-1]["outcome"] == "ok"
+        assert (
+            after[rid]["attempts"][0]["outcome"] == "killed" and after[rid]["attempts"][-1]["outcome"] == "ok"
+        )

@@ -9,14 +9,26 @@ from ftvs.study.progress import Progress, fmt_seconds, run_eta, run_progress, tr
 
 
 def _history(run_dir, epoch_seconds):
-    rows = [{"epoch": i + 1, "epoch_seconds": s, "val_macro_f1": 0.5 + i / 10} for i, s in enumerate(epoch_seconds)]
+    rows = [
+        {"epoch": i + 1, "epoch_seconds": s, "val_macro_f1": 0.5 + i / 10}
+        for i, s in enumerate(epoch_seconds)
+    ]
     (run_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _progress(run_dir, **over):
-    doc = {"phase": "train", "epoch": 3, "num_epochs": 5, "epochs_done": 2, "step_in_epoch": 25,
-           "steps_per_epoch": 100, "global_step": 225, "elapsed_seconds": 45.0, "epoch_elapsed_seconds": 5.0,
-           "updated_unix": time.time()}
+    doc = {
+        "phase": "train",
+        "epoch": 3,
+        "num_epochs": 5,
+        "epochs_done": 2,
+        "step_in_epoch": 25,
+        "steps_per_epoch": 100,
+        "global_step": 225,
+        "elapsed_seconds": 45.0,
+        "epoch_elapsed_seconds": 5.0,
+        "updated_unix": time.time(),
+    }
     (run_dir / "progress.json").write_text(json.dumps({**doc, **over}))
 
 

@@ -14,8 +14,14 @@ from ftvs.study.registry import EntryFactory, RunEntry, load_registry, open_regi
 
 def _open(tmp_path, raw, existing=None, force=False):
     cfg = normalize_config(raw)
-    return open_registry(existing, EntryFactory(tmp_path, cfg, None), plan_runs(cfg), force=force,
-                         selected=lambda rid: True, config_source="test")
+    return open_registry(
+        existing,
+        EntryFactory(tmp_path, cfg, None),
+        plan_runs(cfg),
+        force=force,
+        selected=lambda rid: True,
+        config_source="test",
+    )
 
 
 def test_run_entries_are_typed_and_keep_their_json(tmp_path):
@@ -59,11 +65,15 @@ def test_changed_settings_refused_for_finished_runs_and_reset_for_pending_ones(t
     reg["runs"]["scratch-f1-s0"]["state"] = "completed"
     changed = raw_config()
     changed["arms"][1]["num_train_epochs"] = 4
-    with pytest.raises(FtvsError, match="settings of 1 finished or started run.*scratch-f1-s0.*num_train_epochs"):
+    with pytest.raises(
+        FtvsError, match="settings of 1 finished or started run.*scratch-f1-s0.*num_train_epochs"
+    ):
         _open(tmp_path, changed, existing=json.loads(json.dumps(reg)))
     reg["runs"]["scratch-f1-s0"]["state"] = "failed"
     again = _open(tmp_path, changed, existing=json.loads(json.dumps(reg)))
-    assert again["runs"]["scratch-f1-s0"]["needs_wipe"] and again["runs"]["scratch-f1-s0"]["state"] == "pending"
+    assert (
+        again["runs"]["scratch-f1-s0"]["needs_wipe"] and again["runs"]["scratch-f1-s0"]["state"] == "pending"
+    )
     assert again["runs"]["scratch-f1-s0"]["config"]["num_train_epochs"] == 4
 
 

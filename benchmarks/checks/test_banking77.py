@@ -105,6 +105,8 @@ def test_every_preset_stays_inside_half_to_ten_million_parameters_on_banking77()
     counts = {}
     for preset in PRESETS:
         cfg.preset = preset
-        counts[preset] = ScratchClassifier(scratch_model_config(cfg, tok.vocab_size, 77)).num_parameters()["total"]
+        counts[preset] = ScratchClassifier(scratch_model_config(cfg, tok.vocab_size, 77)).num_parameters()[
+            "total"
+        ]
         assert 500_000 <= counts[preset] <= 10_000_000, (preset, counts[preset])
     assert counts["tiny"] < counts["small"] < counts["medium"] < counts["large"]

@@ -159,8 +159,16 @@ def _add_models(subparsers) -> None:
 
 
 # modules that register their own sub-commands (optional ones are skipped until they exist)
-COMMAND_MODULES = ["ftvs.data", "ftvs.evaluate", "ftvs.baseline", "ftvs.compare", "ftvs.report", "ftvs.study",
-                   "ftvs.tune", "ftvs.export"]
+COMMAND_MODULES = [
+    "ftvs.data",
+    "ftvs.evaluate",
+    "ftvs.baseline",
+    "ftvs.compare",
+    "ftvs.report",
+    "ftvs.study",
+    "ftvs.tune",
+    "ftvs.export",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

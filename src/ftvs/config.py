@@ -310,8 +310,13 @@ def build_config(file_values: dict, cli_values: dict) -> TrainConfig:
     return cfg.validate()
 
 
-_TYPE_WORDS = {int: ("an integer", "e.g. 8"), float: ("a number", "e.g. 0.1"), bool: ("true or false", "true"),
-               str: ("a text", "a quoted string"), dict: ("a mapping", "key: value pairs")}
+_TYPE_WORDS = {
+    int: ("an integer", "e.g. 8"),
+    float: ("a number", "e.g. 0.1"),
+    bool: ("true or false", "true"),
+    str: ("a text", "a quoted string"),
+    dict: ("a mapping", "key: value pairs"),
+}
 
 
 def check_type(key: str, value):

@@ -177,7 +177,10 @@ def evaluate_run(
     val = None
     if calibrate:  # temperature scaling is fitted on the validation split, never on the scored one
         val_texts, val_labels = load_split(data_dir, "val")
-        val = (_predict_split(arm, val_texts, val_labels, batch_size, mixed_precision)[0]["logits"], val_labels)
+        val = (
+            _predict_split(arm, val_texts, val_labels, batch_size, mixed_precision)[0]["logits"],
+            val_labels,
+        )
     if split == "test":  # the reliability diagram and the model card describe the test results
         calibrate_run(run_dir, metrics, out["logits"], labels, val)
     rundir.write_results(
@@ -190,7 +193,9 @@ def evaluate_run(
         split=split,
         split_hash=split_hash(data_dir, split),
     )
-    rundir.write_figures(run_dir, arm.label_names, scores["confusion_matrix"], run_name=run_dir.name, split=split)
+    rundir.write_figures(
+        run_dir, arm.label_names, scores["confusion_matrix"], run_name=run_dir.name, split=split
+    )
     if split == "test":
         write_model_card(run_dir)
     return metrics
@@ -220,7 +225,12 @@ def predict_texts(
 
 def cmd_evaluate(args) -> int:
     m = evaluate_run(
-        args.run_dir, args.data, args.split, args.per_device_eval_batch_size, args.mixed_precision, args.calibrate
+        args.run_dir,
+        args.data,
+        args.split,
+        args.per_device_eval_batch_size,
+        args.mixed_precision,
+        args.calibrate,
     )
     t = m["test"]
     from accelerate import PartialState

@@ -90,7 +90,9 @@ def read_json(path, what: str = "file") -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FtvsError(f"{what} {path} is corrupt ({e.__class__.__name__}: {e}); delete it or restore a copy") from None
+        raise FtvsError(
+            f"{what} {path} is corrupt ({e.__class__.__name__}: {e}); delete it or restore a copy"
+        ) from None
 
 
 def write_jsonl(path, rows) -> None:

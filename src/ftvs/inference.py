@@ -18,8 +18,13 @@ from ftvs.batching import IndexedDataset, make_collate, sorted_batches
 
 def make_eval_loader(arm, examples, labels, batch_size: int, num_workers: int = 0) -> DataLoader:
     lengths = [arm.example_length(e) for e in examples]
-    return DataLoader(IndexedDataset(examples, labels), batch_sampler=sorted_batches(lengths, batch_size),
-                      collate_fn=make_collate(arm), num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        IndexedDataset(examples, labels),
+        batch_sampler=sorted_batches(lengths, batch_size),
+        collate_fn=make_collate(arm),
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 @torch.inference_mode()
@@ -39,8 +44,12 @@ def predict_loader(model, loader, num_examples: int, accelerator=None) -> dict:
         conf, pred = logp.exp().max(dim=-1)
         nll = F.nll_loss(logp, labels.clamp(min=0), reduction="none") * (labels >= 0)
         # stays on the device: a .cpu() per batch would make the host wait for the GPU after every batch
-        parts.append(torch.cat([torch.stack([index.float(), pred.float(), conf, nll, (labels >= 0).float()], dim=1),
-                                logits], dim=1))
+        parts.append(
+            torch.cat(
+                [torch.stack([index.float(), pred.float(), conf, nll, (labels >= 0).float()], dim=1), logits],
+                dim=1,
+            )
+        )
     local = torch.cat(parts).cpu() if parts else torch.zeros((0, 5))
     if accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import gather_object

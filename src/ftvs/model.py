@@ -61,7 +61,9 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         # SDPA picks the fused flash / memory-efficient kernel when one applies; is_causal avoids building a mask
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )
         return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 
 
@@ -108,12 +110,17 @@ class ScratchClassifier(nn.Module):
         if cfg.positional == "learned":
             self.pos_emb = nn.Embedding(cfg.max_position, cfg.n_embd)
         else:  # a fixed table is a buffer, not a parameter: it is not counted, nor trained
-            self.register_buffer("pos_table", sinusoidal_table(cfg.max_position, cfg.n_embd), persistent=False)
+            self.register_buffer(
+                "pos_table", sinusoidal_table(cfg.max_position, cfg.n_embd), persistent=False
+            )
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Sequential(
-            nn.Linear(cfg.n_embd, cfg.n_embd), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.n_embd, cfg.num_labels)
+            nn.Linear(cfg.n_embd, cfg.n_embd),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.n_embd, cfg.num_labels),
         )
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the residual stream's variance
@@ -162,6 +169,8 @@ class ScratchClassifier(nn.Module):
 
     def num_parameters(self) -> dict:
         total = sum(p.numel() for p in self.parameters())
-        embedding = self.tok_emb.weight.numel() + (self.pos_emb.weight.numel() if hasattr(self, "pos_emb") else 0)
+        embedding = self.tok_emb.weight.numel() + (
+            self.pos_emb.weight.numel() if hasattr(self, "pos_emb") else 0
+        )
         head = sum(p.numel() for p in self.head.parameters())
         return {"total": total, "embedding": embedding, "head": head, "non_embedding": total - embedding}

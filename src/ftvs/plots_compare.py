@@ -377,7 +377,9 @@ def make_figures(runs, comparison: dict, out: Path) -> dict[str, str]:
         "cost": plot_cost(comparison, out / "cost_vs_quality.png"),
         "sweep_data_size": plot_data_sweep(comparison, out / "sweep_data_size.png"),
         "sweep_model_size": plot_model_sweep(comparison, out / "sweep_model_size.png"),
-        "reliability": plot_reliability_overlay(runs, reliability_runs(comparison), out / "reliability_diagrams.png"),
+        "reliability": plot_reliability_overlay(
+            runs, reliability_runs(comparison), out / "reliability_diagrams.png"
+        ),
         "tuning_history": plot_tuning_history(comparison, out / "tuning_history.png"),
     }
     return {k: v for k, v in made.items() if v}

@@ -34,7 +34,9 @@ TRAIN_SUMMARY = "train_summary.json"
 MODEL_DIR = "model"
 MODEL_MARKER = "ftvs.json"  # inside MODEL_DIR: which arm wrote the model, and how to load it
 CHECKPOINT_DIR = "checkpoint"
-CHECKPOINT_STATE = "state.json"  # inside CHECKPOINT_DIR, written last: a checkpoint is complete once it exists
+CHECKPOINT_STATE = (
+    "state.json"  # inside CHECKPOINT_DIR, written last: a checkpoint is complete once it exists
+)
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.json"
 TRAINING_CURVES = "training_curves.png"

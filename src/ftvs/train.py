@@ -136,9 +136,7 @@ def forward_backward(accelerator, model, batch: dict, cfg: TrainConfig, class_we
     batch.pop("index")
     labels = batch.pop("labels")
     logits = model(**batch)
-    loss = F.cross_entropy(
-        logits.float(), labels, weight=class_weight, label_smoothing=cfg.label_smoothing
-    )
+    loss = F.cross_entropy(logits.float(), labels, weight=class_weight, label_smoothing=cfg.label_smoothing)
     accelerator.backward(loss)
     if not accelerator.sync_gradients:
         return logits, loss, labels, None

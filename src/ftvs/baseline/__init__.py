@@ -263,9 +263,17 @@ def run_baseline(
             "infer_seconds": infer_seconds,
         }
         metrics = _metrics_record(config, model, record, scores, out)
-        calibrate_run(out, metrics, np.log(np.clip(te_proba, 1e-30, None)), test_y)  # log p: logits up to a constant
+        calibrate_run(
+            out, metrics, np.log(np.clip(te_proba, 1e-30, None)), test_y
+        )  # log p: logits up to a constant
         rundir.write_results(
-            out, metrics, label_names, test_y, y_pred, te_proba.max(1), split_hash=split_hash(data_dir, "test")
+            out,
+            metrics,
+            label_names,
+            test_y,
+            y_pred,
+            te_proba.max(1),
+            split_hash=split_hash(data_dir, "test"),
         )
         rundir.write_figures(
             out,
@@ -339,9 +347,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         help="C values tried on the val split, comma-separated (default: 5,10,20)",
     )
     p.add_argument("--word_ngrams", type=_pair, default=None, help="word n-gram range lo,hi (default 1,2)")
-    p.add_argument(
-        "--char_ngrams", type=_pair, default=None, help="char_wb n-gram range lo,hi (default 2,5)"
-    )
+    p.add_argument("--char_ngrams", type=_pair, default=None, help="char_wb n-gram range lo,hi (default 2,5)")
     p.add_argument(
         "--min_df", type=int, default=None, help="drop n-grams seen in fewer training texts (default 1)"
     )
@@ -410,5 +416,7 @@ def cmd_baseline(args) -> int:
         seed=values["seed"],
         class_weights=values["class_weights"],
     )
-    run_baseline(args.data, args.output_dir, settings, run_name=args.run_name, overwrite=args.overwrite_output_dir)
+    run_baseline(
+        args.data, args.output_dir, settings, run_name=args.run_name, overwrite=args.overwrite_output_dir
+    )
     return 0

@@ -146,9 +146,7 @@ def label_names_of(train: Rows, class_names: list[str] | None) -> list[str]:
     return [str(k) for k in sorted(keys, key=lambda k: (isinstance(k, str), k))]
 
 
-def to_ids(
-    rows: Rows, names: list[str], class_names: list[str] | None, split: str, origin: str
-) -> list[int]:
+def to_ids(rows: Rows, names: list[str], class_names: list[str] | None, split: str, origin: str) -> list[int]:
     if class_names is not None:
         bad = sorted({y for y in rows.labels if y >= len(names)})
         if bad:

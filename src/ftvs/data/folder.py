@@ -140,6 +140,7 @@ def write_split(folder: Path, split: str, texts: list[str], labels: list[int]) -
 # Reading a prepared folder
 # --------------------------------------------------------------------------------------------------
 
+
 def load_metadata(data_dir) -> dict:
     """metadata.json of a prepared data folder (FtvsError with the fix when it is not one)."""
     folder = Path(data_dir)

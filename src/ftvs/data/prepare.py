@@ -40,8 +40,15 @@ from ftvs.fileio import write_json
 
 DEFAULT_TOKENIZER = "smollm2-135m"
 
-CLEANING_COUNTS = ("invalid_utf8_repaired", "truncated", "empty_dropped", "missing_label_dropped",
-                   "duplicates_dropped", "leaked_test_dropped", "leaked_val_dropped")
+CLEANING_COUNTS = (
+    "invalid_utf8_repaired",
+    "truncated",
+    "empty_dropped",
+    "missing_label_dropped",
+    "duplicates_dropped",
+    "leaked_test_dropped",
+    "leaked_val_dropped",
+)
 
 
 def prepare(
@@ -84,12 +91,15 @@ def prepare(
     carve = _carve_splits(rows, name_of, seed, validation_split, test_split)
     train_before_cap = len(rows["train"].texts)
     if max_train_examples is not None and max_train_examples < train_before_cap:
-        rows["train"] = take_rows(rows["train"], stratified_subsample(rows["train"].labels, max_train_examples,
-                                                                      seed + 2))
+        rows["train"] = take_rows(
+            rows["train"], stratified_subsample(rows["train"].labels, max_train_examples, seed + 2)
+        )
 
     tok = load_tokenizer(tokenizer)  # only after the data checks, so a bad source fails fast
     origin = src.tables["train"].origin
-    final = {split: (rows[split].texts, to_ids(rows[split], names, class_names, split, origin)) for split in SPLITS}
+    final = {
+        split: (rows[split].texts, to_ids(rows[split], names, class_names, split, origin)) for split in SPLITS
+    }
     meta = {
         "source": str(source),
         "source_description": src.description,

@@ -99,7 +99,9 @@ def check_encoding(name: str | None) -> str:
     try:
         return codecs.lookup(name).name
     except LookupError:
-        raise FtvsError(f"unknown --encoding {name!r}; use a Python codec name such as cp1252 or latin-1") from None
+        raise FtvsError(
+            f"unknown --encoding {name!r}; use a Python codec name such as cp1252 or latin-1"
+        ) from None
 
 
 def decode_file(path: Path, data: bytes, fallback: str | None = None) -> tuple[str, str]:

@@ -213,7 +213,6 @@ def subsample_train(data_dir, out_dir, fraction: float, seed: int = 0, tokenizer
     return new
 
 
-
 def cap_eval_splits(data_dir, max_val: int | None, max_test: int | None, seed: int = 0) -> dict:
     """Stratified caps on val/test of a prepared folder, in place (written to a temp folder, swapped in).
 
@@ -231,8 +230,13 @@ def cap_eval_splits(data_dir, max_val: int | None, max_test: int | None, seed: i
     if not changed:
         return meta
     _restat(meta, changed)
-    meta["eval_caps"] = {"max_val_examples": max_val, "max_test_examples": max_test, "seed": seed,
-                         "val_before_cap": before["val"], "test_before_cap": before["test"]}
+    meta["eval_caps"] = {
+        "max_val_examples": max_val,
+        "max_test_examples": max_test,
+        "seed": seed,
+        "val_before_cap": before["val"],
+        "test_before_cap": before["test"],
+    }
     files = {s: (data_dir / f"{s}.jsonl").read_bytes() for s in SPLITS if s not in changed}
     with staging_dir(data_dir) as tmp:
         for split, raw in files.items():

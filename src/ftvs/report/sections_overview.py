@@ -301,7 +301,9 @@ def _imbalance_item(x: Ctx, ds: dict) -> str | None:
     }
     used = sorted(run for run, w in weighted.items() if w != "none")
     if not used:
-        done = "no run weighted the classes (`--class_weights balanced` would), so macro-F1 is the fairer score"
+        done = (
+            "no run weighted the classes (`--class_weights balanced` would), so macro-F1 is the fairer score"
+        )
     elif len(used) == len(weighted):
         kinds = sorted(set(weighted.values()))
         done = f"every run weighted the loss by class (`--class_weights {', '.join(kinds)}`)"

@@ -77,23 +77,36 @@ def cmd_study(args) -> int:
         raw["report"] = False
     cfg = normalize_config(raw, cfg["name"])
     out = Path(args.output_dir or Path("studies") / cfg["name"])
-    study = Study(cfg, out, preset=preset, force=args.force, only=args.only or (), retry_failed=args.retry_failed,
-                  progress=Progress(quiet=args.quiet), poll_seconds=args.poll_seconds,
-                  config_source=str(args.config) if args.config else f"preset:{preset}", tune_only=args.tune_only)
+    study = Study(
+        cfg,
+        out,
+        preset=preset,
+        force=args.force,
+        only=args.only or (),
+        retry_failed=args.retry_failed,
+        progress=Progress(quiet=args.quiet),
+        poll_seconds=args.poll_seconds,
+        config_source=str(args.config) if args.config else f"preset:{preset}",
+        tune_only=args.tune_only,
+    )
     if args.ray_address and args.executor != "ray":
         raise FtvsError("--ray_address is for --executor ray; add --executor ray")
     if args.dry_run:
         print(f"study {cfg['name']} -> {out}: {len(study.plan)} runs ({study.plan_text()})")
         for r in study.plan:
             mark = "" if study.selected(r.id) else "  (not selected)"
-            print(f"  {r.id:<40} {r.kind:<9} sweep={r.sweep:<10} seed={r.seed} fraction={frac(r.train_fraction)}{mark}")
+            print(
+                f"  {r.id:<40} {r.kind:<9} sweep={r.sweep:<10} seed={r.seed} fraction={frac(r.train_fraction)}{mark}"
+            )
         return 0
     study.executor = make_executor(args.executor, args.parallel, args.ray_address, out, args.ray_retries)
     try:
         reg = study.run()
     except (KeyboardInterrupt, StudyInterrupted):
-        print(f"\nftvs: study interrupted; run the same command again to resume (registry: {study.path})",
-              file=sys.stderr)
+        print(
+            f"\nftvs: study interrupted; run the same command again to resume (registry: {study.path})",
+            file=sys.stderr,
+        )
         return 130
     finally:
         study.executor.close()
@@ -105,52 +118,133 @@ def cmd_study(args) -> int:
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "study", help="run the whole study (data, baseline, both arms, seeds, sweeps, compare, report) from one YAML",
+        "study",
+        help="run the whole study (data, baseline, both arms, seeds, sweeps, compare, report) from one YAML",
         description="Run a whole study from a YAML file or a built-in preset into one folder with a registry "
-                    "(study.json) of every run. Rerunning the same command skips finished runs, resumes "
-                    "interrupted ones from their last checkpoint and retries failed ones; --force reruns. "
-                    f"Presets: {', '.join(preset_names())} (see --list-presets).")
+        "(study.json) of every run. Rerunning the same command skips finished runs, resumes "
+        "interrupted ones from their last checkpoint and retries failed ones; --force reruns. "
+        f"Presets: {', '.join(preset_names())} (see --list-presets).",
+    )
     p.add_argument("config", nargs="?", help="study YAML file (format: docs/study.md)")
     p.add_argument("--preset", help="a built-in study: quick (CPU, ~8 minutes), banking77, ag_news (GPU)")
-    p.add_argument("--list-presets", "--list_presets", dest="list_presets", action="store_true",
-                   help="print the built-in studies and exit")
-    p.add_argument("--output_dir", "--output-dir", dest="output_dir", help="study folder (default studies/NAME)")
+    p.add_argument(
+        "--list-presets",
+        "--list_presets",
+        dest="list_presets",
+        action="store_true",
+        help="print the built-in studies and exit",
+    )
+    p.add_argument(
+        "--output_dir", "--output-dir", dest="output_dir", help="study folder (default studies/NAME)"
+    )
     p.add_argument("--seeds", type=int, nargs="+", help="override the seeds, e.g. --seeds 0 1 2")
     p.add_argument("--fractions", type=float, nargs="+", help="override the data-size sweep fractions")
-    p.add_argument("--data_source", "--data-source", dest="data_source",
-                   help="override data.source (e.g. a local CSV folder instead of the Hub)")
-    p.add_argument("--max_train_examples", "--max-train-examples", dest="max_train_examples", type=int,
-                   help="override data.max_train_examples (stratified cap of train)")
-    p.add_argument("--max_val_examples", "--max-val-examples", dest="max_val_examples", type=int,
-                   help="override data.max_val_examples")
-    p.add_argument("--max_test_examples", "--max-test-examples", dest="max_test_examples", type=int,
-                   help="override data.max_test_examples")
-    p.add_argument("--num_train_epochs", "--epochs", dest="num_train_epochs", type=int,
-                   help="override the epochs of every neural arm")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override any config value (YAML), e.g. --set train.max_seq_length=64 "
-                        "--set arms.smollm2-lora.method=full (repeatable)")
-    p.add_argument("--only", nargs="+", metavar="PATTERN", help="only the runs whose id matches a glob, e.g. 'scratch-*'")
+    p.add_argument(
+        "--data_source",
+        "--data-source",
+        dest="data_source",
+        help="override data.source (e.g. a local CSV folder instead of the Hub)",
+    )
+    p.add_argument(
+        "--max_train_examples",
+        "--max-train-examples",
+        dest="max_train_examples",
+        type=int,
+        help="override data.max_train_examples (stratified cap of train)",
+    )
+    p.add_argument(
+        "--max_val_examples",
+        "--max-val-examples",
+        dest="max_val_examples",
+        type=int,
+        help="override data.max_val_examples",
+    )
+    p.add_argument(
+        "--max_test_examples",
+        "--max-test-examples",
+        dest="max_test_examples",
+        type=int,
+        help="override data.max_test_examples",
+    )
+    p.add_argument(
+        "--num_train_epochs",
+        "--epochs",
+        dest="num_train_epochs",
+        type=int,
+        help="override the epochs of every neural arm",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any config value (YAML), e.g. --set train.max_seq_length=64 "
+        "--set arms.smollm2-lora.method=full (repeatable)",
+    )
+    p.add_argument(
+        "--only", nargs="+", metavar="PATTERN", help="only the runs whose id matches a glob, e.g. 'scratch-*'"
+    )
     p.add_argument("--force", action="store_true", help="rerun (all runs, or those of --only) from scratch")
-    p.add_argument("--retry_failed", "--retry-failed", dest="retry_failed", action=argparse.BooleanOptionalAction,
-                   default=True, help="retry runs that failed in an earlier invocation (default on)")
-    p.add_argument("--no-compare", "--no_compare", dest="no_compare", action="store_true", help="skip `ftvs compare`")
-    p.add_argument("--no-report", "--no_report", dest="no_report", action="store_true", help="skip `ftvs report`")
-    p.add_argument("--parallel", type=int, metavar="N",
-                   help="run up to N runs at once, each on its own GPU, or on CPU on cores/N threads; with "
-                        "--executor ray, at most N runs submitted at once (default: what the cluster holds)")
-    p.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="where the runs execute: this machine (default) or a Ray cluster (docs/cluster.md)")
-    p.add_argument("--ray_address", "--ray-address", dest="ray_address", metavar="ADDRESS",
-                   help="the Ray cluster: auto (the one this node belongs to) or ray://HOST:PORT; default: "
-                        "$RAY_ADDRESS, else a Ray instance started on this machine")
-    p.add_argument("--ray_retries", "--ray-retries", dest="ray_retries", type=int, default=3,
-                   help="times Ray retries a run whose worker or process died (it resumes from its checkpoint)")
-    p.add_argument("--tune_only", "--tune-only", dest="tune_only", action="store_true",
-                   help="prepare the data and run the arms' `tune:` searches, then stop (no final runs)")
-    p.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true", help="print the runs and exit")
+    p.add_argument(
+        "--retry_failed",
+        "--retry-failed",
+        dest="retry_failed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="retry runs that failed in an earlier invocation (default on)",
+    )
+    p.add_argument(
+        "--no-compare", "--no_compare", dest="no_compare", action="store_true", help="skip `ftvs compare`"
+    )
+    p.add_argument(
+        "--no-report", "--no_report", dest="no_report", action="store_true", help="skip `ftvs report`"
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="run up to N runs at once, each on its own GPU, or on CPU on cores/N threads; with "
+        "--executor ray, at most N runs submitted at once (default: what the cluster holds)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where the runs execute: this machine (default) or a Ray cluster (docs/cluster.md)",
+    )
+    p.add_argument(
+        "--ray_address",
+        "--ray-address",
+        dest="ray_address",
+        metavar="ADDRESS",
+        help="the Ray cluster: auto (the one this node belongs to) or ray://HOST:PORT; default: "
+        "$RAY_ADDRESS, else a Ray instance started on this machine",
+    )
+    p.add_argument(
+        "--ray_retries",
+        "--ray-retries",
+        dest="ray_retries",
+        type=int,
+        default=3,
+        help="times Ray retries a run whose worker or process died (it resumes from its checkpoint)",
+    )
+    p.add_argument(
+        "--tune_only",
+        "--tune-only",
+        dest="tune_only",
+        action="store_true",
+        help="prepare the data and run the arms' `tune:` searches, then stop (no final runs)",
+    )
+    p.add_argument(
+        "--dry_run", "--dry-run", dest="dry_run", action="store_true", help="print the runs and exit"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress view, only the final summary")
-    p.add_argument("--poll_seconds", "--poll-seconds", dest="poll_seconds", type=float, default=1.0,
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        "--poll_seconds",
+        "--poll-seconds",
+        dest="poll_seconds",
+        type=float,
+        default=1.0,
+        help=argparse.SUPPRESS,
+    )
     p.set_defaults(func=cmd_study)
     return p

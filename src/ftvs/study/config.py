@@ -19,13 +19,47 @@ from ftvs.errors import FtvsError, closest
 from ftvs.study.tuning import check_tuning
 
 KINDS = ("baseline", "scratch", "finetune")
-TOP_KEYS = {"name", "description", "data", "seeds", "train", "arms", "sweeps", "launcher", "compare", "report",
-            "reference_results", "notes", "expected_minutes", "tune"}
-DATA_DEFAULTS = {"source": None, "max_train_examples": None, "max_val_examples": None, "max_test_examples": None,
-                 "validation_split": 0.1, "test_split": 0.2, "seed": 0, "tokenizer": DEFAULT_TOKENIZER,
-                 "text_column": None, "label_column": None, "remove_headers": True, "max_chars": None}
+TOP_KEYS = {
+    "name",
+    "description",
+    "data",
+    "seeds",
+    "train",
+    "arms",
+    "sweeps",
+    "launcher",
+    "compare",
+    "report",
+    "reference_results",
+    "notes",
+    "expected_minutes",
+    "tune",
+}
+DATA_DEFAULTS = {
+    "source": None,
+    "max_train_examples": None,
+    "max_val_examples": None,
+    "max_test_examples": None,
+    "validation_split": 0.1,
+    "test_split": 0.2,
+    "seed": 0,
+    "tokenizer": DEFAULT_TOKENIZER,
+    "text_column": None,
+    "label_column": None,
+    "remove_headers": True,
+    "max_chars": None,
+}
 ARM_META_KEYS = {"name", "arm", "launcher", "enabled", "tune"}
-BASELINE_KEYS = {"C", "C_grid", "word_ngrams", "char_ngrams", "min_df", "max_features", "max_iter", "class_weights"}
+BASELINE_KEYS = {
+    "C",
+    "C_grid",
+    "word_ngrams",
+    "char_ngrams",
+    "min_df",
+    "max_features",
+    "max_iter",
+    "class_weights",
+}
 SIZE_KEYS = ("n_layer", "n_head", "n_embd", "d_ff")
 # config keys that may change without making a finished run stale: what `--resume` tolerates, plus the tags
 FREE_KEYS = RESUME_FREE_KEYS | {"extra"}
@@ -42,7 +76,9 @@ def preset_names() -> list[str]:
 def preset_text(name: str) -> str:
     names = preset_names()
     if name not in names:
-        raise FtvsError(f"unknown study preset {name!r}{closest(name, names)}; choose from {', '.join(names)}")
+        raise FtvsError(
+            f"unknown study preset {name!r}{closest(name, names)}; choose from {', '.join(names)}"
+        )
     return (importlib.resources.files("ftvs") / "presets" / f"{name}.yaml").read_text(encoding="utf-8")
 
 
@@ -50,7 +86,9 @@ def parse_yaml(text: str, origin: str) -> dict:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise FtvsError(f"study config {origin} is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from None
+        raise FtvsError(
+            f"study config {origin} is not valid YAML ({str(e).splitlines()[0]}); fix its syntax"
+        ) from None
     if not isinstance(data, dict):
         raise FtvsError(f"study config {origin} must be a mapping (name, data, seeds, arms, sweeps, ...)")
     return data
@@ -74,7 +112,9 @@ def apply_override(cfg: dict, assignment: str) -> None:
             match = [a for a in node if isinstance(a, dict) and a.get("name") == part]
             if not match:
                 names = [a.get("name") for a in node if isinstance(a, dict)]
-                raise FtvsError(f"--set {key}: no entry named {part!r}{closest(part, names)} in {'.'.join(parts[:i])}")
+                raise FtvsError(
+                    f"--set {key}: no entry named {part!r}{closest(part, names)} in {'.'.join(parts[:i])}"
+                )
             node = match[0]
         else:
             if not isinstance(node.get(part), dict | list):
@@ -95,7 +135,9 @@ def load_study_config(config_path=None, preset=None, overrides=()) -> tuple[dict
     elif config_path:
         path = Path(config_path)
         if not path.is_file():
-            raise FtvsError(f"study config {path} not found; give a YAML file or a preset ({', '.join(preset_names())})")
+            raise FtvsError(
+                f"study config {path} not found; give a YAML file or a preset ({', '.join(preset_names())})"
+            )
         raw, hint = parse_yaml(path.read_text(encoding="utf-8"), str(path)), path.stem
     else:
         raise FtvsError(f"give a study CONFIG.yaml or --preset NAME (presets: {', '.join(preset_names())})")
@@ -121,7 +163,9 @@ def normalize_config(raw: dict, name_hint: str = "study") -> dict:
     train = dict(cfg.get("train") or {})
     for k in train:
         if k not in FIELDS or k in ("arm", *_NOT_TRAIN_KEYS):
-            raise FtvsError(f"study config: train.{k} is not a shared training setting{closest(str(k), FIELDS)}")
+            raise FtvsError(
+                f"study config: train.{k} is not a shared training setting{closest(str(k), FIELDS)}"
+            )
     cfg["train"] = train
     cfg["launcher"] = _launcher(cfg.get("launcher"), "launcher")
     cfg["arms"] = _normalize_arms(cfg.get("arms") or [], train)
@@ -154,7 +198,9 @@ def _normalize_data(given) -> dict:
     data = {**DATA_DEFAULTS, **(given or {})}
     _check_keys(data, DATA_DEFAULTS, "data")
     if not data["source"]:
-        raise FtvsError("study config: data.source is missing; e.g. 20newsgroups, hf:PolyAI/banking77 or a CSV folder")
+        raise FtvsError(
+            "study config: data.source is missing; e.g. 20newsgroups, hf:PolyAI/banking77 or a CSV folder"
+        )
     for key in ("max_train_examples", "max_val_examples", "max_test_examples"):
         if data[key] is not None and (not isinstance(data[key], int) or data[key] < 1):
             raise FtvsError(f"study config: data.{key} must be a positive integer or null, got {data[key]!r}")
@@ -186,8 +232,10 @@ def _normalize_arm(arm, i: int, train: dict, seen: set) -> dict:
     arm = dict(arm)
     kind = arm.get("arm")
     if kind not in KINDS:
-        raise FtvsError(f"study config: arms[{i}].arm={kind!r} must be one of {', '.join(KINDS)}"
-                        f"{closest(str(kind), KINDS)}")
+        raise FtvsError(
+            f"study config: arms[{i}].arm={kind!r} must be one of {', '.join(KINDS)}"
+            f"{closest(str(kind), KINDS)}"
+        )
     name = str(arm.get("name") or (kind if kind == "baseline" else f"{kind}-{i}"))
     if not _NAME.match(name):
         raise FtvsError(f"study config: arm name {name!r} {_NAME_RULE}")
@@ -203,7 +251,9 @@ def _normalize_arm(arm, i: int, train: dict, seen: set) -> dict:
     settings = {k: v for k, v in arm.items() if k not in ARM_META_KEYS}
     for k in settings:
         if k not in FIELDS or k in _NOT_TRAIN_KEYS:
-            raise FtvsError(f"study config: unknown training key {k!r} in arms.{name}{closest(str(k), FIELDS)}")
+            raise FtvsError(
+                f"study config: unknown training key {k!r} in arms.{name}{closest(str(k), FIELDS)}"
+            )
     try:  # fail now, not after an hour of other runs
         build_config({**train, **settings}, {"arm": kind})
     except FtvsError as e:
@@ -227,9 +277,13 @@ def _normalize_sweeps(sweeps: dict, arms: list[dict]) -> dict:
 def _normalize_data_size(given, names: list[str]) -> dict:
     ds = dict(given) if isinstance(given, dict) else {"fractions": given}
     _check_keys(ds, {"fractions", "arms", "resample_per_seed"}, "sweeps.data_size")
-    fractions = sorted({float(f) for f in _as_list(ds.get("fractions"), "sweeps.data_size.fractions")} | {1.0})
+    fractions = sorted(
+        {float(f) for f in _as_list(ds.get("fractions"), "sweeps.data_size.fractions")} | {1.0}
+    )
     if not fractions or not all(0 < f <= 1 for f in fractions):
-        raise FtvsError(f"study config: sweeps.data_size.fractions must be numbers in (0, 1], got {ds.get('fractions')}")
+        raise FtvsError(
+            f"study config: sweeps.data_size.fractions must be numbers in (0, 1], got {ds.get('fractions')}"
+        )
     ds["fractions"] = fractions
     ds["arms"] = [str(a) for a in _as_list(ds.get("arms") or names, "sweeps.data_size.arms")]
     for a in ds["arms"]:
@@ -245,8 +299,12 @@ def _normalize_model_size(given, arms: list[dict]) -> dict:
     scratch = [a["name"] for a in arms if a["arm"] == "scratch"]
     ms["arm"] = ms.get("arm") or (scratch[0] if scratch else None)
     if ms["arm"] not in scratch:
-        raise FtvsError(f"study config: sweeps.model_size.arm must name a scratch arm ({', '.join(scratch) or 'none'})")
-    ms["sizes"] = [_size_spec(s, i) for i, s in enumerate(_as_list(ms.get("sizes"), "sweeps.model_size.sizes"))]
+        raise FtvsError(
+            f"study config: sweeps.model_size.arm must name a scratch arm ({', '.join(scratch) or 'none'})"
+        )
+    ms["sizes"] = [
+        _size_spec(s, i) for i, s in enumerate(_as_list(ms.get("sizes"), "sweeps.model_size.sizes"))
+    ]
     if not ms["sizes"]:
         raise FtvsError("study config: sweeps.model_size.sizes is empty")
     return ms
@@ -284,8 +342,10 @@ def _size_spec(spec, i: int) -> dict:
     _check_keys(spec, {"name", "preset", *SIZE_KEYS}, f"sweeps.model_size.sizes[{i}]")
     spec = dict(spec)
     if spec.get("preset") is not None and spec["preset"] not in presets:
-        raise FtvsError(f"study config: unknown size preset {spec['preset']!r}{closest(str(spec['preset']), presets)}; "
-                        f"choose from {', '.join(presets)}")
+        raise FtvsError(
+            f"study config: unknown size preset {spec['preset']!r}{closest(str(spec['preset']), presets)}; "
+            f"choose from {', '.join(presets)}"
+        )
     if not spec.get("name"):
         if spec.get("preset") and not any(spec.get(k) for k in SIZE_KEYS):
             spec["name"] = spec["preset"]
@@ -302,14 +362,22 @@ def model_dims(settings: dict, default_preset: str = "tiny") -> dict:
     presets = _model_presets()
     preset = settings.get("preset") or default_preset
     base = presets.get(preset, presets["tiny"])
-    return {"preset": preset, **{k: settings.get(k) if settings.get(k) is not None else base[k] for k in SIZE_KEYS}}
+    return {
+        "preset": preset,
+        **{k: settings.get(k) if settings.get(k) is not None else base[k] for k in SIZE_KEYS},
+    }
 
 
 def own_size_name(ms: dict, config: dict) -> str:
     """The name of the sweep size an arm's own (main) run stands for."""
     dims = model_dims(config)
     for s in ms["sizes"]:
-        if model_dims({"preset": s.get("preset") or config.get("preset"), **{k: s.get(k) for k in SIZE_KEYS}}) == dims:
+        if (
+            model_dims(
+                {"preset": s.get("preset") or config.get("preset"), **{k: s.get(k) for k in SIZE_KEYS}}
+            )
+            == dims
+        ):
             return s["name"]
     if dims == model_dims({"preset": dims["preset"]}):
         return dims["preset"]

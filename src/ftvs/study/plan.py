@@ -57,9 +57,18 @@ def plan_runs(cfg: dict) -> list[PlannedRun]:
         rid = f"{arm['name']}{'.' + size_name if size_name else ''}-f{frac(fraction)}-s{seed}"
         if rid in runs:  # a sweep point that is also a main run
             return
-        runs[rid] = PlannedRun(rid, arm["name"], arm["arm"], seed, fraction, subset_seed, size_name,
-                               "main" if fraction >= 1 and size_name is None else sweep,
-                               settings, arm["launcher"] or cfg["launcher"])
+        runs[rid] = PlannedRun(
+            rid,
+            arm["name"],
+            arm["arm"],
+            seed,
+            fraction,
+            subset_seed,
+            size_name,
+            "main" if fraction >= 1 and size_name is None else sweep,
+            settings,
+            arm["launcher"] or cfg["launcher"],
+        )
 
     kind_order = {k: i for i, k in enumerate(KINDS)}
     ordered = sorted(arms.values(), key=lambda a: kind_order[a["arm"]])

@@ -93,10 +93,13 @@ def run_progress(run_dir: Path, num_epochs: int | None, since_unix: float | None
         with contextlib.suppress(Exception):
             rows = read_jsonl(hist)
     live = current_progress(run_dir, since_unix)
-    return {"epochs_done": len(rows), "num_epochs": num_epochs or (live or {}).get("num_epochs"),
-            "last": rows[-1] if rows else None,
-            "epoch_seconds": statistics.mean(r["epoch_seconds"] for r in rows) if rows else None,
-            "live": live}
+    return {
+        "epochs_done": len(rows),
+        "num_epochs": num_epochs or (live or {}).get("num_epochs"),
+        "last": rows[-1] if rows else None,
+        "epoch_seconds": statistics.mean(r["epoch_seconds"] for r in rows) if rows else None,
+        "live": live,
+    }
 
 
 def _current_epoch(info: dict) -> dict | None:
@@ -135,7 +138,9 @@ def training_status(info: dict, num_epochs: int) -> list[str]:
     if live and live.get("phase") == "eval":
         parts.append(f"epoch {live['epoch']}/{n} validating")
     elif live and live.get("steps_per_epoch"):
-        parts.append(f"epoch {live['epoch']}/{n} step {live.get('step_in_epoch', 0)}/{live['steps_per_epoch']}")
+        parts.append(
+            f"epoch {live['epoch']}/{n} step {live.get('step_in_epoch', 0)}/{live['steps_per_epoch']}"
+        )
     elif done < n:
         parts.append(f"epoch {done + 1}/{n}")
     else:

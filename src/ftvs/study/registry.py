@@ -24,8 +24,19 @@ from ftvs.study.plan import PlannedRun, frac
 FORMAT, VERSION = "ftvs-study", 1
 STATES = ("pending", "running", "completed", "failed", "interrupted")
 # what a run entry keeps from an earlier invocation when its plan is rebuilt
-_OUTCOME_KEYS = ("state", "error", "exit_code", "started_at", "finished_at", "seconds_wall", "epochs_done",
-                 "resumed_from_epoch", "attempts", "results", "num_train_examples")
+_OUTCOME_KEYS = (
+    "state",
+    "error",
+    "exit_code",
+    "started_at",
+    "finished_at",
+    "seconds_wall",
+    "epochs_done",
+    "resumed_from_epoch",
+    "attempts",
+    "results",
+    "num_train_examples",
+)
 
 
 def now() -> str:
@@ -92,8 +103,14 @@ def save_registry(path: Path, reg: dict) -> None:
 
 
 def new_registry() -> dict:
-    return {"format": FORMAT, "version": VERSION, "created": now(), "runs": {}, "stages": {},
-            "data": {"state": "pending"}}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "created": now(),
+        "runs": {},
+        "stages": {},
+        "data": {"state": "pending"},
+    }
 
 
 def num_train_examples(reg: dict, entry: dict) -> int | None:
@@ -130,17 +147,33 @@ class EntryFactory:
             num_epochs = 1
         else:
             method = run.settings.get("method", "lora") if run.kind == "finetune" else None
-            model = run.settings.get("model_name_or_path", "smollm2-135m") if run.kind == "finetune" \
+            model = (
+                run.settings.get("model_name_or_path", "smollm2-135m")
+                if run.kind == "finetune"
                 else f"scratch-{run.settings.get('preset', 'tiny')}"
+            )
             config = self.train_config(run, run_dir, data_dir)
             num_epochs = config.get("num_train_epochs", 10)
         config_file = self.rel(self.dir / "configs" / f"{run.id}.yaml") if run.kind != "baseline" else None
         return RunEntry(
-            id=run.id, arm_name=run.arm_name, arm=run.kind, method=method, model=model, size=run.size,
-            seed=run.seed, train_fraction=run.train_fraction, sweep=run.sweep, subset_seed=run.subset_seed,
-            run_dir=self.rel(run_dir), data_dir=self.rel(data_dir), config_file=config_file,
-            log=self.rel(self.dir / "logs" / f"{run.id}.log"), config=config, num_train_epochs=num_epochs,
-            launcher=run.launcher).to_dict()
+            id=run.id,
+            arm_name=run.arm_name,
+            arm=run.kind,
+            method=method,
+            model=model,
+            size=run.size,
+            seed=run.seed,
+            train_fraction=run.train_fraction,
+            sweep=run.sweep,
+            subset_seed=run.subset_seed,
+            run_dir=self.rel(run_dir),
+            data_dir=self.rel(data_dir),
+            config_file=config_file,
+            log=self.rel(self.dir / "logs" / f"{run.id}.log"),
+            config=config,
+            num_train_epochs=num_epochs,
+            launcher=run.launcher,
+        ).to_dict()
 
     def extra(self, run: PlannedRun) -> dict:
         """Tags for compare/report: `preset` is the from-scratch size (what `ftvs compare` plots the
@@ -148,14 +181,29 @@ class EntryFactory:
         size = None
         if run.kind == "scratch":
             ms = self.cfg["sweeps"].get("model_size")
-            size = run.size or (own_size_name(ms, run.settings) if ms and ms["arm"] == run.arm_name
-                                else model_dims(run.settings)["preset"])
-        return {"study": self.cfg["name"], "study_preset": self.preset, "arm_name": run.arm_name,
-                "sweep": run.sweep, "train_fraction": run.train_fraction, "size": run.size, "preset": size}
+            size = run.size or (
+                own_size_name(ms, run.settings)
+                if ms and ms["arm"] == run.arm_name
+                else model_dims(run.settings)["preset"]
+            )
+        return {
+            "study": self.cfg["name"],
+            "study_preset": self.preset,
+            "arm_name": run.arm_name,
+            "sweep": run.sweep,
+            "train_fraction": run.train_fraction,
+            "size": run.size,
+            "preset": size,
+        }
 
     def train_config(self, run: PlannedRun, run_dir: Path, data_dir: Path) -> dict:
-        values = {**run.settings, "data": str(data_dir.resolve()), "output_dir": str(run_dir.resolve()),
-                  "seed": run.seed, "extra": self.extra(run)}
+        values = {
+            **run.settings,
+            "data": str(data_dir.resolve()),
+            "output_dir": str(run_dir.resolve()),
+            "seed": run.seed,
+            "extra": self.extra(run),
+        }
         cfg = build_config(values, {"arm": run.kind}).to_dict()
         if run.kind == "scratch":  # keep only the keys of this arm: tidy files, no false "changed" alarms
             for k in FINETUNE_ONLY:
@@ -168,16 +216,32 @@ class EntryFactory:
 # --------------------------------------------------------------------------------------------------
 
 
-def open_registry(existing: dict | None, factory: EntryFactory, plan: list[PlannedRun], *, force: bool,
-                  selected, config_source: str | None) -> dict:
+def open_registry(
+    existing: dict | None,
+    factory: EntryFactory,
+    plan: list[PlannedRun],
+    *,
+    force: bool,
+    selected,
+    config_source: str | None,
+) -> dict:
     """The registry for this invocation: the existing one brought up to date with the plan (new runs
     added, changed pending/failed runs reset, finished runs with changed settings refused unless forced,
     runs of a killed study marked interrupted, runs no longer planned retired), or a new one."""
     cfg = factory.cfg
     reg = existing or new_registry()
-    reg.update({"name": cfg["name"], "preset": factory.preset, "description": cfg.get("description", ""),
-                "study_dir": str(factory.dir.resolve()), "config": cfg, "config_source": config_source,
-                "reference_results": cfg.get("reference_results", []), "state": "running"})
+    reg.update(
+        {
+            "name": cfg["name"],
+            "preset": factory.preset,
+            "description": cfg.get("description", ""),
+            "study_dir": str(factory.dir.resolve()),
+            "config": cfg,
+            "config_source": config_source,
+            "reference_results": cfg.get("reference_results", []),
+            "state": "running",
+        }
+    )
     reg["ftvs_version"] = __version__
     _check_data_settings(reg, cfg["data"], factory.dir, force)
     order = _merge_runs(reg, factory, plan, force, selected)
@@ -195,8 +259,10 @@ def _check_data_settings(reg: dict, data_cfg: dict, study_dir: Path, force: bool
     if reg["data"].get("state") == "completed" and reg["data"].get("config") != data_cfg:
         if not force:
             diff = sorted(k for k in set(data_cfg) | set(old) if data_cfg.get(k) != old.get(k))
-            raise FtvsError(f"the data settings changed since {study_dir} was prepared ({', '.join(diff)}); "
-                            "pass --force to redo the study, or use a new --output_dir")
+            raise FtvsError(
+                f"the data settings changed since {study_dir} was prepared ({', '.join(diff)}); "
+                "pass --force to redo the study, or use a new --output_dir"
+            )
         reg["data"] = {"state": "pending"}
 
 
@@ -212,17 +278,20 @@ def _merge_runs(reg: dict, factory: EntryFactory, plan: list[PlannedRun], force:
             keep = {k: entry[k] for k in _OUTCOME_KEYS if k in entry}
             if changed and not (force and selected(run.id)):
                 resumable = has_checkpoint(factory.dir / planned["run_dir"])
-                if entry.get("state") == "completed" or (entry.get("state") in ("running", "interrupted")
-                                                          and resumable):
+                if entry.get("state") == "completed" or (
+                    entry.get("state") in ("running", "interrupted") and resumable
+                ):
                     stale.append(f"{run.id} ({', '.join(changed[:3])})")
                 else:  # pending or failed: simply (re)start with the new settings
                     keep = {"attempts": entry.get("attempts", []), "needs_wipe": True}
             reg["runs"][run.id] = {**planned, **keep}
         order.append(run.id)
     if stale:
-        raise FtvsError(f"the settings of {len(stale)} finished or started run(s) changed since they ran: "
-                        f"{'; '.join(stale[:3])}{' ...' if len(stale) > 3 else ''}; pass --force (optionally "
-                        "with --only PATTERN) to retrain them, or use a new --output_dir")
+        raise FtvsError(
+            f"the settings of {len(stale)} finished or started run(s) changed since they ran: "
+            f"{'; '.join(stale[:3])}{' ...' if len(stale) > 3 else ''}; pass --force (optionally "
+            "with --only PATTERN) to retrain them, or use a new --output_dir"
+        )
     return order
 
 

@@ -57,8 +57,17 @@ from ftvs.study.registry import (
 from ftvs.study.summary import collect, result_text, run_results
 from ftvs.study.tuning import run_tuning, tuned_config
 
-_PREPARE_KEYS = ("text_column", "label_column", "validation_split", "test_split", "max_train_examples", "seed",
-                 "tokenizer", "remove_headers", "max_chars")
+_PREPARE_KEYS = (
+    "text_column",
+    "label_column",
+    "validation_split",
+    "test_split",
+    "max_train_examples",
+    "seed",
+    "tokenizer",
+    "remove_headers",
+    "max_chars",
+)
 
 
 class StudyInterrupted(Exception):
@@ -92,7 +101,7 @@ def last_error(log_path: Path) -> str:
     lines = [ln for ln in lines if ln]
     for ln in reversed(lines):
         if ln.startswith("ftvs: error:"):
-            return ln[len("ftvs: error:"):].strip()
+            return ln[len("ftvs: error:") :].strip()
     for ln in reversed(lines):
         if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", ln):
             return ln
@@ -111,10 +120,20 @@ def _read_summary(run_dir: Path) -> dict:
 
 
 class Study:
-    def __init__(self, cfg: dict, out_dir, preset: str | None = None, force: bool = False, only=(),
-                 retry_failed: bool = True, progress: Progress | None = None, poll_seconds: float = 1.0,
-                 config_source: str | None = None, executor: Executor | None = None,
-                 tune_only: bool = False):
+    def __init__(
+        self,
+        cfg: dict,
+        out_dir,
+        preset: str | None = None,
+        force: bool = False,
+        only=(),
+        retry_failed: bool = True,
+        progress: Progress | None = None,
+        poll_seconds: float = 1.0,
+        config_source: str | None = None,
+        executor: Executor | None = None,
+        tune_only: bool = False,
+    ):
         self.cfg = cfg
         self.dir = Path(out_dir)
         self.preset = preset
@@ -158,8 +177,14 @@ class Study:
             existing = load_registry(self.path)
             if existing is not None and self.force and not self.only:
                 existing = None  # --force: a fresh registry (run folders are replaced as runs start)
-            self.reg = open_registry(existing, self.entries, self.plan, force=self.force, selected=self.selected,
-                                     config_source=self.config_source)
+            self.reg = open_registry(
+                existing,
+                self.entries,
+                self.plan,
+                force=self.force,
+                selected=self.selected,
+                config_source=self.config_source,
+            )
             atomic_write_bytes(self.dir / "study.yaml", yaml.safe_dump(self.cfg, sort_keys=False).encode())
             self.save()
             old_term = signal.getsignal(signal.SIGTERM)
@@ -183,7 +208,9 @@ class Study:
 
     def _run_all(self) -> None:
         t0 = time.monotonic()
-        self.progress.say(f"study {self.cfg['name']}: {len(self.plan)} runs ({self.plan_text()}) -> {self.dir}")
+        self.progress.say(
+            f"study {self.cfg['name']}: {len(self.plan)} runs ({self.plan_text()}) -> {self.dir}"
+        )
         self.prepare_data()
         run_tuning(self)
         if self.tune_only:
@@ -195,16 +222,23 @@ class Study:
         collect(self.reg, self.cfg)
         self.save()
         st = self.reg["stages"].get("compare") or {}
-        up_to_date = not self._ran_any and st.get("state") == "completed" and \
-            (self.dir / "report" / "comparison.json").is_file() and st.get("with_report") == bool(self.cfg.get("report"))
+        up_to_date = (
+            not self._ran_any
+            and st.get("state") == "completed"
+            and (self.dir / "report" / "comparison.json").is_file()
+            and st.get("with_report") == bool(self.cfg.get("report"))
+        )
         if up_to_date:
             self.progress.say("compare: up to date (no run changed)")
         elif self.cfg.get("compare") or self.cfg.get("report"):
             self.stage_compare(report=bool(self.cfg.get("report")))
         runs = [self.reg["runs"][r] for r in self.reg["order"]]
         failed = [r for r in runs if r["state"] == "failed"]
-        self.reg["state"] = "completed_with_failures" if failed or any(
-            s.get("state") == "failed" for s in self.reg["stages"].values()) else "completed"
+        self.reg["state"] = (
+            "completed_with_failures"
+            if failed or any(s.get("state") == "failed" for s in self.reg["stages"].values())
+            else "completed"
+        )
         if any(r["state"] not in ("completed", "failed") for r in runs):
             self.reg["state"] = "incomplete"  # --only left some runs out
         self.reg["seconds_last_invocation"] = time.monotonic() - t0
@@ -219,16 +253,23 @@ class Study:
             self._prepare_main(main_dir)
         subsets = d.setdefault("subsets", {})
         for run in self.plan:
-            if run.data_key == "main" or run.data_key in subsets and (self.abs(subsets[run.data_key]["dir"])
-                                                                      / "metadata.json").is_file():
+            if (
+                run.data_key == "main"
+                or run.data_key in subsets
+                and (self.abs(subsets[run.data_key]["dir"]) / "metadata.json").is_file()
+            ):
                 continue
             if not self.selected(run.id):
                 continue
             out = self.dir / "data" / f"train-{run.data_key}"
             meta = subsample_train(main_dir, out, run.train_fraction, run.subset_seed, tokenizer="none")
-            subsets[run.data_key] = {"dir": self.rel(out), "train_fraction": run.train_fraction,
-                                     "seed": run.subset_seed, "num_train_examples": meta["splits"]["train"]["count"],
-                                     "content_hash": meta["content_hash"]}
+            subsets[run.data_key] = {
+                "dir": self.rel(out),
+                "train_fraction": run.train_fraction,
+                "seed": run.subset_seed,
+                "num_train_examples": meta["splits"]["train"]["count"],
+                "content_hash": meta["content_hash"],
+            }
             self.save()
 
     def _prepare_main(self, main_dir: Path) -> None:
@@ -244,22 +285,33 @@ class Study:
             shutil.rmtree(main_dir)
         try:
             prepare(dc["source"], main_dir, **kwargs)
-            meta = cap_eval_splits(main_dir, dc.get("max_val_examples"), dc.get("max_test_examples"), dc["seed"])
+            meta = cap_eval_splits(
+                main_dir, dc.get("max_val_examples"), dc.get("max_test_examples"), dc["seed"]
+            )
         except BaseException as e:
             d.update(state="failed", error=str(e))
             self.save()
             raise
-        d.update(state="completed", source=meta["source"], num_labels=meta["num_labels"],
-                 label_names=meta["label_names"], splits={s: meta["splits"][s]["count"] for s in SPLITS},
-                 content_hash=meta["content_hash"], seconds=time.monotonic() - t0, error=None)
+        d.update(
+            state="completed",
+            source=meta["source"],
+            num_labels=meta["num_labels"],
+            label_names=meta["label_names"],
+            splits={s: meta["splits"][s]["count"] for s in SPLITS},
+            content_hash=meta["content_hash"],
+            seconds=time.monotonic() - t0,
+            error=None,
+        )
         if old_hash and old_hash != meta["content_hash"]:  # new data: nothing trained on the old counts
             for run in self.reg["runs"].values():
                 if run.get("state") != "pending" or run.get("attempts"):
                     run.update(state="pending", needs_wipe=True, results=None, epochs_done=0)
         self.save()
         s = d["splits"]
-        self.progress.say(f"data: {d['num_labels']} classes, {s['train']:,} train / {s['val']:,} val / "
-                          f"{s['test']:,} test ({fmt_seconds(d['seconds'])})")
+        self.progress.say(
+            f"data: {d['num_labels']} classes, {s['train']:,} train / {s['val']:,} val / "
+            f"{s['test']:,} test ({fmt_seconds(d['seconds'])})"
+        )
 
     def num_train_examples(self, entry: dict) -> int | None:
         return num_train_examples(self.reg, entry)
@@ -273,7 +325,9 @@ class Study:
                     self.run_one(rid, i, len(todo))
                 return
             with self._released(), ThreadPoolExecutor(self.executor.slots, thread_name_prefix="run") as pool:
-                futures = [pool.submit(self._run_in_thread, rid, i, len(todo)) for i, rid in enumerate(todo, 1)]
+                futures = [
+                    pool.submit(self._run_in_thread, rid, i, len(todo)) for i, rid in enumerate(todo, 1)
+                ]
                 try:
                     while True:  # short waits: the main thread must stay free for Ctrl-C and SIGTERM
                         done, pending = wait_futures(futures, timeout=0.5, return_when=FIRST_EXCEPTION)
@@ -358,8 +412,18 @@ class Study:
             self._wipe(run_dir)
         if force:
             self._wipe(run_dir)
-            e.update(state="pending", attempts=[], seconds_wall=0.0, epochs_done=0, resumed_from_epoch=None,
-                     results=None, error=None, exit_code=None, started_at=None, finished_at=None)
+            e.update(
+                state="pending",
+                attempts=[],
+                seconds_wall=0.0,
+                epochs_done=0,
+                resumed_from_epoch=None,
+                results=None,
+                error=None,
+                exit_code=None,
+                started_at=None,
+                finished_at=None,
+            )
         return True
 
     def _wipe(self, run_dir: Path) -> None:
@@ -382,8 +446,14 @@ class Study:
             e["epochs_done"] = len(read_jsonl(hist)) if hist.is_file() else 0
 
     def _attempt(self, e: dict, mode: str, job: Job, head: str, phase: str) -> int:
-        att = {"mode": mode, "started_at": now(), "ended_at": None, "outcome": "running", "exit_code": None,
-               "seconds": None}
+        att = {
+            "mode": mode,
+            "started_at": now(),
+            "ended_at": None,
+            "outcome": "running",
+            "exit_code": None,
+            "seconds": None,
+        }
         e["attempts"].append(att)
         self.save()
         t0 = time.monotonic()
@@ -413,7 +483,9 @@ class Study:
                     raise StudyInterrupted("stopped with the study")
                 with self._released():
                     rc = handle.wait(self.poll)
-                info = run_progress(job.run_dir, e.get("num_train_epochs"), since) if phase == "train" else None
+                info = (
+                    run_progress(job.run_dir, e.get("num_train_epochs"), since) if phase == "train" else None
+                )
                 if info and info["epochs_done"] != last_epochs:
                     last_epochs = e["epochs_done"] = info["epochs_done"]
                     self.save()
@@ -436,7 +508,11 @@ class Study:
             return
         parts, epochs = [], 0
         for e, head, phase, info in self._active.values():
-            what = training_status(info, e.get("num_train_epochs") or 0)[0] if phase == "train" and info else phase
+            what = (
+                training_status(info, e.get("num_train_epochs") or 0)[0]
+                if phase == "train" and info
+                else phase
+            )
             parts.append(f"{head} {what}")
             epochs += info["epochs_done"] if info else 0
         text = " · ".join(parts)
@@ -465,8 +541,17 @@ class Study:
     def _run_baseline(self, e: dict, run_dir: Path, log: Path, head: str) -> bool:
         self._wipe(run_dir)  # a baseline is one quick fit: an interrupted one simply starts over
         s = e["config"]
-        args = ["baseline", "--data", str(self.abs(e["data_dir"])), "--output_dir", str(run_dir),
-                "--seed", str(e["seed"]), "--run_name", e["id"]]
+        args = [
+            "baseline",
+            "--data",
+            str(self.abs(e["data_dir"])),
+            "--output_dir",
+            str(run_dir),
+            "--seed",
+            str(e["seed"]),
+            "--run_name",
+            e["id"],
+        ]
         for key in ("C", "min_df", "max_features", "max_iter", "class_weights"):
             if s.get(key) is not None:
                 args += [f"--{key}", str(s[key])]
@@ -474,7 +559,9 @@ class Study:
             if s.get(key) is not None:
                 v = s[key]
                 args += [f"--{key}", ",".join(str(x) for x in v) if isinstance(v, list | tuple) else str(v)]
-        self.progress.say(f"{head}: TF-IDF baseline, seed {e['seed']}, {e.get('num_train_examples') or '?'} train examples")
+        self.progress.say(
+            f"{head}: TF-IDF baseline, seed {e['seed']}, {e.get('num_train_examples') or '?'} train examples"
+        )
         rc = self._attempt(e, "fresh", Job(ftvs_cmd(args, {}), run_dir, log, "baseline: "), head, "baseline")
         if rc != 0 or not (run_dir / METRICS).is_file():
             e["error"] = last_error(log) if rc != 0 else "baseline finished without metrics.json"
@@ -491,8 +578,10 @@ class Study:
         return next(r for r in self.plan if r.id == rid)
 
     def _run_neural(self, e: dict, run_dir: Path, log: Path, head: str) -> bool:
-        what = (f"{e['arm']} {e['model']}{' ' + e['method'] if e.get('method') else ''}, seed {e['seed']}, "
-                f"fraction {frac(e['train_fraction'])} ({e.get('num_train_examples') or '?'} train examples)")
+        what = (
+            f"{e['arm']} {e['model']}{' ' + e['method'] if e.get('method') else ''}, seed {e['seed']}, "
+            f"fraction {frac(e['train_fraction'])} ({e.get('num_train_examples') or '?'} train examples)"
+        )
         if _read_summary(run_dir).get("status") == "completed":
             self.progress.say(f"{head}: {what}: trained earlier, evaluating")
         elif not self._train(e, run_dir, log, head, what):
@@ -511,7 +600,9 @@ class Study:
         # only the settings the study gives: what it leaves out gets `ftvs train`'s defaults, small-data rule included
         given = set(self._planned(e["id"]).settings) | {"data", "output_dir", "seed", "extra"}
         train_cfg = {k: v for k, v in e["config"].items() if k in given}
-        train_cfg["tracking_project"] = train_cfg.get("tracking_project") or self.cfg["name"]  # one experiment
+        train_cfg["tracking_project"] = (
+            train_cfg.get("tracking_project") or self.cfg["name"]
+        )  # one experiment
         atomic_write_bytes(cfg_path, yaml.safe_dump(train_cfg, sort_keys=False).encode())
         launcher = e.get("launcher") or {}
         args = ["train", e["arm"], "--config", str(cfg_path)]
@@ -532,8 +623,14 @@ class Study:
         processes = int(launcher.get("num_processes", 1))
         if processes > 1:  # evaluation runs once, after training, in a single process
             args, resume_args = [*args, "--no-evaluate"], [*resume_args, "--no-evaluate"]
-        job = Job(ftvs_cmd(args, launcher), run_dir, log, "train: ", processes=processes,
-                  retry_cmd=ftvs_cmd(resume_args, launcher))
+        job = Job(
+            ftvs_cmd(args, launcher),
+            run_dir,
+            log,
+            "train: ",
+            processes=processes,
+            retry_cmd=ftvs_cmd(resume_args, launcher),
+        )
         rc = self._attempt(e, mode, job, head, "train")
         status = _read_summary(run_dir).get("status")
         if rc != 0 or status != "completed":
@@ -581,4 +678,6 @@ class Study:
         self._stage("compare", cmd, out)
         st = self.reg["stages"]["compare"]
         st["with_report"] = report
-        st["report"] = [self.rel(p) for p in sorted(out.glob("report.*"))] if st.get("state") == "completed" else []
+        st["report"] = (
+            [self.rel(p) for p in sorted(out.glob("report.*"))] if st.get("state") == "completed" else []
+        )

@@ -77,7 +77,9 @@ def check_tuning(cfg: dict) -> None:
         if t and t["space"]:
             from ftvs.tune.space import build_space
 
-            method = arm.get("method", cfg["train"].get("method", "lora")) if arm["arm"] == "finetune" else None
+            method = (
+                arm.get("method", cfg["train"].get("method", "lora")) if arm["arm"] == "finetune" else None
+            )
             try:
                 build_space(arm["arm"], method, t["space"])
             except FtvsError as e:
@@ -152,7 +154,9 @@ def run_tuning(study) -> None:
         except FtvsError as e:
             rec.update(state="failed", error=str(e))
             study.save()
-            raise FtvsError(f"tuning arm {arm['name']} failed: {e} (log in {rec['tune_dir']}/trials)") from None
+            raise FtvsError(
+                f"tuning arm {arm['name']} failed: {e} (log in {rec['tune_dir']}/trials)"
+            ) from None
         except BaseException:  # interrupted: the search resumes when the study is rerun
             rec["state"] = "interrupted"
             study.save()

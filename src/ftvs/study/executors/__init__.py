@@ -57,8 +57,13 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-def make_executor(name: str = "local", parallel: int | None = None, ray_address: str | None = None,
-                  study_dir: Path | None = None, retries: int = 3) -> Executor:
+def make_executor(
+    name: str = "local",
+    parallel: int | None = None,
+    ray_address: str | None = None,
+    study_dir: Path | None = None,
+    retries: int = 3,
+) -> Executor:
     if parallel is not None and parallel < 1:
         raise FtvsError(f"--parallel {parallel}: give a number of runs at once, 1 or more")
     if name == "local":

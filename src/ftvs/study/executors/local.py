@@ -48,8 +48,14 @@ def open_child(cmd: list[str], log: Path, label: str, env: dict | None = None):
     logf.write(f"\n=== {now()} {label}{shlex.join(cmd)}\n".encode())
     logf.flush()
     try:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                preexec_fn=_die_with_parent_fn())
+        proc = subprocess.Popen(
+            cmd,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=_die_with_parent_fn(),
+        )
     except BaseException:
         logf.close()
         raise
@@ -129,17 +135,21 @@ class LocalExecutor:
 
                 ids = [str(i) for i in range(torch.cuda.device_count())]
             if ids and len(ids) < self.slots:
-                raise FtvsError(f"--parallel {self.slots} needs a GPU per run but {len(ids)} are visible; "
-                                f"use --parallel {len(ids)}")
+                raise FtvsError(
+                    f"--parallel {self.slots} needs a GPU per run but {len(ids)} are visible; "
+                    f"use --parallel {len(ids)}"
+                )
             share = len(ids) // self.slots
-            self._gpus = [ids[i * share:(i + 1) * share] for i in range(self.slots)] if ids else []
+            self._gpus = [ids[i * share : (i + 1) * share] for i in range(self.slots)] if ids else []
         return self._gpus
 
     def _env(self, slots: list[int]) -> dict:
         gpus = self._slot_gpus()
         if gpus:
             return {"CUDA_VISIBLE_DEVICES": ",".join(g for s in slots for g in gpus[s])}
-        threads = str(max(1, _cpu_count() // self.slots))  # per process: a launcher's k processes hold k slots
+        threads = str(
+            max(1, _cpu_count() // self.slots)
+        )  # per process: a launcher's k processes hold k slots
         return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
     def start(self, job: Job) -> LocalHandle:

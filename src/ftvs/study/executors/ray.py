@@ -23,10 +23,14 @@ from ftvs.study.executors.local import run_job
 try:
     import ray
 except ImportError:  # this module is imported only for --executor ray
-    raise FtvsError("--executor ray needs Ray on this machine and every node: pip install 'ftvs[ray]'") from None
+    raise FtvsError(
+        "--executor ray needs Ray on this machine and every node: pip install 'ftvs[ray]'"
+    ) from None
 
 MARKER = ".ftvs-ray-check"
-STOP_SECONDS = 45  # a cancelled task interrupts its child like Ctrl-C (stop_child: up to 40 s), then it is killed
+STOP_SECONDS = (
+    45  # a cancelled task interrupts its child like Ctrl-C (stop_child: up to 40 s), then it is killed
+)
 
 
 class ChildKilled(Exception):
@@ -35,6 +39,7 @@ class ChildKilled(Exception):
 
 def _on_worker(job: Job, driver_python: str) -> int:
     """The task body: the driver's interpreter is this node's own (same environment, docs/cluster.md)."""
+
     def here(cmd):
         return [sys.executable if c == driver_python else c for c in cmd] if cmd else cmd
 
@@ -78,8 +83,9 @@ class RayHandle:
 class RayExecutor:
     """Jobs as Ray tasks; `max_in_flight` caps the runs submitted at once (default: what the cluster holds)."""
 
-    def __init__(self, study_dir: Path, address: str | None = None, max_in_flight: int | None = None,
-                 retries: int = 3):
+    def __init__(
+        self, study_dir: Path, address: str | None = None, max_in_flight: int | None = None, retries: int = 3
+    ):
         self.study_dir = Path(study_dir).resolve()
         self.retries = retries
         self._owns = not ray.is_initialized()
@@ -87,8 +93,10 @@ class RayExecutor:
             try:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
             except (ConnectionError, ValueError, RuntimeError) as e:
-                raise FtvsError(f"cannot reach the Ray cluster at {address or 'the default address'} ({e}); "
-                                "start it with `ray start --head` (docs/cluster.md) or fix --ray_address") from None
+                raise FtvsError(
+                    f"cannot reach the Ray cluster at {address or 'the default address'} ({e}); "
+                    "start it with `ray start --head` (docs/cluster.md) or fix --ray_address"
+                ) from None
         res = ray.cluster_resources()
         self.gpus = res.get("GPU", 0) > 0
         self.slots = max_in_flight or max(1, int(res.get("GPU" if self.gpus else "CPU", 1)))
@@ -106,25 +114,34 @@ class RayExecutor:
         try:
             nodes = [n for n in ray.nodes() if n.get("Alive")]
             probe = ray.remote(_read_marker)
-            refs = [probe.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                    .remote(str(marker)) for n in nodes]
+            refs = [
+                probe.options(
+                    num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+                ).remote(str(marker))
+                for n in nodes
+            ]
             seen = ray.get(refs, timeout=120)
         finally:
             marker.unlink(missing_ok=True)
         blind = [n.get("NodeManagerAddress", n["NodeID"]) for n, s in zip(nodes, seen) if s != token]
         if blind:
-            raise FtvsError(f"Ray node(s) {', '.join(blind)} cannot see the study folder {self.study_dir}; put it on "
-                            "a filesystem every node mounts at the same path (docs/cluster.md)")
+            raise FtvsError(
+                f"Ray node(s) {', '.join(blind)} cannot see the study folder {self.study_dir}; put it on "
+                "a filesystem every node mounts at the same path (docs/cluster.md)"
+            )
 
     def start(self, job: Job) -> RayHandle:
         n = max(1, job.processes)
         # one thread per process, like Ray's own default for a task with num_cpus=1 (no oversubscription)
         job = dataclasses.replace(job, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **job.env})
-        opts = {"num_cpus": n, "num_gpus": n if self.gpus else 0, "max_retries": self.retries,
-                "retry_exceptions": [ChildKilled]}
+        opts = {
+            "num_cpus": n,
+            "num_gpus": n if self.gpus else 0,
+            "max_retries": self.retries,
+            "retry_exceptions": [ChildKilled],
+        }
         return RayHandle(self._task.options(**opts).remote(job, sys.executable), job)
 
     def close(self) -> None:
         if self._owns and ray.is_initialized():
             ray.shutdown()
-
