@@ -26,6 +26,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 # checks that need the real Banking77 CSVs (../shared/data/banking77); `make test` tests the same code without them
 extra-checks: setup

@@ -57,7 +57,8 @@ from bench_trainer import trainer_round
 from ftvs.errors import FtvsError
 from ftvs.precision import autocast_dtype, cpu_has_native_bf16, resolve_precision
 
-DEFAULTS = {  # per arm: (batch size, warm-up steps, rounds, steps per round, latency examples, throughput examples)
+# per arm: (batch size, warm-up steps, rounds, steps per round, latency examples, throughput examples)
+DEFAULTS = {
     "scratch": dict(
         batch_size=32,
         warmup_steps=5,
@@ -245,7 +246,8 @@ def baseline_results(kind, arm, cfg, timed, flop_model, peak, equivalence) -> di
     if kind == "scratch":
         return {
             "reference": {
-                "name": "PaddedReferenceClassifier (seed approach): same sizes and parameters, every batch padded "
+                "name": "PaddedReferenceClassifier (seed approach): same sizes and parameters, every batch "
+                "padded "
                 f"to {cfg.max_seq_length}, unfused attention with an explicit causal mask, shuffled batches",
                 "logit_max_abs_diff_vs_ftvs": equivalence,
                 "train": summarise_windows(theirs, None, peak, timed["warm"][1]),
@@ -313,7 +315,8 @@ def bench_arm(kind: str, args, data: dict, probe: MatmulProbe, log, precision: s
     desc = arm.describe()
     name = f"scratch-{cfg.preset}" if kind == "scratch" else f"{cfg.model_name_or_path} ({cfg.method})"
     log(
-        f"[{kind}] {name}: {desc['params_total']:,} params ({desc['params_trainable']:,} trainable), batch {bs}, "
+        f"[{kind}] {name}: {desc['params_total']:,} params ({desc['params_trainable']:,} trainable), batch "
+        f"{bs}, "
         f"{len(train_examples):,} train examples, device {device}, precision {accelerator.mixed_precision}"
     )
 
@@ -465,8 +468,8 @@ def run(args) -> dict:
         f"({threads['threads']} threads, {threads['mode']}), load {machine['loadavg_1min']}, "
         f"{machine.get('gpu', 'no GPU')}; matmul "
         + ", ".join(f"{p.size}^2 {name} {p.peak():.1f}" for name, p in probes.items())
-        + f" GFLOP/s; precision {in_use.name} ({in_use.reason}); timing {', '.join(DTYPE_OF[p] for p in dtypes)}"
-        + (f"; {dtype_note}" if dtype_note else "")
+        + f" GFLOP/s; precision {in_use.name} ({in_use.reason}); timing "
+        f"{', '.join(DTYPE_OF[p] for p in dtypes)}" + (f"; {dtype_note}" if dtype_note else "")
     )
 
     data = load_data(args.data, args.max_train_examples, args.seed)

@@ -1,4 +1,5 @@
-"""The command line of benchmarks/bench.py: what to benchmark, how long to time it, on which machine set-up."""
+"""The command line of benchmarks/bench.py: what to benchmark, how long to time it, on which machine
+set-up."""
 
 import argparse
 
@@ -12,7 +13,8 @@ BATCH_ORDER = {
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python benchmarks/bench.py",
-        description="Benchmark ftvs on a prepared dataset: training throughput, inference latency (batch 1) and "
+        description="Benchmark ftvs on a prepared dataset: training throughput, inference latency (batch 1) "
+        "and "
         "throughput, peak memory, a matmul probe and the MFU of the training step; side by side with "
         "(a) a padded-to-max-length reference loop (scratch) and (b) transformers.Trainer (finetune), "
         "in one process on the same data, model and batch size. Writes JSON with --output.",
@@ -73,13 +75,15 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
         "--mixed_precision",
         default="auto",
         choices=("auto", "no", "bf16", "fp16"),
-        help="the precision in use, which also runs the baselines (auto: as for training, bf16 on CUDA and on "
+        help="the precision in use, which also runs the baselines (auto: as for training, bf16 on CUDA and "
+        "on "
         "CPUs with native bf16, else fp32)",
     )
     p.add_argument(
         "--dtypes",
         default="auto",
-        help="dtypes to time the training step and inference in, side by side: e.g. fp32,bf16 (auto: fp32 and "
+        help="dtypes to time the training step and inference in, side by side: e.g. fp32,bf16 (auto: fp32 "
+        "and "
         "bf16 where bf16 is native, else fp32 alone)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the ftvs model")

@@ -124,7 +124,8 @@ def comparisons_of(results: dict, cuda: bool) -> dict:
                 **ft["trainer"]["ratio"],
             }
         comparisons["c_finetune_mfu"] = {
-            "what": f"analytic FLOP/s of the ftvs fine-tuning step in {ft['dtype']} / probed matmul FLOP/s of "
+            "what": f"analytic FLOP/s of the ftvs fine-tuning step in {ft['dtype']} / probed matmul FLOP/s "
+            "of "
             "that dtype (probe interleaved with the timed rounds); also against the machine's best dtype",
             "mfu": ft["train"]["mfu"],
             "mfu_useful": ft["train"]["mfu_useful"],

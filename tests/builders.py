@@ -44,10 +44,15 @@ def _newsgroups_posts() -> dict:
     return out
 
 
-def newsgroups_csv(folder, per_class_train: int | None = None, per_class_test: int = NEWSGROUPS_TEST_PER_CLASS,
-                   num_classes: int = 20) -> Path:  # fmt: skip
-    """Write `folder/train.csv` and `folder/test.csv` in Banking77's format (`text,category`): real 20 Newsgroups
-    texts (subject + first 12 words), the first `per_class_*` of each of the first `num_classes` groups
+def newsgroups_csv(
+    folder,
+    per_class_train: int | None = None,
+    per_class_test: int = NEWSGROUPS_TEST_PER_CLASS,
+    num_classes: int = 20,
+) -> Path:
+    """Write `folder/train.csv` and `folder/test.csv` in Banking77's format (`text,category`): real 20
+    Newsgroups texts (subject + first 12 words), the first `per_class_*` of each of the first `num_classes`
+    groups
     (alphabetical)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@ import pytest as _pytest
 
 @_pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory):
-    """Folder with a tiny random Llama (hidden 32, 2 layers, 4 heads) + a small BPE tokenizer with a pad token."""
+    """Folder with a tiny random Llama (hidden 32, 2 layers, 4 heads) + a small BPE tokenizer with a pad
+    token."""
     from builders import tiny_model_dir
 
     return tiny_model_dir(tmp_path_factory.mktemp("tiny_llama") / "model", model_type="llama")
@@ -18,12 +19,14 @@ def tiny_gpt2_dir(tmp_path_factory):
     return tiny_model_dir(tmp_path_factory.mktemp("tiny_gpt2") / "model", model_type="gpt2")
 
 
-# --- a real from-scratch run on real 20 Newsgroups texts, shared by test_train, test_arms_scratch, test_evaluate ---
+# --- a real from-scratch run on real 20 Newsgroups texts, shared by test_train, test_arms_scratch,
+# test_evaluate ---
 
 
 @_pytest.fixture(scope="session")
 def intents_small(tmp_path_factory):
-    """3,000 training texts of 20 classes (short 20 Newsgroups posts in Banking77's CSV format), 3,000 test."""
+    """3,000 training texts of 20 classes (short 20 Newsgroups posts in Banking77's CSV format), 3,000
+    test."""
     from builders import intents_csv_dir
 
     from ftvs.data import prepare

@@ -177,7 +177,8 @@ def test_frozen_feature_cache_matches_slow_path(tiny_dir):
 
 
 def test_padding_does_not_change_an_examples_logits(tiny_dir):
-    """HF pools the last non-pad token; right padding (also when pad == eos, as for GPT-2) must not move it."""
+    """HF pools the last non-pad token; right padding (also when pad == eos, as for GPT-2) must not move
+    it."""
     texts, _, labels = sample_texts()
     arm = finetune_arm(tiny_dir, labels, method="full")
     arm.model.eval()

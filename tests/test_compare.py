@@ -1,4 +1,5 @@
-"""`ftvs compare` on REAL tiny runs of every arm (a Banking77-format subset of 20 Newsgroups): run discovery, seed groups, sweeps,
+"""`ftvs compare` on REAL tiny runs of every arm (a Banking77-format subset of 20 Newsgroups): run discovery,
+seed groups, sweeps,
 refusal of runs scored on different test sets (see tests/compare_runs.py for the runs)."""
 
 import json

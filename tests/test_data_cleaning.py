@@ -1,4 +1,5 @@
-"""Cleaning (ftvs/data/cleaning.py): repairs, truncation, empty/missing/duplicate/leaked rows, each counted."""
+"""Cleaning (ftvs/data/cleaning.py): repairs, truncation, empty/missing/duplicate/leaked rows, each
+counted."""
 
 from data_example import prepare_offline, write_csv
 

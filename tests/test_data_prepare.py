@@ -150,7 +150,8 @@ def _error_cases(tmp: Path):
         ("missing path", tmp / "nope" / "x.csv", {}, "not found"),
         ("no train data", tmp / "nodata", {}, "no train data"),
         ("empty file", tmp / "empty.csv", {}, "empty"),
-        ("named column absent", tmp / "cols.csv", {"text_column": "text", "label_column": "tag"}, "available columns: words, tag"),
+        ("named column absent", tmp / "cols.csv", {"text_column": "text", "label_column": "tag"},
+         "available columns: words, tag"),
         ("no auto column", tmp / "cols.csv", {}, "--text-column"),
         ("labels all missing", tmp / "nolabels.csv", {}, "empty/NaN/None"),
         ("unseen test labels", unseen, {}, "unseen in train: 'zebra'"),
@@ -158,7 +159,8 @@ def _error_cases(tmp: Path):
         ("too few per class", tmp / "tiny.csv", {}, "'rare' has only 2"),
         ("unknown source", "20newsgroup", {}, "did you mean '20newsgroups'"),
         ("bad split", tmp / "oneclass.csv", {"validation_split": 1.5}, "--validation-split"),
-        ("max train below classes", tmp / "three.csv", {"max_train_examples": 2}, "smaller than the number of classes"),
+        ("max train below classes", tmp / "three.csv", {"max_train_examples": 2},
+         "smaller than the number of classes"),
     ]  # fmt: skip
 
 

@@ -91,7 +91,8 @@ def _report(name, check, capsys):
     with capsys.disabled():
         print(
             f"\n[export] {name}: {check['num_examples']} test texts, batch {check['batch_size']}, "
-            f"{check['threads']} thread(s): ONNX Runtime {lat['onnxruntime']['seconds_per_1000']:.3f}s vs. PyTorch "
+            f"{check['threads']} thread(s): ONNX Runtime {lat['onnxruntime']['seconds_per_1000']:.3f}s vs. "
+            "PyTorch "
             f"{lat['pytorch']['seconds_per_1000']:.3f}s per 1,000 texts; max |logit diff| "
             f"{check['max_abs_logit_diff']:.1e}"
         )

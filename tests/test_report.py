@@ -1,4 +1,5 @@
-"""`ftvs report` on REAL tiny runs of every arm (a Banking77-format subset of 20 Newsgroups): sections, figures, numbers in the
+"""`ftvs report` on REAL tiny runs of every arm (a Banking77-format subset of 20 Newsgroups): sections,
+figures, numbers in the
 text equal to the JSON, PDF page budget, HTML rendered by Chromium, rebuilding from comparison.json,
 published results (see tests/compare_runs.py for the runs)."""
 

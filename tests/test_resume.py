@@ -171,7 +171,8 @@ def _assert_same_run(ref: Path, run: Path, tmp_path: Path):
 
 
 def _train_in_process(argv):
-    """`ftvs train ...` in this process (saves an interpreter start), single-threaded like the subprocesses."""
+    """`ftvs train ...` in this process (saves an interpreter start), single-threaded like the
+    subprocesses."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

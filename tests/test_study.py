@@ -31,8 +31,8 @@ EPOCHS = 6  # scratch epochs: long enough to be caught mid-run
 
 @pytest.fixture(scope="module")
 def banking10(tmp_path_factory):
-    """10 intents in Banking77's CSV format (train.csv/test.csv) and size: real newsgroup posts, ~130 train and
-    40 test texts per class."""
+    """10 intents in Banking77's CSV format (train.csv/test.csv) and size: real newsgroup posts, ~130 train
+    and 40 test texts per class."""
     return newsgroups_csv(tmp_path_factory.mktemp("banking10"), per_class_train=130, per_class_test=40,
                           num_classes=10)  # fmt: skip
 

@@ -1,4 +1,5 @@
-"""The study config (ftvs/study/config.py): presets, validation with fixes in the messages, `--set` overrides."""
+"""The study config (ftvs/study/config.py): presets, validation with fixes in the messages, `--set`
+overrides."""
 
 import pytest
 from study_example import raw_config

@@ -103,7 +103,10 @@ def ray_address():
 # The local executor's slots (quick: a few tiny child processes)
 # --------------------------------------------------------------------------------------------------
 
-SHOW_ENV = "import os, time; print(os.environ.get('CUDA_VISIBLE_DEVICES'), os.environ.get('OMP_NUM_THREADS')); time.sleep(1)"
+SHOW_ENV = (
+    "import os, time; "
+    "print(os.environ.get('CUDA_VISIBLE_DEVICES'), os.environ.get('OMP_NUM_THREADS')); time.sleep(1)"
+)
 
 
 def _job(tmp_path: Path, name: str, processes: int = 1) -> Job:

@@ -1,4 +1,5 @@
-"""Study summaries (ftvs/study/summary.py): per-arm means over seeds, the sweeps, the crossover, the terminal text."""
+"""Study summaries (ftvs/study/summary.py): per-arm means over seeds, the sweeps, the crossover, the terminal
+text."""
 
 from study_example import raw_config
 

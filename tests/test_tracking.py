@@ -1,4 +1,5 @@
-"""`--report_to` (ftvs/tracking.py): a real tiny run logs to TensorBoard and a local MLflow store, read back."""
+"""`--report_to` (ftvs/tracking.py): a real tiny run logs to TensorBoard and a local MLflow store, read
+back."""
 
 import importlib.util
 

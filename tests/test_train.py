@@ -1,5 +1,5 @@
-"""The training loop (ftvs.train): a real run learns and writes the documented outputs, for others to read while
-and after it trains."""
+"""The training loop (ftvs.train): a real run learns and writes the documented outputs, for others to read
+while and after it trains."""
 
 import json
 

@@ -65,7 +65,8 @@ def prepare_tiny_dataset(root: Path, num_train: int = 200, num_test: int = 40, s
 
 
 def assert_one_line_error(capsys, argv, needle, progress_bars=False) -> str:
-    """`main(argv)` fails with exit code 2 and one `ftvs: error: ...` line on stderr that contains `needle`."""
+    """`main(argv)` fails with exit code 2 and one `ftvs: error: ...` line on stderr that contains
+    `needle`."""
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -1,6 +1,7 @@
 """Checks that need the real Banking77 CSVs (../shared/data/banking77 beside the repository): run by
-`make extra-checks` where that folder exists; the main suite (tests/) tests the same code on a Banking77-format
-folder of real 20 Newsgroups texts instead. Skipped where the folder is missing (or FTVS_NO_SHARED=1)."""
+`make extra-checks` where that folder exists; the main suite (tests/) tests the same code on a
+Banking77-format folder of real 20 Newsgroups texts instead. Skipped where the folder is missing (or
+FTVS_NO_SHARED=1)."""
 
 import os
 from collections import Counter

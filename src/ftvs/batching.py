@@ -18,7 +18,8 @@ class LengthGroupedBatchSampler:
         self.lengths = np.asarray(lengths)
         # deliberately not named `batch_size`: accelerate's BatchSamplerShard treats a sampler WITH that
         # attribute as fixed-size and, when the shuffled short batch ends a round of processes, silently
-        # drops that whole round; without it every batch is dealt out and the tail is padded with whole batches
+        # drops that whole round; without it every batch is dealt out and the tail is padded with whole
+        # batches
         self.per_batch = batch_size
         self.seed = seed
         self.group_batches = group_batches

@@ -77,7 +77,8 @@ def calibration_scores(probs, y, n_bins: int = N_BINS) -> dict:
 
 
 def fit_temperature(logits, y, max_iter: int = 200) -> float:
-    """The T > 0 minimising the NLL of softmax(logits / T) on (logits, y); fitted as log T so T stays positive."""
+    """The T > 0 minimising the NLL of softmax(logits / T) on (logits, y); fitted as log T so T stays
+    positive."""
     import torch
     import torch.nn.functional as F
 

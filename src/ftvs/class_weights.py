@@ -30,7 +30,8 @@ def check_spec(spec: str) -> None:
 
 
 def balanced_weights(counts: list[int]) -> list[float]:
-    """n / (k * count_c) for the k classes that occur; 1.0 for a class absent from training (never a target)."""
+    """n / (k * count_c) for the k classes that occur; 1.0 for a class absent from training (never a
+    target)."""
     present = [c for c in counts if c > 0]
     n, k = sum(present), len(present)
     return [n / (k * c) if c > 0 else 1.0 for c in counts]

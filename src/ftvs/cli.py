@@ -75,7 +75,8 @@ def cmd_train(args) -> int:
     log = PartialState().print  # under `accelerate launch`, the main process alone prints
     log(
         f"trained {summary['epochs_run']} epochs in {summary['seconds_total']:.1f}s; best epoch "
-        f"{summary['best_epoch']} (val macro-F1 {summary['best_val_macro_f1']:.4f}); stop: {summary['stop_reason']}"
+        f"{summary['best_epoch']} (val macro-F1 {summary['best_val_macro_f1']:.4f}); stop: "
+        f"{summary['stop_reason']}"
     )
     if args.evaluate and summary.get("status") == "completed":
         from ftvs.evaluate import evaluate_run
@@ -124,10 +125,12 @@ def cmd_models(args) -> int:
 
     vocab = args.vocab_size
     print(
-        f"from-scratch presets (vocabulary {vocab:,}, {args.num_labels} classes, max length {args.max_seq_length}):"
+        f"from-scratch presets (vocabulary {vocab:,}, {args.num_labels} classes, max length "
+        f"{args.max_seq_length}):"
     )
     print(
-        f"{'preset':<8} {'layers':>6} {'width':>6} {'heads':>5} {'ffn':>6} {'params':>11} {'embedding':>10} {'non-emb':>10}"
+        f"{'preset':<8} {'layers':>6} {'width':>6} {'heads':>5} {'ffn':>6} {'params':>11} {'embedding':>10} "
+        f"{'non-emb':>10}"
     )
     for name, sizes in PRESETS.items():
         cfg = ScratchConfig(
@@ -174,7 +177,8 @@ COMMAND_MODULES = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftvs",
-        description="Fine-tuning vs. from-scratch: prepare a text-classification dataset, train a small decoder-only "
+        description="Fine-tuning vs. from-scratch: prepare a text-classification dataset, train a small "
+        "decoder-only "
         "transformer from scratch and fine-tune a pre-trained decoder LM on it, evaluate both and "
         "write the comparative report.",
     )

@@ -272,7 +272,8 @@ def cmd_export(args) -> int:
     t0 = time.perf_counter()
     path = export_onnx(run_dir, args.output, args.opset)
     print(
-        f"exported {path} ({_onnx_bytes(path) / 1e6:.1f} MB, opset {args.opset}) in {time.perf_counter() - t0:.1f}s"
+        f"exported {path} ({_onnx_bytes(path) / 1e6:.1f} MB, opset {args.opset}) in "
+        f"{time.perf_counter() - t0:.1f}s"
     )
     if not args.check:
         return 0
@@ -305,7 +306,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "export",
         help="export a run's model for serving (ONNX), checked against PyTorch",
-        description="Write RUN_DIR/model as an ONNX graph (inputs input_ids + attention_mask with dynamic batch and "
+        description="Write RUN_DIR/model as an ONNX graph (inputs input_ids + attention_mask with dynamic "
+        "batch and "
         "sequence axes, output logits; LoRA merged first), then run it with ONNX Runtime on the test "
         "split beside PyTorch: same predictions, logits within --tolerance, CPU latency of both -> "
         "RUN_DIR/export/onnx_check.json.",

@@ -200,7 +200,8 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
             raise FtvsError(
-                f"run dir {self.path.parent} is in use by another ftvs process; wait for it or pick another --output_dir"
+                f"run dir {self.path.parent} is in use by another ftvs process; wait for it or pick another "
+                "--output_dir"
             ) from None
         os.ftruncate(self._fd, 0)
         os.write(self._fd, str(os.getpid()).encode())

@@ -20,7 +20,8 @@ def launch_command(
     args: list[str], num_processes: int, mixed_precision: str = "no", cpu: bool = True
 ) -> list[str]:
     """`accelerate launch` command line (a list for `subprocess.run`) for `python -m ftvs <args>` on
-    `num_processes` processes of this machine; `cpu=True` forces CPU processes (gloo) even where CUDA exists."""
+    `num_processes` processes of this machine; `cpu=True` forces CPU processes (gloo) even where CUDA
+    exists."""
     if int(num_processes) < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
     if mixed_precision not in MIXED_PRECISION:

@@ -60,7 +60,8 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        # SDPA picks the fused flash / memory-efficient kernel when one applies; is_causal avoids building a mask
+        # SDPA picks the fused flash / memory-efficient kernel when one applies; is_causal avoids building a
+        # mask
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
         )

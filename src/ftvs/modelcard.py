@@ -351,9 +351,11 @@ def _cost_section(r: _Run) -> list[str]:
     if onnx:
         lat = onnx.get("latency") or {}
         sections.append(
-            f"ONNX export (`ftvs export`): CPU latency per 1,000 texts {_fmt(lat.get('onnxruntime', {}).get('seconds_per_1000'))}s "
+            "ONNX export (`ftvs export`): CPU latency per 1,000 texts "
+            f"{_fmt(lat.get('onnxruntime', {}).get('seconds_per_1000'))}s "
             f"(ONNX Runtime) vs. {_fmt(lat.get('pytorch', {}).get('seconds_per_1000'))}s (PyTorch), batch "
-            f"{onnx.get('batch_size')}; predictions agree on {_fmt(onnx.get('argmax_agreement'))} of the test split."
+            f"{onnx.get('batch_size')}; predictions agree on {_fmt(onnx.get('argmax_agreement'))} of the "
+            "test split."
         )
     return sections
 
@@ -369,13 +371,15 @@ def _intended_use_section(r: _Run) -> list[str]:
             [
                 f"- Intended for classifying short texts like those of {r.dataset} into exactly these "
                 f"{n_classes} classes; anything else is forced into one of them.",
-                f"- Trained on {_fmt(n_train)} examples; the test scores hold for text from the same distribution, "
+                f"- Trained on {_fmt(n_train)} examples; the test scores hold for text from the same "
+                "distribution, "
                 "not for other domains, languages or time periods.",
                 f"- Inputs are truncated to {r.max_length or '–'} tokens.",
                 f"- Confidences are {'calibrated by temperature scaling' if calibrated else 'not calibrated'}"
                 + (f" (test ECE {_fmt(ece)})" if ece is not None else "")
                 + "; do not read them as probabilities without checking.",
-                "- Not evaluated for fairness or robustness to adversarial input; review errors (above) before use "
+                "- Not evaluated for fairness or robustness to adversarial input; review errors (above) "
+                "before use "
                 "in decisions about people.",
             ]
         ),

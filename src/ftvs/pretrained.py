@@ -82,7 +82,8 @@ def _looks_like_path(name: str) -> bool:
 
 
 def resolve_model(name_or_path) -> Path | str:
-    """Built-in name -> cached converted folder (converted on first use); folder -> Path; else Hub id (str)."""
+    """Built-in name -> cached converted folder (converted on first use); folder -> Path; else Hub id
+    (str)."""
     if isinstance(name_or_path, Path):
         name = str(name_or_path)
     else:
@@ -365,8 +366,10 @@ def check_decoder_only(config, name="") -> None:
     if not is_decoder_only(config):
         model_type = getattr(config, "model_type", "?")
         raise FtvsError(
-            f"model {str(name) or model_type!r} (model_type {model_type!r}) is not a decoder-only language model; "
-            "this study compares decoder-only transformers: use e.g. 'smollm2-135m', GPT-2, Pythia, Qwen or Llama"
+            f"model {str(name) or model_type!r} (model_type {model_type!r}) is not a decoder-only language "
+            "model; "
+            "this study compares decoder-only transformers: use e.g. 'smollm2-135m', GPT-2, Pythia, Qwen or "
+            "Llama"
         )
 
 

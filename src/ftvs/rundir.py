@@ -100,7 +100,8 @@ def check_output_dir(out, kind: str, *, data_dir=None, resume: bool = False, ove
         data = Path(data_dir).resolve()
         if out.resolve() == data or data in out.resolve().parents:
             raise FtvsError(
-                f"--output_dir {out} is inside the data folder {data_dir} (`ftvs prepare` replaces that folder); "
+                f"--output_dir {out} is inside the data folder {data_dir} (`ftvs prepare` replaces that "
+                "folder); "
                 "choose a folder outside it"
             )
     if not out.is_dir() or all(p.name.startswith(".") or p.name in LAUNCH_FILES for p in out.iterdir()):
@@ -243,7 +244,8 @@ def check_same_data(run_dir, data_dir, data_hash, *, explicit: bool, doing: str)
         return
     if not explicit:
         raise FtvsError(
-            f"the data in {data_dir} changed since {run_dir} was trained on it (content hash {trained[:12]} -> "
+            f"the data in {data_dir} changed since {run_dir} was trained on it (content hash {trained[:12]} "
+            "-> "
             f"{data_hash[:12]}); to {doing} on this other data pass --data {data_dir} explicitly"
         )
     print(

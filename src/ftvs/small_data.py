@@ -92,4 +92,7 @@ def apply_small_data_defaults(cfg, world_size: int = 1) -> dict:
 def describe(changes: dict) -> str:
     """One line for the run's log: what the rule changed."""
     shown = ", ".join(f"{k} {v['value']}" for k, v in changes.items())
-    return f"small data: {shown} (defaults adjusted for >= {MIN_STEPS} optimizer steps; give the flags to override)"
+    return (
+        f"small data: {shown} (defaults adjusted for >= {MIN_STEPS} optimizer steps; "
+        "give the flags to override)"
+    )

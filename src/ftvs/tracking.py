@@ -4,7 +4,8 @@ A run logs its resolved config as hyperparameters, the training loss and learnin
 `--logging_steps` batches, the train/val metrics of every epoch and, when the test split is evaluated
 after training, the test metrics. Everything lands under RUN/logs/: TensorBoard in
 `logs/tensorboard/<run name>`, MLflow in a local SQLite store `logs/mlflow.db` (unless MLFLOW_TRACKING_URI
-is set; MLflow 3 no longer creates plain-folder stores), in the experiment `--tracking_project` (a study passes its own name) or else the run's name.
+is set; MLflow 3 no longer creates plain-folder stores), in the experiment `--tracking_project` (a study
+passes its own name) or else the run's name.
 Only the main process logs. The MLflow run id is kept in `logs/tracking.json`, so that a resumed run and
 its later evaluation continue the same MLflow run.
 """

@@ -327,7 +327,8 @@ def set_up(cfg: TrainConfig, accelerator) -> Setup:
         "class_weights": weights,
     }
     accelerator.print(
-        f"{cfg.arm} | {description['params_total']:,} params ({description['params_trainable']:,} trainable) | "
+        f"{cfg.arm} | {description['params_total']:,} params ({description['params_trainable']:,} trainable) "
+        "| "
         f"{len(train_examples):,} train / {len(val_examples):,} val | device {accelerator.device} | "
         f"{step.steps_per_epoch} steps/epoch x {cfg.num_train_epochs} epochs"
     )
@@ -368,7 +369,8 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, data_given: boo
         if diff:
             shown = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:4])
             raise FtvsError(
-                f"--resume with a different config ({shown}); rerun with the original settings or a new --output_dir"
+                f"--resume with a different config ({shown}); rerun with the original settings or a new "
+                "--output_dir"
             )
 
 
@@ -638,7 +640,8 @@ def _fail_nonfinite(run_dir: Path, main: bool, state: dict, epoch: int, cfg: Tra
         else "no epoch finished, so no model was saved"
     )
     msg = (
-        f"loss or gradients became NaN/Inf at optimizer step {step} (epoch {epoch + 1}); lower --learning_rate "
+        f"loss or gradients became NaN/Inf at optimizer step {step} (epoch {epoch + 1}); lower "
+        "--learning_rate "
         f"(now {cfg.learning_rate:g}), {fp32}or pass --skip_nan_steps N to tolerate a few; {kept}"
     )
     if main:

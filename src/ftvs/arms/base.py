@@ -12,8 +12,10 @@ from ftvs.errors import FtvsError
 
 # Peak learning rate used when the user gives none: per arm, and for the fine-tuning arm per method
 # (for `unfreeze` it is the head's; the base gets lr x base_lr_ratio).
-# full: 5e-5, not the 2e-5..3e-5 of long fine-tunes: on 1,000 Banking77 texts 3e-5 stayed near chance (0.152 test
-# accuracy after 126 steps) where 5e-5 reached 0.543 (252 steps); the small-data rule gives such runs >= 200 steps.
+# full: 5e-5, not the 2e-5..3e-5 of long fine-tunes: on 1,000 Banking77 texts 3e-5 stayed near chance (0.152
+# test
+# accuracy after 126 steps) where 5e-5 reached 0.543 (252 steps); the small-data rule gives such runs >= 200
+# steps.
 DEFAULT_LEARNING_RATES = {"scratch": 1e-3, "lora": 5e-4, "full": 5e-5, "frozen": 1e-3, "unfreeze": 1e-3}
 
 

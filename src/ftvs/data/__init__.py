@@ -44,8 +44,8 @@ from ftvs.data.splitting import (
 )
 
 __all__ = [
-    "BUILTIN_SOURCES", "DATA_VERSION", "DEFAULT_TOKENIZER", "MAX_CHARS", "SPLITS", "add_cli", "cap_eval_splits",
-    "cmd_prepare", "content_hash", "load_metadata", "load_split", "load_tokenizer", "nested_subset", "prepare",
-    "print_summary", "split_hash", "split_stats", "staging_dir", "stratified_cap", "stratified_split", "stratified_subsample",
-    "subsample_train", "write_split",
+    "BUILTIN_SOURCES", "DATA_VERSION", "DEFAULT_TOKENIZER", "MAX_CHARS", "SPLITS", "add_cli",
+    "cap_eval_splits", "cmd_prepare", "content_hash", "load_metadata", "load_split", "load_tokenizer",
+    "nested_subset", "prepare", "print_summary", "split_hash", "split_stats", "staging_dir",
+    "stratified_cap", "stratified_split", "stratified_subsample", "subsample_train", "write_split",
 ]  # fmt: skip

@@ -1,4 +1,5 @@
-"""A prepared data folder: its files (train/val/test.jsonl, metadata.json), their statistics, atomic writes."""
+"""A prepared data folder: its files (train/val/test.jsonl, metadata.json), their statistics, atomic
+writes."""
 
 from __future__ import annotations
 

@@ -304,8 +304,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         help="clean and split a data set into train/val/test.jsonl + metadata.json",
         description=(
             "Prepare a classification data set. SOURCE is hf:NAME[:CONFIG] (Hugging Face Hub), a .csv/.tsv/"
-            ".jsonl/.parquet file, a folder with train.* (+ optional val.*/test.*), or a built-in offline set: "
-            "20newsgroups, sms_spam."
+            ".jsonl/.parquet file, a folder with train.* (+ optional val.*/test.*), or a built-in offline "
+            "set: 20newsgroups, sms_spam."
         ),
     )
     p.add_argument(
@@ -326,14 +326,16 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--validation-split", "--validation_split", dest="validation_split", type=_fraction, default=0.1,
-        help="fraction of train held out (stratified) for validation when the source has no val split (default 0.1)",
+        help="fraction of train held out (stratified) for validation when the source has no val split "
+        "(default 0.1)",
     )  # fmt: skip
     p.add_argument(
         "--test-split", "--test_split", dest="test_split", type=_fraction, default=0.2,
         help="fraction held out (stratified) for test when the source has no test split (default 0.2)",
     )  # fmt: skip
     p.add_argument(
-        "--max-train-examples", "--max_train_examples", dest="max_train_examples", type=_positive_int, default=None,
+        "--max-train-examples", "--max_train_examples", dest="max_train_examples", type=_positive_int,
+        default=None,
         help="stratified subsample of train to at most N examples; val/test unchanged",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed for all splits and subsampling (default 0)")

@@ -286,7 +286,8 @@ def _load_local(path: Path, encoding: str | None = None) -> Source:
     if "train" not in found:
         files = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
         raise FtvsError(
-            f"folder {path} has no train data (expected train.csv, .tsv, .jsonl or .parquet; found: {files}); "
+            f"folder {path} has no train data (expected train.csv, .tsv, .jsonl or .parquet; found: "
+            f"{files}); "
             "add a train file or pass the file itself"
         )
     return _with_encodings(str(path), {split: _read_file(f, encoding) for split, f in found.items()})

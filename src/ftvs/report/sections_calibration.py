@@ -32,19 +32,23 @@ def calibration_blocks(x) -> list[dict]:
     text = (
         f"Calibration asks whether a confidence of 0.8 means right 80% of the time. The expected calibration "
         f"error (ECE, {N_BINS} equal-width confidence bins, 0 is perfect) and the multi-class Brier score "
-        f"(mean squared error of the class probabilities, 0 is perfect, 2 the worst) are measured on the test "
+        "(mean squared error of the class probabilities, 0 is perfect, 2 the worst) are measured on the "
+        "test "
         f"split. Best calibrated: {best['run']} (ECE {f4(cal[best['run']]['ece'])}); least: {worst['run']} "
         f"(ECE {f4(cal[worst['run']]['ece'])}). "
     )
     text += (
         f"Runs with ECE below {WELL_CALIBRATED_ECE}: {', '.join(good)}."
         if good
-        else f"No run reaches an ECE below {WELL_CALIBRATED_ECE}: read their confidences as scores, not probabilities."
+        else f"No run reaches an ECE below {WELL_CALIBRATED_ECE}: read their confidences as scores, not "
+        "probabilities."
     )
     if fitted:
         text += (
-            " Where a temperature is given, it was fitted on the validation split (`ftvs evaluate --calibrate`; "
-            "T > 1 softens over-confident probabilities, T < 1 sharpens under-confident ones) and the scores after it are on the test split; "
+            " Where a temperature is given, it was fitted on the validation split (`ftvs evaluate "
+            "--calibrate`; "
+            "T > 1 softens over-confident probabilities, T < 1 sharpens under-confident ones) and the scores "
+            "after it are on the test split; "
             "predictions do not change."
         )
     blocks = [

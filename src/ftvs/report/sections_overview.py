@@ -251,7 +251,8 @@ def _split_items(ds: dict) -> list[str]:
     items = []
     if ds.get("val_source") == "stratified":
         items.append(
-            f"Validation split: a stratified {100 * (ds.get('validation_split') or 0):g}% of the training data "
+            f"Validation split: a stratified {100 * (ds.get('validation_split') or 0):g}% of the training "
+            "data "
             f"(seed {ds.get('seed')})."
         )
     elif ds.get("val_source"):

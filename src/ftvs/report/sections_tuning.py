@@ -39,7 +39,8 @@ def _verdict(t: dict) -> str:
             f"{budget}: the verdict does not hinge on who picked the hyperparameters."
         )
     return (
-        f"With defaults **{lead['defaults']}** leads on validation macro-F1, after tuning **{lead['tuned']}** "
+        f"With defaults **{lead['defaults']}** leads on validation macro-F1, after tuning "
+        f"**{lead['tuned']}** "
         f"({budget}): tuning changes the verdict, so a comparison at default settings would mislead."
     )
 
@@ -55,7 +56,8 @@ def tuning_blocks(x: Ctx) -> list[dict]:
             "t": "p",
             "text": "Before its final runs, each tuned arm was searched with Optuna (TPE sampler, the first "
             "trial at the arm's defaults, median pruning on the per-epoch validation macro-F1), each trial a "
-            "real run scored on the **validation split only**; the final runs train the best configuration once "
+            "real run scored on the **validation split only**; the final runs train the best configuration "
+            "once "
             "per seed, and only they read the test split. " + _verdict(t),
         },
         {

@@ -39,9 +39,9 @@ from ftvs.study.summary import crossovers, format_summary
 from ftvs.study.supervisor import Study, StudyInterrupted
 
 __all__ = [
-    "FREE_KEYS", "PlannedRun", "Progress", "RunEntry", "Study", "StudyInterrupted", "add_cli", "apply_override",
-    "cmd_study", "crossovers", "format_summary", "load_study_config", "model_dims", "normalize_config",
-    "plan_runs", "preset_names",
+    "FREE_KEYS", "PlannedRun", "Progress", "RunEntry", "Study", "StudyInterrupted", "add_cli",
+    "apply_override", "cmd_study", "crossovers", "format_summary", "load_study_config", "model_dims",
+    "normalize_config", "plan_runs", "preset_names",
 ]  # fmt: skip
 
 
@@ -96,7 +96,8 @@ def cmd_study(args) -> int:
         for r in study.plan:
             mark = "" if study.selected(r.id) else "  (not selected)"
             print(
-                f"  {r.id:<40} {r.kind:<9} sweep={r.sweep:<10} seed={r.seed} fraction={frac(r.train_fraction)}{mark}"
+                f"  {r.id:<40} {r.kind:<9} sweep={r.sweep:<10} seed={r.seed} "
+                f"fraction={frac(r.train_fraction)}{mark}"
             )
         return 0
     study.executor = make_executor(args.executor, args.parallel, args.ray_address, out, args.ray_retries)

@@ -595,9 +595,11 @@ class Study:
         return True
 
     def _train(self, e: dict, run_dir: Path, log: Path, head: str, what: str) -> bool:
-        """`ftvs train`, fresh or resumed from the run's checkpoint; False (with e["error"]) when it failed."""
+        """`ftvs train`, fresh or resumed from the run's checkpoint; False (with e["error"]) when it
+        failed."""
         cfg_path = self.abs(e["config_file"])
-        # only the settings the study gives: what it leaves out gets `ftvs train`'s defaults, small-data rule included
+        # only the settings the study gives: what it leaves out gets `ftvs train`'s defaults, small-data rule
+        # included
         given = set(self._planned(e["id"]).settings) | {"data", "output_dir", "seed", "extra"}
         train_cfg = {k: v for k, v in e["config"].items() if k in given}
         train_cfg["tracking_project"] = (

@@ -12,7 +12,8 @@ from ftvs.tune.search import PRUNERS
 from ftvs.tune.space import ARMS
 
 DESCRIPTION = (
-    "Search the hyperparameters of one arm with Optuna (TPE sampler, median pruner) on a prepared data folder, "
+    "Search the hyperparameters of one arm with Optuna (TPE sampler, median pruner) on a prepared data "
+    "folder, "
     "scoring each trial on the validation split only (the test split is never read). Each trial of scratch/"
     "finetune is a real `ftvs train` run in OUTPUT_DIR/trials/NNNN. The study lives in OUTPUT_DIR/optuna.db: "
     "rerun the same command to resume a stopped search. Writes OUTPUT_DIR/best.yaml (for `ftvs train "
