@@ -27,7 +27,8 @@ def test_cleaning_counts_and_repairs(tmp_path):
         src / "test.csv", [("duplicate text", "pos"), ("fresh test text", "neg"), ("another one", "pos")]
     )
 
-    meta = prepare_offline(src, tmp_path / "out", validation_split=0.25)
+    # --encoding utf-8: bad bytes are repaired and counted (the default would read the file as latin-1)
+    meta = prepare_offline(src, tmp_path / "out", validation_split=0.25, encoding="utf-8")
     c = meta["cleaning"]
     assert c["invalid_utf8_repaired"] == 1
     assert c["empty_dropped"] == 1
