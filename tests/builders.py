@@ -172,3 +172,38 @@ def finetune_arm(model_dir, label_names, **settings):
 
     cfg = TrainConfig(arm="finetune", model_name_or_path=str(model_dir), **settings)
     return build_finetune_arm(cfg, [], label_names)
+
+
+# the documented keys of metrics.json and of a history.jsonl row (docs/design.md)
+METRIC_KEYS = {
+    "run_name",
+    "arm",
+    "method",
+    "model_name",
+    "dataset",
+    "data_dir",
+    "seed",
+    "test",
+    "num_test_examples",
+    "inference",
+    "params",
+    "size_on_disk_bytes",
+    "training",
+    "best_val",
+    "train_val_gap",
+    "model",
+}
+HISTORY_KEYS = {
+    "epoch",
+    "step",
+    "train_loss",
+    "train_accuracy",
+    "train_macro_f1",
+    "val_loss",
+    "val_accuracy",
+    "val_macro_f1",
+    "lr",
+    "epoch_seconds",
+    "elapsed_seconds",
+    "examples_per_second",
+}

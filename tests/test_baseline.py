@@ -6,46 +6,13 @@ import json
 import numpy as np
 import pytest
 import yaml
-from builders import newsgroups_csv
+from builders import HISTORY_KEYS, METRIC_KEYS, newsgroups_csv
 
 from ftvs.baseline import BaselineModel
 from ftvs.cli import main
 from ftvs.data import load_split, prepare
 from ftvs.errors import FtvsError
 from ftvs.metrics import classification_metrics
-
-METRIC_KEYS = {
-    "run_name",
-    "arm",
-    "method",
-    "model_name",
-    "dataset",
-    "data_dir",
-    "seed",
-    "test",
-    "num_test_examples",
-    "inference",
-    "params",
-    "size_on_disk_bytes",
-    "training",
-    "best_val",
-    "train_val_gap",
-    "model",
-}
-HISTORY_KEYS = {
-    "epoch",
-    "step",
-    "train_loss",
-    "train_accuracy",
-    "train_macro_f1",
-    "val_loss",
-    "val_accuracy",
-    "val_macro_f1",
-    "lr",
-    "epoch_seconds",
-    "elapsed_seconds",
-    "examples_per_second",
-}
 
 
 @pytest.fixture(scope="module")

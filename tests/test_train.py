@@ -5,6 +5,7 @@ import json
 
 import pytest
 import yaml
+from builders import HISTORY_KEYS, METRIC_KEYS
 from tiny_runs import TINY_SCRATCH_FLAGS, prepare_tiny_dataset
 
 from ftvs.cli import main
@@ -84,40 +85,6 @@ def test_progress_is_written_at_epoch_start_then_at_most_once_a_second_and_only_
     silent.start_epoch(0, 0, 0)
     silent.done(3, 150)
     assert not other.exists() and read_progress(tmp_path / "never") is None
-
-
-METRIC_KEYS = {
-    "run_name",
-    "arm",
-    "method",
-    "model_name",
-    "dataset",
-    "data_dir",
-    "seed",
-    "test",
-    "num_test_examples",
-    "inference",
-    "params",
-    "size_on_disk_bytes",
-    "training",
-    "best_val",
-    "train_val_gap",
-    "model",
-}
-HISTORY_KEYS = {
-    "epoch",
-    "step",
-    "train_loss",
-    "train_accuracy",
-    "train_macro_f1",
-    "val_loss",
-    "val_accuracy",
-    "val_macro_f1",
-    "lr",
-    "epoch_seconds",
-    "elapsed_seconds",
-    "examples_per_second",
-}
 
 
 def test_training_learns_far_above_chance_and_writes_documented_outputs(trained_run):
