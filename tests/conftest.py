@@ -65,3 +65,14 @@ def trained_run(intents_small, tmp_path_factory):
     )
     assert code == 0
     return run
+
+
+# --- a local Ray instance of 2 CPUs, shared by the Ray executor tests of studies and of searches ---
+
+
+@_pytest.fixture(scope="session")
+def ray_address():
+    ray = _pytest.importorskip("ray")
+    ctx = ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ctx.address_info["gcs_address"]
+    ray.shutdown()

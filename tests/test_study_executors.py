@@ -91,14 +91,6 @@ def sequential(tiny, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def ray_address():
-    ray = pytest.importorskip("ray")
-    ctx = ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield ctx.address_info["gcs_address"]
-    ray.shutdown()
-
-
 # --------------------------------------------------------------------------------------------------
 # The local executor's slots (quick: a few tiny child processes)
 # --------------------------------------------------------------------------------------------------

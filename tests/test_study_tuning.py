@@ -71,13 +71,14 @@ def test_a_tuned_study_tunes_on_validation_only_then_trains_the_best_and_reports
     out = tmp_path / "study"
     study = ["study", str(cfg_path), "--output_dir", str(out), "--quiet"]
 
-    # 1. prepare the data (no run selected), then tune with the test split out of reach
+    # 1. prepare the data (no run selected), then tune with the test split out of reach, two scratch
+    # trials at once (the study's executor runs them)
     assert main([*study, "--only", "nothing"]) == 1  # "incomplete": no run selected
     test_file = out / "data" / "main" / "test.jsonl"
     hidden = tmp_path / "test.jsonl.hidden"
     os.rename(test_file, hidden)
     try:
-        assert main([*study, "--tune-only"]) == 0
+        assert main([*study, "--tune-only", "--parallel", "2"]) == 0
     finally:
         os.rename(hidden, test_file)
     reg = json.loads((out / "study.json").read_text())
@@ -90,6 +91,8 @@ def test_a_tuned_study_tunes_on_validation_only_then_trains_the_best_and_reports
         assert rec["tune_dir"] == f"tune/{name}"
     trials = sorted((out / "tune" / "scratch" / "trials").iterdir())
     assert len(trials) == 2
+    searched = json.loads((out / "tune" / "scratch" / "tune.json").read_text())
+    assert searched["executor"] == {"name": "local", "trials_at_once": 2}
     for trial in trials:  # real runs, never evaluated on the test split
         assert (trial / "history.jsonl").is_file()
         assert not (trial / "metrics.json").exists() and not (trial / "predictions.json").exists()

@@ -257,6 +257,91 @@ def test_sigkilled_search_resumes_without_repeating_finished_trials(data_dir, sp
     assert sum(t["state"] == "COMPLETE" for t in summary["trials"]) == 3
 
 
+def _spans(summary) -> list[tuple[float, float]]:
+    return sorted((t["started_at"], t["ended_at"]) for t in summary["trials"])
+
+
+def _most_at_once(spans) -> int:
+    return max(sum(s <= start < e for s, e in spans) for start, _ in spans)
+
+
+@pytest.mark.slow
+def test_parallel_trials_run_two_at_once_within_the_budget(data_dir, space_file, tmp_path):
+    out = tmp_path / "tune"
+    cmd = _tune_cmd(data_dir, out, space_file, 4) + ["--pruner", "none", "--parallel", "2"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "tune.json").read_text())
+    assert len(_finished(summary)) == 4 == len(summary["trials"])  # the budget counts running trials
+    assert summary["executor"] == {"name": "local", "trials_at_once": 2}
+    assert summary["sampler"]["constant_liar"] and summary["storage"] == "sqlite:optuna.db"
+    assert _most_at_once(_spans(summary)) == 2
+    assert len({json.dumps(t["params"], sort_keys=True) for t in summary["trials"]}) == 4
+    for t in summary["trials"]:  # each of the two runs at once got one of the two cores
+        head = (Path(t["run_dir"]) / "train.log").read_text().splitlines()
+        assert any(line.startswith("=== ") and "--no-evaluate" in line for line in head)
+    assert summary["best"]["value"] == max(t["value"] for t in summary["trials"])
+
+
+@pytest.mark.slow
+def test_ray_trials_with_a_journal_storage_resume_anywhere(data_dir, space_file, ray_address, tmp_path):
+    out = tmp_path / "tune"
+    ray = ["--executor", "ray", "--ray_address", ray_address]
+    cmd = _tune_cmd(data_dir, out, space_file, 2) + ["--pruner", "none", *ray]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first = json.loads((out / "tune.json").read_text())
+    assert first["executor"] == {"name": "ray", "trials_at_once": 2}
+    # the journal file, not SQLite, is the default on a cluster: its locks hold on a shared filesystem
+    assert first["storage"] == "journal:optuna.journal" and not (out / "optuna.db").exists()
+    assert [t["state"] for t in first["trials"]] == ["COMPLETE", "COMPLETE"]
+    assert not (out / ".ftvs-ray-check").exists()  # the shared-folder probe cleans up
+
+    # the same search continues from its journal without Ray, with a raised budget
+    more = subprocess.run(
+        _tune_cmd(data_dir, out, space_file, 3) + ["--pruner", "none"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert more.returncode == 0, more.stderr[-2000:]
+    summary = json.loads((out / "tune.json").read_text())
+    assert len(_finished(summary)) == 3 and summary["storage"] == "journal:optuna.journal"
+    assert [t["value"] for t in summary["trials"][:2]] == [t["value"] for t in first["trials"]]
+    # ...and refuses another storage instead of starting over
+    refused = subprocess.run(
+        _tune_cmd(data_dir, out, space_file, 3) + ["--storage", "sqlite"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
+    assert lines[0].startswith("ftvs: error:") and "--storage journal" in lines[0]
+
+
+def test_storage_is_the_folders_own_then_the_executors_default(tmp_path):
+    from ftvs.tune.storage import choose, open_storage
+
+    assert choose(tmp_path, None, shared=False) == "sqlite"
+    assert choose(tmp_path, None, shared=True) == "journal"
+    (tmp_path / "optuna.db").write_bytes(b"")
+    assert choose(tmp_path, None, shared=True) == "sqlite"  # a folder keeps the storage it started with
+    with pytest.raises(FtvsError, match="holds a search in optuna.db"):
+        choose(tmp_path, "journal", shared=True)
+    with pytest.raises(FtvsError, match="use sqlite, journal or a database URL"):
+        choose(tmp_path, "postgres", shared=False)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    assert choose(tmp_path / "a", url, shared=False) == url
+    with pytest.raises(FtvsError, match="--storage sqlite"):
+        choose(tmp_path, url, shared=False)  # not a search that lives in the folder's optuna.db
+    _, name, described = open_storage(tmp_path / "a", url)
+    _, other, _ = open_storage(tmp_path / "b", url)
+    assert name != other and described == url  # one database, a study per tune folder
+
+
 def _processes_mentioning(text: str) -> list[int]:
     """Live (not zombie) processes whose command line contains `text`."""
     found = []

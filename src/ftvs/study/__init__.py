@@ -20,7 +20,6 @@ import copy
 import sys
 from pathlib import Path
 
-from ftvs.errors import FtvsError
 from ftvs.study.config import (
     FREE_KEYS,
     apply_override,
@@ -31,7 +30,7 @@ from ftvs.study.config import (
     preset_names,
     preset_text,
 )
-from ftvs.study.executors import make_executor
+from ftvs.study.executors import add_executor_flags, check_executor_flags, executor_from_args
 from ftvs.study.plan import PlannedRun, frac, plan_runs
 from ftvs.study.progress import Progress
 from ftvs.study.registry import RunEntry
@@ -89,8 +88,7 @@ def cmd_study(args) -> int:
         config_source=str(args.config) if args.config else f"preset:{preset}",
         tune_only=args.tune_only,
     )
-    if args.ray_address and args.executor != "ray":
-        raise FtvsError("--ray_address is for --executor ray; add --executor ray")
+    check_executor_flags(args)
     if args.dry_run:
         print(f"study {cfg['name']} -> {out}: {len(study.plan)} runs ({study.plan_text()})")
         for r in study.plan:
@@ -100,7 +98,7 @@ def cmd_study(args) -> int:
                 f"fraction={frac(r.train_fraction)}{mark}"
             )
         return 0
-    study.executor = make_executor(args.executor, args.parallel, args.ray_address, out, args.ray_retries)
+    study.executor = executor_from_args(args, out)
     try:
         reg = study.run()
     except (KeyboardInterrupt, StudyInterrupted):
@@ -199,35 +197,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--no-report", "--no_report", dest="no_report", action="store_true", help="skip `ftvs report`"
     )
-    p.add_argument(
-        "--parallel",
-        type=int,
-        metavar="N",
-        help="run up to N runs at once, each on its own GPU, or on CPU on cores/N threads; with "
-        "--executor ray, at most N runs submitted at once (default: what the cluster holds)",
-    )
-    p.add_argument(
-        "--executor",
-        choices=("local", "ray"),
-        default="local",
-        help="where the runs execute: this machine (default) or a Ray cluster (docs/cluster.md)",
-    )
-    p.add_argument(
-        "--ray_address",
-        "--ray-address",
-        dest="ray_address",
-        metavar="ADDRESS",
-        help="the Ray cluster: auto (the one this node belongs to) or ray://HOST:PORT; default: "
-        "$RAY_ADDRESS, else a Ray instance started on this machine",
-    )
-    p.add_argument(
-        "--ray_retries",
-        "--ray-retries",
-        dest="ray_retries",
-        type=int,
-        default=3,
-        help="times Ray retries a run whose worker or process died (it resumes from its checkpoint)",
-    )
+    add_executor_flags(p, "runs")
     p.add_argument(
         "--tune_only",
         "--tune-only",

@@ -6,7 +6,8 @@
       - {name: tfidf, arm: baseline, tune: false}                                   # not tuned
 
 Each tuned arm is searched first (`ftvs.tune.tune_arm`, folder STUDY/tune/ARM, on STUDY/data/main's train
-and validation splits only, seeded with the study's first seed); the arm's planned runs (every seed and
+and validation splits only, seeded with the study's first seed; its trials run on the study's executor,
+as many at once as it has slots); the arm's planned runs (every seed and
 sweep point) then take its best parameters as given settings, so only the final runs read the test split.
 A rerun finds the finished searches in their folders (tune_arm returns at once; a raised budget continues
 the search, and runs trained with an older best are retrained). study.json `tuning` records each arm's
@@ -150,7 +151,8 @@ def run_tuning(study) -> None:
         try:
             summary = tune_arm(arm["arm"], data, out, method=method, base=base, space=t["space"],
                                n_trials=t["n_trials"], timeout=t["timeout"], seed=cfg["seeds"][0],
-                               pruner=t["pruner"], progress=not study.progress.quiet)  # fmt: skip
+                               pruner=t["pruner"], progress=not study.progress.quiet,
+                               executor=study.executor)  # fmt: skip
         except FtvsError as e:
             rec.update(state="failed", error=str(e))
             study.save()

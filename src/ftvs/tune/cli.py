@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import yaml
 
 from ftvs.errors import FtvsError
+from ftvs.study.executors import add_executor_flags, check_executor_flags, executor_from_args
 from ftvs.tune.search import PRUNERS
 from ftvs.tune.space import ARMS
 
@@ -15,8 +17,9 @@ DESCRIPTION = (
     "Search the hyperparameters of one arm with Optuna (TPE sampler, median pruner) on a prepared data "
     "folder, "
     "scoring each trial on the validation split only (the test split is never read). Each trial of scratch/"
-    "finetune is a real `ftvs train` run in OUTPUT_DIR/trials/NNNN. The study lives in OUTPUT_DIR/optuna.db: "
-    "rerun the same command to resume a stopped search. Writes OUTPUT_DIR/best.yaml (for `ftvs train "
+    "finetune is a real `ftvs train` run in OUTPUT_DIR/trials/NNNN, here or on a Ray cluster, one or "
+    "--parallel N at a time. The study lives in OUTPUT_DIR (optuna.db, or --storage): rerun the same "
+    "command to resume a stopped search. Writes OUTPUT_DIR/best.yaml (for `ftvs train "
     "--config`) and OUTPUT_DIR/tune.json. Any `ftvs train` flag given here is fixed for every trial. "
     "See docs/tune.md."
 )
@@ -50,7 +53,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         "--output-dir",
         dest="output_dir",
         required=True,
-        help="tune folder: optuna.db, trials/, best.yaml, tune.json (rerun to resume)",
+        help="tune folder: optuna.db (or optuna.journal), trials/, best.yaml, tune.json (rerun to resume)",
     )
     tune.add_argument(
         "--n_trials",
@@ -81,6 +84,14 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         default=True,
         help="make the first trial the arm's default settings (default on)",
     )
+    tune.add_argument(
+        "--storage",
+        default=None,
+        help="where the Optuna study lives: sqlite (OUTPUT_DIR/optuna.db, the default here), journal "
+        "(OUTPUT_DIR/optuna.journal, the default with --executor ray: safe on a shared filesystem) or a "
+        "database URL (postgresql://...); a folder keeps the storage it started with",
+    )
+    add_executor_flags(tune, "trials")
     fixed.add_argument(
         "--config", default=None, help="YAML of fixed settings for every trial (train flag names)"
     )
@@ -122,6 +133,13 @@ def cmd_tune(args) -> int:
             f"train flags ({', '.join('--' + k for k in flags)}) do not apply to --arm baseline; "
             "fix baseline settings with --set (e.g. --set min_df=2)"
         )
+    check_executor_flags(args)
+    if args.arm == "baseline" and (args.executor != "local" or args.parallel):
+        raise FtvsError(
+            "--executor/--parallel apply to scratch and finetune trials; baseline trials are fits of "
+            "seconds in this process: drop them"
+        )
+    executor = executor_from_args(args, Path(args.output_dir)) if args.arm != "baseline" else None
     try:
         summary = tune_arm(
             args.arm,
@@ -135,10 +153,15 @@ def cmd_tune(args) -> int:
             seed=args.seed,
             pruner=args.pruner,
             defaults_first=args.defaults_first,
+            executor=executor,
+            storage=args.storage,
         )
     except KeyboardInterrupt:
         print("ftvs: interrupted; rerun the same command to resume the search", file=sys.stderr)
         return 130
+    finally:
+        if executor is not None:
+            executor.close()
     best = summary["best"]
     if best is None:
         raise FtvsError(

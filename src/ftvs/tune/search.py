@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -27,11 +28,13 @@ from ftvs.errors import FtvsError
 from ftvs.fileio import RunLock
 from ftvs.fmt import clock
 from ftvs.tune import space as spaces
+from ftvs.tune.storage import choose as choose_storage
+from ftvs.tune.storage import open_storage
 from ftvs.tune.summary import FINISHED, write_outputs
-from ftvs.tune.trials import BaselineData, baseline_settings, run_baseline_trial, run_train_trial
+from ftvs.tune.trials import BaselineData, TrainTrial, baseline_settings, run_baseline_trial
 
-STUDY_NAME = "ftvs-tune"
 PRUNERS = ("median", "halving", "none")
+POLL_SECONDS = 0.5
 
 
 def _pruner(name: str):
@@ -175,29 +178,34 @@ def _pruner_record(pruner: str) -> dict:
     return {"name": pruner}
 
 
-def _open_study(out: Path, setup: dict, search_space: dict, n_trials, seed: int, pruner: str, defaults_first):
-    """The Optuna study in out/optuna.db, created or resumed (interrupted trials queued again)."""
+def _open_study(out: Path, setup: dict, search_space: dict, options: dict):
+    """The Optuna study in the tune folder's storage, created or resumed (interrupted trials queued
+    again). options: n_trials, seed, pruner, defaults_first, storage, parallel (trials at once)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
-    study = optuna.create_study(
-        study_name=STUDY_NAME, storage=storage, direction="maximize", load_if_exists=True
-    )
+    storage, name, described = open_storage(out, options["storage"])
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     _check_same_search(study, setup, out)
     _requeue_interrupted(study)
-    if defaults_first and not study.trials:
+    if options["defaults_first"] and not study.trials:
         defaults = _default_params(setup["arm"], setup["method"], search_space, setup["base"])
         study.enqueue_trial(defaults, user_attrs={"defaults": True})
-    # offset by the trials so far: a resumed sampler must not replay the first session's random draws
-    startup = _startup_trials(n_trials)
+    # offset by the trials so far: a resumed sampler must not replay the first session's random draws;
+    # with trials in parallel, the running ones count as their current worst ("constant liar"), so two
+    # trials started together do not sample the same region
+    seed, startup, liar = options["seed"], _startup_trials(options["n_trials"]), options["parallel"] > 1
     sampler = optuna.samplers.TPESampler(
-        seed=seed + len(study.trials), multivariate=True, n_startup_trials=startup
+        seed=seed + len(study.trials), multivariate=True, n_startup_trials=startup, constant_liar=liar
     )
-    setup["sampler"] = {"name": "TPESampler", "seed": seed, "multivariate": True, "n_startup_trials": startup}
-    setup["pruner"] = _pruner_record(pruner)
-    return optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=_pruner(pruner))
+    setup["sampler"] = {"name": "TPESampler", "seed": seed, "multivariate": True, "n_startup_trials": startup,
+                        "constant_liar": liar}  # fmt: skip
+    setup["pruner"] = _pruner_record(options["pruner"])
+    setup["storage"] = described
+    return optuna.load_study(
+        study_name=name, storage=storage, sampler=sampler, pruner=_pruner(options["pruner"])
+    )
 
 
 def _budget(study, n_trials, timeout) -> dict:
@@ -212,34 +220,33 @@ def _budget(study, n_trials, timeout) -> dict:
     }
 
 
-def _run_trial(study, trial, setup: dict, search_space: dict, out: Path, bar, baseline_data, budget: dict):
-    """Run one asked trial as a real run in out/trials/NNNN and tell Optuna how it ended."""
-    import optuna
-
-    arm, base, seed = setup["arm"], setup["base"], setup["seed"]
+def _start_trial(study, setup: dict, search_space: dict, out: Path, bar, executor, budget: dict, inflight):
+    """Ask the study for a trial and start its run on the executor (a TrainTrial, not yet ended)."""
+    trial = study.ask()
     params = spaces.suggest(trial, search_space)
     shown = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-    best = _best(study)
-    finished, seconds = budget["trials_finished"], budget["seconds_used"]
-    bar.line(f"{bar.of(finished + 1)} (#{trial.number}) {shown} | {bar.status(finished, seconds, best)}")
+    finished, seconds = _in_flight_budget(budget, inflight)
+    status = bar.status(finished, seconds, _best(study))
+    bar.line(f"{bar.of(finished + 1)} (#{trial.number}) {shown} | {status}")
     run_dir = out / "trials" / f"{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir))
-    if arm == "baseline":
-        result = run_baseline_trial(trial, baseline_data, params, base, seed, run_dir)
-    else:
+    trial.set_user_attr("started_at", time.time())
+    if setup["arm"] == "baseline":
+        return trial, params, run_dir
 
-        def on_epoch(epoch, f1, n=trial.number):
-            bar.line(f"  trial #{n} epoch {epoch}: val macro-F1 {f1:.4f}")
+    def on_epoch(epoch, f1, n=trial.number):
+        bar.line(f"  trial #{n} epoch {epoch}: val macro-F1 {f1:.4f}")
 
-        try:
-            result = run_train_trial(trial, arm, {**base, **params}, run_dir, on_epoch)
-        except FtvsError:
-            trial.set_user_attr("status", "failed")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            write_outputs(out, study, setup, budget, final=False)
-            raise
+    return TrainTrial(trial, setup["arm"], {**setup["base"], **params}, run_dir, executor, on_epoch)
+
+
+def _tell(study, trial, result, setup: dict, out: Path, bar, budget: dict) -> None:
+    """Tell Optuna how a trial ended and rewrite tune.json."""
+    import optuna
+
     for key in ("seconds", "status", "epochs_run", "value"):
         trial.set_user_attr(key, getattr(result, key))
+    trial.set_user_attr("ended_at", time.time())
     if result.pruned:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     else:
@@ -247,8 +254,62 @@ def _run_trial(study, trial, setup: dict, search_space: dict, out: Path, bar, ba
     ended = "pruned after epoch " + str(result.epochs_run) if result.pruned else result.status
     value = "-" if result.value is None else f"{result.value:.4f}"
     bar.line(f"trial #{trial.number} {ended}: val macro-F1 {value} in {clock(result.seconds)}")
-    after = {**budget, "trials_finished": finished + 1, "seconds_used": seconds + result.seconds}
+    after = _budget(study, budget["n_trials"], budget["timeout_seconds"])
     write_outputs(out, study, setup, after, final=False)
+
+
+def _fail(study, trial, setup: dict, out: Path, budget: dict) -> None:
+    import optuna
+
+    trial.set_user_attr("status", "failed")
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    write_outputs(out, study, setup, budget, final=False)
+
+
+def _in_flight_budget(budget: dict, inflight: list) -> tuple[int, float]:
+    """Trials and seconds counted against the budget: the finished ones and those running now."""
+    return (
+        budget["trials_finished"] + len(inflight),
+        budget["seconds_used"] + sum(t.elapsed() for t in inflight),
+    )
+
+
+def _search(study, setup: dict, space: dict, out: Path, bar, executor, baseline_data, n_trials, timeout):
+    """Start trials while the budget (counting the running ones) and the executor's slots allow; poll the
+    running ones; until the budget is spent and nothing runs. An interrupted search stops its runs (their
+    trials stay RUNNING and are queued again on resume)."""
+    inflight: list[TrainTrial] = []
+    try:
+        while True:
+            budget = _budget(study, n_trials, timeout)
+            while len(inflight) < max(1, executor.slots) and not _budget_spent(
+                n_trials, timeout, *_in_flight_budget(budget, inflight)
+            ):
+                started = _start_trial(study, setup, space, out, bar, executor, budget, inflight)
+                if isinstance(started, TrainTrial):
+                    inflight.append(started)
+                    continue
+                trial, params, run_dir = started  # a baseline fit: seconds, in this process
+                base, seed = setup["base"], setup["seed"]
+                result = run_baseline_trial(trial, baseline_data, params, base, seed, run_dir)
+                _tell(study, trial, result, setup, out, bar, budget)
+                budget = _budget(study, n_trials, timeout)
+            if not inflight:
+                return
+            for running in list(inflight):
+                try:
+                    result = running.poll()
+                except FtvsError:
+                    inflight.remove(running)
+                    _fail(study, running.trial, setup, out, budget)
+                    raise
+                if result is not None:
+                    inflight.remove(running)
+                    _tell(study, running.trial, result, setup, out, bar, budget)
+            time.sleep(POLL_SECONDS)
+    finally:
+        for running in inflight:
+            running.stop()
 
 
 def tune_arm(
@@ -265,6 +326,8 @@ def tune_arm(
     pruner: str = "median",
     defaults_first: bool = True,
     progress: bool = True,
+    executor=None,
+    storage: str | None = None,
 ) -> dict:
     """Tune one arm on `data` (a prepared folder; only its train and val splits are read) into
     `output_dir`: optuna.db, trials/NNNN/, tune.json, best.yaml. Rerunning with the same arguments resumes.
@@ -273,6 +336,9 @@ def tune_arm(
     base: fixed settings of every trial (train config keys, or BaselineSettings fields for the baseline);
     space: overrides of the arm's default search space (a mapping or a YAML path, see ftvs.tune.space);
     n_trials / timeout: the budget (finished trials / seconds in trials), at least one of them.
+    executor: where trials run (ftvs.study.executors; default: one at a time on this machine), as many at
+    once as it has slots; storage: sqlite | journal | an RDB URL (ftvs.tune.storage; default: what the
+    folder holds, else journal on a Ray executor, else sqlite).
     Returns the tune.json content (`best.config` is the best configuration, `best.value` its val macro-F1).
     """
     _check_arguments(n_trials, timeout, pruner, output_dir)
@@ -292,14 +358,21 @@ def tune_arm(
         "base": base,
         "space": {k: p.to_dict() for k, p in search_space.items()},
     }
+    if executor is None:
+        from ftvs.study.executors.local import LocalExecutor
+
+        executor = LocalExecutor()
+    storage = choose_storage(out, storage, shared=getattr(executor, "name", "local") == "ray")
+    options = {"n_trials": n_trials, "seed": seed, "pruner": pruner, "defaults_first": defaults_first,
+               "storage": storage, "parallel": executor.slots if arm != "baseline" else 1}  # fmt: skip
     with RunLock(out):
-        study = _open_study(out, setup, search_space, n_trials, seed, pruner, defaults_first)
+        study = _open_study(out, setup, search_space, options)
+        name = getattr(executor, "name", "local")
+        setup["executor"] = {"name": name, "trials_at_once": options["parallel"]}
         baseline_data = BaselineData(data) if arm == "baseline" else None
         bar = Progress(arm if arm != "finetune" else f"finetune/{method}", n_trials, timeout, progress)
+        _search(study, setup, search_space, out, bar, executor, baseline_data, n_trials, timeout)
         budget = _budget(study, n_trials, timeout)
-        while not budget["exhausted_by"]:
-            _run_trial(study, study.ask(), setup, search_space, out, bar, baseline_data, budget)
-            budget = _budget(study, n_trials, timeout)
         summary = write_outputs(out, study, setup, budget, final=True)
     best = summary["best"]
     bar.line(

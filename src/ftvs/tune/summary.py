@@ -25,6 +25,8 @@ def trial_record(t) -> dict:
         "run_dir": attrs.get("run_dir"),
         "defaults": bool(attrs.get("defaults", False)),
         "retry_of": attrs.get("retry_of"),
+        "started_at": attrs.get("started_at"),
+        "ended_at": attrs.get("ended_at"),
     }
 
 
@@ -106,6 +108,8 @@ def write_outputs(out: Path, study, setup: dict, budget: dict, final: bool) -> d
     summary = {
         "status": "completed" if final else "running",
         **{k: setup[k] for k in ("arm", "method", "data", "seed", "base", "space", "sampler", "pruner")},
+        "storage": setup.get("storage"),
+        "executor": setup.get("executor"),
         "budget": budget,
         "trials": records,
         "best": best,

@@ -2,17 +2,16 @@
 
 A neural trial is the child process `python -m ftvs train ARM --config TRIAL/trial.yaml --output_dir TRIAL
 --no-evaluate`: the run never touches the test split, and it is exactly the run a user would get from the
-same config. The parent polls the run's history.jsonl, reports each epoch's validation macro-F1 to the
-Optuna trial and ends the child when the pruner says so. The score is the best validation macro-F1 of the
-run (the epoch whose model the run keeps).
+same config. It runs as a job of an executor (ftvs.study.executors: a child process here, one of
+`--parallel N` at once, or a Ray task on a cluster); the search polls the run's history.jsonl,
+reports each epoch's validation macro-F1 to the Optuna trial and stops the run when the pruner says so.
+The score is the best validation macro-F1 of the run (the epoch whose model the run keeps).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,8 +22,8 @@ import yaml
 from ftvs.errors import FtvsError
 from ftvs.fileio import atomic_write_bytes, write_json
 from ftvs.rundir import CHECKPOINT_DIR, HISTORY, MODEL_DIR, TRIAL_CONFIG, TRIAL_LOG, read_summary
+from ftvs.study.executors import Job
 
-POLL_SECONDS = 0.5
 # what a finished trial keeps: its settings, curves and log; checkpoints and exported models are dropped
 # (a full fine-tune writes ~1.5 GB per trial) because the study retrains the best configuration anyway
 DISPOSABLE = tuple(f"{d}{s}" for d in (CHECKPOINT_DIR, MODEL_DIR) for s in ("", ".tmp", ".old"))
@@ -46,16 +45,6 @@ def write_train_yaml(path: Path, settings: dict, header: str = "") -> None:
     atomic_write_bytes(Path(path), (header + text).encode())
 
 
-def _die_with_parent():
-    """Linux: the child gets SIGKILL when the tuning process dies, even by SIGKILL, so a killed search
-    leaves no training run behind."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def _finished_rows(history_path: Path) -> list[dict]:
     """The epochs a running child has written: complete lines only (the last one may be half written)."""
     if not history_path.exists():
@@ -64,84 +53,85 @@ def _finished_rows(history_path: Path) -> list[dict]:
     return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
 
 
-def _stop(child: subprocess.Popen) -> None:
-    if child.poll() is None:
-        child.terminate()
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-
-
-def run_train_trial(trial, arm: str, settings: dict, run_dir: Path, on_epoch=None) -> TrialResult:
-    """Train `settings` (a train config without arm/output_dir) into `run_dir` in a child process,
-    reporting each epoch to the Optuna `trial`; returns its result (pruned trials included)."""
+def train_trial_job(arm: str, settings: dict, run_dir: Path) -> Job:
+    """The trial's `ftvs train` as an executor job: trial.yaml written, the test split never read
+    (`--no-evaluate`); a retried job (its worker died) continues from the run's last checkpoint."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_train_yaml(run_dir / TRIAL_CONFIG, settings)
-    cmd = [
-        sys.executable,
-        "-m",
-        "ftvs",
-        "train",
-        arm,
-        "--config",
-        str(run_dir / TRIAL_CONFIG),
-        "--output_dir",
-        str(run_dir),
-        "--no-evaluate",
-        "--disable_tqdm",
-    ]
-    history_path = run_dir / HISTORY
-    started = time.perf_counter()
-    result = TrialResult(value=None)
-    with open(run_dir / TRIAL_LOG, "wb") as log:
-        child = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
-        )
-        try:
-            while True:
-                done = child.poll() is not None
-                rows = _finished_rows(history_path)
-                for row in rows[result.epochs_run :]:
-                    epoch, f1 = int(row["epoch"]), float(row["val_macro_f1"])
-                    result.intermediate[epoch] = f1
-                    result.epochs_run = epoch
-                    trial.report(f1, epoch)
-                    if on_epoch:
-                        on_epoch(epoch, f1)
-                    if not done and trial.should_prune():
-                        _stop(child)
-                        result.pruned, result.status = True, "pruned"
-                        break
-                if done or result.pruned:
-                    break
-                time.sleep(POLL_SECONDS)
-        finally:
-            _stop(child)  # an exception here (Ctrl-C included) must not leave the run training
-    result.seconds = time.perf_counter() - started
-    if result.intermediate:
-        result.value = max(result.intermediate.values())
-    if not result.pruned:
-        summary = read_summary(run_dir)
-        if summary.get("stop_reason") == "nonfinite":
-            # a learning rate that diverges is a bad configuration, not a broken search: it scores what it
-            # reached before diverging
-            result.status, result.value = "nonfinite", result.value or 0.0
-        elif child.returncode != 0 or summary.get("status") != "completed":
-            tail = (run_dir / TRIAL_LOG).read_text(errors="replace").strip().splitlines()[-1:] or [
-                "no output"
-            ]
-            raise FtvsError(
-                f"trial {trial.number} failed (exit {child.returncode}): {tail[0][:300]}; see "
-                f"{run_dir / TRIAL_LOG}, fix the setting, then rerun the same command to resume"
-            )
-        elif result.value is None:
-            result.value = float(summary["best_val_macro_f1"])
-    for name in DISPOSABLE:
-        if (run_dir / name).is_dir():
-            shutil.rmtree(run_dir / name, ignore_errors=True)
-    return result
+    ftvs = [sys.executable, "-m", "ftvs", "train", arm, "--config", str(run_dir / TRIAL_CONFIG)]
+    quiet = ["--no-evaluate", "--disable_tqdm"]
+    return Job(
+        [*ftvs, "--output_dir", str(run_dir), *quiet],
+        run_dir,
+        run_dir / TRIAL_LOG,
+        "trial: ",
+        retry_cmd=[*ftvs, "--resume", str(run_dir), *quiet],
+    )
+
+
+class TrainTrial:
+    """One neural trial in flight on an executor: `poll()` reports each epoch the run has written to the
+    Optuna trial, stops the run when the pruner says so, and tells when the trial has ended."""
+
+    def __init__(self, trial, arm: str, settings: dict, run_dir: Path, executor, on_epoch=None):
+        self.trial, self.run_dir, self.on_epoch = trial, run_dir, on_epoch
+        self.job = train_trial_job(arm, settings, run_dir)
+        self.result = TrialResult(value=None)
+        self.started = time.perf_counter()
+        self.handle = executor.start(self.job)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def poll(self) -> TrialResult | None:
+        """The trial's result once it has ended (completed, pruned or diverged), else None; a run that
+        failed raises FtvsError with its last log line."""
+        rc = self.handle.wait(0)  # before reading the history: an ended run has written every epoch
+        for row in _finished_rows(self.run_dir / HISTORY)[self.result.epochs_run :]:
+            epoch, f1 = int(row["epoch"]), float(row["val_macro_f1"])
+            self.result.intermediate[epoch] = f1
+            self.result.epochs_run = epoch
+            self.trial.report(f1, epoch)
+            if self.on_epoch:
+                self.on_epoch(epoch, f1)
+            if rc is None and self.trial.should_prune():
+                self.handle.stop()
+                self.result.pruned, self.result.status = True, "pruned"
+                return self._ended(None)
+        return None if rc is None else self._ended(rc)
+
+    def stop(self) -> None:
+        """Stop the run (the search is interrupted); the trial stays RUNNING in the study, and a resumed
+        search queues its parameters again."""
+        self.handle.stop()
+
+    def _ended(self, rc: int | None) -> TrialResult:
+        result, run_dir = self.result, self.run_dir
+        result.seconds = self.elapsed()
+        if result.intermediate:
+            result.value = max(result.intermediate.values())
+        if not result.pruned:
+            summary = read_summary(run_dir)
+            if summary.get("stop_reason") == "nonfinite":
+                # a learning rate that diverges is a bad configuration, not a broken search: it scores
+                # what it reached before diverging
+                result.status, result.value = "nonfinite", result.value or 0.0
+            elif rc != 0 or summary.get("status") != "completed":
+                raise FtvsError(
+                    f"trial {self.trial.number} failed (exit {rc}): {_last_line(self.job.log)[:300]}; see "
+                    f"{self.job.log}, fix the setting, then rerun the same command to resume"
+                )
+            elif result.value is None:
+                result.value = float(summary["best_val_macro_f1"])
+        for name in DISPOSABLE:
+            if (run_dir / name).is_dir():
+                shutil.rmtree(run_dir / name, ignore_errors=True)
+        return result
+
+
+def _last_line(log: Path) -> str:
+    lines = [ln for ln in log.read_text(errors="replace").strip().splitlines() if not ln.startswith("=== ")]
+    return lines[-1] if lines else "no output"
 
 
 def baseline_settings(params: dict, base: dict, seed: int):

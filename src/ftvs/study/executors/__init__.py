@@ -75,3 +75,51 @@ def make_executor(
 
         return RayExecutor(study_dir, address=ray_address, max_in_flight=parallel, retries=retries)
     raise FtvsError(f"unknown executor {name!r}; use --executor local or --executor ray")
+
+
+def add_executor_flags(parser, what: str) -> None:
+    """--parallel, --executor, --ray_address, --ray_retries: the same flags for `ftvs study` (runs) and
+    `ftvs tune` (trials)."""
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help=f"run up to N {what} at once, each on its own GPU, or on CPU on cores/N threads; with "
+        f"--executor ray, at most N {what} submitted at once (default: what the cluster holds)",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help=f"where the {what} execute: this machine (default) or a Ray cluster (docs/cluster.md)",
+    )
+    parser.add_argument(
+        "--ray_address",
+        "--ray-address",
+        dest="ray_address",
+        metavar="ADDRESS",
+        help="the Ray cluster: auto (the one this node belongs to) or ray://HOST:PORT; default: "
+        "$RAY_ADDRESS, else a Ray instance started on this machine",
+    )
+    parser.add_argument(
+        "--ray_retries",
+        "--ray-retries",
+        dest="ray_retries",
+        type=int,
+        default=3,
+        help=f"times Ray retries one of the {what} whose worker or process died (it resumes from its "
+        "checkpoint)",
+    )
+
+
+def check_executor_flags(args) -> None:
+    """Refuse flag combinations that cannot mean anything, before any work."""
+    if args.ray_address and args.executor != "ray":
+        raise FtvsError("--ray_address is for --executor ray; add --executor ray")
+
+
+def executor_from_args(args, folder: Path) -> Executor:
+    """The executor the flags of `add_executor_flags` ask for; `folder` is where the jobs write (a Ray
+    executor checks every node sees it)."""
+    check_executor_flags(args)
+    return make_executor(args.executor, args.parallel, args.ray_address, folder, args.ray_retries)

@@ -117,6 +117,8 @@ def _cpu_count() -> int:
 class LocalExecutor:
     """Up to `parallel` jobs at once on this machine."""
 
+    name = "local"
+
     def __init__(self, parallel: int = 1):
         if parallel < 1:
             raise FtvsError(f"--parallel {parallel}: give a number of runs at once, 1 or more")

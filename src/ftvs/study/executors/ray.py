@@ -84,6 +84,8 @@ class RayExecutor:
     """Jobs as Ray tasks; `max_in_flight` caps the runs submitted at once (default: what the cluster
     holds)."""
 
+    name = "ray"
+
     def __init__(
         self, study_dir: Path, address: str | None = None, max_in_flight: int | None = None, retries: int = 3
     ):
