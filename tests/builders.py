@@ -207,3 +207,5 @@ HISTORY_KEYS = {
     "elapsed_seconds",
     "examples_per_second",
 }
+# what an interrupted-and-resumed run must reproduce exactly (not the clock)
+REPRODUCIBLE_HISTORY_KEYS = HISTORY_KEYS - {"epoch_seconds", "elapsed_seconds", "examples_per_second"}

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import TINY_SCRATCH as TINY
+from tiny_runs import flags
 
 from ftvs import checkpoint as ckpt
 from ftvs import fileio
@@ -24,27 +26,8 @@ from ftvs.cli import main
 from ftvs.errors import FtvsError
 
 TINY_SCRATCH = [
-    "--tokenizer",
-    "bpe",
-    "--bpe_vocab_size",
-    "300",
-    "--n_layer",
-    "1",
-    "--n_embd",
-    "32",
-    "--n_head",
-    "2",
-    "--d_ff",
-    "64",
-    "--max_seq_length",
-    "16",
-    "--per_device_train_batch_size",
-    "8",
+    *flags({**TINY, "max_seq_length": 16, "per_device_train_batch_size": 8, "seed": 3}),
     "--disable_tqdm",
-    "--mixed_precision",
-    "no",
-    "--seed",
-    "3",
 ]
 WORDS = {
     "card": "card lost stolen pin blocked atm",

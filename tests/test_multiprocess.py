@@ -24,7 +24,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from builders import REPRODUCIBLE_HISTORY_KEYS
 from safetensors.torch import load_file
+from tiny_runs import TINY_SCRATCH, child_env, flags
 
 from ftvs.launch import launch_command
 
@@ -41,67 +43,29 @@ FILLER = "please help me today why is it that my account the app i can not you d
 # 288 / 20 -> 15 batches: a short one, and an odd count that 2 processes pad with a whole batch
 TRAIN_BATCH, EVAL_BATCH, EPOCHS = 20, 16, 30
 TRAIN_FLAGS = [
-    "--tokenizer",
-    "bpe",
-    "--bpe_vocab_size",
-    "300",
-    "--n_layer",
-    "1",
-    "--n_embd",
-    "32",
-    "--n_head",
-    "2",
-    "--d_ff",
-    "64",
-    "--max_seq_length",
-    "24",
-    "--learning_rate",
-    "3e-3",
-    "--num_train_epochs",
-    str(EPOCHS),
-    "--early_stopping_patience",
-    "3",
-    "--per_device_train_batch_size",
-    str(TRAIN_BATCH),
-    "--per_device_eval_batch_size",
-    str(EVAL_BATCH),
-    "--seed",
-    "3",
-    "--save_steps",
-    "1",
+    *flags(
+        {
+            **TINY_SCRATCH,
+            "learning_rate": 3e-3,
+            "num_train_epochs": EPOCHS,
+            "early_stopping_patience": 3,
+            "per_device_train_batch_size": TRAIN_BATCH,
+            "per_device_eval_batch_size": EVAL_BATCH,
+            "seed": 3,
+            "save_steps": 1,
+        }
+    ),
     "--disable_tqdm",
-    "--mixed_precision",
-    "no",
 ]
-HISTORY_KEYS = (
-    "epoch",
-    "step",
-    "train_loss",
-    "train_accuracy",
-    "train_macro_f1",
-    "val_loss",
-    "val_accuracy",
-    "val_macro_f1",
-    "lr",
-)
-
-
-def _env():
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-        PYTHONHASHSEED="0",
-    )
-    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def _launch(args, n, timeout=180):
     proc = subprocess.run(
-        launch_command([str(a) for a in args], n), env=_env(), capture_output=True, text=True, timeout=timeout
+        launch_command([str(a) for a in args], n),
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
     return proc
@@ -224,7 +188,9 @@ def test_two_process_run_killed_and_resumed_matches_the_uninterrupted_run(run2, 
     cmd = launch_command(
         ["train", "scratch", "--data", str(synth_data), "--output_dir", str(run), *TRAIN_FLAGS], 2
     )
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 180
     try:
         while _checkpoint_step(run) < target:
@@ -243,7 +209,7 @@ def test_two_process_run_killed_and_resumed_matches_the_uninterrupted_run(run2, 
     h_ref, h_run = _history(run2), _history(run)
     assert [r["epoch"] for r in h_run] == [r["epoch"] for r in h_ref]
     for a, b in zip(h_ref, h_run):
-        for key in HISTORY_KEYS:
+        for key in REPRODUCIBLE_HISTORY_KEYS:
             assert b[key] == pytest.approx(a[key], abs=1e-6, rel=0), (
                 a["epoch"],
                 key,

@@ -134,3 +134,15 @@ def test_bf16_training_of_lora_keeps_weights_and_optimizer_state_fp32(tiny_data,
     assert all(row["train_loss"] == row["train_loss"] for row in history)  # finite, not NaN
     fp32, bf16 = evaluate_in(run, "no", tmp_path), evaluate_in(run, "bf16", tmp_path)
     assert agreement(fp32, bf16) >= 0.99
+
+
+def test_one_process_trains_in_fp32_then_bf16_then_fp32(tiny_data, tmp_path):
+    """Accelerate keeps one precision per process and refuses another; ftvs starts every single-process
+    run from a clean Accelerate state, so the Python API and a notebook can train several runs in a row
+    (on a CPU with native bf16, `auto` is bf16 and an explicit `no` follows it)."""
+    for i, precision in enumerate(("no", "bf16", "no")):
+        run = tmp_path / f"run{i}"
+        argv = ["train", "scratch", "--data", str(tiny_data), "--output_dir", str(run), *TINY_SCRATCH_FLAGS]
+        assert main([*argv, "--mixed_precision", precision, "--num_train_epochs", "1", "--no-evaluate"]) == 0
+        resolved = yaml.safe_load((run / "config.yaml").read_text())["resolved"]
+        assert resolved["mixed_precision"] == precision

@@ -8,7 +8,6 @@ files themselves: test_checkpoint.py).
 """
 
 import json
-import os
 import random
 import shutil
 import signal
@@ -19,33 +18,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import intents_csv_dir
+from builders import REPRODUCIBLE_HISTORY_KEYS, intents_csv_dir
 from safetensors.torch import load_file
-from tiny_runs import assert_one_line_error
+from tiny_runs import TINY_SCRATCH, assert_one_line_error, child_env, flags
 
 from ftvs.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # small enough that a run is a few seconds of compute on a shared 2-core machine
-SCRATCH_FLAGS = [
-    "--tokenizer",
-    "bpe",
-    "--bpe_vocab_size",
-    "400",
-    "--n_layer",
-    "1",
-    "--n_embd",
-    "32",
-    "--n_head",
-    "2",
-    "--d_ff",
-    "64",
-    "--max_seq_length",
-    "24",
-    "--learning_rate",
-    "1e-2",
-]
+SCRATCH_FLAGS = flags({**TINY_SCRATCH, "bpe_vocab_size": 400, "learning_rate": 1e-2})
 COMMON_FLAGS = [
     "--num_train_epochs",
     "3",
@@ -62,31 +44,6 @@ COMMON_FLAGS = [
     "--mixed_precision",
     "no",
 ]
-HISTORY_KEYS = (
-    "epoch",
-    "step",
-    "train_loss",
-    "train_accuracy",
-    "train_macro_f1",
-    "val_loss",
-    "val_accuracy",
-    "val_macro_f1",
-    "lr",
-)
-
-
-def _env():
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        PYTHONHASHSEED="0",
-    )
-    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def _cmd(arm_args, run_dir, resume=False):
@@ -124,7 +81,7 @@ def _checkpoint_step(run_dir: Path) -> int:
 
 def _kill_at(cmd, run_dir: Path, target_step: int, delay: float, timeout=240) -> str:
     """Start `cmd`, wait until a checkpoint at >= target_step exists, wait `delay` more, SIGKILL."""
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout
     try:
         while _checkpoint_step(run_dir) < target_step:
@@ -153,7 +110,7 @@ def _assert_same_run(ref: Path, run: Path, tmp_path: Path):
     h_ref, h_run = _history(ref), _history(run)
     assert [r["epoch"] for r in h_run] == [r["epoch"] for r in h_ref]
     for a, b in zip(h_ref, h_run):
-        for key in HISTORY_KEYS:
+        for key in REPRODUCIBLE_HISTORY_KEYS:
             assert b[key] == pytest.approx(a[key], abs=1e-6, rel=0), (a["epoch"], key, a[key], b[key])
     w_ref = load_file(next((ref / "model").glob("*.safetensors")))
     w_run = load_file(next((run / "model").glob("*.safetensors")))
@@ -236,7 +193,7 @@ def test_run_dir_is_locked_while_training(small_b77, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["scratch", "--data", str(small_b77), *SCRATCH_FLAGS, *COMMON_FLAGS, "--num_train_epochs", "50"]
     first = subprocess.Popen(
-        _cmd(args, run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        _cmd(args, run), env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
         deadline = time.monotonic() + 120

@@ -7,7 +7,6 @@ reads the test split, and tunes the TF-IDF baseline in process.
 
 import csv
 import json
-import os
 import random
 import shutil
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_runs import TINY_SCRATCH, child_env, flags
 
 from ftvs.cli import main
 from ftvs.errors import FtvsError
@@ -48,38 +48,18 @@ SHARED_WORDS = "my card payment please help why is the it has been today app acc
 CLASSES = len(INTENTS)
 # a from-scratch model small enough that an epoch is well under a second on one core
 TINY_SETTINGS = {
-    "tokenizer": "bpe",
-    "bpe_vocab_size": 300,
-    "n_layer": 1,
-    "n_embd": 32,
-    "n_head": 2,
-    "d_ff": 64,
-    "max_seq_length": 24,
+    **TINY_SCRATCH,
     "num_train_epochs": 3,
-    "mixed_precision": "no",
     "per_device_train_batch_size": 8,
     "per_device_eval_batch_size": 256,
 }
-TINY = [a for k, v in TINY_SETTINGS.items() for a in (f"--{k}", str(v))]
+TINY = flags(TINY_SETTINGS)
 SPACE = {
     "defaults": False,
     "learning_rate": {"low": 1e-3, "high": 3e-2, "log": True},
     "dropout": {"low": 0.0, "high": 0.2},
     "pooling": ["mean", "max"],
 }
-
-
-def _env():
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-    )
-    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def _prepare_intents(root: Path, intents: dict, confusion: float = 0.0) -> Path:
@@ -145,6 +125,10 @@ def _tune_cmd(data, out, space, n_trials):
     ]
 
 
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=400)
+
+
 def _finished(summary):
     return [t for t in summary["trials"] if t["state"] in ("COMPLETE", "PRUNED")]
 
@@ -153,7 +137,7 @@ def _finished(summary):
 def test_scratch_search_writes_best_yaml_that_train_accepts(data_dir, space_file, tmp_path):
     out = tmp_path / "tune"
     done = subprocess.run(
-        _tune_cmd(data_dir, out, space_file, 3), env=_env(), capture_output=True, text=True, timeout=300
+        _tune_cmd(data_dir, out, space_file, 3), env=child_env(), capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "trial 3/3" in done.stderr and "best val macro-F1" in done.stderr and "ETA" in done.stderr
@@ -215,7 +199,7 @@ def test_scratch_search_writes_best_yaml_that_train_accepts(data_dir, space_file
 def test_sigkilled_search_resumes_without_repeating_finished_trials(data_dir, space_file, tmp_path):
     out = tmp_path / "tune"
     cmd = _tune_cmd(data_dir, out, space_file, 3) + ["--pruner", "none"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     second = out / "trials" / "0001"
     try:
         deadline = time.time() + 240
@@ -242,7 +226,7 @@ def test_sigkilled_search_resumes_without_repeating_finished_trials(data_dir, sp
     else:
         pytest.fail(f"training child {children} outlived the killed search")
 
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((out / "tune.json").read_text())
     finished = _finished(summary)
@@ -268,8 +252,7 @@ def _most_at_once(spans) -> int:
 @pytest.mark.slow
 def test_parallel_trials_run_two_at_once_within_the_budget(data_dir, space_file, tmp_path):
     out = tmp_path / "tune"
-    cmd = _tune_cmd(data_dir, out, space_file, 4) + ["--pruner", "none", "--parallel", "2"]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
+    done = _run(_tune_cmd(data_dir, out, space_file, 4) + ["--pruner", "none", "--parallel", "2"])
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((out / "tune.json").read_text())
     assert len(_finished(summary)) == 4 == len(summary["trials"])  # the budget counts running trials
@@ -287,8 +270,7 @@ def test_parallel_trials_run_two_at_once_within_the_budget(data_dir, space_file,
 def test_ray_trials_with_a_journal_storage_resume_anywhere(data_dir, space_file, ray_address, tmp_path):
     out = tmp_path / "tune"
     ray = ["--executor", "ray", "--ray_address", ray_address]
-    cmd = _tune_cmd(data_dir, out, space_file, 2) + ["--pruner", "none", *ray]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
+    done = _run(_tune_cmd(data_dir, out, space_file, 2) + ["--pruner", "none", *ray])
     assert done.returncode == 0, done.stderr[-2000:]
     first = json.loads((out / "tune.json").read_text())
     assert first["executor"] == {"name": "ray", "trials_at_once": 2}
@@ -298,25 +280,13 @@ def test_ray_trials_with_a_journal_storage_resume_anywhere(data_dir, space_file,
     assert not (out / ".ftvs-ray-check").exists()  # the shared-folder probe cleans up
 
     # the same search continues from its journal without Ray, with a raised budget
-    more = subprocess.run(
-        _tune_cmd(data_dir, out, space_file, 3) + ["--pruner", "none"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    more = _run(_tune_cmd(data_dir, out, space_file, 3) + ["--pruner", "none"])
     assert more.returncode == 0, more.stderr[-2000:]
     summary = json.loads((out / "tune.json").read_text())
     assert len(_finished(summary)) == 3 and summary["storage"] == "journal:optuna.journal"
     assert [t["value"] for t in summary["trials"][:2]] == [t["value"] for t in first["trials"]]
     # ...and refuses another storage instead of starting over
-    refused = subprocess.run(
-        _tune_cmd(data_dir, out, space_file, 3) + ["--storage", "sqlite"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    refused = _run(_tune_cmd(data_dir, out, space_file, 3) + ["--storage", "sqlite"])
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
     assert lines[0].startswith("ftvs: error:") and "--storage journal" in lines[0]

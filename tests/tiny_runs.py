@@ -4,6 +4,7 @@ tiny random Llama of conftest.py and the TF-IDF baseline, each trained through t
 one-line command-line error."""
 
 import csv
+import os
 import random
 from pathlib import Path
 
@@ -20,28 +21,43 @@ INTENTS = {
     "pin": "how do I change the pin of my card",
 }
 FILLER = "please help me today why is it that my account the app now".split()
-# one block, width 32, BPE of 300 tokens, 24 tokens per text
-TINY_SCRATCH_FLAGS = [
-    "--tokenizer",
-    "bpe",
-    "--bpe_vocab_size",
-    "300",
-    "--n_layer",
-    "1",
-    "--n_embd",
-    "32",
-    "--n_head",
-    "2",
-    "--d_ff",
-    "64",
-    "--max_seq_length",
-    "24",
-    "--learning_rate",
-    "3e-3",
-    "--mixed_precision",
-    "no",
-    "--disable_tqdm",
-]
+# one block, width 32, BPE of 300 tokens, 24 tokens per text: a from-scratch model whose epoch on a few
+# hundred texts is well under a second on one core
+TINY_SCRATCH = {
+    "tokenizer": "bpe",
+    "bpe_vocab_size": 300,
+    "n_layer": 1,
+    "n_embd": 32,
+    "n_head": 2,
+    "d_ff": 64,
+    "max_seq_length": 24,
+    "mixed_precision": "no",
+}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def flags(settings: dict) -> list[str]:
+    """`ftvs train` flags for a dict of settings (`{"n_layer": 1}` -> `["--n_layer", "1"]`)."""
+    return [a for k, v in settings.items() for a in (f"--{k}", str(v))]
+
+
+TINY_SCRATCH_FLAGS = [*flags({**TINY_SCRATCH, "learning_rate": 3e-3}), "--disable_tqdm"]
+
+
+def child_env() -> dict:
+    """The environment of a `python -m ftvs ...` child of a test: this checkout's code, one thread,
+    offline, the same hash seed every time."""
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONHASHSEED="0",
+    )
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
 
 
 def prepare_tiny_dataset(root: Path, num_train: int = 200, num_test: int = 40, seed: int = 0) -> Path:

@@ -11,6 +11,7 @@ Multi-node launches and FSDP need an accelerate config file instead; see docs/mu
 Inside each launched process, `make_accelerator` builds the Accelerator that the training loop runs on.
 """
 
+import os
 import sys
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -55,11 +56,23 @@ def force_cpu() -> bool:
     """True for a worker of a multi-process launch on a machine without CUDA (e.g. `accelerate launch
     --multi_gpu` there): accelerate must then be told `cpu=True`, or each worker would silently train
     alone as a single-process run instead of joining a gloo process group."""
-    import os
-
     import torch
 
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def fresh_accelerate_state() -> None:
+    """Accelerate keeps one state per process and refuses a second Accelerator with another precision
+    ("AcceleratorState has already been initialized"): a second run in the same Python process (the
+    Python API, a notebook, the tests) may well ask for one, e.g. `mixed_precision: no` after `auto`
+    resolved to bf16. A single-process run therefore starts from a clean state; in a multi-process launch
+    the state holds the process group and is left alone."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
 
 
 def make_accelerator(cfg):
@@ -74,6 +87,7 @@ def make_accelerator(cfg):
     from ftvs.precision import resolve_precision, training_device_type
 
     precision = resolve_precision(cfg.mixed_precision, training_device_type())
+    fresh_accelerate_state()
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~free speed for fp32 parts
         torch.backends.cudnn.allow_tf32 = True
