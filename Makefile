@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/ftvs study --preset quick --output_dir studies/quick
 
+# the tests in TEST_WORKERS processes (pytest-xdist, a test file per worker at a time), one torch thread each
+TEST_WORKERS ?= 2
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
