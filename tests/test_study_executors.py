@@ -17,8 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from study_tiny import tiny_study_yaml
 from tiny_runs import assert_one_line_error
+from tune_tiny import INTENTS, SPACE, finished, prepare_intents, tune_cmd
+from tune_tiny import run as run_tune
 
 from ftvs.study.executors import Job
 from ftvs.study.executors.local import LocalExecutor
@@ -267,3 +270,46 @@ def test_ray_study_resumes_after_its_driver_is_killed(ray_address, tmp_path):
         assert (
             after[rid]["attempts"][0]["outcome"] == "killed" and after[rid]["attempts"][-1]["outcome"] == "ok"
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# A search's trials on the same executors (here with the Ray instance of the tests above)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tune_data(tmp_path_factory) -> Path:
+    return prepare_intents(tmp_path_factory.mktemp("intents"), INTENTS)
+
+
+@pytest.fixture(scope="module")
+def tune_space(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "space.yaml"
+    path.write_text(yaml.safe_dump(SPACE))
+    return path
+
+
+@pytest.mark.slow
+def test_ray_trials_with_a_journal_storage_resume_anywhere(tune_data, tune_space, ray_address, tmp_path):
+    out = tmp_path / "tune"
+    ray = ["--executor", "ray", "--ray_address", ray_address]
+    done = run_tune(tune_cmd(tune_data, out, tune_space, 2) + ["--pruner", "none", *ray])
+    assert done.returncode == 0, done.stderr[-2000:]
+    first = json.loads((out / "tune.json").read_text())
+    assert first["executor"] == {"name": "ray", "trials_at_once": 2}
+    # the journal file, not SQLite, is the default on a cluster: its locks hold on a shared filesystem
+    assert first["storage"] == "journal:optuna.journal" and not (out / "optuna.db").exists()
+    assert [t["state"] for t in first["trials"]] == ["COMPLETE", "COMPLETE"]
+    assert not (out / ".ftvs-ray-check").exists()  # the shared-folder probe cleans up
+
+    # the same search continues from its journal without Ray, with a raised budget
+    more = run_tune(tune_cmd(tune_data, out, tune_space, 3) + ["--pruner", "none"])
+    assert more.returncode == 0, more.stderr[-2000:]
+    summary = json.loads((out / "tune.json").read_text())
+    assert len(finished(summary)) == 3 and summary["storage"] == "journal:optuna.journal"
+    assert [t["value"] for t in summary["trials"][:2]] == [t["value"] for t in first["trials"]]
+    # ...and refuses another storage instead of starting over
+    refused = run_tune(tune_cmd(tune_data, out, tune_space, 3) + ["--storage", "sqlite"])
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
+    assert lines[0].startswith("ftvs: error:") and "--storage journal" in lines[0]

@@ -5,85 +5,26 @@ writes a best.yaml that `ftvs train` accepts, resumes after SIGKILL without repe
 reads the test split, and tunes the TF-IDF baseline in process.
 """
 
-import csv
 import json
-import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from tiny_runs import TINY_SCRATCH, child_env, flags
+from tiny_runs import child_env
+from tune_tiny import CLASSES, INTENTS, SIMILAR_INTENTS, SPACE, TINY_SETTINGS
+from tune_tiny import finished as _finished
+from tune_tiny import prepare_intents as _prepare_intents
+from tune_tiny import run as _run
+from tune_tiny import tune_cmd as _tune_cmd
 
 from ftvs.cli import main
 from ftvs.errors import FtvsError
 from ftvs.tune import tune_arm
 from ftvs.tune.space import DEFAULT_SPACES, build_space
-
-ROOT = Path(__file__).resolve().parents[1]
-# six intents with words of their own, which a tiny model tells apart within a few epochs...
-INTENTS = {
-    "activate_card": "activate new card start use",
-    "age_limit": "age old young minimum teenager",
-    "apple_pay": "apple google pay phone wallet",
-    "atm_support": "atm cash machine withdraw street",
-    "top_up": "top automatic refill balance low",
-    "transfer_missing": "transfer arrived sent friend bank",
-}
-# ...and six whose cues are often another intent's (a third of the texts), on which no baseline setting
-# scores perfectly
-SIMILAR_INTENTS = {
-    "card_arrival": "arrive post mail week",
-    "card_delivery": "deliver courier ship date",
-    "fee_charged": "fee charge extra cost",
-    "not_recognised": "recognise unknown strange merchant",
-    "declined": "decline refuse reject fail",
-    "pending": "pending wait still hold",
-}
-SHARED_WORDS = "my card payment please help why is the it has been today app account".split()
-CLASSES = len(INTENTS)
-# a from-scratch model small enough that an epoch is well under a second on one core
-TINY_SETTINGS = {
-    **TINY_SCRATCH,
-    "num_train_epochs": 3,
-    "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 256,
-}
-TINY = flags(TINY_SETTINGS)
-SPACE = {
-    "defaults": False,
-    "learning_rate": {"low": 1e-3, "high": 3e-2, "log": True},
-    "dropout": {"low": 0.0, "high": 0.2},
-    "pooling": ["mean", "max"],
-}
-
-
-def _prepare_intents(root: Path, intents: dict, confusion: float = 0.0) -> Path:
-    """A prepared set of generated texts: 40 train texts per intent (a stratified val is carved from
-    them), 10 test; each text mixes shared words with two cue words of its intent (or, with probability
-    `confusion`, of a random one)."""
-    from ftvs.data import prepare
-
-    rng = random.Random(0)
-    names = list(intents)
-    for split, per_class in (("train", 40), ("test", 10)):
-        rows = []
-        for name in names:
-            for i in range(per_class):
-                cues = intents[name if rng.random() >= confusion else rng.choice(names)].split()
-                words = rng.sample(SHARED_WORDS, 5) + rng.sample(cues, 2)
-                rng.shuffle(words)
-                rows.append({"text": " ".join(words) + f" {split} {i}", "category": name})
-        with open(root / f"{split}.csv", "w", encoding="utf-8", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["text", "category"])
-            w.writeheader()
-            w.writerows(rows)
-    prepare(str(root), root / "data", seed=0, tokenizer="none")
-    return root / "data"
 
 
 @pytest.fixture(scope="module")
@@ -101,36 +42,6 @@ def space_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("space") / "space.yaml"
     path.write_text(yaml.safe_dump(SPACE))
     return path
-
-
-def _tune_cmd(data, out, space, n_trials):
-    return [
-        sys.executable,
-        "-m",
-        "ftvs",
-        "tune",
-        "--arm",
-        "scratch",
-        "--data",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--n_trials",
-        str(n_trials),
-        "--space",
-        str(space),
-        "--seed",
-        "3",
-        *TINY,
-    ]
-
-
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=400)
-
-
-def _finished(summary):
-    return [t for t in summary["trials"] if t["state"] in ("COMPLETE", "PRUNED")]
 
 
 @pytest.mark.slow
@@ -264,32 +175,6 @@ def test_parallel_trials_run_two_at_once_within_the_budget(data_dir, space_file,
         head = (Path(t["run_dir"]) / "train.log").read_text().splitlines()
         assert any(line.startswith("=== ") and "--no-evaluate" in line for line in head)
     assert summary["best"]["value"] == max(t["value"] for t in summary["trials"])
-
-
-@pytest.mark.slow
-def test_ray_trials_with_a_journal_storage_resume_anywhere(data_dir, space_file, ray_address, tmp_path):
-    out = tmp_path / "tune"
-    ray = ["--executor", "ray", "--ray_address", ray_address]
-    done = _run(_tune_cmd(data_dir, out, space_file, 2) + ["--pruner", "none", *ray])
-    assert done.returncode == 0, done.stderr[-2000:]
-    first = json.loads((out / "tune.json").read_text())
-    assert first["executor"] == {"name": "ray", "trials_at_once": 2}
-    # the journal file, not SQLite, is the default on a cluster: its locks hold on a shared filesystem
-    assert first["storage"] == "journal:optuna.journal" and not (out / "optuna.db").exists()
-    assert [t["state"] for t in first["trials"]] == ["COMPLETE", "COMPLETE"]
-    assert not (out / ".ftvs-ray-check").exists()  # the shared-folder probe cleans up
-
-    # the same search continues from its journal without Ray, with a raised budget
-    more = _run(_tune_cmd(data_dir, out, space_file, 3) + ["--pruner", "none"])
-    assert more.returncode == 0, more.stderr[-2000:]
-    summary = json.loads((out / "tune.json").read_text())
-    assert len(_finished(summary)) == 3 and summary["storage"] == "journal:optuna.journal"
-    assert [t["value"] for t in summary["trials"][:2]] == [t["value"] for t in first["trials"]]
-    # ...and refuses another storage instead of starting over
-    refused = _run(_tune_cmd(data_dir, out, space_file, 3) + ["--storage", "sqlite"])
-    lines = refused.stderr.strip().splitlines()
-    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
-    assert lines[0].startswith("ftvs: error:") and "--storage journal" in lines[0]
 
 
 def test_storage_is_the_folders_own_then_the_executors_default(tmp_path):

@@ -148,13 +148,16 @@ def evaluate_run(
     data_dir=None,
     split: str = "test",
     batch_size: int = 128,
-    mixed_precision: str = "auto",
+    mixed_precision: str | None = None,
     calibrate: bool = False,
 ) -> dict:
+    """Score the run's best model on a split; `mixed_precision` None: the run's own setting (a run
+    trained in fp32 is scored in fp32, `auto` resolves as it did in training)."""
     run_dir = Path(run_dir)
     if batch_size < 1:
         raise FtvsError(f"--batch-size {batch_size} must be at least 1; use e.g. 128")
     cfg = rundir.read_config(run_dir)
+    mixed_precision = mixed_precision or cfg.get("mixed_precision") or "auto"
     explicit = bool(data_dir)
     data_dir = data_dir or cfg.get("data")
     if not data_dir:
@@ -202,8 +205,9 @@ def evaluate_run(
 
 
 def predict_texts(
-    run_dir, texts: list[str], batch_size: int = 64, mixed_precision: str = "auto"
+    run_dir, texts: list[str], batch_size: int = 64, mixed_precision: str | None = None
 ) -> list[dict]:
+    """Label and confidence of each text; `mixed_precision` None: the run's own setting."""
     model_dir = rundir.model_dir(run_dir)
     if rundir.read_marker(run_dir).get("arm") == "baseline":
         model = BaselineModel.load(model_dir)
@@ -215,6 +219,7 @@ def predict_texts(
     arm = load_arm(model_dir)
     examples = arm.encode(texts)
     loader = make_eval_loader(arm, examples, [-1] * len(examples), batch_size)
+    mixed_precision = mixed_precision or rundir.read_config(run_dir).get("mixed_precision") or "auto"
     with autocast(resolve_precision(mixed_precision, "cpu").name, "cpu"):
         out = predict_loader(arm.model.eval(), loader, len(examples))
     return [
@@ -290,10 +295,11 @@ def add_cli(subparsers) -> None:
     p.add_argument(
         "--mixed_precision",
         "--mixed-precision",
-        default="auto",
+        default=None,
         choices=("auto", "no", "bf16", "fp16"),
-        help="autocast for inference: auto = bf16 on CUDA and on CPUs with native bf16 (as in "
-        "training), else fp32; recorded with the timing",
+        help="autocast for inference (default: the run's own --mixed_precision, so a run trained in "
+        "fp32 is scored in fp32); auto = bf16 on CUDA and on CPUs with native bf16, else fp32; recorded "
+        "with the timing",
     )
     p.add_argument(
         "--calibrate",

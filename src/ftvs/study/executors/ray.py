@@ -28,6 +28,7 @@ except ImportError:  # this module is imported only for --executor ray
     ) from None
 
 MARKER = ".ftvs-ray-check"
+PROBE_SECONDS = 300  # a node may first have to start a worker process (slow on a busy machine)
 STOP_SECONDS = (
     45  # a cancelled task interrupts its child like Ctrl-C (stop_child: up to 40 s), then it is killed
 )
@@ -123,7 +124,13 @@ class RayExecutor:
                 ).remote(str(marker))
                 for n in nodes
             ]
-            seen = ray.get(refs, timeout=120)
+            try:
+                seen = ray.get(refs, timeout=PROBE_SECONDS)
+            except ray.exceptions.GetTimeoutError:
+                raise FtvsError(
+                    f"the Ray nodes did not answer the shared-folder check within {PROBE_SECONDS} s; see "
+                    "`ray status` (are the nodes alive and not overloaded?) and docs/cluster.md"
+                ) from None
         finally:
             marker.unlink(missing_ok=True)
         blind = [n.get("NodeManagerAddress", n["NodeID"]) for n, s in zip(nodes, seen) if s != token]
