@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_runs import TINY_SCRATCH_FLAGS, assert_one_line_error, prepare_tiny_dataset
+from tiny_runs import TINY_SCRATCH, TINY_SCRATCH_FLAGS, assert_one_line_error, prepare_tiny_dataset
 
 from ftvs.checkpoint import has_checkpoint, load_training_state, save_training_state
 from ftvs.cli import main
@@ -32,19 +32,7 @@ def test_training_state_round_trips_weights_optimizer_schedule_rngs_and_epoch_st
     run = tmp_path / "run"
     cfg = build_config(
         {},
-        {
-            "data": str(tiny_data),
-            "output_dir": str(run),
-            "tokenizer": "bpe",
-            "bpe_vocab_size": 300,
-            "n_layer": 1,
-            "n_embd": 32,
-            "n_head": 2,
-            "d_ff": 64,
-            "max_seq_length": 24,
-            "per_device_train_batch_size": 16,
-            "mixed_precision": "no",
-        },
+        {**TINY_SCRATCH, "data": str(tiny_data), "output_dir": str(run), "per_device_train_batch_size": 16},
     )
     accelerator = make_accelerator(cfg)
     trained = set_up(cfg, accelerator)
