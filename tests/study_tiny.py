@@ -4,7 +4,7 @@ tests/tiny_runs.py) whose runs take seconds: for the executor tests and benchmar
 from pathlib import Path
 
 import yaml
-from tiny_runs import prepare_tiny_dataset
+from tiny_runs import TINY_SCRATCH, prepare_tiny_dataset
 
 
 def tiny_study_yaml(root: Path, epochs: int = 3, seeds=(0, 1)) -> Path:
@@ -29,12 +29,7 @@ def tiny_study_yaml(root: Path, epochs: int = 3, seeds=(0, 1)) -> Path:
                 "name": "scratch",
                 "arm": "scratch",
                 "preset": "tiny",
-                "tokenizer": "bpe",
-                "bpe_vocab_size": 300,
-                "n_layer": 1,
-                "n_embd": 32,
-                "n_head": 2,
-                "d_ff": 64,
+                **TINY_SCRATCH,  # its max_seq_length and mixed_precision are the train block's too
                 "num_train_epochs": epochs,
                 "learning_rate": 3e-3,
             },
