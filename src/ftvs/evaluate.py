@@ -157,7 +157,7 @@ def evaluate_run(
     if batch_size < 1:
         raise FtvsError(f"--batch-size {batch_size} must be at least 1; use e.g. 128")
     cfg = rundir.read_config(run_dir)
-    mixed_precision = mixed_precision or cfg.get("mixed_precision") or "auto"
+    mixed_precision = _scoring_precision(mixed_precision, cfg)
     explicit = bool(data_dir)
     data_dir = data_dir or cfg.get("data")
     if not data_dir:
@@ -204,6 +204,11 @@ def evaluate_run(
     return metrics
 
 
+def _scoring_precision(requested: str | None, cfg: dict) -> str:
+    """The precision to score a run in: the one asked for, else the run's own training setting."""
+    return requested or cfg.get("mixed_precision") or "auto"
+
+
 def predict_texts(
     run_dir, texts: list[str], batch_size: int = 64, mixed_precision: str | None = None
 ) -> list[dict]:
@@ -219,7 +224,7 @@ def predict_texts(
     arm = load_arm(model_dir)
     examples = arm.encode(texts)
     loader = make_eval_loader(arm, examples, [-1] * len(examples), batch_size)
-    mixed_precision = mixed_precision or rundir.read_config(run_dir).get("mixed_precision") or "auto"
+    mixed_precision = _scoring_precision(mixed_precision, rundir.read_config(run_dir))
     with autocast(resolve_precision(mixed_precision, "cpu").name, "cpu"):
         out = predict_loader(arm.model.eval(), loader, len(examples))
     return [

@@ -58,7 +58,12 @@ def force_cpu() -> bool:
     alone as a single-process run instead of joining a gloo process group."""
     import torch
 
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return _multi_process() and not torch.cuda.is_available()
+
+
+def _multi_process() -> bool:
+    """This process is one of a multi-process launch (`accelerate launch` / torchrun set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def fresh_accelerate_state() -> None:
@@ -67,7 +72,7 @@ def fresh_accelerate_state() -> None:
     Python API, a notebook, the tests) may well ask for one, e.g. `mixed_precision: no` after `auto`
     resolved to bf16. A single-process run therefore starts from a clean state; in a multi-process launch
     the state holds the process group and is left alone."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if _multi_process():
         return
     from accelerate.state import AcceleratorState, GradientState
 

@@ -240,8 +240,8 @@ def _start_trial(study, setup: dict, search_space: dict, out: Path, bar, executo
     return TrainTrial(trial, setup["arm"], {**setup["base"], **params}, run_dir, executor, on_epoch)
 
 
-def _tell(study, trial, result, setup: dict, out: Path, bar, budget: dict) -> None:
-    """Tell Optuna how a trial ended and rewrite tune.json."""
+def _tell(study, trial, result, setup: dict, out: Path, bar, budget: dict) -> dict:
+    """Tell Optuna how a trial ended and rewrite tune.json; returns the budget now spent."""
     import optuna
 
     for key in ("seconds", "status", "epochs_run", "value"):
@@ -256,6 +256,7 @@ def _tell(study, trial, result, setup: dict, out: Path, bar, budget: dict) -> No
     bar.line(f"trial #{trial.number} {ended}: val macro-F1 {value} in {clock(result.seconds)}")
     after = _budget(study, budget["n_trials"], budget["timeout_seconds"])
     write_outputs(out, study, setup, after, final=False)
+    return after
 
 
 def _fail(study, trial, setup: dict, out: Path, budget: dict) -> None:
@@ -279,9 +280,9 @@ def _search(study, setup: dict, space: dict, out: Path, bar, executor, baseline_
     running ones; until the budget is spent and nothing runs. An interrupted search stops its runs (their
     trials stay RUNNING and are queued again on resume)."""
     inflight: list[TrainTrial] = []
+    budget = _budget(study, n_trials, timeout)  # finished trials: changes only when one ends
     try:
         while True:
-            budget = _budget(study, n_trials, timeout)
             while len(inflight) < max(1, executor.slots) and not _budget_spent(
                 n_trials, timeout, *_in_flight_budget(budget, inflight)
             ):
@@ -292,8 +293,7 @@ def _search(study, setup: dict, space: dict, out: Path, bar, executor, baseline_
                 trial, params, run_dir = started  # a baseline fit: seconds, in this process
                 base, seed = setup["base"], setup["seed"]
                 result = run_baseline_trial(trial, baseline_data, params, base, seed, run_dir)
-                _tell(study, trial, result, setup, out, bar, budget)
-                budget = _budget(study, n_trials, timeout)
+                budget = _tell(study, trial, result, setup, out, bar, budget)
             if not inflight:
                 return
             for running in list(inflight):
@@ -305,7 +305,7 @@ def _search(study, setup: dict, space: dict, out: Path, bar, executor, baseline_
                     raise
                 if result is not None:
                     inflight.remove(running)
-                    _tell(study, running.trial, result, setup, out, bar, budget)
+                    budget = _tell(study, running.trial, result, setup, out, bar, budget)
             time.sleep(POLL_SECONDS)
     finally:
         for running in inflight:
@@ -362,13 +362,12 @@ def tune_arm(
         from ftvs.study.executors.local import LocalExecutor
 
         executor = LocalExecutor()
-    storage = choose_storage(out, storage, shared=getattr(executor, "name", "local") == "ray")
+    storage = choose_storage(out, storage, shared=executor.name == "ray")
     options = {"n_trials": n_trials, "seed": seed, "pruner": pruner, "defaults_first": defaults_first,
                "storage": storage, "parallel": executor.slots if arm != "baseline" else 1}  # fmt: skip
     with RunLock(out):
         study = _open_study(out, setup, search_space, options)
-        name = getattr(executor, "name", "local")
-        setup["executor"] = {"name": name, "trials_at_once": options["parallel"]}
+        setup["executor"] = {"name": executor.name, "trials_at_once": options["parallel"]}
         baseline_data = BaselineData(data) if arm == "baseline" else None
         bar = Progress(arm if arm != "finetune" else f"finetune/{method}", n_trials, timeout, progress)
         _search(study, setup, search_space, out, bar, executor, baseline_data, n_trials, timeout)

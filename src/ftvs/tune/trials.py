@@ -23,6 +23,7 @@ from ftvs.errors import FtvsError
 from ftvs.fileio import atomic_write_bytes, write_json
 from ftvs.rundir import CHECKPOINT_DIR, HISTORY, MODEL_DIR, TRIAL_CONFIG, TRIAL_LOG, read_summary
 from ftvs.study.executors import Job
+from ftvs.study.supervisor import last_error
 
 # what a finished trial keeps: its settings, curves and log; checkpoints and exported models are dropped
 # (a full fine-tune writes ~1.5 GB per trial) because the study retrains the best configuration anyway
@@ -118,7 +119,7 @@ class TrainTrial:
                 result.status, result.value = "nonfinite", result.value or 0.0
             elif rc != 0 or summary.get("status") != "completed":
                 raise FtvsError(
-                    f"trial {self.trial.number} failed (exit {rc}): {_last_line(self.job.log)[:300]}; see "
+                    f"trial {self.trial.number} failed (exit {rc}): {last_error(self.job.log)[:300]}; see "
                     f"{self.job.log}, fix the setting, then rerun the same command to resume"
                 )
             elif result.value is None:
@@ -127,11 +128,6 @@ class TrainTrial:
             if (run_dir / name).is_dir():
                 shutil.rmtree(run_dir / name, ignore_errors=True)
         return result
-
-
-def _last_line(log: Path) -> str:
-    lines = [ln for ln in log.read_text(errors="replace").strip().splitlines() if not ln.startswith("=== ")]
-    return lines[-1] if lines else "no output"
 
 
 def baseline_settings(params: dict, base: dict, seed: int):

@@ -49,6 +49,7 @@ class Handle(Protocol):
 
 
 class Executor(Protocol):
+    name: str  # "local" or "ray"
     slots: int  # how many runs the supervisor keeps in flight
 
     def start(self, job: Job) -> Handle:
