@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import yaml
 
-from ftvs.errors import FtvsError, closest
+from ftvs.errors import FtvsError, closest, is_count
 from ftvs.fileio import atomic_write_bytes
 from ftvs.rundir import CONFIG
 
@@ -190,6 +190,8 @@ class TrainConfig:
             )
         if self.learning_rate is not None and not self.learning_rate > 0:
             bad("learning_rate", "must be > 0", "use e.g. 1e-3 (scratch) or 5e-4 (LoRA)")
+        if not self.base_lr_ratio > 0:
+            bad("base_lr_ratio", "must be > 0", "use e.g. 0.1")
         for key in (
             "max_seq_length",
             "num_train_epochs",
@@ -197,21 +199,25 @@ class TrainConfig:
             "per_device_eval_batch_size",
             "gradient_accumulation_steps",
             "logging_steps",
-        ):
-            if getattr(self, key) < 1:
-                bad(key, "must be >= 1", "use a positive integer")
+            "bpe_vocab_size",
+            "max_vocab",
+            "lora_r",
+            "lora_alpha",
+            *(k for k in ("max_train_steps", "unfreeze_top_k", "n_layer", "n_head", "n_embd", "d_ff")
+              if getattr(self, k) is not None),
+        ):  # fmt: skip
+            if not is_count(getattr(self, key), 1):
+                bad(key, "must be a whole number >= 1", "use a positive integer")
         for key in ("dropout", "token_dropout", "lora_dropout", "warmup_ratio", "label_smoothing"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, "must be in [0, 1)", "use e.g. 0.1")
-        for key in (
-            "weight_decay",
-            "max_grad_norm",
-            "early_stopping_patience",
-            "save_steps",
-            "skip_nan_steps",
-        ):
-            if getattr(self, key) < 0:
+        for key in ("weight_decay", "max_grad_norm"):
+            if not getattr(self, key) >= 0:
                 bad(key, "must be >= 0", "use 0 to disable")
+        for key in ("early_stopping_patience", "save_steps", "skip_nan_steps", "unfreeze_after_epochs",
+                    "num_workers"):  # fmt: skip
+            if not is_count(getattr(self, key), 0):
+                bad(key, "must be a whole number >= 0", "use 0 to disable")
         if self.arm == "scratch" and self.max_seq_length > MAX_POSITIONS:
             bad(
                 "max_seq_length",
@@ -331,7 +337,7 @@ def check_type(key: str, value):
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return value
         raise FtvsError(f"invalid {key}={value!r}: must be a list of names; use e.g. [q_proj, v_proj]")
-    converted = _convert(value, kind)
+    converted = convert_value(value, kind)
     if converted is None:
         what, example = _TYPE_WORDS[kind]
         default = _FIELD_DEFAULTS.get(key)
@@ -341,11 +347,13 @@ def check_type(key: str, value):
     return converted
 
 
-def _convert(value, kind):
+def convert_value(value, kind):
     """`value` as `kind`, or None when it is not one (bools are not numbers, 1.5 is not an integer)."""
     if kind is bool:
         return value if isinstance(value, bool) else None
-    if kind in (int, float) and not isinstance(value, bool):
+    if kind in (int, float):
+        if isinstance(value, bool):  # True is not the number 1 here
+            return None
         if isinstance(value, str):
             try:
                 value = float(value.strip())

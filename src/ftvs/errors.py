@@ -16,3 +16,17 @@ def closest(name: str, choices) -> str:
     """' (did you mean X?)' for the nearest choice, or '' when nothing is close."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def is_count(value, minimum: int = 1) -> bool:
+    """The one rule for a count (epochs, steps, trials, runs at once, processes, examples): a whole number,
+    never a bool (`True` is not 1), at least `minimum`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_count(name: str, value, minimum: int = 1, fix: str = "") -> None:
+    """Raise a one-line FtvsError naming `name` unless `value` is a count >= `minimum` (`is_count`)."""
+    if not is_count(value, minimum):
+        raise FtvsError(
+            f"{name} {value!r}: must be a whole number >= {minimum}; {fix or f'use e.g. {max(minimum, 1)}'}"
+        )

@@ -76,6 +76,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, data_
     run_dir = Path(cfg.output_dir)
     if not cfg.output_dir:
         raise FtvsError("no --output_dir given; name a folder for the run")
+    if resume and not (run_dir / CONFIG).is_file():
+        held = "does not exist" if not run_dir.exists() else "holds no run to continue (no config.yaml)"
+        raise FtvsError(f"cannot resume {run_dir}: it {held}; start the run without --resume (resume=False)")
     check_output_dir(run_dir, cfg.arm, data_dir=cfg.data, resume=resume, overwrite=overwrite)
     accelerator = make_accelerator(cfg)
     if accelerator.distributed_type == "FSDP":  # checkpoints/export would hold one process's shard only
@@ -84,13 +87,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, data_
             "parameters); launch with DDP (`accelerate launch --multi_gpu ...`), see docs/multi_gpu.md"
         )
     main = accelerator.is_main_process
-    if main:
-        if overwrite and not resume:
-            clear_run(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
+    # the lock first: nothing in the folder is touched while another process may be training there
     with RunLock(run_dir) if main else contextlib.nullcontext():
-        if main:  # a kill between replace_dir's two renames leaves only "<name>.old": put it back
+        if main:
+            check_output_dir(run_dir, cfg.arm, data_dir=cfg.data, resume=resume, overwrite=overwrite)
+            if overwrite and not resume:
+                clear_run(run_dir)
+            # a kill between replace_dir's two renames leaves only "<name>.old": put it back
             for name in (ckpt.CHECKPOINT_DIR, MODEL_DIR):
                 recover_dir(run_dir / name)
         accelerator.wait_for_everyone()

@@ -343,15 +343,7 @@ def _check_settings(cfg, label_names) -> None:
     check_method(cfg.method)
     if len(label_names) < 2:
         raise FtvsError(f"need at least 2 labels to classify, got {len(label_names)}")
-    if cfg.max_seq_length < 1:
-        raise FtvsError(f"invalid max_length={cfg.max_seq_length}: must be >= 1")
-    if cfg.method == "lora" and cfg.lora_r < 1:
-        raise FtvsError(f"invalid lora_r={cfg.lora_r}: must be >= 1 (e.g. 8)")
-    if cfg.method == "unfreeze":
-        if cfg.unfreeze_after_epochs < 0:
-            raise FtvsError(f"invalid unfreeze_after_epochs={cfg.unfreeze_after_epochs}: must be >= 0")
-        if not cfg.base_lr_ratio > 0:
-            raise FtvsError(f"invalid base_lr_ratio={cfg.base_lr_ratio}: must be > 0 (e.g. 0.1)")
+    cfg.validate()  # the ranges of every setting (TrainConfig.validate, the one place for them)
 
 
 def _check_fits_model(cfg, hf_model) -> None:

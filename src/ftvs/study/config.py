@@ -15,7 +15,7 @@ import yaml
 
 from ftvs.config import FIELDS, RESUME_FREE_KEYS, build_config
 from ftvs.data import DEFAULT_TOKENIZER
-from ftvs.errors import FtvsError, closest
+from ftvs.errors import FtvsError, closest, is_count
 from ftvs.study.tuning import check_tuning
 
 KINDS = ("baseline", "scratch", "finetune")
@@ -202,7 +202,7 @@ def _normalize_data(given) -> dict:
             "study config: data.source is missing; e.g. 20newsgroups, hf:PolyAI/banking77 or a CSV folder"
         )
     for key in ("max_train_examples", "max_val_examples", "max_test_examples"):
-        if data[key] is not None and (not isinstance(data[key], int) or data[key] < 1):
+        if data[key] is not None and not is_count(data[key]):
             raise FtvsError(f"study config: data.{key} must be a positive integer or null, got {data[key]!r}")
     return data
 
@@ -316,7 +316,7 @@ def _launcher(value, where: str) -> dict:
     if not isinstance(value, dict):
         raise FtvsError(f"study config: {where} must be a mapping like {{num_processes: 2}}")
     n = value.get("num_processes", 1)
-    if not isinstance(n, int) or n < 1:
+    if not is_count(n):
         raise FtvsError(f"study config: {where}.num_processes must be a positive integer, got {n!r}")
     return dict(value)
 

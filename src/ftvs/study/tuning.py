@@ -20,7 +20,7 @@ import copy
 import shutil
 from pathlib import Path
 
-from ftvs.errors import FtvsError, closest
+from ftvs.errors import FtvsError, closest, is_count
 from ftvs.fileio import read_json
 
 TOP_TUNE_KEYS = {"n_trials", "timeout", "pruner"}
@@ -44,7 +44,7 @@ def normalize_tune(value, where: str, allowed=TOP_TUNE_KEYS):
             hint = " (a search space belongs in an arm's own tune:)" if key == "space" else ""
             raise FtvsError(f"study config: unknown key {key!r} in {where}{closest(str(key), allowed)}{hint}")
     n, t = value.get("n_trials"), value.get("timeout")
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+    if n is not None and not is_count(n):
         raise FtvsError(f"study config: {where}.n_trials must be a positive integer, got {n!r}")
     if t is not None and (not isinstance(t, int | float) or isinstance(t, bool) or t <= 0):
         raise FtvsError(f"study config: {where}.timeout must be a number of seconds > 0, got {t!r}")
@@ -76,13 +76,14 @@ def check_tuning(cfg: dict) -> None:
         arm["tune"] = normalize_tune(arm.get("tune"), f"arms.{arm['name']}.tune", ARM_TUNE_KEYS)
         t = effective_tune(cfg, arm)
         if t and t["space"]:
+            from ftvs.study.plan import _settings
             from ftvs.tune.space import build_space
 
             method = (
                 arm.get("method", cfg["train"].get("method", "lora")) if arm["arm"] == "finetune" else None
             )
             try:
-                build_space(arm["arm"], method, t["space"])
+                build_space(arm["arm"], method, t["space"], fixed=_settings(cfg, arm))
             except FtvsError as e:
                 raise FtvsError(f"study config arms.{arm['name']}.tune.space: {e}") from None
 

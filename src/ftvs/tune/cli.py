@@ -134,7 +134,7 @@ def cmd_tune(args) -> int:
             "fix baseline settings with --set (e.g. --set min_df=2)"
         )
     check_executor_flags(args)
-    if args.arm == "baseline" and (args.executor != "local" or args.parallel):
+    if args.arm == "baseline" and (args.executor != "local" or args.parallel is not None):
         raise FtvsError(
             "--executor/--parallel apply to scratch and finetune trials; baseline trials are fits of "
             "seconds in this process: drop them"

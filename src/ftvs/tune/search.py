@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 from ftvs.data import load_metadata
-from ftvs.errors import FtvsError
+from ftvs.errors import FtvsError, check_count
 from ftvs.fileio import RunLock
 from ftvs.fmt import clock
 from ftvs.tune import space as spaces
@@ -160,8 +160,8 @@ class Progress:
 def _check_arguments(n_trials, timeout, pruner, output_dir) -> None:
     if n_trials is None and timeout is None:
         raise FtvsError("no budget: give --n_trials N and/or --timeout SECONDS")
-    if n_trials is not None and n_trials < 1:
-        raise FtvsError(f"--n_trials must be >= 1, got {n_trials}")
+    if n_trials is not None:
+        check_count("--n_trials", n_trials)
     if timeout is not None and not timeout > 0:
         raise FtvsError(f"--timeout must be > 0 seconds, got {timeout}")
     if pruner not in PRUNERS:
@@ -346,7 +346,7 @@ def tune_arm(
     load_metadata(data)
     base = _base_settings(arm, method, data, base, seed)
     method = base.get("method")
-    search_space = spaces.build_space(arm, method, space)
+    search_space = spaces.build_space(arm, method, space, fixed=base)
     _check_space(arm, search_space, base, seed)
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

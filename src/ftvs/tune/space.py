@@ -166,13 +166,18 @@ def value_types(arm: str) -> dict[str, type]:
 
 
 def _number(key: str, field: str, value, kind: type):
-    # YAML 1.1 reads `1e-4` (no dot) as a string: accept it as the number it means
-    try:
-        return kind(float(value)) if kind is int else float(value)
-    except (TypeError, ValueError):
+    """`value` as the setting's own type, by the rule of `ftvs train` (YAML 1.1 reads `1e-4` as a string:
+    it is the number it means; 1.5 is not an integer, true is not a number): never silently rounded."""
+    from ftvs.config import convert_value
+
+    number = convert_value(value, kind)
+    if number is None:
+        what, example = ("a whole number", 3) if kind is int else ("a number", 0.001)
         raise FtvsError(
-            f"search space {key}.{field}={value!r} is not a number; write e.g. {field}: 0.001"
-        ) from None
+            f"search space {key}.{field}={value!r} is not {what} ({key} is {what}); write e.g. "
+            f"{field}: {example}"
+        )
+    return number
 
 
 def parse_param(key: str, spec, kind: type) -> Param:
@@ -212,10 +217,13 @@ def parse_param(key: str, spec, kind: type) -> Param:
 
 
 def build_space(
-    arm: str, method: str | None = None, override: dict | str | Path | None = None
+    arm: str, method: str | None = None, override: dict | str | Path | None = None, fixed: dict | None = None
 ) -> dict[str, Param]:
-    """The arm's default space with `override` (a mapping or a YAML file path) merged onto it."""
+    """The arm's default space with `override` (a mapping or a YAML file path) merged onto it. A setting
+    the user `fixed` (--set, --config, flags: every trial's base) is never searched: it leaves the default
+    space, and an override may not search it."""
     name = space_name(arm, method)
+    fixed = fixed or {}
     if isinstance(override, str | Path):
         from ftvs.config import load_yaml
 
@@ -224,13 +232,18 @@ def build_space(
     start_from_defaults = override.pop("defaults", True)
     if not isinstance(start_from_defaults, bool):
         raise FtvsError(f"search space: defaults must be true or false, got {start_from_defaults!r}")
-    specs = dict(DEFAULT_SPACES[name]) if start_from_defaults else {}
+    specs = {k: v for k, v in DEFAULT_SPACES[name].items() if k not in fixed} if start_from_defaults else {}
     types = value_types(arm)
     for key, spec in override.items():
         if key not in types:
             why = "is not searchable" if key in NOT_SEARCHABLE else f"is not a setting of the {name} arm"
             raise FtvsError(
                 f"search space key {key!r} {why}{closest(key, types)}; searchable: {', '.join(sorted(types))}"
+            )
+        if key in fixed and spec is not None and spec != fixed[key]:
+            raise FtvsError(
+                f"search space key {key!r} is fixed to {fixed[key]!r} by the settings of every trial "
+                f"(--set, --config or a flag); drop it from the space or from the fixed settings"
             )
         if spec is None:
             specs.pop(key, None)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ftvs.errors import FtvsError
+from ftvs.errors import FtvsError, check_count
 from ftvs.rundir import HISTORY, has_checkpoint
 
 
@@ -58,6 +58,12 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+def check_parallel(parallel) -> None:
+    """--parallel N (study runs, tune trials): a count of 1 or more, when given."""
+    if parallel is not None:
+        check_count("--parallel", parallel, fix="give a number of runs at once, 1 or more")
+
+
 def make_executor(
     name: str = "local",
     parallel: int | None = None,
@@ -65,8 +71,8 @@ def make_executor(
     study_dir: Path | None = None,
     retries: int = 3,
 ) -> Executor:
-    if parallel is not None and parallel < 1:
-        raise FtvsError(f"--parallel {parallel}: give a number of runs at once, 1 or more")
+    check_parallel(parallel)
+    check_count("--ray_retries", retries, minimum=0)
     if name == "local":
         from ftvs.study.executors.local import LocalExecutor
 
@@ -117,6 +123,7 @@ def check_executor_flags(args) -> None:
     """Refuse flag combinations that cannot mean anything, before any work."""
     if args.ray_address and args.executor != "ray":
         raise FtvsError("--ray_address is for --executor ray; add --executor ray")
+    check_parallel(args.parallel)
 
 
 def executor_from_args(args, folder: Path) -> Executor:
