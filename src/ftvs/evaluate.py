@@ -156,6 +156,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if batch_size < 1:
         raise FtvsError(f"--batch-size {batch_size} must be at least 1; use e.g. 128")
+    rundir.check_training_ended(run_dir, "evaluate")
     cfg = rundir.read_config(run_dir)
     mixed_precision = _scoring_precision(mixed_precision, cfg)
     explicit = bool(data_dir)

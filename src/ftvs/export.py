@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ftvs import rundir
 from ftvs.arms import load_arm
 from ftvs.arms.hf import SequenceClassifier
 from ftvs.calibration import softmax
 from ftvs.data import load_split
-from ftvs.errors import FtvsError
+from ftvs.errors import FtvsError, is_count
 from ftvs.fileio import write_json
 from ftvs.inference import make_eval_loader
 from ftvs.rundir import METRICS, model_dir, read_config, read_marker
@@ -78,28 +79,81 @@ def _example_inputs(arm, texts) -> dict:
 @contextlib.contextmanager
 def _quiet_exporter():
     """The dynamo exporter narrates every stage on stdout, warns about axis names it merged and logs
-    the torchvision operators it skips."""
+    the torchvision operators it skips; its opset converter logs a failure with a traceback and carries
+    on (`export_onnx` checks the opset it made instead)."""
     import io
     import logging
 
-    log = logging.getLogger("torch.onnx")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    logs = [logging.getLogger("torch.onnx"), logging.getLogger("onnxscript")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        log.setLevel(level)
+        for log, level in zip(logs, levels):
+            log.setLevel(level)
 
 
-def export_onnx(run_dir, output=None, opset: int = DEFAULT_OPSET, arm=None) -> Path:
-    """Write the run's model as ONNX (default RUN_DIR/export/model.onnx); returns the file."""
+def _ftvs_graph_files(path: Path) -> list[Path] | None:
+    """The files of the ONNX graph ftvs exported to `path`: the graph and the external data files it
+    names; None when `path` is no such graph (not ONNX, or no ftvs metadata)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX at all (text, truncated, ...): protobuf raises several types
+        return None
+    if not any(p.key == "ftvs_arm" for p in graph.metadata_props):
+        return None
+    external = {
+        e.value
+        for t in graph.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for e in t.external_data
+        if e.key == "location"
+    }
+    return [path, *(path.parent / name for name in sorted(external))]
+
+
+def check_output(output: Path, overwrite: bool) -> list[Path]:
+    """The files to remove before writing the graph to `output`: a graph ftvs exported there (with its
+    external data), or with `overwrite` whatever file is there; anything else is refused. A `.data` file
+    beside it that the old graph does not name is never removed."""
+    if output.is_dir():
+        raise FtvsError(f"--output {output} is a folder; name a file such as {output / 'model.onnx'}")
+    if not output.exists():
+        return []
+    ours = _ftvs_graph_files(output)
+    if ours is None and not overwrite:
+        raise FtvsError(
+            f"--output {output} exists and is not an ONNX graph ftvs exported; choose another file or "
+            "pass --overwrite to replace it"
+        )
+    return ours or [output]
+
+
+def _check_opset(opset: int) -> None:
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not is_count(opset) or opset > newest:
+        raise FtvsError(f"--opset {opset!r}: ONNX opsets go up to {newest}; use e.g. {DEFAULT_OPSET}")
+
+
+def export_onnx(run_dir, output=None, opset: int = DEFAULT_OPSET, arm=None, overwrite: bool = False) -> Path:
+    """Write the run's model as ONNX (default RUN_DIR/export/model.onnx); returns the file. An `output`
+    that holds something ftvs did not export is replaced only with `overwrite`."""
     _require_onnx()
 
     run_dir = Path(run_dir)
-    arm = arm or load_arm(model_dir(run_dir))
+    rundir.check_training_ended(run_dir, "export")
+    _check_opset(opset)
     output = Path(output) if output else run_dir / "export" / "model.onnx"
+    replaced = check_output(output, overwrite)
+    arm = arm or load_arm(model_dir(run_dir))
     output.parent.mkdir(parents=True, exist_ok=True)
     data_dir = _data_dir(run_dir)
     texts = load_split(data_dir, "test")[0] if data_dir else []
@@ -123,6 +177,12 @@ def export_onnx(run_dir, output=None, opset: int = DEFAULT_OPSET, arm=None) -> P
             )
     except Exception as e:  # the exporter raises many types; the first line says what it could not trace
         raise FtvsError(f"ONNX export of {run_dir} failed: {str(e).strip().splitlines()[0][:300]}") from None
+    made = program.model.opset_imports.get("")
+    if made != opset:  # the exporter writes its own opset when converting down fails, and only logs it
+        raise FtvsError(
+            f"ONNX export of {run_dir} to opset {opset} failed: the model needs operators newer than "
+            f"opset {opset} (the exporter made opset {made}); use a higher --opset (default {DEFAULT_OPSET})"
+        )
     program.model.metadata_props.update(
         {
             "ftvs_arm": arm.kind,
@@ -132,7 +192,7 @@ def export_onnx(run_dir, output=None, opset: int = DEFAULT_OPSET, arm=None) -> P
             "pad_token_id": str(arm.pad_id),
         }
     )
-    for stale in (output, output.with_name(output.name + ".data")):
+    for stale in replaced:
         stale.unlink(missing_ok=True)
     program.save(str(output))
     return output
@@ -239,8 +299,8 @@ def check_onnx(
 
 
 def _onnx_bytes(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+    """The graph's size with the external data files it names."""
+    return sum(p.stat().st_size for p in _ftvs_graph_files(path) or [path] if p.is_file())
 
 
 def predict_onnx(run_dir, texts: list[str], onnx_path=None, batch_size: int = 64) -> list[dict]:
@@ -270,7 +330,7 @@ def cmd_export(args) -> int:
     if read_marker(run_dir).get("arm") == "baseline":
         raise FtvsError(f"{run_dir} is a TF-IDF baseline; export covers the neural arms (scratch, finetune)")
     t0 = time.perf_counter()
-    path = export_onnx(run_dir, args.output, args.opset)
+    path = export_onnx(run_dir, args.output, args.opset, overwrite=args.overwrite)
     print(
         f"exported {path} ({_onnx_bytes(path) / 1e6:.1f} MB, opset {args.opset}) in "
         f"{time.perf_counter() - t0:.1f}s"
@@ -315,6 +375,11 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a trained run folder (scratch or fine-tuned)")
     p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default onnx)")
     p.add_argument("--output", help="output file (default RUN_DIR/export/model.onnx)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an --output file (and its .data) that is not an ONNX graph ftvs exported",
+    )
     p.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version (default %(default)s)"
     )

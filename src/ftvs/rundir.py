@@ -143,6 +143,28 @@ def clear_run(run_dir) -> None:
                 p.unlink()
 
 
+def check_training_ended(run_dir, doing: str, status: str | None = None) -> None:
+    """Refuse to `doing` (evaluate, export, compare) a run whose training has not ended: still running (its
+    lock is held) or killed (train_summary.json, or `status` as metrics.json recorded it, says "running").
+    A failed run keeps its best epoch and may be scored."""
+    from ftvs.fileio import RunLock
+
+    run_dir = Path(run_dir)
+    if "running" not in (read_summary(run_dir).get("status"), status):
+        return
+    if not RunLock.is_free(run_dir):
+        raise FtvsError(f"{run_dir} is still training; {doing} it once its training has ended")
+    again = (
+        "rerun `ftvs baseline` on it"
+        if run_kind(run_dir) == "baseline"
+        else f"`ftvs train --resume {run_dir}`"
+    )
+    raise FtvsError(
+        f"the training of {run_dir} never ended (killed or interrupted: its status is 'running'); finish it "
+        f"({again}), then {doing} it"
+    )
+
+
 def is_evaluated(path: Path) -> bool:
     return path.is_dir() and (path / METRICS).is_file()
 

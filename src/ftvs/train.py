@@ -295,6 +295,7 @@ def set_up(cfg: TrainConfig, accelerator) -> Setup:
     label_names = meta["label_names"]
     train_texts, train_labels = load_split(cfg.data, "train")
     val_texts, val_labels = load_split(cfg.data, "val")
+    weights = class_weights.resolve(cfg.class_weights, train_labels, label_names)  # bad weights fail first
     arm = build_arm(cfg, train_texts, label_names)
     cfg = resolve_config(cfg, arm)
     t0 = time.perf_counter()  # tokenising; for a frozen base with the feature cache, its one forward pass
@@ -303,7 +304,6 @@ def set_up(cfg: TrainConfig, accelerator) -> Setup:
     encode_seconds = time.perf_counter() - t0
 
     step = build_train_step(cfg, arm, train_examples, train_labels, accelerator)
-    weights = class_weights.resolve(cfg.class_weights, train_labels, label_names)
     if weights is not None:
         step.class_weight = torch.tensor(weights, dtype=torch.float32, device=accelerator.device)
     val_loader = accelerator.prepare(

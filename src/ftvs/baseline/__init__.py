@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ftvs import rundir
+from ftvs import class_weights, rundir
 from ftvs.baseline.model import (
     ARM,
     DEFAULT_C_GRID,
@@ -215,6 +215,7 @@ def run_baseline(
     rundir.check_output_dir(out, ARM, data_dir=data_dir, overwrite=overwrite)
     meta, label_names, splits = _load_splits(data_dir)
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = splits["train"], splits["val"], splits["test"]
+    class_weights.resolve(settings.class_weights, train_y, label_names)  # a bad weights file fails first
     run_name = run_name or out.name
 
     with RunLock(out):

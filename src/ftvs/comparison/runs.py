@@ -6,7 +6,7 @@ import glob
 from pathlib import Path
 
 from ftvs import rundir
-from ftvs.errors import FtvsError
+from ftvs.errors import FtvsError, is_count
 from ftvs.fileio import read_json
 
 ARM_ORDER = {"finetune": 0, "scratch": 1, "baseline": 2}
@@ -126,6 +126,36 @@ class Run:
         if "test" not in m or "accuracy" not in (m.get("test") or {}):
             raise FtvsError(
                 f"{self.path}/{rundir.METRICS} has no test scores; re-run `ftvs evaluate {self.path}`"
+            )
+        rundir.check_training_ended(self.path, "compare", (m.get("training") or {}).get("status"))
+        self._check_predictions()
+
+    def _check_predictions(self) -> None:
+        """The test predictions must be the ones behind the scores (the tables read the scores, the
+        significance tests the predictions): recomputed, they must give the same accuracy and macro-F1."""
+        if not (self.path / rundir.PREDICTIONS).is_file():
+            return
+        from ftvs.metrics import summary_metrics
+
+        p, test = self.predictions, self.metrics["test"]
+        y_true, y_pred, names = p.get("y_true"), p.get("y_pred"), p.get("label_names") or []
+        readable = (
+            isinstance(y_true, list)
+            and isinstance(y_pred, list)
+            and len(y_true) == len(y_pred) == self.metrics.get("num_test_examples", len(y_true))
+            and all(is_count(y, 0) and y < len(names) for y in (*y_true, *y_pred))
+        )
+        got = summary_metrics(y_true, y_pred, len(names)) if readable else {}
+        wrong = [
+            k for k in ("accuracy", "macro_f1") if not readable or abs(got[k] - (test.get(k) or 0)) > 1e-6
+        ]
+        if wrong:
+            shown = (
+                f"{wrong[0]} {got[wrong[0]]:.4f} vs {test.get(wrong[0])}" if readable else "other examples"
+            )
+            raise FtvsError(
+                f"{self.path}: {rundir.PREDICTIONS} does not match {rundir.METRICS} ({shown}); one was "
+                f"edited or replaced: re-run `ftvs evaluate {self.path}`"
             )
 
     def tag(self, key, default=None):
