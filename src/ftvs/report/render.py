@@ -27,19 +27,38 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def inline_html(text: str) -> str:
+def _spans(text) -> list[tuple[bool, str]]:
+    """(is a `code` span, its text) of each run of `text`, the backticks kept."""
     parts = re.split(r"(`[^`]+`)", str(text))
-    out = []
-    for part in parts:
-        if part.startswith("`") and part.endswith("`") and len(part) > 1:
-            out.append(f"<code>{html.escape(part[1:-1])}</code>")
-        else:
-            out.append(_BOLD.sub(r"<strong>\1</strong>", html.escape(part)))
-    return "".join(out)
+    return [(p.startswith("`") and p.endswith("`") and len(p) > 1, p) for p in parts]
+
+
+def inline_html(text: str) -> str:
+    return "".join(
+        f"<code>{html.escape(part[1:-1])}</code>"
+        if code
+        else _BOLD.sub(r"<strong>\1</strong>", html.escape(part))
+        for code, part in _spans(text)
+    )
+
+
+# what a Markdown viewer would read as HTML: `<` opening a tag, comment or autolink (not "p < 0.05"), and
+# `&` opening an entity
+_MD_HTML = re.compile(r"<(?=[A-Za-z/!?])|&(?=#?\w+;)")
+
+
+def inline_md(text) -> str:
+    """Text for Markdown: outside `code` spans (which Markdown shows as written), a tag-opening `<` and an
+    entity-opening `&` are escaped, so a label name or text such as `<script>` shows as text and never
+    runs as HTML (report.html escapes the same texts)."""
+    return "".join(
+        part if code else _MD_HTML.sub(lambda m: "&lt;" if m.group() == "<" else "&amp;", part)
+        for code, part in _spans(text)
+    )
 
 
 def _md_cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return inline_md(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _cell_html(text) -> str:
@@ -51,22 +70,23 @@ def to_markdown(blocks: list[dict]) -> str:
     for b in blocks:
         t = b["t"]
         if t in ("h1", "h2", "h3"):
-            lines += ["#" * int(t[1]) + " " + b["text"], ""]
+            lines += ["#" * int(t[1]) + " " + inline_md(b["text"]), ""]
         elif t == "p":
-            lines += [b["text"], ""]
+            lines += [inline_md(b["text"]), ""]
         elif t == "note":
-            lines += ["> " + b["text"], ""]
+            lines += ["> " + inline_md(b["text"]), ""]
         elif t == "ul":
-            lines += [f"- {item}" for item in b["items"]] + [""]
+            lines += [f"- {inline_md(item)}" for item in b["items"]] + [""]
         elif t == "table":
             if b.get("caption"):
-                lines += [f"*{b['caption']}*", ""]
+                lines += [f"*{inline_md(b['caption'])}*", ""]
             lines.append("| " + " | ".join(_md_cell(h) for h in b["header"]) + " |")
             lines.append("|" + "|".join("---:" if a == "r" else "---" for a in _aligns(b)) + "|")
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b["rows"]]
             lines.append("")
         elif t == "fig":
-            lines += [f"![{b['caption']}]({b['file']})", "", f"*Figure: {b['caption']}*", ""]
+            caption = inline_md(b["caption"])
+            lines += [f"![{caption}]({b['file']})", "", f"*Figure: {caption}*", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
