@@ -136,8 +136,11 @@ def test_each_method_learns_and_reloads_identically(tiny_dir, method, tmp_path):
         assert trainable == desc["params_total"]
     elif method == "frozen":
         assert trainable == 32 * len(labels)  # Linear(32 -> C), no bias
-    else:
-        assert 32 * len(labels) < trainable < desc["params_total"] or method == "unfreeze"
+    elif method == "unfreeze":  # top_k all: once unfrozen, the whole model trains, the head included
+        assert trainable == desc["params_total"] and desc["params_trainable_head"] == 32 * len(labels)
+        assert desc["unfreeze"]["after_epochs"] == 1 and desc["unfreeze"]["top_k"] == "all"
+    else:  # LoRA: the adapters and the head, not the base
+        assert method == "lora" and 32 * len(labels) < trainable < desc["params_total"]
 
 
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
