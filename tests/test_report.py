@@ -114,8 +114,10 @@ def test_numbers_in_the_text_equal_the_json(study):
     assert (int(hit.group(8)), int(hit.group(9))) == (int((ca & ~cb).sum()), int((~ca & cb).sum()))
     acc_diff = ca.mean() - cb.mean()
     assert float(hit.group(6)) == pytest.approx(acc_diff, abs=5e-5)
-    # 3. significance table rows
-    for cells in md_table(md, "Paired tests"):
+    # 3. significance table rows (the headline pair among them: a loop over no rows would check nothing)
+    paired = md_table(md, "Paired tests")
+    assert (a, b) in {(cells[0], cells[1]) for cells in paired}, paired
+    for cells in paired:
         p = find_pair(c["significance"], cells[0], cells[1])
         d = [float(v) for v in re.findall(NUM, cells[3])]
         assert d == pytest.approx(
@@ -123,10 +125,10 @@ def test_numbers_in_the_text_equal_the_json(study):
         )
         assert cells[4] == f"{p['mcnemar']['a_only_correct']}/{p['mcnemar']['b_only_correct']}"
         assert cells[7] == ("yes" if p["mcnemar"]["p_value"] < 0.05 else "no")
-    # 4. convergence sentences = history.jsonl
-    for name, best, epochs, f1 in re.findall(
-        rf"\*\*(\S+)\*\* peaked at epoch (\d+) of (\d+) \(val macro-F1 ({NUM})\)", md
-    ):
+    # 4. convergence sentences = history.jsonl, one for each neural run
+    peaks = re.findall(rf"\*\*(\S+)\*\* peaked at epoch (\d+) of (\d+) \(val macro-F1 ({NUM})\)", md)
+    assert sorted(name for name, *_ in peaks) == ["ft_lora", "scratch_tiny"], peaks
+    for name, best, epochs, f1 in peaks:
         hist = [
             json.loads(line) for line in (study["runs"] / name / "history.jsonl").read_text().splitlines()
         ]
