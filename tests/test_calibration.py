@@ -95,6 +95,22 @@ def test_every_run_has_ece_brier_and_a_reliability_diagram(runs):
         assert (run / "reliability_diagram.png").stat().st_size > 5000
 
 
+def val_nll(run, data):
+    """NLL of softmax(logits / T) on the validation split, as a function of T, from the run's own model."""
+    import torch
+    import torch.nn.functional as F
+
+    from ftvs.arms import load_arm
+    from ftvs.data import load_split
+    from ftvs.inference import make_eval_loader, predict_loader
+
+    arm = load_arm(run / "model")
+    texts, labels = load_split(data, "val")
+    out = predict_loader(arm.model.eval(), make_eval_loader(arm, arm.encode(texts), labels, 64), len(texts))
+    logits, y = torch.tensor(out["logits"], dtype=torch.float64), torch.tensor(labels)
+    return lambda t: F.cross_entropy(logits / t, y).item()
+
+
 def test_evaluate_calibrate_fits_a_temperature_on_val(runs, capsys):
     run = runs["scratch"]
     before = json.loads((run / "metrics.json").read_text())
@@ -105,6 +121,11 @@ def test_evaluate_calibrate_fits_a_temperature_on_val(runs, capsys):
     assert 0.0 <= cal["ece_after"] <= 1.0 and 0.0 <= cal["brier_after"] <= 2.0
     assert m["test"]["ece"] == pytest.approx(before["test"]["ece"])  # the model's own scores are unchanged
     assert m["test"]["accuracy"] == before["test"]["accuracy"]
+    # the temperature is the one that minimises the validation NLL: lower than the model's own (T = 1)
+    # and than a temperature a quarter off either way
+    nll = val_nll(run, runs["data"])
+    t = cal["temperature"]
+    assert nll(t) < nll(1.0) and nll(t) < min(nll(t * 1.25), nll(t / 1.25)), (t, nll(t), nll(1.0))
     with capsys.disabled():
         print(
             f"\n[calibration] scratch: T={cal['temperature']:.3f}, ECE {m['test']['ece']:.4f} -> "
