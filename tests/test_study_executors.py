@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -168,12 +169,22 @@ def test_ray_is_imported_only_for_the_ray_executor(tiny, tmp_path, capsys):
 # --------------------------------------------------------------------------------------------------
 
 
+def most_at_once(reg: dict) -> int:
+    """The most runs of a study that were in flight at one moment, from their recorded start and end."""
+    spans = [
+        (datetime.fromisoformat(e["started_at"]), datetime.fromisoformat(e["finished_at"]))
+        for e in reg["runs"].values()
+    ]
+    return max(sum(s <= t < f for s, f in spans) for t, _ in spans)
+
+
 @pytest.mark.slow
-def test_parallel_2_gives_the_sequential_results(tiny, sequential, tmp_path):
+def test_parallel_2_gives_the_sequential_results_two_runs_at_a_time(tiny, sequential, tmp_path):
     out = tmp_path / "study"
     reg = run_study(tiny, out, "--parallel", "2")
     assert all(reg["runs"][r]["state"] == "completed" for r in RUNS)
     assert predictions(out) == predictions(sequential)
+    assert most_at_once(registry(sequential)) == 1 and most_at_once(reg) == 2
 
 
 @pytest.mark.slow
