@@ -207,7 +207,7 @@ class TrainConfig:
               if getattr(self, k) is not None),
         ):  # fmt: skip
             if not is_count(getattr(self, key), 1):
-                bad(key, "must be a whole number >= 1", "use a positive integer")
+                bad(key, "must be >= 1", "use a positive integer")
         for key in ("dropout", "token_dropout", "lora_dropout", "warmup_ratio", "label_smoothing"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, "must be in [0, 1)", "use e.g. 0.1")
@@ -217,7 +217,7 @@ class TrainConfig:
         for key in ("early_stopping_patience", "save_steps", "skip_nan_steps", "unfreeze_after_epochs",
                     "num_workers"):  # fmt: skip
             if not is_count(getattr(self, key), 0):
-                bad(key, "must be a whole number >= 0", "use 0 to disable")
+                bad(key, "must be >= 0", "use 0 to disable")
         if self.arm == "scratch" and self.max_seq_length > MAX_POSITIONS:
             bad(
                 "max_seq_length",
