@@ -142,11 +142,17 @@ def test_one_rule_for_counts_everywhere(data, tmp_path, capsys):
     tune = ["tune", "--arm", "baseline", "--data", str(data), "--output_dir", str(tmp_path / "t")]
     for n in ("0", "-3"):
         assert_one_line_error(capsys, [*tune, "--n_trials", "2", "--parallel", n], f"--parallel {n}")
+    assert_one_line_error(capsys, [*tune, "--n_trials", "2", "--set", "min_df=0"], "--min_df 0")
     with pytest.raises(FtvsError, match="--n_trials True"):
         tune_arm("baseline", data, tmp_path / "t", n_trials=True)
+    for bad in ({"max_iter": True}, {"min_df": 0}, {"max_features": 0}):
+        with pytest.raises(FtvsError, match=f"--{next(iter(bad))} {next(iter(bad.values()))}"):
+            ftvs.baseline(data, tmp_path / "b", **bad)
+    with pytest.raises(FtvsError, match="--batch-size True"):
+        ftvs.evaluate(tmp_path / "b", batch_size=True)
     study = ["study", "--preset", "quick", "--output_dir", str(tmp_path / "s"), "--set"]
     assert_one_line_error(capsys, [*study, "data.max_train_examples=true"], "data.max_train_examples")
-    assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()
+    assert not any((tmp_path / name).exists() for name in ("t", "s", "b"))
 
 
 def test_report_md_shows_html_in_label_names_as_text(tmp_path):

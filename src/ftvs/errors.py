@@ -27,6 +27,5 @@ def is_count(value, minimum: int = 1) -> bool:
 def check_count(name: str, value, minimum: int = 1, fix: str = "") -> None:
     """Raise a one-line FtvsError naming `name` unless `value` is a count >= `minimum` (`is_count`)."""
     if not is_count(value, minimum):
-        raise FtvsError(
-            f"{name} {value!r}: must be a whole number >= {minimum}; {fix or f'use e.g. {max(minimum, 1)}'}"
-        )
+        fix = fix or f"use e.g. {max(minimum, 1)}"
+        raise FtvsError(f"{name} {value!r} must be at least {minimum} (a whole number); {fix}")

@@ -15,7 +15,7 @@ from ftvs.arms import load_arm
 from ftvs.baseline import BaselineModel
 from ftvs.calibration import calibrate_run, softmax
 from ftvs.data import load_metadata, load_split, split_hash
-from ftvs.errors import FtvsError
+from ftvs.errors import FtvsError, check_count
 from ftvs.fileio import dir_size_bytes
 from ftvs.inference import make_eval_loader, predict_loader, timed_predict
 from ftvs.metrics import classification_metrics, epoch_gap
@@ -154,8 +154,7 @@ def evaluate_run(
     """Score the run's best model on a split; `mixed_precision` None: the run's own setting (a run
     trained in fp32 is scored in fp32, `auto` resolves as it did in training)."""
     run_dir = Path(run_dir)
-    if batch_size < 1:
-        raise FtvsError(f"--batch-size {batch_size} must be at least 1; use e.g. 128")
+    check_count("--batch-size", batch_size, fix="use e.g. 128")
     rundir.check_training_ended(run_dir, "evaluate")
     cfg = rundir.read_config(run_dir)
     mixed_precision = _scoring_precision(mixed_precision, cfg)

@@ -37,7 +37,7 @@ from ftvs.baseline.model import (
 from ftvs.calibration import calibrate_run
 from ftvs.class_weights import check_spec
 from ftvs.data import load_metadata, load_split, split_hash
-from ftvs.errors import FtvsError, closest
+from ftvs.errors import FtvsError, check_count, closest
 from ftvs.fileio import RunLock, append_jsonl, atomic_write_bytes, dir_size_bytes, write_json
 from ftvs.metrics import classification_metrics, summary_metrics, train_val_gap
 from ftvs.modelcard import write_model_card
@@ -199,6 +199,16 @@ def _metrics_record(config: dict, model: BaselineModel, record: dict, scores: di
     }
 
 
+def check_settings(settings: BaselineSettings) -> BaselineSettings:
+    """The counts and the class weights of the baseline's settings, by the rules of the flags."""
+    check_spec(settings.class_weights)
+    counts = {"min_df": settings.min_df, "max_iter": settings.max_iter, "max_features": settings.max_features}
+    for name, value in counts.items():
+        if value is not None or name != "max_features":
+            check_count(f"--{name}", value)
+    return settings
+
+
 def run_baseline(
     data_dir,
     output_dir,
@@ -209,8 +219,7 @@ def run_baseline(
 ) -> dict:
     """Fit, save, reload, evaluate; writes config.yaml, history.jsonl, train_summary.json, model/,
     metrics.json and predictions.json into `output_dir`. Returns the metrics dict."""
-    settings = settings or BaselineSettings()
-    check_spec(settings.class_weights)
+    settings = check_settings(settings or BaselineSettings())
     data_dir, out = Path(data_dir), Path(output_dir)
     rundir.check_output_dir(out, ARM, data_dir=data_dir, overwrite=overwrite)
     meta, label_names, splits = _load_splits(data_dir)
@@ -405,8 +414,6 @@ def _file_settings(path) -> dict:
 def cmd_baseline(args) -> int:
     given = {k: getattr(args, k) for k in SETTING_DEFAULTS if getattr(args, k) is not None}
     values = {**SETTING_DEFAULTS, **(_file_settings(args.config) if args.config else {}), **given}
-    if values["min_df"] < 1:
-        raise FtvsError("--min_df must be at least 1")
     settings = BaselineSettings(
         word_ngrams=tuple(values["word_ngrams"]),
         char_ngrams=tuple(values["char_ngrams"]),

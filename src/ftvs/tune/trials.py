@@ -132,7 +132,7 @@ class TrainTrial:
 
 def baseline_settings(params: dict, base: dict, seed: int):
     """`BaselineSettings` for one trial: its C and n-gram ranges over the fixed base settings."""
-    from ftvs.baseline import BaselineSettings
+    from ftvs.baseline import BaselineSettings, check_settings
     from ftvs.tune.space import ngram_range
 
     values = {**base, **params}
@@ -143,7 +143,7 @@ def baseline_settings(params: dict, base: dict, seed: int):
     if "C" in values:
         settings["C_grid"] = (float(values["C"]),)
     try:
-        return BaselineSettings(seed=seed, **settings)
+        return check_settings(BaselineSettings(seed=seed, **settings))
     except TypeError as e:
         raise FtvsError(f"invalid baseline setting: {e}; see `ftvs baseline --help`") from None
 
