@@ -110,9 +110,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, data_
         setup.tracker = RunTracker(cfg, run_dir, main)
         setup.tracker.log_config(cfg, setup.resolved)
         try:
-            return fit(setup, run_dir, state, running)
+            summary = fit(setup, run_dir, state, running)
         finally:
             setup.tracker.close()
+    # every process goes on (to evaluation, which refuses a run still training) once the main process has
+    # written the summary and let go of the lock
+    accelerator.wait_for_everyone()
+    return summary
 
 
 # --------------------------------------------------------------------------------------------------
