@@ -126,3 +126,14 @@ def test_a_run_whose_training_never_ended_is_not_scored(runs, tmp_path, capsys, 
             err = assert_one_line_error(capsys, argv, needle)
             assert still_training or f"ftvs train --resume {run}" in err, err
     assert snapshot(run) == before and not (tmp_path / "m.onnx").exists()
+
+
+def test_scores_taken_while_training_are_not_compared(runs, tmp_path, capsys):
+    """Item 9: metrics.json written mid-training (`training.status: running`) was compared as final."""
+    run = copy_run(runs, "scratch", tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["training"]["status"] = "running"
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    cmp = ["compare", str(runs["baseline"]), str(run), "--out", str(tmp_path / "cmp"), "--formats", "md"]
+    err = assert_one_line_error(capsys, cmp, "was scored while it was still training")
+    assert f"ftvs evaluate {run}" in err

@@ -143,15 +143,22 @@ def clear_run(run_dir) -> None:
                 p.unlink()
 
 
-def check_training_ended(run_dir, doing: str, status: str | None = None) -> None:
+def check_training_ended(run_dir, doing: str, scored_status: str | None = None) -> None:
     """Refuse to `doing` (evaluate, export, compare) a run whose training has not ended: still running (its
-    lock is held) or killed (train_summary.json, or `status` as metrics.json recorded it, says "running").
-    A failed run keeps its best epoch and may be scored."""
+    lock is held) or killed (train_summary.json says "running"), or whose scores were taken mid-training
+    (`scored_status`, what metrics.json recorded, is "running"). A failed run keeps its best epoch and may
+    be scored."""
     from ftvs.fileio import RunLock
 
     run_dir = Path(run_dir)
-    if "running" not in (read_summary(run_dir).get("status"), status):
+    status = read_summary(run_dir).get("status")
+    if "running" not in (status, scored_status):
         return
+    if status != "running":
+        raise FtvsError(
+            f"{run_dir} was scored while it was still training ({METRICS} says 'running'); re-run "
+            f"`ftvs evaluate {run_dir}`, then {doing} it"
+        )
     if not RunLock.is_free(run_dir):
         raise FtvsError(f"{run_dir} is still training; {doing} it once its training has ended")
     again = (
