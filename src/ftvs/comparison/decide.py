@@ -8,8 +8,8 @@ choice when the full training set exists).
 The rule (`RULE`): keep the configurations that meet every constraint; the one with the best mean test
 macro-F1 is picked, unless a cheaper one (lower batch-1 latency; where latency is not measured for both,
 lower inference time per 1,000 examples) is not significantly different from it: the paired McNemar test,
-Holm-adjusted over all pairs, is not significant and the paired-bootstrap 95% interval of the macro-F1
-difference includes 0. Then the most accurate of those cheaper, tied configurations is picked. When no
+Holm-adjusted over all pairs, is not significant (p ≥ 0.05). Then the most accurate of those cheaper,
+tied configurations is picked. When no
 configuration meets the constraints there is no pick, and `closest` names the configuration that fails
 the fewest constraints (then the one missing them by the smallest relative margin) and what it fails.
 """
@@ -36,14 +36,15 @@ CONSTRAINTS = {
 COST_FIELDS = ("latency_p50_ms", "throughput_s_per_1k", "inference_seconds_per_1000")
 RULE = (
     "best mean test macro-F1 among the full-data configurations meeting every constraint; a cheaper "
-    "configuration (batch-1 latency, else inference time) whose paired tests do not separate it from "
-    "that one (Holm-adjusted McNemar p ≥ 0.05 and the macro-F1 bootstrap 95% CI includes 0) is picked "
-    "instead"
+    "configuration (batch-1 latency, else inference time) that the paired test does not separate from "
+    "that one (McNemar exact, Holm-adjusted over all pairs: p ≥ 0.05) is picked instead"
 )
 
 
 def check_constraints(given: dict | None, where: str = "--") -> dict:
     """The constraints that are set, validated: {name: float}; FtvsError naming a bad one."""
+    if given is not None and not isinstance(given, dict):
+        raise FtvsError(f"{where.rstrip('.-')} must be a mapping of constraints ({', '.join(CONSTRAINTS)})")
     out = {}
     for name, value in (given or {}).items():
         if name not in CONSTRAINTS:
@@ -96,9 +97,9 @@ def _failures(group: dict, constraints: dict) -> list[dict]:
 
 
 def _cost(a: dict, b: dict) -> tuple[str | None, float | None, float | None]:
-    """The first inference cost measured for both configurations, and its two values."""
+    """The first inference cost measured for both candidates, and its two values."""
     for field in COST_FIELDS:
-        ca, cb = finite(a.get(f"{field}_mean")), finite(b.get(f"{field}_mean"))
+        ca, cb = finite(a.get(field)), finite(b.get(field))
         if ca is not None and cb is not None:
             return field, ca, cb
     return None, None, None
@@ -107,7 +108,7 @@ def _cost(a: dict, b: dict) -> tuple[str | None, float | None, float | None]:
 def _tie(best: dict, other: dict, sig: dict) -> dict | None:
     """The paired tests of two configurations' typical seeds, when they do not separate them."""
     p = find_pair(sig, best["run"], other["run"])
-    if p is None or p.get("significant_holm") or p["macro_f1"]["excludes_zero"]:
+    if p is None or p.get("significant_holm"):
         return None
     return {
         "p_holm": p["mcnemar"].get("p_holm"),
@@ -145,14 +146,37 @@ def _gives_up(pick: dict, best: dict) -> dict | None:
     return out
 
 
+def _choose(ranked: list[dict], sig: dict) -> tuple[dict, dict | None]:
+    """The rule on configurations ranked by macro-F1: the first, or the most accurate of the cheaper ones
+    its paired tests do not separate from it (with the tie's numbers)."""
+    best = ranked[0]
+    for c in ranked[1:]:
+        field, c_cost, b_cost = _cost(c, best)
+        tie = _tie(best, c, sig) if field and c_cost < b_cost else None
+        if tie:
+            return c, {**tie, "with": best["label"], "cost": field, "cost_ratio": c_cost / b_cost}
+    return best, None
+
+
 def recommend(groups: list[dict], rows: list[dict], sig: dict, constraints: dict | None = None) -> dict:
-    """comparison.json `recommendation`: the pick under `constraints`, the rule and the numbers."""
+    """comparison.json `recommendation`: the pick under `constraints`, the rule and the numbers.
+
+    `binding`: the constraints that changed the decision, i.e. those failed by the configuration the same
+    rule picks without constraints; `decided_by`: "constraints", "significance tie", "best" or "nothing
+    qualifies"."""
     constraints = check_constraints(constraints)
     rows_by_name = {r["run"]: r for r in rows}
     full = [g for g in groups if (g.get("train_fraction") or 1.0) == 1.0] or groups
     cands = [_candidate(g, rows_by_name, constraints) for g in full if g.get("macro_f1_mean") is not None]
     cands.sort(key=lambda c: -c["macro_f1"])
-    out = {"constraints": constraints, "rule": RULE, "pick": None, "decided_by": None, "tie": None}
+    out = {
+        "constraints": constraints,
+        "rule": RULE,
+        "pick": None,
+        "tie": None,
+        "binding": [],
+        "gives_up": None,
+    }
     out["most_accurate"] = cands[0]["label"] if cands else None
     ok = [c for c in cands if c["meets"]]
     if not ok:
@@ -160,22 +184,15 @@ def recommend(groups: list[dict], rows: list[dict], sig: dict, constraints: dict
         out["closest"] = None if closest is None else {"label": closest["label"], "fails": closest["fails"]}
         out["decided_by"] = "nothing qualifies"
     else:
-        best, pick = ok[0], ok[0]
-        tied = []
-        for c in ok[1:]:
-            field, c_cost, b_cost = _cost(c, best)
-            tie = _tie(best, c, sig) if field and c_cost < b_cost else None
-            if tie:
-                tied.append((c, {**tie, "with": best["label"], "cost": field, "cost_ratio": c_cost / b_cost}))
-        if tied:
-            pick, out["tie"] = tied[0]
-        out["pick"] = pick
-        # the constraints that ruled out a configuration more accurate than the best qualifying one
-        out["binding"] = sorted(
-            {f["constraint"] for c in cands if c["macro_f1"] > best["macro_f1"] for f in c["fails"]}
+        out["pick"], out["tie"] = _choose(ok, sig)
+        free, _ = _choose(cands, sig)
+        out["unconstrained"] = free["label"]
+        if free["label"] != out["pick"]["label"]:
+            out["binding"] = [f["constraint"] for f in free["fails"]]
+        out["decided_by"] = (
+            "constraints" if out["binding"] else ("significance tie" if out["tie"] else "best")
         )
-        out["decided_by"] = "significance tie" if tied else ("constraints" if out["binding"] else "best")
-        out["gives_up"] = _gives_up(pick, cands[0])
+        out["gives_up"] = _gives_up(out["pick"], cands[0])
     for c in cands:
         c.pop("_margin")
     out["candidates"] = cands

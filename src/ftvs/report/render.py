@@ -56,6 +56,8 @@ def to_markdown(blocks: list[dict]) -> str:
             lines += [b["text"], ""]
         elif t == "note":
             lines += ["> " + b["text"], ""]
+        elif t == "box":
+            lines += [f"> **{b['title']}**"] + [q for line in b["lines"] for q in (">", "> " + line)] + [""]
         elif t == "ul":
             lines += [f"- {item}" for item in b["items"]] + [""]
         elif t == "table":
@@ -114,6 +116,9 @@ def to_html_body(blocks: list[dict], fig_dir: Path, scale: float = 1.0) -> str:
             out.append(f"<p>{inline_html(b['text'])}</p>")
         elif t == "note":
             out.append(f'<p class="note">{inline_html(b["text"])}</p>')
+        elif t == "box":
+            lines = "".join(f"<p>{inline_html(line)}</p>" for line in b["lines"])
+            out.append(f'<div class="box"><p class="box-title">{inline_html(b["title"])}</p>{lines}</div>')
         elif t == "ul":
             out.append("<ul>" + "".join(f"<li>{inline_html(i)}</li>" for i in b["items"]) + "</ul>")
         elif t == "table":
