@@ -7,7 +7,6 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 import yaml
 from test_banking77 import BANKING77, needs_banking77
 
@@ -56,7 +55,11 @@ def test_learning_curves_on_a_banking77_sweep(tmp_path):
         assert 0 < f["a"] <= 1 and f["b"] > 0 and f["c"] > 0 and f["rmse"] < 0.05
         assert f["band"][0][-1] <= f["curve"][-1] <= f["band"][1][-1]
     (reach,) = lc["reach"]  # scratch against the best other arm (no fine-tuned arm here: TF-IDF)
-    assert reach["target_label"] == "TF-IDF + LogReg" and reach["status"] in ("measured", "extrapolated", "beyond")
+    assert reach["target_label"] == "TF-IDF + LogReg" and reach["status"] in (
+        "measured",
+        "extrapolated",
+        "beyond",
+    )
     rec = c["recommendation"]
     assert rec["constraints"] == {"max_latency_ms": 5.0}
     assert rec["pick"] is None or rec["pick"]["latency_p50_ms"] <= 5.0
