@@ -15,6 +15,7 @@ from ftvs.cli import main
 from ftvs.comparison.decide import CONSTRAINTS, check_constraints, pareto, recommend, value_of
 from ftvs.comparison.learning_curve import examples_to_reach, fit_power_law, fit_series, power_law
 from ftvs.errors import FtvsError
+from ftvs.study import load_study_config, normalize_config
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_every_run_has_its_latency_measured_the_same_way(study):
         assert lat["batch1_texts"] == 64 and lat["throughput_batch_size"] == 64
         assert lat["throughput_seconds_per_1000"] > 0 and lat["device"].startswith("cpu")
         assert lat["scope"].startswith("raw text to label")
-    assert metrics_of(study, "baseline_s0")["latency"]["precision"].startswith("fp64")
+    assert metrics_of(study, "baseline_s0")["latency"]["precision"].startswith("fp32")
     row = next(r for r in study["c"]["runs"] if r["run"] == "ft_lora")
     assert row["latency_p50_ms"] == metrics_of(study, "ft_lora")["latency"]["batch1_p50_ms"]
 
@@ -226,6 +227,16 @@ def test_report_box_at_the_top_of_every_format(study):
     assert "> **Recommendation**" in study["md"].split("## 1.")[0]
     assert '<div class="box"><p class="box-title">Recommendation</p>' in study["html"]
     assert "Data outlook" in study["md"]
+
+
+def test_study_decide_block_and_flags(capsys):
+    cfg, _ = load_study_config(preset="quick")
+    assert normalize_config({**cfg, "decide": {"max_latency_ms": 5}})["decide"] == {"max_latency_ms": 5.0}
+    assert normalize_config(cfg)["decide"] == {}
+    with pytest.raises(FtvsError, match="study config: decide.max_disk_mb must be a positive number"):
+        normalize_config({**cfg, "decide": {"max_disk_mb": 0}})
+    argv = ["study", "--preset", "quick", "--dry-run", "--min_macro_f1", "2"]
+    assert_one_line_error(capsys, argv, "--min_macro_f1 must be a number in (0, 1]")
 
 
 def test_bad_constraints_are_refused():

@@ -203,7 +203,7 @@ def _metrics_record(config: dict, model: BaselineModel, record: dict, scores: di
 
 def baseline_latency(model: BaselineModel, texts: list[str]) -> dict:
     """Serving latency of the fitted baseline, timed like every neural run (`ftvs.latency`)."""
-    return measure_latency(lambda batch: model.logits(batch).argmax(1), texts, "cpu", "fp64 (NumPy)")
+    return measure_latency(lambda batch: model.logits(batch).argmax(1), texts, "cpu", "fp32 (NumPy/SciPy)")
 
 
 def remeasure_latency(run_dir, data_dir=None) -> dict:
