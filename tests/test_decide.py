@@ -174,6 +174,10 @@ def test_pareto_marks_dominated_configurations(study):
             assert (p["dominated_by"] is None) == (not beaten)
             assert (p["label"] in par[axis]["front"]) == (p["dominated_by"] is None)
     assert par["inference"]["cost"] == "latency_p50_ms"
+    for p in par["training"]["points"]:  # and on every run of the table
+        for name in p["runs"]:
+            row = next(r for r in study["c"]["runs"] if r["run"] == name)
+            assert row["dominated"]["training"] == p["dominated_by"]
 
     def config(label, f1, train_s, p50):
         return {"label": label, "arm": "x", "runs": [], "train_fraction": 1.0, "macro_f1_mean": f1,

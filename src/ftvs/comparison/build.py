@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
-from ftvs.comparison.decide import pareto, recommend
+from ftvs.comparison.decide import mark_dominated, pareto, recommend
 from ftvs.comparison.describe import describe_dataset, describe_model
 from ftvs.comparison.focus import best_runs_of_two_arms, focus, per_class_difference
 from ftvs.comparison.learning_curve import learning_curves
@@ -55,6 +55,7 @@ def compare(
     }
     comparison["recommendation"] = recommend(groups, rows, sig, constraints)
     comparison["pareto"] = pareto(groups)
+    mark_dominated(rows, comparison["pareto"])
     comparison["learning_curves"] = learning_curves(comparison, seed=seed)
     pair = best_runs_of_two_arms(runs, comparison["focus"])
     if pair:

@@ -216,6 +216,16 @@ def _front(points: list[dict]) -> list[dict]:
     return points
 
 
+def mark_dominated(rows: list[dict], fronts: dict) -> None:
+    """Each run of the table gets `dominated` {"inference", "training"}: the configuration that dominates
+    its own (None on the front, absent for a run outside the fronts, e.g. a data-size sweep fraction)."""
+    for axis, data in fronts.items():
+        by_run = {run: p["dominated_by"] for p in data["points"] for run in p["runs"]}
+        for r in rows:
+            if r["run"] in by_run:
+                r.setdefault("dominated", {})[axis] = by_run[r["run"]]
+
+
 def pareto(groups: list[dict]) -> dict:
     """comparison.json `pareto`: macro-F1 against inference cost and against training cost, per full-data
     configuration, each point with `dominated_by` (None on the front)."""
