@@ -1,7 +1,7 @@
 """The learning-curve fit on a real data-size sweep: Banking77 (../shared/data/banking77) at four training
 fractions, TF-IDF and the from-scratch `tiny` model, two seeds each, run by `ftvs study` and compared with
-a latency constraint. ~15 minutes on one idle CPU core (much longer on a loaded one); skipped where the CSVs are missing (or
-FTVS_NO_SHARED=1). FTVS_SWEEP_OUT=DIR keeps the study folder (default: a pytest temporary folder)."""
+a latency constraint. ~15 minutes on one idle CPU core (longer on a loaded one); skipped where the CSVs
+are missing (or FTVS_NO_SHARED=1). FTVS_SWEEP_OUT=DIR keeps the study folder (default: a temporary one)."""
 
 import json
 import os
@@ -52,14 +52,12 @@ def test_learning_curves_on_a_banking77_sweep(tmp_path):
     assert set(fits) == {"baseline", "scratch"}
     for f in fits.values():
         assert len(f["sizes"]) == 4 and f["n_points"] == 8 and f["n_bootstrap"] > 100
-        assert 0 < f["a"] <= 1 and f["b"] > 0 and f["c"] > 0 and f["rmse"] < 0.05
+        assert 0 < f["a"] <= 1 and f["b"] > 0 and f["c"] > 0
         assert f["band"][0][-1] <= f["curve"][-1] <= f["band"][1][-1]
+    assert not fits["baseline"]["poor_fit"]  # TF-IDF follows the power law closely
     (reach,) = lc["reach"]  # scratch against the best other arm (no fine-tuned arm here: TF-IDF)
-    assert reach["target_label"] == "TF-IDF + LogReg" and reach["status"] in (
-        "measured",
-        "extrapolated",
-        "beyond",
-    )
+    assert reach["target_label"] == "TF-IDF + LogReg"
+    assert (reach["status"] == "poor fit") == fits["scratch"]["poor_fit"]
     rec = c["recommendation"]
     assert rec["constraints"] == {"max_latency_ms": 5.0}
     assert rec["pick"] is None or rec["pick"]["latency_p50_ms"] <= 5.0

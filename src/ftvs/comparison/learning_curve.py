@@ -10,7 +10,9 @@ number of examples. With one seed per size every resample is the data itself and
 The number of examples where the from-scratch curve reaches the fine-tuned arm's full-data mean macro-F1
 (without a fine-tuned arm: the best other arm's, e.g. the TF-IDF baseline's) is always an extrapolation
 of the fit; beyond `HORIZON`× the largest size measured (or when the fitted ceiling is below the target)
-it is reported as "beyond 10× the largest size measured", not as a number.
+it is reported as "beyond 10× the largest size measured", not as a number. A fit whose RMSE over the runs
+exceeds `POOR_FIT_RMSE` (e.g. a from-scratch model still at chance on the smallest sizes: an S-shaped curve
+that no saturating power law follows) is flagged `poor_fit` and not extrapolated at all.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 N_BOOTSTRAP = 200
 HORIZON = 10.0  # extrapolate at most this many times the largest measured training-set size
+POOR_FIT_RMSE = 0.03  # macro-F1: a fit further than this from the measured runs is not extrapolated
 MODEL = "macro-F1(n) = a − b·n^(−c)"
 
 
@@ -105,6 +108,7 @@ def fit_series(label: str, arm: str, points: list[tuple[int, float]], seed: int 
         "label": label,
         "arm": arm,
         **fit,
+        "poor_fit": fit["rmse"] > POOR_FIT_RMSE,
         "sizes": sizes,
         "n_points": len(points),
         "n_bootstrap": len(boots),
@@ -139,6 +143,8 @@ def _reach(fit: dict, target: dict, measured: list[dict]) -> dict:
             "examples": reached[0]["num_train_examples"],
             "extrapolation": False,
         }
+    if fit["poor_fit"]:  # no extrapolation from a curve the model does not describe
+        return {**out, "status": "poor fit", "examples": None}
     n = examples_to_reach(fit, target["macro_f1"])
     out["status"] = "extrapolated" if n <= limit else "beyond"
     out["examples"] = n if n <= limit else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ftvs import fmt
 from ftvs.comparison.decide import CONSTRAINTS
+from ftvs.comparison.learning_curve import POOR_FIT_RMSE
 from ftvs.fmt import f4, signed
 from ftvs.report.context import Ctx, arm_label, titled_list
 
@@ -112,11 +113,7 @@ def outlook_line(lc: dict) -> str:
             "`sweeps.data_size.fractions`), so how much more labelled data would change the answer is not "
             "estimated."
         )
-    return (
-        "Data outlook (extrapolated from fitted learning curves): "
-        + "; ".join(_reach_text(r) for r in reach)
-        + "."
-    )
+    return "Data outlook: " + "; ".join(_reach_text(r) for r in reach) + "."
 
 
 def _n(v) -> str:
@@ -131,6 +128,11 @@ def _reach_text(r: dict) -> str:
     if r.get("ci"):
         lo, hi = r["ci"]
         ci = f", 95% CI {_n(lo)} to {_n(hi)}" + (" (the upper end beyond 10×)" if hi is None else "")
+    if r["status"] == "poor fit":
+        return (
+            f"{r['label']} versus {r['target_label']}'s macro-F1 {f4(r['target_macro_f1'])}: not estimated, "
+            "the power law does not follow its measured curve (see the fit below)"
+        )
     if r["status"] == "beyond":
         return (
             f"{r['label']} would not reach {r['target_label']}'s macro-F1 {f4(r['target_macro_f1'])} within "
@@ -237,7 +239,9 @@ def _fit_items(lc: dict) -> list[str]:
         )
         items.append(
             f"**{f['label']}**: ceiling a = {par('a')}, b = {par('b')}, c = {par('c')} (fit RMSE "
-            f"{f['rmse']:.4f} over {f['n_points']} runs at {len(f['sizes'])} sizes" + spread
+            f"{f['rmse']:.4f} over {f['n_points']} runs at {len(f['sizes'])} sizes"
+            + spread
+            + (f"; **poor fit** (RMSE above {POOR_FIT_RMSE}): not extrapolated" if f.get("poor_fit") else "")
         )
     return items
 
