@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.ticker import NullFormatter
+
 from ftvs.comparison.runs import ARM_LABEL
 from ftvs.plots_compare import _save, _short, plt
 
@@ -39,6 +41,8 @@ def plot_pareto(comparison: dict, path: Path) -> str | None:
                 text, (p["cost"], p["macro_f1"]), fontsize=6, xytext=(4, 3), textcoords="offset points"
             )
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.margins(x=0.15, y=0.12)
         ax.set_xlabel(COST_LABEL.get(data["cost"], data["cost"]), fontsize=8)
         ax.set_ylabel("test macro-F1 (mean over seeds)", fontsize=8)
         ax.grid(alpha=0.3)
@@ -69,6 +73,10 @@ def plot_learning_curves(comparison: dict, path: Path) -> str | None:
         if not f:
             continue
         inside = [k for k, n in enumerate(f["grid"]) if n <= f["sizes"][-1] * 1.0001]
+        if f.get("poor_fit"):  # drawn for what it is, not extrapolated
+            ax.plot([f["grid"][k] for k in inside], [f["curve"][k] for k in inside], color=colour, lw=0.8,
+                    ls=":", label=f"fit (poor, RMSE {f['rmse']:.2f}): not extrapolated")  # fmt: skip
+            continue
         ax.plot([f["grid"][k] for k in inside], [f["curve"][k] for k in inside], color=colour, lw=1.3)
         ax.plot(f["grid"][inside[-1] :], f["curve"][inside[-1] :], color=colour, lw=1.3, ls="--")
         if f.get("band"):
