@@ -37,8 +37,8 @@ def _constraint_text(name: str, limit) -> str:
 
 def _fail_text(f: dict) -> str:
     name = f["constraint"]
-    got = NOT_MEASURED if f["value"] is None else _limit(name, f["value"])
-    return f"{_constraint_text(name, f['limit'])} (it has {got})"
+    got = NOT_MEASURED if f["value"] is None else "it has " + _limit(name, f["value"])
+    return f"{_constraint_text(name, f['limit'])} ({got})"
 
 
 def _pick_line(p: dict) -> str:
