@@ -131,7 +131,7 @@ def _reach_text(r: dict) -> str:
     if r["status"] == "poor fit":
         return (
             f"{r['label']} versus {r['target_label']}'s macro-F1 {f4(r['target_macro_f1'])}: not estimated, "
-            "the power law does not follow its measured curve (see the fit below)"
+            "the power law does not follow its measured curve (see Learning curves)"
         )
     if r["status"] == "beyond":
         return (
