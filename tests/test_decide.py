@@ -13,7 +13,13 @@ from tiny_runs import assert_one_line_error
 
 from ftvs.cli import main
 from ftvs.comparison.decide import CONSTRAINTS, check_constraints, pareto, recommend, value_of
-from ftvs.comparison.learning_curve import examples_to_reach, fit_power_law, fit_series, power_law
+from ftvs.comparison.learning_curve import (
+    examples_to_reach,
+    fit_power_law,
+    fit_series,
+    learning_curves,
+    power_law,
+)
 from ftvs.errors import FtvsError
 from ftvs.study import load_study_config, normalize_config
 
@@ -250,3 +256,35 @@ def test_bad_constraints_are_refused():
         check_constraints({"max_latency": 3}, "decide.")
     with pytest.raises(FtvsError, match="must be a mapping"):
         check_constraints([3], "decide.")
+
+
+def _sweep_comparison(curve, target: float) -> dict:
+    """A comparison holding one from-scratch data-size sweep (two seeds at four sizes) and a fine-tuned
+    full-data score, as `ftvs compare` lays them out."""
+    sizes, rows, points = [400, 800, 1600, 3200], [], []
+    for n in sizes:
+        ys = [curve(n) - 0.002, curve(n) + 0.002]
+        run = {"arm": "scratch", "method": "scratch", "model_name": "scratch-tiny", "num_train_examples": n}
+        rows += [{**run, "macro_f1": y} for y in ys]
+        points.append({"num_train_examples": n, "macro_f1_mean": sum(ys) / 2})
+    sweep = {"arm": "scratch", "method": "scratch", "model_name": "scratch-tiny", "label": "scratch-tiny"}
+    return {
+        "runs": rows,
+        "sweeps": {"data_size": [{**sweep, "points": points}]},
+        "focus": {"by_arm": {"finetune": {"group": "lora", "macro_f1_mean": target}}},
+    }
+
+
+def test_learning_curve_reach_is_an_extrapolation_beyond_or_not_estimated():
+    law = lambda n: float(power_law(n, 0.9, 3.0, 0.5))  # noqa: E731
+    lc = learning_curves(_sweep_comparison(law, 0.85))
+    (reach,) = lc["reach"]  # 3 / (0.9 - 0.85) = 60 -> n = 60^2 = 3,600, past the 3,200 measured
+    assert reach["status"] == "extrapolated" and reach["extrapolation"]
+    assert reach["examples"] == pytest.approx(3600, rel=0.1) and reach["ci"][0] <= reach["examples"]
+    assert (
+        learning_curves(_sweep_comparison(law, 0.95))["reach"][0]["status"] == "beyond"
+    )  # above the ceiling
+    assert learning_curves(_sweep_comparison(law, 0.5))["reach"][0]["status"] == "measured"
+    s_shaped = lambda n: 0.01 if n < 1600 else 0.8  # noqa: E731  (chance, then take-off)
+    lc = learning_curves(_sweep_comparison(s_shaped, 0.85))
+    assert lc["fits"][0]["poor_fit"] and lc["reach"][0]["status"] == "poor fit"

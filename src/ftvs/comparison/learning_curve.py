@@ -149,7 +149,8 @@ def _reach(fit: dict, target: dict, measured: list[dict]) -> dict:
     out["status"] = "extrapolated" if n <= limit else "beyond"
     out["examples"] = n if n <= limit else None
     if fit["_boots"]:
-        lo, hi = np.percentile([examples_to_reach(f, target["macro_f1"]) for f in fit["_boots"]], [2.5, 97.5])
+        ns = np.minimum([examples_to_reach(f, target["macro_f1"]) for f in fit["_boots"]], 2 * limit)
+        lo, hi = np.percentile(ns, [2.5, 97.5])  # past the horizon counts as "beyond", whatever its size
         out["ci"] = [float(lo) if lo <= limit else None, float(hi) if hi <= limit else None]
     return out
 
