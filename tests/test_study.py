@@ -85,6 +85,7 @@ def _study_yaml(path: Path, source: Path, llama: Path) -> Path:
         "sweeps": {"data_size": {"fractions": [0.1, 1.0], "arms": ["tfidf", "scratch"]}},
         "compare": True,
         "report": False,
+        "decide": {"max_params": 1e12},  # passed on to the compare stage
     }
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -210,7 +211,9 @@ def test_study_survives_sigkill_resumes_and_reports_a_failed_run(tmp_path, banki
     assert meta["splits"]["val"]["count"] == 60 and meta["splits"]["test"]["count"] == 80
     assert meta["eval_caps"]["test_before_cap"] > 80
     assert reg["stages"]["compare"]["state"] == "completed"
-    assert (out / "report" / "comparison.json").is_file()
+    assert json.loads((out / "report" / "comparison.json").read_text())["recommendation"]["constraints"] == {
+        "max_params": 1e12
+    }
     assert "data-size sweep (test macro-F1)" in res.stdout and "failed broken-f1-s0" in res.stdout
 
     # 3. --force --only reruns exactly the named run; failed runs are not retried with --no-retry_failed

@@ -78,15 +78,23 @@ def evaluate(run_dir, split: str = "test", data=None, batch_size: int = 128) -> 
 
 
 def compare(
-    run_dirs, out, *, report: bool = True, formats: str = "md,html", bootstrap: int = 2000, seed=0
+    run_dirs,
+    out,
+    *,
+    report: bool = True,
+    formats: str = "md,html",
+    bootstrap: int = 2000,
+    seed=0,
+    constraints: dict | None = None,
 ) -> dict:
     """`ftvs compare RUN_DIR... --out DIR`: returns comparison.json's content (plus `report`: the paths
-    of the report files written, when `report`)."""
+    of the report files written, when `report`). `constraints`: the deployment limits of the
+    recommendation, e.g. `{"max_latency_ms": 5}` (the `--max_*`/`--min_macro_f1` flag names)."""
     from ftvs.comparison import compare as build_comparison
     from ftvs.report import build_report, parse_formats
 
     runs = [str(run_dirs)] if isinstance(run_dirs, str | Path) else [str(r) for r in run_dirs]
-    comparison = build_comparison(runs, str(out), n_resamples=bootstrap, seed=seed)
+    comparison = build_comparison(runs, str(out), n_resamples=bootstrap, seed=seed, constraints=constraints)
     if report:
         written = build_report(comparison, str(out), formats=parse_formats(formats))
         return {**comparison, "report": {k: str(v) for k, v in written.items()}}

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 
 from ftvs.comparison import compare, find_pair, markdown_table
+from ftvs.comparison.decide import add_constraint_args, constraints_from_args
 from ftvs.errors import FtvsError
 from ftvs.fileio import check_folder_path
 from ftvs.report import build_report, parse_formats
+from ftvs.report.sections_decide import recommendation_text
 
 # the rest of the comparison API lives in ftvs.comparison
 __all__ = ["add_cli", "cmd_compare", "compare", "find_pair"]
@@ -25,7 +27,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         "test set: "
         "side-by-side table, seed groups (mean ± std), McNemar exact test and paired bootstrap CIs "
         "for every pair, overlaid curves, confusion matrices, per-class F1 differences, and sweeps "
-        "(train_fraction / preset tags). Writes comparison.json, comparison.md, the figures and "
+        "(train_fraction / preset tags), and the recommendation under the deployment constraints "
+        "(--max_latency_ms ...). Writes comparison.json, comparison.md, the figures and "
         "report.md/.html/.pdf into --out.",
     )
     p.add_argument(
@@ -43,6 +46,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--formats", default="md,html,pdf", help="report formats, comma-separated (default md,html,pdf)"
     )
+    add_constraint_args(p)
     p.set_defaults(func=cmd_compare)
     return p
 
@@ -51,8 +55,12 @@ def cmd_compare(args) -> int:
     if args.bootstrap < 100:
         raise FtvsError("--bootstrap needs at least 100 resamples for a 95% interval")
     check_folder_path(args.out, "--out")
-    comparison = compare(args.runs, args.out, n_resamples=args.bootstrap, seed=args.seed)
+    constraints = constraints_from_args(args)
+    comparison = compare(
+        args.runs, args.out, n_resamples=args.bootstrap, seed=args.seed, constraints=constraints
+    )
     print(markdown_table(comparison["runs"]))
+    print(recommendation_text(comparison))
     if args.report:
         written = build_report(comparison, args.out, formats=parse_formats(args.formats))
         for path in written.values():

@@ -12,12 +12,13 @@ import torch
 
 from ftvs import rundir
 from ftvs.arms import load_arm
-from ftvs.baseline import BaselineModel
+from ftvs.baseline import BaselineModel, remeasure_latency
 from ftvs.calibration import calibrate_run, softmax
 from ftvs.data import load_metadata, load_split, split_hash
 from ftvs.errors import FtvsError, check_count
 from ftvs.fileio import dir_size_bytes
 from ftvs.inference import make_eval_loader, predict_loader, timed_predict
+from ftvs.latency import measure_latency, neural_predictor
 from ftvs.metrics import classification_metrics, epoch_gap
 from ftvs.modelcard import write_model_card
 from ftvs.precision import autocast, resolve_precision
@@ -156,6 +157,10 @@ def evaluate_run(
     run_dir = Path(run_dir)
     check_count("--batch-size", batch_size, fix="use e.g. 128")
     rundir.check_training_ended(run_dir, "evaluate")
+    if rundir.read_marker(run_dir).get("arm") == "baseline":
+        if split != "test":
+            raise FtvsError(f"{run_dir} is a TF-IDF baseline, scored on the test split when it was fitted")
+        return remeasure_latency(run_dir, data_dir)  # its scores stay; its serving latency is measured
     cfg = rundir.read_config(run_dir)
     mixed_precision = _scoring_precision(mixed_precision, cfg)
     explicit = bool(data_dir)
@@ -177,6 +182,10 @@ def evaluate_run(
     metrics = _metrics_record(run_dir, cfg, meta, data_dir, split, arm, scores, n_examples, inference)
     if not state.is_main_process:  # every process holds the same gathered results; one writes them
         return metrics
+    if split == "test":  # serving latency, timed as for every other run (ftvs.latency)
+        with autocast(precision.name, device.type):
+            predict = neural_predictor(arm, arm.model, device)
+            metrics["latency"] = measure_latency(predict, texts, str(device), precision.name)
     val = None
     if calibrate:  # temperature scaling is fitted on the validation split, never on the scored one
         val_texts, val_labels = load_split(data_dir, "val")
@@ -243,11 +252,13 @@ def cmd_evaluate(args) -> int:
         args.calibrate,
     )
     t = m["test"]
+    lat = m.get("latency")
+    lat = f" | batch-1 p50 {lat['batch1_p50_ms']:.2f} ms" if lat else ""
     from accelerate import PartialState
 
     PartialState().print(
         f"{m['run_name']}: accuracy {t['accuracy']:.4f} | macro-F1 {t['macro_f1']:.4f} | weighted-F1 "
-        f"{t['weighted_f1']:.4f} | {m['inference']['seconds_per_1000']:.2f} s per 1,000 examples | "
+        f"{t['weighted_f1']:.4f} | {m['inference']['seconds_per_1000']:.2f} s per 1,000 examples{lat} | "
         f"{m['params']['total']:,} params -> {Path(args.run_dir) / rundir.result_names(args.split)[0]}"
     )
     return 0

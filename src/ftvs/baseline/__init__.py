@@ -39,6 +39,7 @@ from ftvs.class_weights import check_spec
 from ftvs.data import load_metadata, load_split, split_hash
 from ftvs.errors import FtvsError, check_count, closest
 from ftvs.fileio import RunLock, append_jsonl, atomic_write_bytes, dir_size_bytes, write_json
+from ftvs.latency import measure_latency
 from ftvs.metrics import classification_metrics, summary_metrics, train_val_gap
 from ftvs.modelcard import write_model_card
 
@@ -51,6 +52,7 @@ __all__ = [
     "BaselineSettings",
     "add_cli",
     "cmd_baseline",
+    "remeasure_latency",
     "fit_baseline",
     "run_baseline",
 ]
@@ -209,6 +211,24 @@ def check_settings(settings: BaselineSettings) -> BaselineSettings:
     return settings
 
 
+def baseline_latency(model: BaselineModel, texts: list[str]) -> dict:
+    """Serving latency of the fitted baseline, timed like every neural run (`ftvs.latency`)."""
+    return measure_latency(lambda batch: model.logits(batch).argmax(1), texts, "cpu", "fp32 (NumPy/SciPy)")
+
+
+def remeasure_latency(run_dir, data_dir=None) -> dict:
+    """`ftvs evaluate` on a baseline run: its scores stay as fitted, its latency is measured (again)."""
+    run_dir = Path(run_dir)
+    metrics = rundir.read_metrics(run_dir)
+    data_dir = data_dir or metrics.get("data_dir")
+    if not data_dir or not (Path(data_dir) / rundir.DATA_METADATA).is_file():
+        raise FtvsError(f"{run_dir}: its data folder {data_dir!r} is gone; pass --data DIR")
+    texts, _ = load_split(data_dir, "test")
+    metrics["latency"] = baseline_latency(BaselineModel.load(rundir.model_dir(run_dir)), texts)
+    write_json(run_dir / rundir.METRICS, metrics)
+    return metrics
+
+
 def run_baseline(
     data_dir,
     output_dir,
@@ -273,6 +293,7 @@ def run_baseline(
             "infer_seconds": infer_seconds,
         }
         metrics = _metrics_record(config, model, record, scores, out)
+        metrics["latency"] = baseline_latency(model, test_x)
         calibrate_run(
             out, metrics, np.log(np.clip(te_proba, 1e-30, None)), test_y
         )  # log p: logits up to a constant

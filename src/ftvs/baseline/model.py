@@ -97,6 +97,9 @@ class BaselineModel:
         self.settings = settings
         self.word, self.char = word, char
         self.coef = np.asarray(coef, dtype=np.float32)
+        # [features, classes], C-ordered: `sparse @ coef.T` would copy the whole matrix on every call
+        # (scipy needs a C-ordered dense operand), ~5 ms per call at Banking77's size against ~10 µs
+        self.coef_t = np.ascontiguousarray(self.coef.T)
         self.intercept = np.asarray(intercept, dtype=np.float32)
         self.label_names = list(label_names)
 
@@ -112,7 +115,7 @@ class BaselineModel:
 
     def logits(self, texts) -> np.ndarray:
         x = self.features(texts)
-        return np.asarray(x @ self.coef.T, dtype=np.float64) + self.intercept
+        return np.asarray(x @ self.coef_t, dtype=np.float64) + self.intercept
 
     def predict_proba(self, texts) -> np.ndarray:
         return _softmax(self.logits(texts))

@@ -10,8 +10,10 @@ from ftvs.calibration import calibration_row
 from ftvs.comparison.runs import Run, resolve_data_dir
 from ftvs.errors import FtvsError
 from ftvs.fileio import read_json
+from ftvs.latency import latency_row
 from ftvs.metrics import epoch_gap
 
+DECIDE_FIELDS = ("latency_p50_ms", "latency_p95_ms", "throughput_s_per_1k", "size_on_disk_bytes")
 GROUP_FIELDS = (
     "accuracy",
     "macro_f1",
@@ -24,6 +26,7 @@ GROUP_FIELDS = (
     "num_train_examples",
     "gap_best_macro_f1",
     "gap_last_macro_f1",
+    *DECIDE_FIELDS,
 )
 
 
@@ -119,6 +122,7 @@ def table_row(run: Run) -> dict:
         **_timing(run, conv),
         "inference_seconds_per_1000": finite(inf.get("seconds_per_1000")),
         "inference_device": inf.get("device"),
+        **latency_row(m),
         "size_on_disk_bytes": m.get("size_on_disk_bytes"),
         "best_val_macro_f1": finite((m.get("best_val") or {}).get("macro_f1")),
         "gap_best_macro_f1": gaps["gap_best_macro_f1"],

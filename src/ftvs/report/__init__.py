@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from ftvs.comparison import COMPARISON_JSON, compare
+from ftvs.comparison.decide import add_constraint_args, constraints_from_args
 from ftvs.errors import FtvsError, closest
 from ftvs.fileio import atomic_write_bytes, check_folder_path, read_json, write_json
 from ftvs.report.builder import build_blocks, report_title
@@ -88,6 +89,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         "--bootstrap", type=int, default=2000, help="bootstrap resamples when comparing (default 2000)"
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed when comparing (default 0)")
+    add_constraint_args(p)
     p.set_defaults(func=cmd_report)
     return p
 
@@ -99,9 +101,17 @@ def cmd_report(args) -> int:
     if args.runs:
         if args.comparison:
             raise FtvsError("give either RUN_DIRs or --comparison, not both")
-        comparison = compare(args.runs, out, n_resamples=args.bootstrap, seed=args.seed)
+        constraints = constraints_from_args(args)
+        comparison = compare(
+            args.runs, out, n_resamples=args.bootstrap, seed=args.seed, constraints=constraints
+        )
         fig_dir = out
     else:
+        if constraints_from_args(args):
+            raise FtvsError(
+                "deployment constraints (--max_latency_ms, ...) are applied when comparing: pass the "
+                "RUN_DIRs too, or run `ftvs compare RUN_DIR... --out DIR` with them"
+            )
         path = Path(args.comparison) if args.comparison else out / COMPARISON_JSON
         if not path.is_file():
             raise FtvsError(

@@ -75,6 +75,9 @@ def to_markdown(blocks: list[dict]) -> str:
             lines += [inline_md(b["text"]), ""]
         elif t == "note":
             lines += ["> " + inline_md(b["text"]), ""]
+        elif t == "box":
+            quoted = [q for line in b["lines"] for q in (">", "> " + inline_md(line))]
+            lines += [f"> **{b['title']}**", *quoted, ""]
         elif t == "ul":
             lines += [f"- {inline_md(item)}" for item in b["items"]] + [""]
         elif t == "table":
@@ -134,6 +137,9 @@ def to_html_body(blocks: list[dict], fig_dir: Path, scale: float = 1.0) -> str:
             out.append(f"<p>{inline_html(b['text'])}</p>")
         elif t == "note":
             out.append(f'<p class="note">{inline_html(b["text"])}</p>')
+        elif t == "box":
+            lines = "".join(f"<p>{inline_html(line)}</p>" for line in b["lines"])
+            out.append(f'<div class="box"><p class="box-title">{inline_html(b["title"])}</p>{lines}</div>')
         elif t == "ul":
             out.append("<ul>" + "".join(f"<li>{inline_html(i)}</li>" for i in b["items"]) + "</ul>")
         elif t == "table":

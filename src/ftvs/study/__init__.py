@@ -20,6 +20,7 @@ import copy
 import sys
 from pathlib import Path
 
+from ftvs.comparison.decide import add_constraint_args, constraints_from_args
 from ftvs.study.config import (
     FREE_KEYS,
     apply_override,
@@ -70,6 +71,8 @@ def cmd_study(args) -> int:
     if args.fractions:
         ds = raw["sweeps"].get("data_size") or {}
         raw["sweeps"]["data_size"] = {**ds, "fractions": list(args.fractions)}
+    if constraints_from_args(args):  # the flags over the YAML's `decide:` block
+        raw["decide"] = {**(raw.get("decide") or {}), **constraints_from_args(args)}
     if args.no_compare:
         raw["compare"] = False
     if args.no_report:
@@ -198,6 +201,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         "--no-report", "--no_report", dest="no_report", action="store_true", help="skip `ftvs report`"
     )
     add_executor_flags(p, "runs")
+    add_constraint_args(p)
     p.add_argument(
         "--tune_only",
         "--tune-only",

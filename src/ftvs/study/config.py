@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from ftvs.comparison.decide import check_constraints
 from ftvs.config import FIELDS, RESUME_FREE_KEYS, build_config
 from ftvs.data import DEFAULT_TOKENIZER
 from ftvs.errors import FtvsError, closest, is_count
@@ -29,6 +30,7 @@ TOP_KEYS = {
     "sweeps",
     "launcher",
     "compare",
+    "decide",
     "report",
     "reference_results",
     "notes",
@@ -173,6 +175,7 @@ def normalize_config(raw: dict, name_hint: str = "study") -> dict:
     check_tuning(cfg)  # `tune:` blocks (ftvs.study.tuning)
     cfg["compare"] = bool(cfg.get("compare", True))
     cfg["report"] = bool(cfg.get("report", True))
+    cfg["decide"] = check_constraints(cfg.get("decide"), "study config: decide.")
     cfg["reference_results"] = cfg.get("reference_results") or []
     cfg.setdefault("description", "")
     return cfg

@@ -677,6 +677,8 @@ class Study:
         cmd = [sys.executable, "-m", "ftvs", "compare", str(self.path), "--out", str(out)]
         if not report:
             cmd.append("--no-report")
+        for name, limit in (self.cfg.get("decide") or {}).items():  # the recommendation's constraints
+            cmd += [f"--{name}", str(limit)]
         self._stage("compare", cmd, out)
         st = self.reg["stages"]["compare"]
         st["with_report"] = report
