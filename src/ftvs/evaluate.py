@@ -153,7 +153,7 @@ def evaluate_run(
 ) -> dict:
     """Score the run's best model on a split; `mixed_precision` None: the run's own setting (a run
     trained in fp32 is scored in fp32, `auto` resolves as it did in training)."""
-    run_dir = Path(run_dir)
+    run_dir = rundir.existing_run(run_dir)
     if batch_size < 1:
         raise FtvsError(f"--batch-size {batch_size} must be at least 1; use e.g. 128")
     cfg = rundir.read_config(run_dir)
@@ -213,7 +213,7 @@ def predict_texts(
     run_dir, texts: list[str], batch_size: int = 64, mixed_precision: str | None = None
 ) -> list[dict]:
     """Label and confidence of each text; `mixed_precision` None: the run's own setting."""
-    model_dir = rundir.model_dir(run_dir)
+    model_dir = rundir.model_dir(rundir.existing_run(run_dir))
     if rundir.read_marker(run_dir).get("arm") == "baseline":
         model = BaselineModel.load(model_dir)
         proba = model.predict_proba(texts)

@@ -31,6 +31,12 @@ def parse_report_to(value) -> list[str]:
         return []
     if names == ["all"]:
         return [n for n, package in TRACKERS.items() if importlib.util.find_spec(package)]
+    for word in ("none", "all"):
+        if word in names:  # a word that stands alone, in a list with tracker names
+            raise FtvsError(
+                f"invalid report_to={value!r}: {word!r} stands alone, not in a list with other names; "
+                f"use --report_to {word}, or a comma list of {', '.join(TRACKERS)}"
+            )
     allowed = ("none", "all", *TRACKERS)
     for name in names:
         if name not in TRACKERS:
