@@ -17,8 +17,13 @@ from pathlib import Path
 def prepare(source: str, output_dir, **kw) -> dict:
     """`ftvs prepare SOURCE --output_dir DIR`: returns the folder's metadata.json. Keywords as the flags:
     text_column, label_column, validation_split, test_split, max_train_examples, seed, tokenizer, ..."""
-    from ftvs.data import prepare as prepare_data
+    import inspect
 
+    from ftvs.data import prepare as prepare_data
+    from ftvs.errors import check_keywords
+
+    valid = [p.name for p in inspect.signature(prepare_data).parameters.values() if p.kind == p.KEYWORD_ONLY]
+    check_keywords("ftvs.prepare()", kw, valid)
     return prepare_data(str(source), output_dir, **kw)
 
 
@@ -64,8 +69,13 @@ def train(
 def baseline(data, output_dir, **settings) -> dict:
     """`ftvs baseline --data DATA --output_dir RUN`: the TF-IDF + logistic regression run; returns its
     metrics.json. Keywords are `BaselineSettings` fields (C_grid, word_ngrams, class_weights, seed, ...)."""
-    from ftvs.baseline import BaselineSettings, run_baseline
+    import dataclasses
 
+    from ftvs.baseline import BaselineSettings, run_baseline
+    from ftvs.errors import check_keywords
+
+    fields = [f.name for f in dataclasses.fields(BaselineSettings) if f.name != "extra"]
+    check_keywords("ftvs.baseline()", settings, [*fields, "run_name"])
     run_name = settings.pop("run_name", None)
     return run_baseline(data, output_dir, BaselineSettings(**settings), run_name=run_name)
 
@@ -83,8 +93,15 @@ def compare(
     """`ftvs compare RUN_DIR... --out DIR`: returns comparison.json's content (plus `report`: the paths
     of the report files written, when `report`)."""
     from ftvs.comparison import compare as build_comparison
+    from ftvs.errors import FtvsError
     from ftvs.report import build_report, parse_formats
 
+    if not isinstance(run_dirs, str | Path | list | tuple) or not run_dirs:
+        raise FtvsError(
+            f"ftvs.compare() needs run_dirs: a run or study folder, or a list of them (got {run_dirs!r})"
+        )
+    if not isinstance(out, str | Path) or not str(out):
+        raise FtvsError(f"ftvs.compare() needs out: the folder to write the comparison into (got {out!r})")
     runs = [str(run_dirs)] if isinstance(run_dirs, str | Path) else [str(r) for r in run_dirs]
     comparison = build_comparison(runs, str(out), n_resamples=bootstrap, seed=seed)
     if report:

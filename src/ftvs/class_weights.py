@@ -6,6 +6,7 @@ number of classes present in it. A JSON file maps label names to weights; labels
 """
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -51,8 +52,11 @@ def read_weights_file(path, label_names: list[str]) -> list[float]:
                 f"class weights file {path} names unknown label {name!r}{closest(str(name), label_names)}; "
                 "use the label names of metadata.json"
             )
-        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-            raise FtvsError(f"class weight of {name!r} in {path} must be a number > 0, got {value!r}")
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < math.inf:
+            raise FtvsError(
+                f"class weight of {name!r} in {path} must be a finite number > 0, got {value!r}; fix it in "
+                "the file"
+            )
         weights[name] = float(value)
     return [weights[name] for name in label_names]
 

@@ -16,3 +16,15 @@ def closest(name: str, choices) -> str:
     """' (did you mean X?)' for the nearest choice, or '' when nothing is close."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def check_keywords(where: str, given, valid) -> None:
+    """A Python API call's keywords are among `valid`; an unknown one is an error naming it and the valid
+    ones."""
+    valid = list(valid)
+    for key in given:
+        if key not in valid:
+            raise FtvsError(
+                f"{where} got an unknown keyword {key!r}{closest(key, valid)}; valid keywords: "
+                f"{', '.join(valid)}"
+            )
