@@ -21,6 +21,7 @@ from ftvs.inference import make_eval_loader, predict_loader, timed_predict
 from ftvs.metrics import classification_metrics, epoch_gap
 from ftvs.modelcard import write_model_card
 from ftvs.precision import autocast, resolve_precision
+from ftvs.tracking import tracker_failures
 
 
 def training_record(run_dir: Path) -> dict:
@@ -44,6 +45,7 @@ def training_record(run_dir: Path) -> dict:
             "status": summary.get("status", "unknown"),
             "stop_reason": summary.get("stop_reason"),
             "examples_per_second": sum(r["examples_per_second"] for r in history) / len(history),
+            **({"tracker_failures": failed} if (failed := tracker_failures(run_dir)) else {}),
         },
         "best_val": {
             "accuracy": best["val_accuracy"],

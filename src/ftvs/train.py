@@ -62,7 +62,7 @@ from ftvs.rundir import (
 )
 from ftvs.small_data import apply_small_data_defaults
 from ftvs.small_data import describe as describe_auto_defaults
-from ftvs.tracking import RunTracker
+from ftvs.tracking import RunTracker, check_reachable
 
 
 class NonFiniteLoss(FtvsError):
@@ -85,6 +85,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, data_
         )
     main = accelerator.is_main_process
     if main:
+        check_reachable(cfg)  # an MLflow server that does not answer: one line now, not a hang later
         if overwrite and not resume:
             clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -64,9 +64,12 @@ def make_executor(
     ray_address: str | None = None,
     study_dir: Path | None = None,
     retries: int = 3,
+    ray_timeout: float = 60.0,
 ) -> Executor:
     if parallel is not None and parallel < 1:
         raise FtvsError(f"--parallel {parallel}: give a number of runs at once, 1 or more")
+    if not 0 < ray_timeout < float("inf"):
+        raise FtvsError(f"--ray_timeout {ray_timeout:g}: give the seconds to wait for the cluster, e.g. 60")
     if name == "local":
         from ftvs.study.executors.local import LocalExecutor
 
@@ -74,7 +77,13 @@ def make_executor(
     if name == "ray":
         from ftvs.study.executors.ray import RayExecutor
 
-        return RayExecutor(study_dir, address=ray_address, max_in_flight=parallel, retries=retries)
+        return RayExecutor(
+            study_dir,
+            address=ray_address,
+            max_in_flight=parallel,
+            retries=retries,
+            connect_timeout=ray_timeout,
+        )
     raise FtvsError(f"unknown executor {name!r}; use --executor local or --executor ray")
 
 
@@ -103,6 +112,15 @@ def add_executor_flags(parser, what: str) -> None:
         "$RAY_ADDRESS, else a Ray instance started on this machine",
     )
     parser.add_argument(
+        "--ray_timeout",
+        "--ray-timeout",
+        dest="ray_timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds to wait for the Ray cluster's address to answer before giving up (default %(default)g)",
+    )
+    parser.add_argument(
         "--ray_retries",
         "--ray-retries",
         dest="ray_retries",
@@ -123,4 +141,6 @@ def executor_from_args(args, folder: Path) -> Executor:
     """The executor the flags of `add_executor_flags` ask for; `folder` is where the jobs write (a Ray
     executor checks every node sees it)."""
     check_executor_flags(args)
-    return make_executor(args.executor, args.parallel, args.ray_address, folder, args.ray_retries)
+    return make_executor(
+        args.executor, args.parallel, args.ray_address, folder, args.ray_retries, args.ray_timeout
+    )
