@@ -86,8 +86,14 @@ def check_reachable(cfg) -> None:
         ) from None
 
 
-def _reason(e: Exception) -> str:
-    return " ".join(str(e).split())[:200] or type(e).__name__
+def _reason(e: BaseException) -> str:
+    """What went wrong, short: the innermost OS error under `e` (MLflow wraps "Connection refused" in
+    four layers of retry messages), else `e` itself."""
+    chain, inner = e, None
+    while chain is not None:
+        inner = chain if isinstance(chain, OSError) else inner
+        chain = chain.__cause__ or chain.__context__
+    return " ".join(str(inner or e).split())[:200] or type(e).__name__
 
 
 def tracker_failures(run_dir) -> dict:
@@ -119,8 +125,12 @@ def _flat_numbers(values: dict, prefix: str = "") -> dict:
 class RunTracker:
     """The trackers of one run (none when `--report_to none` or not the main process)."""
 
-    def __init__(self, cfg, run_dir: Path, main: bool = True):
+    def __init__(self, cfg, run_dir: Path, main: bool = True, skip_failed: bool = False):
+        """`skip_failed`: leave out the trackers that already failed in this run (after training, in the
+        same process: one warning per failure, not one per phase)."""
         self.names = parse_report_to(cfg.report_to) if main else []
+        if skip_failed:
+            self.names = [n for n in self.names if n not in tracker_failures(run_dir)]
         self.trackers = []
         if not self.names:
             return
@@ -227,7 +237,7 @@ def log_test_metrics(cfg, metrics: dict) -> None:
     from accelerate import PartialState
 
     run_dir = Path(cfg.output_dir)
-    tracker = RunTracker(cfg, run_dir, main=PartialState().is_main_process)
+    tracker = RunTracker(cfg, run_dir, main=PartialState().is_main_process, skip_failed=True)
     try:
         from ftvs.rundir import read_summary
 
