@@ -163,6 +163,29 @@ def test_ray_is_imported_only_for_the_ray_executor(tiny, tmp_path, capsys):
     )
 
 
+def test_a_ray_address_that_does_not_answer_fails_in_one_line(tiny, tmp_path, capsys):
+    pytest.importorskip("ray")
+    from ftvs.errors import FtvsError
+    from ftvs.study.executors.ray import connect
+
+    assert_one_line_error(
+        capsys,
+        ["study", str(tiny), "--executor", "ray", "--ray_timeout", "0", "--output_dir", str(tmp_path / "o")],
+        "--ray_timeout 0",
+    )
+
+    cmd = study_cmd(tiny, tmp_path / "o", "--executor", "ray", "--ray_address", "junk:99999")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=300)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-3000:]  # no Ray retry warnings
+    assert lines[0].startswith("ftvs: error: cannot reach the Ray cluster at junk:99999"), lines[0]
+    # a host that refuses: retried until --ray_timeout, then one line (the default wait is 60 s)
+    start = time.monotonic()
+    with pytest.raises(FtvsError, match=r"127.0.0.1:9 did not answer within 2 s .*--ray_timeout"):
+        connect("127.0.0.1:9", timeout=2)
+    assert 2 <= time.monotonic() - start < 30
+
+
 # --------------------------------------------------------------------------------------------------
 # Whole studies
 # --------------------------------------------------------------------------------------------------
