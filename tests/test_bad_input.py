@@ -898,11 +898,15 @@ def test_python_api_names_unknown_keywords_and_missing_runs(toy, tmp_path):
         ftvs.baseline(toy, tmp_path / "b", bogus=1)
     with pytest.raises(FtvsError, match=r"unknown keyword 'max_train'.*did you mean 'max_train_examples'"):
         ftvs.prepare("sms_spam", tmp_path / "p", max_train=3)
+    with pytest.raises(FtvsError, match=r"ftvs.evaluate\(\) got an unknown keyword 'bogus'.*run_dir, split"):
+        ftvs.evaluate(tmp_path, bogus=1)
+    with pytest.raises(FtvsError, match=r"unknown keyword 'outdir' \(did you mean 'output_dir'\?\)"):
+        ftvs.study(preset="quick", outdir=tmp_path / "s")
     with pytest.raises(FtvsError, match=r"ftvs.compare\(\) needs run_dirs.*got None"):
         ftvs.compare(None, out=tmp_path / "c")
     with pytest.raises(FtvsError, match=r"ftvs.compare\(\) needs out"):
         ftvs.compare([str(tmp_path)], out=None)
-    assert not any((tmp_path / d).exists() for d in ("b", "p", "c"))
+    assert not any((tmp_path / d).exists() for d in ("b", "p", "c", "s"))
 
 
 @pytest.fixture(scope="module")

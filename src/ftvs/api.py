@@ -11,22 +11,43 @@ Errors a user can fix raise `ftvs.errors.FtvsError`, as on the command line. See
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 
+from ftvs.errors import FtvsError, check_keywords
 
+
+def _keywords_checked(func):
+    """A call with a keyword the function does not take (or a missing argument) is an FtvsError naming
+    it and the valid keywords, as the command line names a wrong flag."""
+    signature = inspect.signature(func)
+    named = [n for n, p in signature.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+    @functools.wraps(func)
+    def checked(*args, **kwargs):
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as e:
+            check_keywords(f"ftvs.{func.__name__}()", kwargs, named)
+            raise FtvsError(f"ftvs.{func.__name__}(): {e}; valid keywords: {', '.join(named)}") from None
+        return func(*args, **kwargs)
+
+    return checked
+
+
+@_keywords_checked
 def prepare(source: str, output_dir, **kw) -> dict:
     """`ftvs prepare SOURCE --output_dir DIR`: returns the folder's metadata.json. Keywords as the flags:
     text_column, label_column, validation_split, test_split, max_train_examples, seed, tokenizer, ..."""
-    import inspect
-
     from ftvs.data import prepare as prepare_data
-    from ftvs.errors import check_keywords
 
     valid = [p.name for p in inspect.signature(prepare_data).parameters.values() if p.kind == p.KEYWORD_ONLY]
     check_keywords("ftvs.prepare()", kw, valid)
     return prepare_data(str(source), output_dir, **kw)
 
 
+@_keywords_checked
 def train(
     arm: str = "scratch",
     data=None,
@@ -53,8 +74,6 @@ def train(
     file_values = load_yaml(config) if config else {}
     cfg = build_config({k: v for k, v in file_values.items() if k != "arm"}, values)
     if not cfg.data:
-        from ftvs.errors import FtvsError
-
         raise FtvsError("no data given; prepare a dataset with ftvs.prepare(...) and pass data=its folder")
     summary = train_run(cfg, resume=resume)
     if not evaluate or summary.get("status") != "completed":
@@ -66,13 +85,13 @@ def train(
     return metrics
 
 
+@_keywords_checked
 def baseline(data, output_dir, **settings) -> dict:
     """`ftvs baseline --data DATA --output_dir RUN`: the TF-IDF + logistic regression run; returns its
     metrics.json. Keywords are `BaselineSettings` fields (C_grid, word_ngrams, class_weights, seed, ...)."""
     import dataclasses
 
     from ftvs.baseline import BaselineSettings, run_baseline
-    from ftvs.errors import check_keywords
 
     fields = [f.name for f in dataclasses.fields(BaselineSettings) if f.name != "extra"]
     check_keywords("ftvs.baseline()", settings, [*fields, "run_name"])
@@ -80,6 +99,7 @@ def baseline(data, output_dir, **settings) -> dict:
     return run_baseline(data, output_dir, BaselineSettings(**settings), run_name=run_name)
 
 
+@_keywords_checked
 def evaluate(run_dir, split: str = "test", data=None, batch_size: int = 128) -> dict:
     """`ftvs evaluate RUN_DIR`: scores the run's best model on a split; returns metrics.json."""
     from ftvs.evaluate import evaluate_run
@@ -87,13 +107,13 @@ def evaluate(run_dir, split: str = "test", data=None, batch_size: int = 128) -> 
     return evaluate_run(run_dir, data, split, batch_size)
 
 
+@_keywords_checked
 def compare(
     run_dirs, out, *, report: bool = True, formats: str = "md,html", bootstrap: int = 2000, seed=0
 ) -> dict:
     """`ftvs compare RUN_DIR... --out DIR`: returns comparison.json's content (plus `report`: the paths
     of the report files written, when `report`)."""
     from ftvs.comparison import compare as build_comparison
-    from ftvs.errors import FtvsError
     from ftvs.report import build_report, parse_formats
 
     if not isinstance(run_dirs, str | Path | list | tuple) or not run_dirs:
@@ -110,6 +130,7 @@ def compare(
     return comparison
 
 
+@_keywords_checked
 def study(
     preset: str | None = None, config=None, output_dir=None, *, overrides=(), quiet: bool = True
 ) -> dict:
