@@ -53,7 +53,7 @@ def cmd_train(args) -> int:
     if args.resume:
         from ftvs.rundir import existing_run
 
-        existing_run(args.resume, "--resume")
+        existing_run(args.resume, "--resume", "pass the --output_dir of the run to continue")
     if args.resume and not args.config and not file_values:
         from pathlib import Path
 

@@ -147,13 +147,16 @@ def is_evaluated(path: Path) -> bool:
     return path.is_dir() and (path / METRICS).is_file()
 
 
-def existing_run(run_dir, what: str = "run folder") -> Path:
+def existing_run(
+    run_dir,
+    what: str = "run folder",
+    fix: str = "pass a run folder written by `ftvs train` or `ftvs baseline`",
+) -> Path:
     """`run_dir` as a Path; a folder that does not exist is a one-line error that says so."""
     path = Path(run_dir)
     if not path.is_dir():
-        problem = "is a file, not a folder" if path.exists() else "does not exist"
         raise FtvsError(
-            f"{what} {path} {problem}; pass a run folder written by `ftvs train` or `ftvs baseline`"
+            f"{what} {path} {'is a file, not a folder' if path.exists() else 'does not exist'}; {fix}"
         )
     return path
 
