@@ -15,6 +15,7 @@ is dropped with one warning, training goes on, and the failure is kept in `logs/
 metrics.json (`training.tracker_failures`).
 """
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -189,6 +190,9 @@ class RunTracker:
     def _failed(self, name: str, e: Exception) -> None:
         """A tracker that fails is dropped (warned once, recorded); the run goes on without it."""
         self.trackers = [t for t in self.trackers if t.name != name]
+        if name == "mlflow" and "mlflow" in sys.modules:  # MLflow would end its active run at exit, again
+            with contextlib.suppress(Exception):
+                sys.modules["mlflow"].end_run(status="FAILED")
         reason = _reason(e)
         print(
             f"ftvs: warning: the {name} tracker failed ({reason}); training goes on without it (recorded "
