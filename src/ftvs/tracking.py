@@ -30,6 +30,8 @@ STATE_FILE = "tracking.json"
 MLFLOW_DB = "mlflow.db"
 # MLflow's HTTP client retries for minutes by default; a run waits seconds for a server that is gone
 MLFLOW_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# (run folder, tracker) that failed in this process; a resumed run, a new process, tries them again
+_FAILED_HERE: set[tuple[Path, str]] = set()
 
 
 def parse_report_to(value) -> list[str]:
@@ -127,11 +129,11 @@ class RunTracker:
     """The trackers of one run (none when `--report_to none` or not the main process)."""
 
     def __init__(self, cfg, run_dir: Path, main: bool = True, skip_failed: bool = False):
-        """`skip_failed`: leave out the trackers that already failed in this run (after training, in the
-        same process: one warning per failure, not one per phase)."""
+        """`skip_failed`: leave out the trackers that already failed in this process (logging the test
+        scores after training: one warning per failure, not one per phase)."""
         self.names = parse_report_to(cfg.report_to) if main else []
         if skip_failed:
-            self.names = [n for n in self.names if n not in tracker_failures(run_dir)]
+            self.names = [n for n in self.names if (Path(run_dir).resolve(), n) not in _FAILED_HERE]
         self.trackers = []
         if not self.names:
             return
@@ -190,6 +192,7 @@ class RunTracker:
     def _failed(self, name: str, e: Exception) -> None:
         """A tracker that fails is dropped (warned once, recorded); the run goes on without it."""
         self.trackers = [t for t in self.trackers if t.name != name]
+        _FAILED_HERE.add((self.state_path.parents[1].resolve(), name))
         if name == "mlflow" and "mlflow" in sys.modules:  # MLflow would end its active run at exit, again
             with contextlib.suppress(Exception):
                 sys.modules["mlflow"].end_run(status="FAILED")
