@@ -48,6 +48,9 @@ class Handle(Protocol):
         """Interrupt the job like Ctrl-C would (it checkpoints), then insist."""
 
 
+RAY_TIMEOUT = 60.0  # --ray_timeout default: seconds the driver waits for the Ray cluster's address to answer
+
+
 class Executor(Protocol):
     name: str  # "local" or "ray"
     slots: int  # how many runs the supervisor keeps in flight
@@ -64,7 +67,7 @@ def make_executor(
     ray_address: str | None = None,
     study_dir: Path | None = None,
     retries: int = 3,
-    ray_timeout: float = 60.0,
+    ray_timeout: float = RAY_TIMEOUT,
 ) -> Executor:
     if parallel is not None and parallel < 1:
         raise FtvsError(f"--parallel {parallel}: give a number of runs at once, 1 or more")
@@ -116,7 +119,7 @@ def add_executor_flags(parser, what: str) -> None:
         "--ray-timeout",
         dest="ray_timeout",
         type=float,
-        default=60.0,
+        default=RAY_TIMEOUT,
         metavar="SECONDS",
         help="seconds to wait for the Ray cluster's address to answer before giving up (default %(default)g)",
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ftvs.errors import FtvsError
-from ftvs.study.executors import Job
+from ftvs.study.executors import RAY_TIMEOUT, Job
 from ftvs.study.executors.local import run_job
 
 try:
@@ -30,7 +30,6 @@ except ImportError:  # this module is imported only for --executor ray
         "--executor ray needs Ray on this machine and every node: pip install 'ftvs[ray]'"
     ) from None
 
-CONNECT_SECONDS = 60  # --ray_timeout: how long the driver waits for the cluster's address to answer
 MARKER = ".ftvs-ray-check"
 PROBE_SECONDS = 300  # a node may first have to start a worker process (slow on a busy machine)
 STOP_SECONDS = (
@@ -82,7 +81,7 @@ def _cluster_endpoint(address: str | None) -> tuple[str, str] | None:
     return host, port
 
 
-def connect(address: str | None, timeout: float = CONNECT_SECONDS) -> None:
+def connect(address: str | None, timeout: float = RAY_TIMEOUT) -> None:
     """`ray.init(address)`, failing in one line when the cluster's address does not answer within
     `timeout` seconds (Ray itself retries with warnings for as long as it is left running)."""
     endpoint = _cluster_endpoint(address)
@@ -150,7 +149,7 @@ class RayExecutor:
         address: str | None = None,
         max_in_flight: int | None = None,
         retries: int = 3,
-        connect_timeout: float = CONNECT_SECONDS,
+        connect_timeout: float = RAY_TIMEOUT,
     ):
         self.study_dir = Path(study_dir).resolve()
         self.retries = retries
