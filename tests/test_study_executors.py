@@ -344,6 +344,11 @@ def test_ray_trials_with_a_journal_storage_resume_anywhere(tune_data, tune_space
 # --------------------------------------------------------------------------------------------------
 
 
+# the two-node cluster's environment (its nodes and the study driver): no token authentication (Ray 2.60
+# turns it on for a head node when ~/.ray holds a token, but not for a node that joins it)
+NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}
+
+
 def _free_port() -> int:
     import socket
 
@@ -381,8 +386,11 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 
 def _ray_node(log: Path, temp_dir: str, *flags: str) -> subprocess.Popen:
-    """`ray start --block` on 127.0.0.1 with its own ports (other Ray instances may run here), in its own
-    session so that killing it reaches every process of the node."""
+    """`ray start --block` on this machine with its own ports (other Ray instances may run here), in its
+    own session so that killing it reaches every process of the node. Addresses are given as 127.0.0.1;
+    on Linux Ray replaces a loopback address by the machine's own interface address (its
+    `resolve_ip_for_localhost`, for every node that joins a cluster), so the nodes talk over that: still
+    this machine only."""
     ports = {
         f"--{name}": str(_free_port())
         for name in (
@@ -401,7 +409,11 @@ def _ray_node(log: Path, temp_dir: str, *flags: str) -> subprocess.Popen:
     fast = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3"}
     with open(log, "w") as f:
         return subprocess.Popen(
-            cmd, stdout=f, stderr=subprocess.STDOUT, env={**env(), **fast}, start_new_session=True
+            cmd,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**env(), **NO_TOKEN, **fast},
+            start_new_session=True,
         )
 
 
@@ -442,7 +454,7 @@ def test_two_node_ray_cluster_loses_a_node_mid_study(tmp_path):
 
         cmd = study_cmd(cfg, out, "--executor", "ray", "--ray_address", f"127.0.0.1:{gcs}")
         with open(log, "w") as f:
-            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env())
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**env(), **NO_TOKEN})
 
         seen_on: dict[str, set] = {"head": set(), "worker": set()}
         found: list[Path] = []
