@@ -827,3 +827,163 @@ def test_encodings_are_detected_and_recorded(tmp_path, capsys):
         ],
         "unknown --encoding 'klingon'",
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 23 (second hostile pass), part B: tracebacks and unclear errors
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_scratch_config_with_keys_it_does_not_take_is_one_line(toy_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(toy_run, run)
+    path = run / "model" / "config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "auto_map": {"AutoConfig": "evil.Config"}}))
+    for argv in (["evaluate", run], ["predict", run, "card lost"], ["export", run, "--no-check"]):
+        _fails(capsys, argv, "config.json", "auto_map", "valid keys: vocab_size")
+    del config["vocab_size"]
+    path.write_text(json.dumps(config))
+    _fails(capsys, ["evaluate", run], "required keys missing: vocab_size")
+    assert not (run / "export").exists()
+
+
+def test_run_folders_that_do_not_exist_are_named(tmp_path, capsys):
+    gone = tmp_path / "runs" / "doesnotexist"
+    for argv in (
+        ["evaluate", gone],
+        ["predict", gone, "x"],
+        ["predict", gone, "x", "--onnx"],
+        ["export", gone],
+    ):
+        _fails(capsys, argv, f"{gone} does not exist")
+    _fails(capsys, ["train", "scratch", "--resume", gone], f"--resume {gone} does not exist")
+    assert not gone.exists()
+
+
+def test_report_to_none_or_all_beside_tracker_names_is_explained(toy, tmp_path, capsys):
+    train = ["train", "scratch", "--data", toy, "--output_dir", tmp_path / "r", *TINY_SCRATCH]
+    err = _fails(capsys, [*train, "--report_to", "none,tensorboard"], "'none' stands alone")
+    assert "did you mean" not in err
+    _fails(capsys, [*train, "--report_to", "tensorboard,all"], "'all' stands alone")
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_infinite_class_weight_is_refused_before_training(toy, tmp_path, capsys):
+    weights = tmp_path / "w.json"
+    weights.write_text('{"card": Infinity}')
+    run = tmp_path / "r"
+    train = ["train", "scratch", "--data", toy, "--output_dir", run, *TINY_SCRATCH, "--num_train_epochs", "1"]
+    err = _fails(capsys, [*train, "--class_weights", weights], "'card'", "finite number > 0", "inf")
+    assert "learning_rate" not in err
+    assert not (run / "history.jsonl").exists()
+
+
+def test_prepare_says_how_many_duplicates_it_dropped(tmp_path, capsys):
+    rows = [(f"{c} {c}", c) for _ in range(100) for c in "abc"]  # 300 rows, 3 distinct texts
+    src = _write_csv(tmp_path / "dups.csv", rows)
+    _fails(
+        capsys,
+        ["prepare", src, "--output_dir", tmp_path / "out", "--tokenizer", "none"],
+        "class 'a' has only 1 training example",
+        "297 duplicate text(s) were dropped",
+        "3 distinct left",
+    )
+
+
+def test_python_api_names_unknown_keywords_and_missing_runs(toy, tmp_path):
+    import ftvs
+
+    with pytest.raises(FtvsError, match=r"ftvs.baseline\(\) got an unknown keyword 'bogus'.*valid.*C_grid"):
+        ftvs.baseline(toy, tmp_path / "b", bogus=1)
+    with pytest.raises(FtvsError, match=r"unknown keyword 'max_train'.*did you mean 'max_train_examples'"):
+        ftvs.prepare("sms_spam", tmp_path / "p", max_train=3)
+    with pytest.raises(FtvsError, match=r"ftvs.evaluate\(\) got an unknown keyword 'bogus'.*run_dir, split"):
+        ftvs.evaluate(tmp_path, bogus=1)
+    with pytest.raises(FtvsError, match=r"unknown keyword 'outdir' \(did you mean 'output_dir'\?\)"):
+        ftvs.study(preset="quick", outdir=tmp_path / "s")
+    with pytest.raises(FtvsError, match=r"ftvs.compare\(\) needs run_dirs.*got None"):
+        ftvs.compare(None, out=tmp_path / "c")
+    with pytest.raises(FtvsError, match=r"ftvs.compare\(\) needs out"):
+        ftvs.compare([str(tmp_path)], out=None)
+    assert not any((tmp_path / d).exists() for d in ("b", "p", "c", "s"))
+
+
+@pytest.fixture(scope="module")
+def exported(toy_run, tmp_path_factory):
+    """A copy of the toy run, exported to ONNX."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    run = tmp_path_factory.mktemp("exported") / "run"
+    shutil.copytree(toy_run, run)
+    assert main(["export", str(run), "--no-check"]) == 0
+    return run
+
+
+def test_an_onnx_graph_is_checked_before_it_runs(exported, toy, tmp_path, capsys):
+    graph = exported / "export" / "model.onnx"
+    capsys.readouterr()
+    assert main(["predict", str(exported), "--onnx", "card lost", "refund please"]) == 0  # texts after --onnx
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(graph.read_bytes()[:5000])  # truncated
+    text = tmp_path / "notes.txt"
+    text.write_text("not a graph\n")
+    for f in (broken, text):
+        _fails(capsys, ["predict", exported, "x", "--onnx_file", f], f"{f} is not a readable ONNX graph")
+    # the graph of another run (another vocabulary) is refused, not run with out-of-range ids
+    other = tmp_path / "other"
+    train = [
+        "train",
+        "scratch",
+        "--data",
+        toy,
+        "--output_dir",
+        other,
+        *TINY_SCRATCH,
+        "--num_train_epochs",
+        "1",
+    ]
+    assert main([str(a) for a in [*train, "--bpe_vocab_size", "200", "--no-evaluate"]]) == 0
+    _fails(capsys, ["predict", other, "card", "--onnx_file", graph], "exported from another model", "other")
+    # a negative tolerance is a bad flag, refused before anything is exported
+    before = _snapshot(exported / "export")
+    _fails(capsys, ["export", exported, "--tolerance", "-1"], "--tolerance -1 must be a number >= 0")
+    assert _snapshot(exported / "export") == before
+
+
+def test_a_baseline_has_no_onnx_graph_and_is_told_what_to_do(toy, tmp_path, capsys):
+    run = tmp_path / "bl"
+    assert main(["baseline", "--data", str(toy), "--output_dir", str(run)]) == 0
+    err = _fails(capsys, ["predict", run, "x", "--onnx"], "is a TF-IDF baseline", "predict without --onnx")
+    assert "ftvs export" not in err
+    _fails(capsys, ["export", run], "is a TF-IDF baseline")
+
+
+def _registry(**runs) -> dict:
+    return {"format": "ftvs-study", "version": 1, "runs": runs, "data": {}, "stages": {}}
+
+
+def test_a_broken_study_json_names_the_wrong_key(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        "name: broken\ndata: {source: sms_spam, tokenizer: none}\narms: [{name: tfidf, arm: baseline}]\n"
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    cases = [
+        ([], "the file must be a JSON object, not a list"),
+        ({**_registry(), "runs": "oops"}, "key 'runs' must be an object, not a string"),
+        (_registry(a={"attempts": 3}), "runs['a']['attempts'] must be a list, not an integer"),
+        (_registry(a={"state": "weird"}), "runs['a']['state'] is 'weird'"),
+    ]
+    for doc, needle in cases:
+        (out / "study.json").write_text(json.dumps(doc))
+        _fails(
+            capsys, ["study", study, "--output_dir", out], "study.json is not a valid study registry", needle
+        )
+        if isinstance(doc, dict):
+            _fails(capsys, ["compare", out / "study.json", "--out", tmp_path / "c"], needle)
+    (out / "study.json").write_text('{"runs": "oops"}')  # not a registry: compare says what it needs
+    _fails(capsys, ["compare", out / "study.json", "--out", tmp_path / "c"], "lists no runs", "'runs'")
+    assert json.loads((out / "study.json").read_text()) == {"runs": "oops"}  # nothing rewritten

@@ -140,6 +140,9 @@ def test_export_bad_input_is_one_line(data, tmp_path, capsys):
     assert main(["export", str(base)]) == 2
     assert "TF-IDF baseline" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nothing")]) == 2
+    assert "nothing does not exist" in capsys.readouterr().err
+    (tmp_path / "nothing").mkdir()
+    assert main(["export", str(tmp_path / "nothing")]) == 2
     assert "no trained ftvs model" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "nothing"), "x", "--onnx"]) == 2
     assert "ftvs export" in capsys.readouterr().err

@@ -9,6 +9,7 @@ machine, so the whole-study tests are marked slow.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,6 +163,29 @@ def test_ray_is_imported_only_for_the_ray_executor(tiny, tmp_path, capsys):
     assert_one_line_error(
         capsys, ["study", str(cfg), "--parallel", "0", "--output_dir", str(tmp_path / "o")], "--parallel 0"
     )
+
+
+def test_a_ray_address_that_does_not_answer_fails_in_one_line(tiny, tmp_path, capsys):
+    pytest.importorskip("ray")
+    from ftvs.errors import FtvsError
+    from ftvs.study.executors.ray import connect
+
+    assert_one_line_error(
+        capsys,
+        ["study", str(tiny), "--executor", "ray", "--ray_timeout", "0", "--output_dir", str(tmp_path / "o")],
+        "--ray_timeout 0",
+    )
+
+    cmd = study_cmd(tiny, tmp_path / "o", "--executor", "ray", "--ray_address", "junk:99999")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=300)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-3000:]  # no Ray retry warnings
+    assert lines[0].startswith("ftvs: error: cannot reach the Ray cluster at junk:99999"), lines[0]
+    # a host that refuses: retried until --ray_timeout, then one line (the default wait is 60 s)
+    start = time.monotonic()
+    with pytest.raises(FtvsError, match=r"127.0.0.1:9 did not answer within 2 s .*--ray_timeout"):
+        connect("127.0.0.1:9", timeout=2)
+    assert 2 <= time.monotonic() - start < 30
 
 
 # --------------------------------------------------------------------------------------------------
@@ -324,3 +348,169 @@ def test_ray_trials_with_a_journal_storage_resume_anywhere(tune_data, tune_space
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
     assert lines[0].startswith("ftvs: error:") and "--storage journal" in lines[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# A real two-node Ray cluster on this machine: a node dies in the middle of a study
+# --------------------------------------------------------------------------------------------------
+
+
+# the two-node cluster's environment (its nodes and the study driver): no token authentication (Ray 2.60
+# turns it on for a head node when ~/.ray holds a token, but not for a node that joins it)
+NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _process_tree(root: int) -> list[int]:
+    """`root` and every process below it now (from /proc's parent links)."""
+    children: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(p.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """Kill a node as a power cut would: `ray start --block` and every process it started."""
+    for pid in _process_tree(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
+def _ray_node(log: Path, temp_dir: str, *flags: str) -> subprocess.Popen:
+    """`ray start --block` on this machine with its own ports (other Ray instances may run here), in its
+    own session so that killing it reaches every process of the node. Addresses are given as 127.0.0.1;
+    on Linux Ray replaces a loopback address by the machine's own interface address (its
+    `resolve_ip_for_localhost`, for every node that joins a cluster), so the nodes talk over that: still
+    this machine only."""
+    ports = {
+        f"--{name}": str(_free_port())
+        for name in (
+            "node-manager-port",
+            "object-manager-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+        )
+    }
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--block", "--disable-usage-stats"]
+    cmd += ["--node-ip-address", "127.0.0.1", "--temp-dir", temp_dir, "--num-cpus", "1"]
+    cmd += [a for kv in ports.items() for a in kv] + list(flags)
+    # the head notices a dead node within seconds (default: about half a minute)
+    fast = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3"}
+    with open(log, "w") as f:
+        return subprocess.Popen(
+            cmd,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**env(), **NO_TOKEN, **fast},
+            start_new_session=True,
+        )
+
+
+def _started(log: Path, proc: subprocess.Popen) -> bool:
+    assert proc.poll() is None, "a Ray node did not start:\n" + log.read_text()[-3000:]
+    return "Ray runtime started" in log.read_text()
+
+
+@pytest.mark.slow
+def test_two_node_ray_cluster_loses_a_node_mid_study(tmp_path):
+    """Head and worker node each with 1 CPU and their own resources; the two from-scratch runs of a study
+    start one on each node; the worker node is killed while its run trains: the study completes on the
+    head, the killed run continues from its checkpoint there, the other run is not retrained."""
+    pytest.importorskip("ray")
+    import tempfile
+
+    epochs = 30
+    cfg = tiny_study_yaml(tmp_path, epochs=epochs)
+    study = yaml.safe_load(cfg.read_text())
+    study["arms"] = [a for a in study["arms"] if a["arm"] == "scratch"]
+    cfg.write_text(yaml.safe_dump(study, sort_keys=False))
+    gcs = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ftvs-ray-", dir="/tmp")  # short: Ray's socket paths live in it
+    out, log = tmp_path / "study", tmp_path / "driver.log"
+    nodes, proc = [], None
+    try:
+        head_log, worker_log = tmp_path / "head.log", tmp_path / "worker.log"
+        head_flags = ["--head", "--port", str(gcs), "--include-dashboard", "false"]
+        head_flags += ["--ray-client-server-port", str(_free_port()), "--resources", '{"ftvs_head": 1}']
+        head = _ray_node(head_log, temp_dir, *head_flags)
+        nodes.append(head)
+        wait_for("the head node", lambda: _started(head_log, head), head, head_log, timeout=300)
+        worker = _ray_node(
+            worker_log, temp_dir, "--address", f"127.0.0.1:{gcs}", "--resources", '{"ftvs_worker": 1}'
+        )
+        nodes.append(worker)
+        wait_for("the worker node", lambda: _started(worker_log, worker), worker, worker_log, timeout=300)
+
+        cmd = study_cmd(cfg, out, "--executor", "ray", "--ray_address", f"127.0.0.1:{gcs}")
+        with open(log, "w") as f:
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**env(), **NO_TOKEN})
+
+        seen_on: dict[str, set] = {"head": set(), "worker": set()}
+        found: list[Path] = []
+
+        def training_on_the_worker() -> Path | None:
+            """A run folder whose training process runs on the worker node, checkpointed, epochs to go
+            (and which run trains on which node)."""
+            for run_dir in (out / "runs").glob("*"):
+                try:
+                    pid = int((run_dir / ".lock").read_text())
+                except (OSError, ValueError):
+                    continue
+                for name, node in (("head", head), ("worker", worker)):
+                    if pid in _process_tree(node.pid):
+                        seen_on[name].add(run_dir.name)
+                checkpointed = (run_dir / "checkpoint" / "state.json").is_file()
+                if (
+                    run_dir.name in seen_on["worker"]
+                    and checkpointed
+                    and 1 <= history_rows(run_dir) < epochs - 5
+                ):
+                    found.append(run_dir)
+                    return run_dir
+            return None
+
+        wait_for("a run training on the worker node", training_on_the_worker, proc, log)
+        killed = found[-1]
+        _kill_tree(worker)
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        for p in [proc, *nodes]:
+            if p is not None and p.poll() is None:
+                _kill_tree(p)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    reg = registry(out)
+    assert reg["state"] == "completed" and all(e["state"] == "completed" for e in reg["runs"].values())
+    (other,) = [out / e["run_dir"] for rid, e in reg["runs"].items() if rid != killed.name]
+    assert seen_on["head"] == {other.name}  # the study was spread over both nodes
+    for run_dir, starts_expected in ((killed, 2), (other, 1)):
+        e = reg["runs"][run_dir.name]
+        assert [a["outcome"] for a in e["attempts"]] == ["ok"]  # Ray's retry is inside the one attempt
+        starts = [ln for ln in (out / e["log"]).read_text().splitlines() if ln.startswith("=== ")]
+        assert len(starts) == starts_expected, starts
+        assert history_rows(run_dir) == epochs  # every epoch once: resumed, not retrained
+    starts = [
+        ln for ln in (out / reg["runs"][killed.name]["log"]).read_text().splitlines() if ln.startswith("=== ")
+    ]
+    assert "--output_dir" in starts[0] and f"--resume {killed}" in starts[1]

@@ -11,17 +11,43 @@ Errors a user can fix raise `ftvs.errors.FtvsError`, as on the command line. See
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 
+from ftvs.errors import FtvsError, check_keywords
 
+
+def _keywords_checked(func):
+    """A call with a keyword the function does not take (or a missing argument) is an FtvsError naming
+    it and the valid keywords, as the command line names a wrong flag."""
+    signature = inspect.signature(func)
+    named = [n for n, p in signature.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+    @functools.wraps(func)
+    def checked(*args, **kwargs):
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as e:
+            check_keywords(f"ftvs.{func.__name__}()", kwargs, named)
+            raise FtvsError(f"ftvs.{func.__name__}(): {e}; valid keywords: {', '.join(named)}") from None
+        return func(*args, **kwargs)
+
+    return checked
+
+
+@_keywords_checked
 def prepare(source: str, output_dir, **kw) -> dict:
     """`ftvs prepare SOURCE --output_dir DIR`: returns the folder's metadata.json. Keywords as the flags:
     text_column, label_column, validation_split, test_split, max_train_examples, seed, tokenizer, ..."""
     from ftvs.data import prepare as prepare_data
 
+    valid = [p.name for p in inspect.signature(prepare_data).parameters.values() if p.kind == p.KEYWORD_ONLY]
+    check_keywords("ftvs.prepare()", kw, valid)
     return prepare_data(str(source), output_dir, **kw)
 
 
+@_keywords_checked
 def train(
     arm: str = "scratch",
     data=None,
@@ -48,8 +74,6 @@ def train(
     file_values = load_yaml(config) if config else {}
     cfg = build_config({k: v for k, v in file_values.items() if k != "arm"}, values)
     if not cfg.data:
-        from ftvs.errors import FtvsError
-
         raise FtvsError("no data given; prepare a dataset with ftvs.prepare(...) and pass data=its folder")
     summary = train_run(cfg, resume=resume)
     if not evaluate or summary.get("status") != "completed":
@@ -61,15 +85,21 @@ def train(
     return metrics
 
 
+@_keywords_checked
 def baseline(data, output_dir, **settings) -> dict:
     """`ftvs baseline --data DATA --output_dir RUN`: the TF-IDF + logistic regression run; returns its
     metrics.json. Keywords are `BaselineSettings` fields (C_grid, word_ngrams, class_weights, seed, ...)."""
+    import dataclasses
+
     from ftvs.baseline import BaselineSettings, run_baseline
 
+    fields = [f.name for f in dataclasses.fields(BaselineSettings) if f.name != "extra"]
+    check_keywords("ftvs.baseline()", settings, [*fields, "run_name"])
     run_name = settings.pop("run_name", None)
     return run_baseline(data, output_dir, BaselineSettings(**settings), run_name=run_name)
 
 
+@_keywords_checked
 def evaluate(run_dir, split: str = "test", data=None, batch_size: int = 128) -> dict:
     """`ftvs evaluate RUN_DIR`: scores the run's best model on a split; returns metrics.json."""
     from ftvs.evaluate import evaluate_run
@@ -77,6 +107,7 @@ def evaluate(run_dir, split: str = "test", data=None, batch_size: int = 128) -> 
     return evaluate_run(run_dir, data, split, batch_size)
 
 
+@_keywords_checked
 def compare(
     run_dirs,
     out,
@@ -93,6 +124,12 @@ def compare(
     from ftvs.comparison import compare as build_comparison
     from ftvs.report import build_report, parse_formats
 
+    if not isinstance(run_dirs, str | Path | list | tuple) or not run_dirs:
+        raise FtvsError(
+            f"ftvs.compare() needs run_dirs: a run or study folder, or a list of them (got {run_dirs!r})"
+        )
+    if not isinstance(out, str | Path) or not str(out):
+        raise FtvsError(f"ftvs.compare() needs out: the folder to write the comparison into (got {out!r})")
     runs = [str(run_dirs)] if isinstance(run_dirs, str | Path) else [str(r) for r in run_dirs]
     comparison = build_comparison(runs, str(out), n_resamples=bootstrap, seed=seed, constraints=constraints)
     if report:
@@ -101,6 +138,7 @@ def compare(
     return comparison
 
 
+@_keywords_checked
 def study(
     preset: str | None = None, config=None, output_dir=None, *, overrides=(), quiet: bool = True
 ) -> dict:

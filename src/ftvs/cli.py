@@ -50,6 +50,10 @@ def cmd_train(args) -> int:
     from ftvs.train import train
 
     file_values = load_yaml(args.config) if args.config else {}
+    if args.resume:
+        from ftvs.rundir import existing_run
+
+        existing_run(args.resume, "--resume", "pass the --output_dir of the run to continue")
     if args.resume and not args.config and not file_values:
         from pathlib import Path
 
@@ -204,7 +208,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest:  # `ftvs predict RUN --onnx "text"`: argparse leaves texts after a flag unparsed
+        if not hasattr(args, "texts") or any(r.startswith("-") for r in rest):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.texts = [*args.texts, *rest]
     try:
         return args.func(args) or 0
     except FtvsError as e:

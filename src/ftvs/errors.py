@@ -29,3 +29,15 @@ def check_count(name: str, value, minimum: int = 1, fix: str = "") -> None:
     if not is_count(value, minimum):
         fix = fix or f"use e.g. {max(minimum, 1)}"
         raise FtvsError(f"{name} {value!r} must be at least {minimum} (a whole number); {fix}")
+
+
+def check_keywords(where: str, given, valid) -> None:
+    """A Python API call's keywords are among `valid`; an unknown one is an error naming it and the valid
+    ones."""
+    valid = list(valid)
+    for key in given:
+        if key not in valid:
+            raise FtvsError(
+                f"{where} got an unknown keyword {key!r}{closest(key, valid)}; valid keywords: "
+                f"{', '.join(valid)}"
+            )

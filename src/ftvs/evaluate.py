@@ -22,6 +22,7 @@ from ftvs.latency import measure_latency, neural_predictor
 from ftvs.metrics import classification_metrics, epoch_gap
 from ftvs.modelcard import write_model_card
 from ftvs.precision import autocast, resolve_precision
+from ftvs.tracking import tracker_failures
 
 
 def training_record(run_dir: Path) -> dict:
@@ -45,6 +46,7 @@ def training_record(run_dir: Path) -> dict:
             "status": summary.get("status", "unknown"),
             "stop_reason": summary.get("stop_reason"),
             "examples_per_second": sum(r["examples_per_second"] for r in history) / len(history),
+            **({"tracker_failures": failed} if (failed := tracker_failures(run_dir)) else {}),
         },
         "best_val": {
             "accuracy": best["val_accuracy"],
@@ -154,7 +156,7 @@ def evaluate_run(
 ) -> dict:
     """Score the run's best model on a split; `mixed_precision` None: the run's own setting (a run
     trained in fp32 is scored in fp32, `auto` resolves as it did in training)."""
-    run_dir = Path(run_dir)
+    run_dir = rundir.existing_run(run_dir)
     check_count("--batch-size", batch_size, fix="use e.g. 128")
     rundir.check_training_ended(run_dir, "evaluate")
     if rundir.read_marker(run_dir).get("arm") == "baseline":
@@ -222,7 +224,7 @@ def predict_texts(
     run_dir, texts: list[str], batch_size: int = 64, mixed_precision: str | None = None
 ) -> list[dict]:
     """Label and confidence of each text; `mixed_precision` None: the run's own setting."""
-    model_dir = rundir.model_dir(run_dir)
+    model_dir = rundir.model_dir(rundir.existing_run(run_dir))
     if rundir.read_marker(run_dir).get("arm") == "baseline":
         model = BaselineModel.load(model_dir)
         proba = model.predict_proba(texts)

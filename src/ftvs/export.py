@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import platform
 import sys
 import time
@@ -33,11 +34,14 @@ from ftvs.data import load_split
 from ftvs.errors import FtvsError, is_count
 from ftvs.fileio import write_json
 from ftvs.inference import make_eval_loader
-from ftvs.rundir import METRICS, model_dir, read_config, read_marker
+from ftvs.rundir import METRICS, existing_run, model_dir, model_hash, read_config, read_marker
 
 DEFAULT_OPSET = 18
 LOGIT_TOLERANCE = 1e-3  # max |logit difference| allowed for fp32 (graph rewrites reorder float sums)
 INPUT_NAMES = ("input_ids", "attention_mask")
+MODEL_HASH_KEY = (
+    "ftvs_model_sha256"  # graph metadata: the run's model/ it was exported from (rundir.model_hash)
+)
 
 
 def _require_onnx():
@@ -190,6 +194,7 @@ def export_onnx(run_dir, output=None, opset: int = DEFAULT_OPSET, arm=None, over
             "label_names": json.dumps(arm.label_names),
             "max_length": str(arm.max_length),
             "pad_token_id": str(arm.pad_id),
+            MODEL_HASH_KEY: model_hash(run_dir),
         }
     )
     for stale in replaced:
@@ -203,6 +208,18 @@ def _data_dir(run_dir: Path) -> str | None:
     return cfg.get("data") or cfg.get("data_dir")
 
 
+def neural_run(run_dir, instead: str) -> Path:
+    """The run folder of a scratch or fine-tuned run; a TF-IDF baseline is refused, saying what to do
+    `instead`."""
+    run_dir = existing_run(run_dir)
+    if read_marker(run_dir).get("arm") == "baseline":
+        raise FtvsError(
+            f"{run_dir} is a TF-IDF baseline, which has no ONNX graph (export covers the neural arms, "
+            f"scratch and finetune); {instead}"
+        )
+    return run_dir
+
+
 def onnx_session(path, threads: int | None = None):
     import onnxruntime as ort
 
@@ -210,6 +227,31 @@ def onnx_session(path, threads: int | None = None):
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_session(run_dir: Path, onnx_path: Path, threads: int | None = None):
+    """An ONNX Runtime session of the graph exported from this run: a file that is not a readable graph
+    (truncated, not ONNX), or a graph of another run's model, is a one-line error."""
+    again = f"re-export it with `ftvs export {run_dir}`"
+    if not onnx_path.is_file():
+        raise FtvsError(f"{onnx_path} not found; run `ftvs export {run_dir} --format onnx` first")
+    try:
+        session = onnx_session(onnx_path, threads)
+    except Exception as e:  # onnxruntime's InvalidProtobuf, InvalidGraph, Fail, ...: one line says why
+        reason = " ".join(str(e).split())[:200]
+        raise FtvsError(f"{onnx_path} is not a readable ONNX graph ({reason}); {again}") from None
+    recorded = session.get_modelmeta().custom_metadata_map.get(MODEL_HASH_KEY)
+    if recorded is None:
+        raise FtvsError(
+            f"{onnx_path} does not record the run it was exported from (not written by `ftvs export`, or "
+            f"by an older ftvs); {again}"
+        )
+    if recorded != model_hash(run_dir):
+        raise FtvsError(
+            f"{onnx_path} was exported from another model than {model_dir(run_dir)} (its model hash "
+            f"differs); pass the run it belongs to, or {again}"
+        )
+    return session
 
 
 def _timed(run_batch, batches, warmup: int = 2) -> tuple[list[np.ndarray], float]:
@@ -235,8 +277,6 @@ def check_onnx(
 
     run_dir = Path(run_dir)
     onnx_path = Path(onnx_path) if onnx_path else run_dir / "export" / "model.onnx"
-    if not onnx_path.is_file():
-        raise FtvsError(f"{onnx_path} not found; run `ftvs export {run_dir} --format onnx` first")
     data_dir = _data_dir(run_dir)
     if not data_dir:
         raise FtvsError(f"{run_dir}/config.yaml does not name its data; the check needs the test split")
@@ -246,7 +286,7 @@ def check_onnx(
     examples = arm.encode(texts)
     batches = list(make_eval_loader(arm, examples, labels, batch_size))
     threads = torch.get_num_threads()
-    session = onnx_session(onnx_path, threads)
+    session = run_session(run_dir, onnx_path, threads)
 
     with torch.inference_mode():
         torch_out, torch_s = _timed(
@@ -307,12 +347,10 @@ def predict_onnx(run_dir, texts: list[str], onnx_path=None, batch_size: int = 64
     """`ftvs predict --onnx`: the run's tokenizer, the exported graph for the forward pass."""
     _require_onnx()
 
-    run_dir = Path(run_dir)
+    run_dir = neural_run(run_dir, f"predict without --onnx: `ftvs predict {run_dir} TEXT`")
     onnx_path = Path(onnx_path) if onnx_path else run_dir / "export" / "model.onnx"
-    if not onnx_path.is_file():
-        raise FtvsError(f"{onnx_path} not found; run `ftvs export {run_dir} --format onnx` first")
+    session = run_session(run_dir, onnx_path)
     arm = load_arm(model_dir(run_dir))
-    session = onnx_session(onnx_path)
     examples = arm.encode(texts)
     probs = np.empty((len(examples), len(arm.label_names)))
     for b in make_eval_loader(arm, examples, [-1] * len(examples), batch_size):
@@ -326,9 +364,12 @@ def predict_onnx(run_dir, texts: list[str], onnx_path=None, batch_size: int = 64
 
 
 def cmd_export(args) -> int:
-    run_dir = Path(args.run_dir)
-    if read_marker(run_dir).get("arm") == "baseline":
-        raise FtvsError(f"{run_dir} is a TF-IDF baseline; export covers the neural arms (scratch, finetune)")
+    run_dir = neural_run(args.run_dir, "`ftvs predict` serves it as it is")
+    if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+        raise FtvsError(
+            f"--tolerance {args.tolerance:g} must be a number >= 0 (the largest |logit difference| accepted);"
+            f" the default is {LOGIT_TOLERANCE:g}"
+        )
     t0 = time.perf_counter()
     path = export_onnx(run_dir, args.output, args.opset, overwrite=args.overwrite)
     print(

@@ -6,6 +6,7 @@ pickle: tensors go to safetensors, everything else to JSON.
 """
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -171,6 +172,17 @@ def recover_dir(final_dir) -> None:
     if not final_dir.exists() and old.is_dir():
         os.replace(old, final_dir)
         _fsync_dir(final_dir.parent)
+
+
+def files_hash(root, names) -> str:
+    """sha256 over the files `names` under `root`, each as its name, a newline and its bytes."""
+    h = hashlib.sha256()
+    for name in names:
+        h.update(f"{name}\n".encode())
+        with open(Path(root) / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def dir_size_bytes(path) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from ftvs.errors import FtvsError
-from ftvs.fileio import check_folder_path, read_json, read_jsonl, write_json
+from ftvs.fileio import check_folder_path, files_hash, read_json, read_jsonl, write_json
 from ftvs.plots import plot_confusion_matrix, plot_training_curves
 
 CONFIG = "config.yaml"
@@ -176,8 +176,32 @@ def is_evaluated(path: Path) -> bool:
     return path.is_dir() and (path / METRICS).is_file()
 
 
+def existing_run(
+    run_dir,
+    what: str = "run folder",
+    fix: str = "pass a run folder written by `ftvs train` or `ftvs baseline`",
+) -> Path:
+    """`run_dir` as a Path; a folder that does not exist is a one-line error that says so."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise FtvsError(
+            f"{what} {path} {'is a file, not a folder' if path.exists() else 'does not exist'}; {fix}"
+        )
+    return path
+
+
 def model_dir(run_dir) -> Path:
     return Path(run_dir) / MODEL_DIR
+
+
+def model_hash(run_dir) -> str:
+    """sha256 over the files of the run's model/ folder (weights, configs, tokenizer; not the model card
+    that evaluate rewrites): the identity of the model an exported graph was made from."""
+    root = model_dir(run_dir)
+    names = sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != "README.md"
+    )
+    return files_hash(root, names)
 
 
 def has_checkpoint(run_dir) -> bool:

@@ -62,7 +62,7 @@ from ftvs.rundir import (
 )
 from ftvs.small_data import apply_small_data_defaults
 from ftvs.small_data import describe as describe_auto_defaults
-from ftvs.tracking import RunTracker
+from ftvs.tracking import RunTracker, check_reachable
 
 
 class NonFiniteLoss(FtvsError):
@@ -87,6 +87,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, data_
             "parameters); launch with DDP (`accelerate launch --multi_gpu ...`), see docs/multi_gpu.md"
         )
     main = accelerator.is_main_process
+    if main:
+        check_reachable(cfg)  # an MLflow server that does not answer: one line now, not a hang later
     # the lock first: nothing in the folder is touched while another process may be training there
     with RunLock(run_dir) if main else contextlib.nullcontext():
         if main:

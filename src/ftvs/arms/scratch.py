@@ -5,6 +5,7 @@ a small table of the tokens that occur in the training split, so both arms see t
 """
 
 import collections
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +139,7 @@ class ScratchArm(Arm):
 
     @classmethod
     def load(cls, model_dir: Path, info: dict) -> "ScratchArm":
-        cfg = ScratchConfig(**read_json(model_dir / "config.json", "model config"))
+        cfg = _scratch_config(model_dir / "config.json")
         model = ScratchClassifier(cfg)
         state = load_tensors(model_dir / "model.safetensors")
         try:
@@ -171,6 +172,31 @@ class ScratchArm(Arm):
             f"Linear({c.n_embd},{c.num_labels})",
             "tokenizer": self.tokenizer.describe(),
         }
+
+
+def _scratch_config(path: Path) -> ScratchConfig:
+    """A saved model/config.json as a ScratchConfig; keys it does not take (an edited or foreign file)
+    or keys it lacks are one-line errors naming them."""
+    values = read_json(path, "model config")
+    if not isinstance(values, dict):
+        raise FtvsError(f"{path} is not a JSON object of model settings; restore it or re-run the training")
+    fields = {f.name: f for f in dataclasses.fields(ScratchConfig)}
+    unknown = sorted(set(values) - set(fields))
+    missing = sorted(n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING)
+    if unknown or missing:
+        what = "; ".join(
+            part
+            for part in (
+                unknown and f"keys a from-scratch model does not take: {', '.join(unknown)}",
+                missing and f"required keys missing: {', '.join(missing)}",
+            )
+            if part
+        )
+        raise FtvsError(
+            f"{path} is not a from-scratch model config ({what}); restore the file written by `ftvs train` "
+            f"(valid keys: {', '.join(fields)})"
+        )
+    return ScratchConfig(**values)
 
 
 def scratch_model_config(cfg, vocab_size: int, num_labels: int) -> ScratchConfig:

@@ -35,7 +35,7 @@ def _expand(raw: str, studies: list[dict]) -> list[Path]:
         if p.is_file() and p.suffix == ".json":
             doc = read_json(p, "study file")
             studies.append({"path": str(p), "doc": doc})
-            found.extend(_runs_from_study(doc, p.parent))
+            found.extend(_runs_from_study(doc, p))
         elif rundir.is_evaluated(p):
             found.append(p)
         elif p.is_dir():
@@ -69,9 +69,20 @@ def discover(paths) -> tuple[list[Path], list[dict]]:
     return unique, studies
 
 
-def _runs_from_study(doc: dict, base: Path) -> list[Path]:
-    """Run dirs listed in a study/registry JSON (`runs` as strings or dicts with run_dir/output_dir/path)."""
-    entries = doc.get("runs") or []
+def _runs_from_study(doc: dict, path: Path) -> list[Path]:
+    """Run dirs listed in a study/registry JSON (`runs` as strings or dicts with run_dir/output_dir/path);
+    an ftvs study registry is checked against its schema first."""
+    from ftvs.study.registry import FORMAT, check_registry
+
+    base = path.parent
+    if isinstance(doc, dict) and doc.get("format") == FORMAT:
+        check_registry(doc, path)
+    entries = doc.get("runs") if isinstance(doc, dict) else None
+    if not isinstance(entries, list | dict):
+        raise FtvsError(
+            f"{path} lists no runs: it must be a JSON object whose 'runs' is a list of run folders or an "
+            "object of run entries (as a study's study.json); pass run folders instead"
+        )
     if isinstance(entries, dict):
         entries = list(entries.values())
     out = []

@@ -169,13 +169,19 @@ def check_seen(rows: Rows, train_keys: set, split: str, origin: str, names_of) -
         )
 
 
-def check_class_sizes(rows: Rows, needed: int, names_of, what: str) -> None:
+def check_class_sizes(rows: Rows, needed: int, names_of, what: str, duplicates: int = 0) -> None:
+    """Every class has `needed` training rows; `duplicates`: how many duplicate texts were dropped before."""
     counts = Counter(rows.labels)
     small = sorted(((n, names_of(c)) for c, n in counts.items() if n < needed), key=lambda t: (t[0], t[1]))
     if small:
         n, name = small[0]
         more = f" (and {len(small) - 1} more classes)" if len(small) > 1 else ""
+        dropped = (
+            f" after {duplicates:,} duplicate text(s) were dropped ({len(rows.texts):,} distinct left)"
+            if duplicates
+            else ""
+        )
         raise FtvsError(
-            f"class {name!r} has only {n} training example(s){more} but splitting off {what} needs at least "
-            f"{needed} per class (one per side); drop or merge that class, or add examples of it"
+            f"class {name!r} has only {n} training example(s){more}{dropped} but splitting off {what} needs "
+            f"at least {needed} per class (one per side); drop or merge that class, or add examples of it"
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ftvs.errors import FtvsError, closest
-from ftvs.fileio import read_json, read_jsonl, replace_dir, write_jsonl
+from ftvs.fileio import files_hash, read_json, read_jsonl, replace_dir, write_jsonl
 
 SPLITS = ("train", "val", "test")
 DATA_VERSION = 1
@@ -80,11 +80,7 @@ def split_stats(split_rows: dict[str, tuple[list[str], list[int]]], names: list[
 
 def content_hash(data_dir) -> str:
     """sha256 over train/val/test.jsonl (file name + bytes), the identity of a prepared data set."""
-    h = hashlib.sha256()
-    for split in SPLITS:
-        h.update(f"{split}.jsonl\n".encode())
-        h.update((Path(data_dir) / f"{split}.jsonl").read_bytes())
-    return h.hexdigest()
+    return files_hash(data_dir, [f"{split}.jsonl" for split in SPLITS])
 
 
 def split_hash(data_dir, split: str) -> str:

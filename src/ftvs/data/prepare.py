@@ -88,7 +88,7 @@ def prepare(
     names = _dedupe_train(rows, class_names, counts)
     name_of = _namer(names, class_names)
     _drop_leaks(rows, src, name_of, counts)
-    carve = _carve_splits(rows, name_of, seed, validation_split, test_split)
+    carve = _carve_splits(rows, name_of, seed, validation_split, test_split, counts["duplicates_dropped"])
     train_before_cap = len(rows["train"].texts)
     if max_train_examples is not None and max_train_examples < train_before_cap:
         rows["train"] = take_rows(
@@ -201,13 +201,15 @@ def _drop_leaks(rows: dict, src: Source, name_of, counts: Counter) -> None:
         counts["leaked_val_dropped"] += n
 
 
-def _carve_splits(rows: dict, name_of, seed: int, validation_split: float, test_split: float) -> list[str]:
+def _carve_splits(
+    rows: dict, name_of, seed: int, validation_split: float, test_split: float, duplicates: int = 0
+) -> list[str]:
     """Carve the splits the source lacks out of train (stratified); return their names."""
     carve = [s for s in ("test", "val") if s not in rows]
     train = rows["train"]
     if carve:
         what = " and ".join({"test": "a test split", "val": "a validation split"}[s] for s in carve)
-        check_class_sizes(train, 1 + len(carve), name_of, what)
+        check_class_sizes(train, 1 + len(carve), name_of, what, duplicates)
     split_seed = {"test": seed, "val": seed + 1}
     for split in carve:
         fraction = test_split if split == "test" else validation_split

@@ -87,14 +87,72 @@ class RunEntry:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def load_registry(path: Path) -> dict | None:
-    """The registry at `path`, or None when there is none yet."""
-    if not path.is_file():
-        return None
-    reg = read_json(path, "study registry")
+# the JSON types of study.json's keys (docs/study.md): required at the top, and those of a run entry
+_TOP_KEYS = {"format": str, "version": int, "runs": dict, "data": dict, "stages": dict}
+_OPTIONAL_KEYS = {
+    "order": list,
+    "config": dict,
+    "tuning": dict,
+    "retired_runs": dict,
+    "sweeps": dict,
+    "summary": list,
+    "reference_results": list,
+}
+_ENTRY_KEYS = {
+    "id": str,
+    "run_dir": str,
+    "data_dir": str,
+    "log": str,
+    "state": str,
+    "config": dict,
+    "launcher": dict,
+    "attempts": list,
+}
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "an integer"}
+
+
+def _json_type(value) -> str:
+    for kind, name in {bool: "a boolean", type(None): "null", float: "a number", **_JSON_TYPES}.items():
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def check_registry(reg, path) -> dict:
+    """`reg` (study.json's content) against its schema; a wrong key is a one-line error naming it."""
+
+    def wrong(where: str, want: str, value) -> FtvsError:
+        return FtvsError(
+            f"{path} is not a valid study registry: {where} must be {want}, not {_json_type(value)}; fix "
+            "that key (schema in docs/study.md) or use a new --output_dir"
+        )
+
+    if not isinstance(reg, dict):
+        raise wrong("the file", "a JSON object", reg)
     if reg.get("format") != FORMAT:
         raise FtvsError(f"{path} is not an ftvs study registry; choose another --output_dir")
+    for key, kind in {**_TOP_KEYS, **_OPTIONAL_KEYS}.items():
+        if (key in _TOP_KEYS or key in reg) and not isinstance(reg.get(key), kind):
+            raise wrong(f"key {key!r}", _JSON_TYPES[kind], reg.get(key))
+    for rid, entry in reg["runs"].items():
+        if not isinstance(entry, dict):
+            raise wrong(f"runs[{rid!r}]", "an object", entry)
+        for key, kind in _ENTRY_KEYS.items():
+            if key in entry and not isinstance(entry[key], kind):
+                raise wrong(f"runs[{rid!r}][{key!r}]", _JSON_TYPES[kind], entry[key])
+        if entry.get("state", "pending") not in STATES:
+            raise FtvsError(
+                f"{path} is not a valid study registry: runs[{rid!r}]['state'] is {entry['state']!r}, not "
+                f"one of {', '.join(STATES)}; fix it (schema in docs/study.md) or use a new --output_dir"
+            )
     return reg
+
+
+def load_registry(path: Path) -> dict | None:
+    """The registry at `path` (checked against its schema), or None when there is none yet."""
+    if not path.is_file():
+        return None
+    return check_registry(read_json(path, "study registry"), path)
 
 
 def save_registry(path: Path, reg: dict) -> None:

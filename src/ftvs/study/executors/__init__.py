@@ -48,6 +48,9 @@ class Handle(Protocol):
         """Interrupt the job like Ctrl-C would (it checkpoints), then insist."""
 
 
+RAY_TIMEOUT = 60.0  # --ray_timeout default: seconds the driver waits for the Ray cluster's address to answer
+
+
 class Executor(Protocol):
     name: str  # "local" or "ray"
     slots: int  # how many runs the supervisor keeps in flight
@@ -70,9 +73,12 @@ def make_executor(
     ray_address: str | None = None,
     study_dir: Path | None = None,
     retries: int = 3,
+    ray_timeout: float = RAY_TIMEOUT,
 ) -> Executor:
     check_parallel(parallel)
     check_count("--ray_retries", retries, minimum=0)
+    if not 0 < ray_timeout < float("inf"):
+        raise FtvsError(f"--ray_timeout {ray_timeout:g}: give the seconds to wait for the cluster, e.g. 60")
     if name == "local":
         from ftvs.study.executors.local import LocalExecutor
 
@@ -80,7 +86,13 @@ def make_executor(
     if name == "ray":
         from ftvs.study.executors.ray import RayExecutor
 
-        return RayExecutor(study_dir, address=ray_address, max_in_flight=parallel, retries=retries)
+        return RayExecutor(
+            study_dir,
+            address=ray_address,
+            max_in_flight=parallel,
+            retries=retries,
+            connect_timeout=ray_timeout,
+        )
     raise FtvsError(f"unknown executor {name!r}; use --executor local or --executor ray")
 
 
@@ -109,6 +121,15 @@ def add_executor_flags(parser, what: str) -> None:
         "$RAY_ADDRESS, else a Ray instance started on this machine",
     )
     parser.add_argument(
+        "--ray_timeout",
+        "--ray-timeout",
+        dest="ray_timeout",
+        type=float,
+        default=RAY_TIMEOUT,
+        metavar="SECONDS",
+        help="seconds to wait for the Ray cluster's address to answer before giving up (default %(default)g)",
+    )
+    parser.add_argument(
         "--ray_retries",
         "--ray-retries",
         dest="ray_retries",
@@ -130,4 +151,6 @@ def executor_from_args(args, folder: Path) -> Executor:
     """The executor the flags of `add_executor_flags` ask for; `folder` is where the jobs write (a Ray
     executor checks every node sees it)."""
     check_executor_flags(args)
-    return make_executor(args.executor, args.parallel, args.ray_address, folder, args.ray_retries)
+    return make_executor(
+        args.executor, args.parallel, args.ray_address, folder, args.ray_retries, args.ray_timeout
+    )

@@ -11,13 +11,16 @@ checkpoint. Setting up a cluster: docs/cluster.md.
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 import socket
 import sys
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ftvs.errors import FtvsError
-from ftvs.study.executors import Job
+from ftvs.study.executors import RAY_TIMEOUT, Job
 from ftvs.study.executors.local import run_job
 
 try:
@@ -58,6 +61,59 @@ def _read_marker(path: str) -> str | None:
         return None
 
 
+def _cluster_endpoint(address: str | None) -> tuple[str, str] | None:
+    """(host, port) that `ray.init(address)` will connect to; None when it starts a Ray instance here."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address == "local":
+        return None
+    if address.startswith("ray://"):  # Ray Client: the client server's host and port
+        parts = urlsplit(address)
+        return parts.hostname or "", str(parts.port or "")
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        bootstrap = canonicalize_bootstrap_address(address)  # "auto": this node's cluster, if any
+    except ConnectionError:
+        return None  # ray.init says there is none, at once
+    if not bootstrap:
+        return None
+    host, _, port = bootstrap.rpartition(":")
+    return host, port
+
+
+def connect(address: str | None, timeout: float = RAY_TIMEOUT) -> None:
+    """`ray.init(address)`, failing in one line when the cluster's address does not answer within
+    `timeout` seconds (Ray itself retries with warnings for as long as it is left running)."""
+    endpoint = _cluster_endpoint(address)
+    if endpoint is not None:
+        _wait_for_port(*endpoint, address or os.environ.get("RAY_ADDRESS", ""), timeout)
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise FtvsError(
+            f"cannot reach the Ray cluster at {address or 'the default address'} ({e}); "
+            "start it with `ray start --head` (docs/cluster.md) or fix --ray_address"
+        ) from None
+
+
+def _wait_for_port(host: str, port: str, address: str, timeout: float) -> None:
+    """A TCP connection to host:port, retried until `timeout` (the head may still be starting)."""
+    fix = "start it with `ray start --head` (docs/cluster.md), fix --ray_address, or raise --ray_timeout"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=max(0.1, min(5.0, timeout))):
+                return
+        except (ValueError, OverflowError, socket.gaierror) as e:  # no such host or port: no retry
+            raise FtvsError(f"cannot reach the Ray cluster at {address} ({e}); {fix}") from None
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise FtvsError(
+                    f"the Ray cluster at {address} did not answer within {timeout:g} s ({e}); {fix}"
+                ) from None
+            time.sleep(1.0)
+
+
 class RayHandle:
     def __init__(self, ref, job: Job):
         self.ref, self.job = ref, job
@@ -88,19 +144,18 @@ class RayExecutor:
     name = "ray"
 
     def __init__(
-        self, study_dir: Path, address: str | None = None, max_in_flight: int | None = None, retries: int = 3
+        self,
+        study_dir: Path,
+        address: str | None = None,
+        max_in_flight: int | None = None,
+        retries: int = 3,
+        connect_timeout: float = RAY_TIMEOUT,
     ):
         self.study_dir = Path(study_dir).resolve()
         self.retries = retries
         self._owns = not ray.is_initialized()
         if self._owns:
-            try:
-                ray.init(address=address, log_to_driver=False, configure_logging=False)
-            except (ConnectionError, ValueError, RuntimeError) as e:
-                raise FtvsError(
-                    f"cannot reach the Ray cluster at {address or 'the default address'} ({e}); "
-                    "start it with `ray start --head` (docs/cluster.md) or fix --ray_address"
-                ) from None
+            connect(address, connect_timeout)
         res = ray.cluster_resources()
         self.gpus = res.get("GPU", 0) > 0
         self.slots = max_in_flight or max(1, int(res.get("GPU" if self.gpus else "CPU", 1)))
