@@ -171,6 +171,7 @@ COMMAND_MODULES = [
     "ftvs.study",
     "ftvs.tune",
     "ftvs.export",
+    "ftvs.serve",
 ]
 
 
