@@ -89,8 +89,10 @@ def parse_request(body: bytes, limits: Limits, names: list[str]) -> PredictReque
             f"the body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
             'send {"texts": ["..."]}',
         )
-    except (ValueError, RecursionError):  # not UTF-8/16/32, or nested too deep to parse
-        _reject(400, 'the body is not valid JSON in UTF-8; send {"texts": ["..."]}')
+    except ValueError:
+        _reject(400, f"the body is not valid JSON: not text in UTF-8; {SHAPE}")
+    except RecursionError:
+        _reject(400, f"the body is not valid JSON that can be read: nested too deeply; {SHAPE}")
     try:
         req = PredictRequest.model_validate(doc)
     except ValidationError as e:
@@ -182,7 +184,9 @@ def create_app(models, limits: Limits, max_batch: int = 64, max_wait_ms: float =
                     "latency_ms": round(timing["latency_ms"], 3),
                     "batch_size": timing["batch_size"],
                 }
-        return {"model": req.model, "results": results}
+        # serialised here: FastAPI's encoder would walk the answer again, at a cost per request that
+        # micro-batching cannot share
+        return Response(json.dumps({"model": req.model, "results": results}), media_type="application/json")
 
     @app.get("/models", summary="the served models: arm, method, test scores, size, precision, cost")
     async def list_models():

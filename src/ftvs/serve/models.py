@@ -56,11 +56,11 @@ def named_runs(run_dirs, study_dir=None) -> dict[str, Path]:
                 f"{run} holds no trained model ({rundir.MODEL_DIR}/{rundir.MODEL_MARKER}); pass a run folder "
                 "written by `ftvs train` or `ftvs baseline`, or a study with --study"
             )
+        if run.resolve() in {r.resolve() for r in runs.values()}:
+            raise FtvsError(f"{run} is served twice (given twice, or also a --study contender); pass it once")
         name = run.resolve().name
         if name in runs or name == "all":
             name = f"{run.resolve().parent.name}/{name}"
-        if name in runs:
-            raise FtvsError(f"{run} is given twice (or two runs are both named {name}); pass each run once")
         runs[name] = run
     if not runs:
         raise FtvsError("no model to serve; pass run folders (ftvs serve RUN ...) or --study STUDY_DIR")
