@@ -26,9 +26,10 @@ TEXTS = [*INTENTS.values(), "where is my money", "the app now says my card is bl
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """Four runs (TF-IDF and scratch, seeds 0 and 1), two epochs each."""
+    """Two runs (TF-IDF and scratch, two epochs), as `ftvs study` writes them."""
     root = tmp_path_factory.mktemp("serve")
-    assert main(["study", str(tiny_study_yaml(root, epochs=2)), "--output_dir", str(root / "study")]) == 0
+    cfg = tiny_study_yaml(root, epochs=2, seeds=(0,))
+    assert main(["study", str(cfg), "--output_dir", str(root / "study")]) == 0
     return root / "study"
 
 
@@ -44,7 +45,7 @@ def http(server):
         yield client
 
 
-def test_study_serves_each_arm_once_at_its_lowest_seed(study, http):
+def test_study_serves_each_arm_with_its_scores(study, http):
     runs = study_runs(study)
     assert {name: path.name for name, path in runs.items()} == {
         "tfidf": "tfidf-f1-s0",

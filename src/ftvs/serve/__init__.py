@@ -11,6 +11,7 @@ FastAPI and uvicorn are the optional extra `serve` (`pip install 'ftvs[serve]'`)
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 
 from ftvs.errors import FtvsError
@@ -82,7 +83,13 @@ def cmd_serve(args) -> int:
         flush=True,
     )
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=None)
+    stopped_by = []
+    # uvicorn answers SIGTERM/SIGINT by letting the requests in flight finish, then re-sends the signal to
+    # the handlers it found: these, so that a graceful stop ends with status 0 rather than a kill
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda number, frame: stopped_by.append(signal.Signals(number).name))
     uvicorn.Server(config).run(sockets=[sock])
+    print(f"stopped{' by ' + stopped_by[0] if stopped_by else ''}; the requests in flight were answered")
     return 0
 
 
