@@ -225,6 +225,8 @@ def test_bad_command_lines_are_one_line_errors(study, tmp_path, capsys):
     assert_one_line_error(capsys, ["serve", run, run], "served twice")
     assert_one_line_error(capsys, ["serve", run, "--max_batch", "0"], "--max_batch 0 must be at least 1")
     assert_one_line_error(capsys, ["serve", run, "--port", "70000"], "is not a port")
+    scratch = str(study_runs(study)["scratch"])
+    assert_one_line_error(capsys, ["serve", scratch, "--onnx", "--port", "0"], "run `ftvs export")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

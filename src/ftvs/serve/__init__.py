@@ -65,7 +65,11 @@ def cmd_serve(args) -> int:
 
     runs = named_runs(args.runs, args.study)
     sock = _listen(args.host, args.port)
-    models = load_models(runs, args.max_batch, onnx=args.onnx)
+    try:
+        models = load_models(runs, args.max_batch, onnx=args.onnx)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(models, Limits(args.max_texts, args.max_text_bytes), args.max_batch, args.max_wait_ms)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
