@@ -80,7 +80,7 @@ async function classify(event) {
     for (const [name, answer] of Object.entries(body.results[0].predictions)) {
       if (cards.has(name)) show(cards.get(name), answer);
     }
-    status("done");
+    status("answered by " + Object.keys(body.results[0].predictions).length + " models");
   } catch (e) {
     status("the server did not answer: " + e, true);
   } finally {
