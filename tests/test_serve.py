@@ -4,6 +4,7 @@ headless Chromium; a small load test; SIGTERM with a request in flight; the comm
 
 import asyncio
 import json
+import random
 import socket
 import threading
 import time
@@ -129,6 +130,54 @@ def test_bad_requests_get_a_4xx_with_one_line(http, body, status, needle):
     r = http.post("/predict", content=body, headers={"content-type": "application/json"})
     detail = r.json()["detail"]
     assert r.status_code == status and needle in detail and "\n" not in detail, (r.status_code, detail)
+
+
+def test_no_mangled_request_gets_a_500(http):
+    """Valid bodies cut, with bytes replaced or inserted, fields of every JSON type: a 200 or a 4xx."""
+    rng = random.Random(0)
+    good = json.dumps({"texts": ["my card was declined", "pin"], "model": "tfidf", "top_k": 2}).encode()
+    values = [
+        None,
+        True,
+        0,
+        -1,
+        2**70,
+        1.5,
+        "",
+        "x",
+        [],
+        [""],
+        ["a", None],
+        {},
+        {"texts": ["a"]},
+        "\u0000",
+        ["\u0000"],
+        ["😀 \u202e"],
+    ]
+    bodies = []
+    for _ in range(60):
+        b = bytearray(good)
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(b))
+            op = rng.choice(("cut", "flip", "insert"))
+            if op == "cut":
+                del b[i:]
+            elif op == "flip":
+                b[i : i + 1] = bytes([rng.randrange(256)])
+            else:
+                b[i:i] = rng.choice([b"{", b"]", b'"', b"\\", b"\xff", b",", b"null"])
+            if not b:
+                break
+        bodies.append(bytes(b))
+    for field in ("texts", "model", "top_k"):
+        for v in values:
+            bodies.append(json.dumps({"texts": ["a"], field: v}).encode())
+    bodies.append(b'{"texts": ["a"], "top_k": 1' + b"0" * 5000 + b"}")
+    for body in bodies:
+        r = http.post("/predict", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 200 or 400 <= r.status_code < 500, (body, r.status_code, r.text)
+        if r.status_code != 200:
+            assert "\n" not in r.json()["detail"], r.text
 
 
 def test_page_docs_and_unknown_paths(http):

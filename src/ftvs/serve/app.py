@@ -84,13 +84,9 @@ def parse_request(body: bytes, limits: Limits, names: list[str]) -> PredictReque
     try:
         doc = json.loads(body)
     except json.JSONDecodeError as e:
-        _reject(
-            400,
-            f"the body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
-            'send {"texts": ["..."]}',
-        )
-    except ValueError:
-        _reject(400, f"the body is not valid JSON: not text in UTF-8; {SHAPE}")
+        _reject(400, f"the body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); {SHAPE}")
+    except ValueError as e:  # not UTF-8/16/32, or a number of too many digits
+        _reject(400, f"the body is not valid JSON ({str(e).splitlines()[0][:160]}); {SHAPE}")
     except RecursionError:
         _reject(400, f"the body is not valid JSON that can be read: nested too deeply; {SHAPE}")
     try:
