@@ -168,21 +168,10 @@ def create_app(models, limits: Limits, max_batch: int = 64, max_wait_ms: float =
         req = parse_request(body, limits, list(by_name))
         names = list(by_name) if req.model == ALL else [req.model]
         answers = await asyncio.gather(*(batchers[n].submit(req.texts) for n in names))
-        results = [{"text": t, "predictions": {}} for t in req.texts]
-        for name, (probs, timing) in zip(names, answers):
-            labels = by_name[name].predictor.label_names
-            for row, p in zip(results, probs):
-                top = _top(p, labels, min(req.top_k, len(labels)))
-                row["predictions"][name] = {
-                    "label": top[0]["label"],
-                    "probability": top[0]["probability"],
-                    "top_k": top,
-                    "latency_ms": round(timing["latency_ms"], 3),
-                    "batch_size": timing["batch_size"],
-                }
+        labels = [by_name[n].predictor.label_names for n in names]
         # serialised here: FastAPI's encoder would walk the answer again, at a cost per request that
         # micro-batching cannot share
-        return Response(json.dumps({"model": req.model, "results": results}), media_type="application/json")
+        return Response(json.dumps(_answer(req, names, labels, answers)), media_type="application/json")
 
     @app.get("/models", summary="the served models: arm, method, test scores, size, precision, cost")
     async def list_models():
@@ -200,6 +189,28 @@ def create_app(models, limits: Limits, max_batch: int = 64, max_wait_ms: float =
             200 if alive else 503,
         )
 
+    _add_page(app)
+    return app
+
+
+def _answer(req: PredictRequest, names, labels, answers) -> dict:
+    """POST /predict's answer: per text and model the label, the top k and the model's latency."""
+    results = [{"text": t, "predictions": {}} for t in req.texts]
+    for name, names_of_labels, (probs, timing) in zip(names, labels, answers):
+        for row, p in zip(results, probs):
+            top = _top(p, names_of_labels, min(req.top_k, len(names_of_labels)))
+            row["predictions"][name] = {
+                "label": top[0]["label"],
+                "probability": top[0]["probability"],
+                "top_k": top,
+                "latency_ms": round(timing["latency_ms"], 3),
+                "batch_size": timing["batch_size"],
+            }
+    return {"model": req.model, "results": results}
+
+
+def _add_page(app: FastAPI) -> None:
+    """The page at / and its two files: plain HTML, CSS and JavaScript shipped in the package."""
     page = resources.files("ftvs.serve").joinpath("static")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -211,5 +222,3 @@ def create_app(models, limits: Limits, max_batch: int = 64, max_wait_ms: float =
         if name not in STATIC:
             _reject(404, f"no file {name!r}")
         return Response(page.joinpath(name).read_text(encoding="utf-8"), media_type=STATIC[name])
-
-    return app
