@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 from tiny_runs import child_env
@@ -45,6 +47,11 @@ class Server:
                 self.stop()
                 raise RuntimeError("ftvs serve did not start:\n" + "".join(self.lines))
         self.url = next(m.group(1) for line in self.lines if (m := URL.search(line)))
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (user + system, all its threads; Linux)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def terminate(self) -> None:
         if self.proc.poll() is None:
@@ -103,8 +110,9 @@ async def _load(url: str, texts: list[str], requests: int, clients: int, model: 
                         errors.append(f"{status} {answer[:200]!r}")
                 except (OSError, ValueError, KeyError, asyncio.IncompleteReadError) as e:
                     errors.append(repr(e))
-                    return
-                latencies.append(time.perf_counter() - start)
+                    return  # the connection is gone
+                finally:
+                    latencies.append(time.perf_counter() - start)
         finally:
             writer.close()
 
@@ -113,7 +121,7 @@ async def _load(url: str, texts: list[str], requests: int, clients: int, model: 
     seconds = time.perf_counter() - start
     lat = np.asarray(latencies) * 1000
     return {
-        "requests": len(latencies) + len(errors),
+        "requests": len(latencies),
         "clients": clients,
         "errors": len(errors),
         "first_errors": errors[:3],
