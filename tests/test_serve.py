@@ -20,6 +20,7 @@ from tiny_runs import INTENTS, assert_one_line_error
 from ftvs import rundir
 from ftvs.cli import main
 from ftvs.evaluate import load_predictor
+from ftvs.serve.batcher import MicroBatcher
 from ftvs.serve.models import study_runs
 
 TEXTS = [*INTENTS.values(), "where is my money", "the app now says my card is blocked, why?", "pin"]
@@ -101,6 +102,31 @@ def test_concurrent_requests_are_micro_batched_to_the_same_answers(server, http)
             expected = alone[row["text"]][name]
             assert answer["label"] == expected["label"]
             assert answer["probability"] == pytest.approx(expected["probability"], abs=1e-5)
+
+
+def test_micro_batches_hold_at_most_max_batch_texts_and_keep_requests_whole(study):
+    predictor = load_predictor(study_runs(study)["scratch"])
+    sizes = []
+
+    def predict(texts):
+        sizes.append(len(texts))
+        return predictor.probs(texts)
+
+    async def requests(counts):
+        batcher = MicroBatcher(predict, max_batch=4, max_wait_ms=50)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(TEXTS[:n]) for n in counts))
+        finally:
+            await batcher.stop()
+
+    counts = (3, 3, 1, 6, 2)
+    answers = asyncio.run(requests(counts))
+    # 3 | 3 + 1 (the second 3 did not fit the first batch) | 6 alone (larger than max_batch) | 2
+    assert sizes == [3, 4, 6, 2]
+    assert [timing["batch_size"] for _, timing in answers] == [3, 4, 4, 6, 2]
+    for n, (probs, _) in zip(counts, answers):
+        np.testing.assert_allclose(probs, predictor.probs(TEXTS[:n]), atol=1e-6)
 
 
 LONG = "x" * 10_001
