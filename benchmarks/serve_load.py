@@ -26,6 +26,7 @@ from serving import Server, load_test  # noqa: E402
 
 from ftvs.data import load_split  # noqa: E402
 from ftvs.rundir import read_config  # noqa: E402
+from ftvs.serve import MAX_TEXT_BYTES  # noqa: E402
 from ftvs.serve.models import named_runs  # noqa: E402
 
 
@@ -59,7 +60,9 @@ def main() -> int:
     served = [*args.runs, *(["--study", args.study] if args.study else [])]
     first = next(iter(named_runs(args.runs, args.study).values()))
     # the test texts within the server's default limit (a longer one is refused with a 413, by design)
-    texts = [t for t in load_split(read_config(first)["data"], "test")[0] if len(t.encode()) <= 10_000]
+    texts = [
+        t for t in load_split(read_config(first)["data"], "test")[0] if len(t.encode()) <= MAX_TEXT_BYTES
+    ]
     rounds = []
     for r in range(args.rounds):
         batched = phase(served, args.max_batch, args, texts)

@@ -16,6 +16,9 @@ import socket
 
 from ftvs.errors import FtvsError
 
+MAX_TEXTS = 256  # per request (--max_texts)
+MAX_TEXT_BYTES = 10_000  # per text, in bytes of UTF-8 (--max_text_bytes)
+
 
 def _require_serve():
     try:
@@ -140,14 +143,14 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         "--max_texts",
         "--max-texts",
         type=int,
-        default=256,
+        default=MAX_TEXTS,
         help="most texts per request (default %(default)s)",
     )
     p.add_argument(
         "--max_text_bytes",
         "--max-text-bytes",
         type=int,
-        default=10_000,
+        default=MAX_TEXT_BYTES,
         help="longest text accepted, in bytes of UTF-8 (default %(default)s)",
     )
     p.set_defaults(func=cmd_serve)

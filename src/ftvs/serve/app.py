@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ftvs import __version__
 from ftvs.errors import closest
+from ftvs.serve import MAX_TEXT_BYTES, MAX_TEXTS
 from ftvs.serve.batcher import MicroBatcher
 
 ALL = "all"
@@ -37,7 +38,7 @@ class PredictRequest(BaseModel):
 
 
 class Limits:
-    def __init__(self, max_texts: int = 256, max_text_bytes: int = 10_000):
+    def __init__(self, max_texts: int = MAX_TEXTS, max_text_bytes: int = MAX_TEXT_BYTES):
         self.max_texts = max_texts
         self.max_text_bytes = max_text_bytes
         # JSON may escape a character into 6 bytes (\uXXXX); room for the rest of the document

@@ -99,8 +99,7 @@ def load_models(runs: dict[str, Path], batch_size: int, onnx: bool = False) -> l
     """Every model loaded once (and run once on a short text, so the first request pays no lazy set-up)."""
     served = []
     for name, run in runs.items():
-        kind = rundir.read_marker(run).get("arm")
-        predictor = load_predictor(run, batch_size, onnx=onnx and kind != "baseline")
+        predictor = load_predictor(run, batch_size, onnx=onnx)  # a baseline has no graph: it runs as is
         predictor.probs(["warm up"])
         served.append(ServedModel(name, run, predictor, describe(name, run, predictor)))
     return served
