@@ -6,18 +6,16 @@ published results (see tests/compare_runs.py for the runs)."""
 import base64
 import json
 import re
-import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import CHROMIUM, HEADLESS
 from compare_runs import NUM, build_tiny_study, md_table, metrics_of
 
 from ftvs.cli import main
 from ftvs.compare import find_pair
 
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 SECTIONS = [
     "## 1. Model descriptions",
     "## 2. Dataset description",
@@ -174,14 +172,7 @@ def test_html_renders_in_headless_chromium(study, tmp_path):
     shot = tmp_path / "shot.png"
     cmd = [
         CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--hide-scrollbars",
+        *HEADLESS,
         f"--user-data-dir={tmp_path / 'profile'}",
         "--window-size=1100,2400",
         f"--screenshot={shot}",

@@ -175,6 +175,7 @@ COMMAND_MODULES = [
     "ftvs.study",
     "ftvs.tune",
     "ftvs.export",
+    "ftvs.serve",
 ]
 
 

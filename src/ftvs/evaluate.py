@@ -8,6 +8,7 @@ import platform
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ftvs import rundir
@@ -220,28 +221,61 @@ def _scoring_precision(requested: str | None, cfg: dict) -> str:
     return requested or cfg.get("mixed_precision") or "auto"
 
 
+class Predictor:
+    """A run's model, loaded once, for prediction on raw texts: `probs(texts)` -> [n, classes]
+    probabilities in input order (`ftvs predict`, `ftvs predict --onnx` and `ftvs serve`)."""
+
+    def __init__(self, label_names, probs, precision: str, engine: str):
+        self.label_names = list(label_names)
+        self._probs = probs
+        self.precision = precision  # no (fp32), bf16 or fp16
+        self.engine = engine  # pytorch, onnxruntime or numpy (the TF-IDF baseline)
+
+    def probs(self, texts) -> np.ndarray:
+        return np.asarray(self._probs(list(texts)), dtype=np.float64).reshape(-1, len(self.label_names))
+
+    def rows(self, texts) -> list[dict]:
+        """Label and confidence of each text."""
+        return [
+            {"text": t, "label": self.label_names[int(p.argmax())], "probability": float(p.max())}
+            for t, p in zip(texts, self.probs(texts))
+        ]
+
+
+def load_predictor(
+    run_dir, batch_size: int = 64, mixed_precision: str | None = None, onnx: bool = False, onnx_file=None
+) -> Predictor:
+    """Load a run's best model through the safe loaders (`load_arm`, `BaselineModel.load`: safetensors,
+    no remote code); `mixed_precision` None: the run's own setting; `onnx`: the exported graph
+    (RUN_DIR/export/model.onnx, or `onnx_file`) runs the forward pass. Batches are sorted by length as in
+    evaluation."""
+    run_dir = rundir.existing_run(run_dir)
+    model_dir = rundir.model_dir(run_dir)
+    if rundir.read_marker(run_dir).get("arm") == "baseline":
+        model = BaselineModel.load(model_dir)
+        return Predictor(model.label_names, model.predict_proba, "no", "numpy")
+    if onnx or onnx_file:
+        from ftvs.export import onnx_predictor  # lazy: onnxruntime is an optional extra
+
+        return onnx_predictor(run_dir, onnx_file, batch_size)
+    arm = load_arm(model_dir)
+    model = arm.model.eval()
+    precision = resolve_precision(_scoring_precision(mixed_precision, rundir.read_config(run_dir)), "cpu")
+
+    def probs(texts):
+        examples = arm.encode(texts)
+        loader = make_eval_loader(arm, examples, [-1] * len(examples), batch_size)
+        with autocast(precision.name, "cpu"):
+            return softmax(predict_loader(model, loader, len(examples))["logits"])
+
+    return Predictor(arm.label_names, probs, precision.name, "pytorch")
+
+
 def predict_texts(
     run_dir, texts: list[str], batch_size: int = 64, mixed_precision: str | None = None
 ) -> list[dict]:
     """Label and confidence of each text; `mixed_precision` None: the run's own setting."""
-    model_dir = rundir.model_dir(rundir.existing_run(run_dir))
-    if rundir.read_marker(run_dir).get("arm") == "baseline":
-        model = BaselineModel.load(model_dir)
-        proba = model.predict_proba(texts)
-        return [
-            {"text": t, "label": model.label_names[int(p.argmax())], "probability": float(p.max())}
-            for t, p in zip(texts, proba)
-        ]
-    arm = load_arm(model_dir)
-    examples = arm.encode(texts)
-    loader = make_eval_loader(arm, examples, [-1] * len(examples), batch_size)
-    mixed_precision = _scoring_precision(mixed_precision, rundir.read_config(run_dir))
-    with autocast(resolve_precision(mixed_precision, "cpu").name, "cpu"):
-        out = predict_loader(arm.model.eval(), loader, len(examples))
-    return [
-        {"text": t, "label": arm.label_names[p], "probability": float(c)}
-        for t, p, c in zip(texts, out["y_pred"], out["confidence"])
-    ]
+    return load_predictor(run_dir, batch_size, mixed_precision).rows(texts)
 
 
 def cmd_evaluate(args) -> int:
@@ -279,12 +313,11 @@ def cmd_predict(args) -> int:
         ]
     if not texts:
         raise FtvsError("no text to classify; pass texts as arguments or --file FILE (one per line)")
-    if args.onnx or args.onnx_file:
-        from ftvs.export import predict_onnx  # lazy: onnxruntime is an optional extra
+    if args.onnx or args.onnx_file:  # `serve --onnx` runs a baseline as is; `predict --onnx` says so
+        from ftvs.export import neural_run
 
-        rows = predict_onnx(args.run_dir, texts, args.onnx_file)
-    else:
-        rows = predict_texts(args.run_dir, texts)
+        neural_run(args.run_dir, f"predict without --onnx: `ftvs predict {args.run_dir} TEXT`")
+    rows = load_predictor(args.run_dir, onnx=args.onnx, onnx_file=args.onnx_file).rows(texts)
     for row in rows:
         sys.stdout.write(f"{row['label']}\t{row['probability']:.4f}\t{row['text']}\n")
     return 0

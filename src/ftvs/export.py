@@ -343,24 +343,31 @@ def _onnx_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in _ftvs_graph_files(path) or [path] if p.is_file())
 
 
-def predict_onnx(run_dir, texts: list[str], onnx_path=None, batch_size: int = 64) -> list[dict]:
-    """`ftvs predict --onnx`: the run's tokenizer, the exported graph for the forward pass."""
+def onnx_predictor(run_dir, onnx_path=None, batch_size: int = 64):
+    """An `evaluate.Predictor` whose forward pass is the exported graph on ONNX Runtime (the run's
+    tokenizer encodes; batches sorted by length as in evaluation)."""
     _require_onnx()
+    from ftvs.evaluate import Predictor
 
     run_dir = neural_run(run_dir, f"predict without --onnx: `ftvs predict {run_dir} TEXT`")
     onnx_path = Path(onnx_path) if onnx_path else run_dir / "export" / "model.onnx"
     session = run_session(run_dir, onnx_path)
     arm = load_arm(model_dir(run_dir))
-    examples = arm.encode(texts)
-    probs = np.empty((len(examples), len(arm.label_names)))
-    for b in make_eval_loader(arm, examples, [-1] * len(examples), batch_size):
-        probs[b["index"].numpy()] = softmax(
-            session.run(["logits"], {k: b[k].numpy() for k in INPUT_NAMES})[0]
-        )
-    return [
-        {"text": t, "label": arm.label_names[int(p.argmax())], "probability": float(p.max())}
-        for t, p in zip(texts, probs)
-    ]
+    def probs(texts):
+        examples = arm.encode(texts)
+        out = np.empty((len(examples), len(arm.label_names)))
+        for b in make_eval_loader(arm, examples, [-1] * len(examples), batch_size):
+            out[b["index"].numpy()] = softmax(
+                session.run(["logits"], {k: b[k].numpy() for k in INPUT_NAMES})[0]
+            )
+        return out
+
+    return Predictor(arm.label_names, probs, "no", "onnxruntime")
+
+
+def predict_onnx(run_dir, texts: list[str], onnx_path=None, batch_size: int = 64) -> list[dict]:
+    """`ftvs predict --onnx`: the run's tokenizer, the exported graph for the forward pass."""
+    return onnx_predictor(run_dir, onnx_path, batch_size).rows(texts)
 
 
 def cmd_export(args) -> int:
