@@ -353,6 +353,7 @@ def onnx_predictor(run_dir, onnx_path=None, batch_size: int = 64):
     onnx_path = Path(onnx_path) if onnx_path else run_dir / "export" / "model.onnx"
     session = run_session(run_dir, onnx_path)
     arm = load_arm(model_dir(run_dir))
+
     def probs(texts):
         examples = arm.encode(texts)
         out = np.empty((len(examples), len(arm.label_names)))
