@@ -85,7 +85,7 @@ def test_bench_quick_scratch_writes_the_documented_json(tmp_path, capsys):
     probe = report["matmul_probes"]["fp32"]
     assert {"torch_threads", "cores", "loadavg_1min_at_probes"} <= set(probe["conditions"])
     assert report["best_dtype"]["dtype"] in ("fp32", "bf16")
-    assert r["dtype"] == report["precision"]["in_use"] and set(r["by_dtype"]) == {"fp32", "bf16"}
+    assert r["dtype"] == report["precision"]["scratch"]["in_use"] and set(r["by_dtype"]) == {"fp32", "bf16"}
     best = report["best_dtype"]["peak_gflops"]
     for row in r["by_dtype"].values():
         peak = max(best, row["peak_gflops_own_dtype"])

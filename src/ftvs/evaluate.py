@@ -23,12 +23,19 @@ from ftvs.modelcard import write_model_card
 from ftvs.precision import autocast, resolve_precision
 
 
-def training_record(run_dir: Path) -> dict:
-    """Training time, best epoch and train–val gaps from a run's history and summary."""
+def training_record(run_dir: Path, cfg: dict) -> dict:
+    """Training time, precision, best epoch and train–val gaps from a run's config, history and summary."""
     history = rundir.read_history(run_dir)
     summary = rundir.read_summary(run_dir)
+    resolved = cfg.get("resolved") or {}
+    # what the run trained in, and why (`auto` resolved per arm and device by ftvs.precision)
+    precision = {k: resolved.get(k) for k in ("mixed_precision", "mixed_precision_reason")}
     if not history:
-        return {"training": {"status": summary.get("status", "unknown")}, "best_val": {}, "train_val_gap": {}}
+        return {
+            "training": {"status": summary.get("status", "unknown"), **precision},
+            "best_val": {},
+            "train_val_gap": {},
+        }
     best = max(history, key=lambda r: r["val_macro_f1"])
     seconds = sum(r["epoch_seconds"] for r in history)
     # encoding the train/val texts once (tokenising; for a frozen base with the feature cache, the one
@@ -44,6 +51,7 @@ def training_record(run_dir: Path) -> dict:
             "status": summary.get("status", "unknown"),
             "stop_reason": summary.get("stop_reason"),
             "examples_per_second": sum(r["examples_per_second"] for r in history) / len(history),
+            **precision,
         },
         "best_val": {
             "accuracy": best["val_accuracy"],
@@ -92,7 +100,7 @@ def _predict_split(arm, texts, labels, batch_size: int, mixed_precision: str):
         for batch in loader:
             yield {k: v.to(device) for k, v in batch.items()}
 
-    precision = resolve_precision(mixed_precision, device.type)  # auto: as in training
+    precision = resolve_precision(mixed_precision, device.type, arm.kind)  # auto: as in training
     with autocast(precision.name, device.type):
         out = timed_predict(model, list(on_device(loader)), len(examples), state)
     return out, state, device, precision, len(examples)
@@ -139,7 +147,7 @@ def _metrics_record(run_dir, cfg, meta, data_dir, split, arm, scores, n_examples
         },
         "size_on_disk_bytes": dir_size_bytes(rundir.model_dir(run_dir)),
         "model": description,
-        **training_record(run_dir),
+        **training_record(run_dir, cfg),
     }
 
 
@@ -225,7 +233,7 @@ def predict_texts(
     examples = arm.encode(texts)
     loader = make_eval_loader(arm, examples, [-1] * len(examples), batch_size)
     mixed_precision = _scoring_precision(mixed_precision, rundir.read_config(run_dir))
-    with autocast(resolve_precision(mixed_precision, "cpu").name, "cpu"):
+    with autocast(resolve_precision(mixed_precision, "cpu", arm.kind).name, "cpu"):
         out = predict_loader(arm.model.eval(), loader, len(examples))
     return [
         {"text": t, "label": arm.label_names[p], "probability": float(c)}
