@@ -221,13 +221,19 @@ def test_bf16_training_of_lora_keeps_weights_and_optimizer_state_fp32(tiny_data,
     assert agreement(fp32, bf16) >= 0.99
 
 
-def test_one_process_trains_in_fp32_then_bf16_then_fp32(tiny_data, tmp_path):
+def test_one_process_trains_in_fp32_then_bf16_then_auto(tiny_data, tmp_path):
     """Accelerate keeps one precision per process and refuses another; ftvs starts every single-process
     run from a clean Accelerate state, so the Python API and a notebook can train several runs in a row
-    (on a CPU with native bf16, `auto` is bf16 and an explicit `no` follows it)."""
-    for i, precision in enumerate(("no", "bf16", "no")):
+    (`auto` follows bf16 here: fp32 for the scratch arm on any CPU, for its own reason)."""
+    auto = resolve_precision("auto", "cpu", "scratch")
+    for i, precision in enumerate(("no", "bf16", "auto")):
         run = tmp_path / f"run{i}"
         argv = ["train", "scratch", "--data", str(tiny_data), "--output_dir", str(run), *TINY_SCRATCH_FLAGS]
         assert main([*argv, "--mixed_precision", precision, "--num_train_epochs", "1", "--no-evaluate"]) == 0
         resolved = yaml.safe_load((run / "config.yaml").read_text())["resolved"]
-        assert resolved["mixed_precision"] == precision
+        expected = auto if precision == "auto" else resolve_precision(precision, "cpu", "scratch")
+        assert (resolved["mixed_precision"], resolved["mixed_precision_reason"]) == (
+            expected.name,
+            expected.reason,
+        )
+    assert auto.name == "no"

@@ -311,7 +311,7 @@ def add_cli(subparsers) -> None:
         default=None,
         choices=("auto", "no", "bf16", "fp16"),
         help="autocast for inference (default: the run's own --mixed_precision, so a run trained in "
-        "fp32 is scored in fp32); auto = bf16 on CUDA and on CPUs with native bf16, else fp32; recorded "
+        "fp32 is scored in fp32); auto = as in training (ftvs.precision, per arm and device); recorded "
         "with the timing",
     )
     p.add_argument(
