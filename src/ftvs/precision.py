@@ -5,7 +5,7 @@ bf16 autocast pays only where the hardware multiplies bf16 natively: CUDA GPUs t
 with AVX-512 BF16 or AMX-BF16. On any other CPU torch emulates bf16 matmuls (measured on an AVX2-only
 CPU: 0.76 GFLOP/s in bf16 against 26 in fp32), so `auto` keeps fp32 there. Even on a CPU with native bf16,
 `auto` picks bf16 only for an arm whose training step it measurably speeds up (`CPU_BF16_STEP_SPEEDUP`,
-at least `MIN_BF16_SPEEDUP`, measured by benchmarks/bench_shapes.py, with accuracy parity checked by
+at least `MIN_BF16_SPEEDUP`, measured by benchmarks/bench*.py, with accuracy parity checked by
 benchmarks/checks/test_precision_parity.py): the from-scratch presets are too narrow for bf16 matmuls to
 beat the casts around them, so they stay fp32 there. Under autocast only the matmul-heavy ops run in bf16:
 the weights, the from-scratch head and its logits (model.py), the loss, the gradients and the optimizer
