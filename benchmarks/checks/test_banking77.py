@@ -1,7 +1,7 @@
 """Checks that need the real Banking77 CSVs (../shared/data/banking77 beside the repository): run by
 `make extra-checks` where that folder exists; the main suite (tests/) tests the same code on a
 Banking77-format folder of real 20 Newsgroups texts instead. Skipped where the folder is missing (or
-FTVS_NO_SHARED=1)."""
+FTVS_NO_SHARED=1); FTVS_BANKING77=DIR names another folder."""
 
 import os
 from collections import Counter
@@ -11,7 +11,10 @@ import pytest
 
 from ftvs import data
 
-BANKING77 = Path(__file__).resolve().parents[3] / "shared" / "data" / "banking77"
+# beside the repository, or where FTVS_BANKING77 says (e.g. from a git worktree elsewhere)
+BANKING77 = Path(
+    os.environ.get("FTVS_BANKING77") or Path(__file__).resolve().parents[3] / "shared" / "data" / "banking77"
+)
 needs_banking77 = pytest.mark.skipif(
     bool(os.environ.get("FTVS_NO_SHARED")) or not (BANKING77 / "train.csv").is_file(),
     reason=f"Banking77 CSVs not found at {BANKING77}",

@@ -1,6 +1,6 @@
 """Accuracy parity of bf16 and fp32, as a check rather than a claim: each arm trained in fp32 and in bf16
 (`--mixed_precision no` / `bf16`) over 3 seeds on 20 Newsgroups (built in, offline) and on the real
-Banking77 CSVs (skipped where ../shared/data/banking77 is missing); the mean test accuracy of the two
+Banking77 CSVs (skipped where ../shared/data/banking77, or FTVS_BANKING77, is missing); the mean test accuracy of the two
 precisions must differ by at most 1 point, or by less than one seed standard deviation. Sized for 2
 loaded CPU cores: the tiny scratch preset with one block, and a short LoRA run of SmolLM2-135M (one epoch
 on a few hundred texts). `make extra-checks` runs it; the numbers go to benchmarks/RESULTS.md
@@ -14,11 +14,11 @@ import statistics
 from pathlib import Path
 
 import pytest
+from test_banking77 import BANKING77
 
 import ftvs
 from ftvs.data.splitting import cap_eval_splits
 
-BANKING77 = Path(__file__).resolve().parents[3] / "shared" / "data" / "banking77"
 SEEDS = (0, 1, 2)
 PRECISIONS = ("no", "bf16")
 MAX_GAP = 0.01  # mean test accuracy, fp32 against bf16: 1 point ...
