@@ -1,9 +1,9 @@
 """Accuracy parity of bf16 and fp32, as a check rather than a claim: each arm trained in fp32 and in bf16
 (`--mixed_precision no` / `bf16`) over 3 seeds on 20 Newsgroups (built in, offline) and on the real
-Banking77 CSVs (skipped where ../shared/data/banking77, or FTVS_BANKING77, is missing); the mean test accuracy of the two
-precisions must differ by at most 1 point, or by less than one seed standard deviation. Sized for 2
-loaded CPU cores: the tiny scratch preset with one block, and a short LoRA run of SmolLM2-135M (one epoch
-on a few hundred texts). `make extra-checks` runs it; the numbers go to benchmarks/RESULTS.md
+Banking77 CSVs (skipped where ../shared/data/banking77, or FTVS_BANKING77, is missing); the mean test
+accuracy of the two precisions must differ by at most 1 point, or by less than one seed standard deviation.
+Sized for 2 loaded CPU cores: the tiny scratch preset with one block, and a short LoRA run of SmolLM2-135M
+(one epoch on a few hundred texts). `make extra-checks` runs it; the numbers go to benchmarks/RESULTS.md
 ("bf16 against fp32: accuracy parity"). On a CPU without native bf16 the bf16 runs are emulated (slow,
 but correct). Each finished cell prints one `parity:` line (`pytest -s` shows them).
 """
