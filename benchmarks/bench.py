@@ -456,11 +456,14 @@ def run(args) -> dict:
     machine["threads_choice"] = threads
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    in_use = resolve_precision(args.mixed_precision, device.type)
-    dtypes, dtype_note = choose_dtypes(args.dtypes, device, in_use.name)
+    arms = ["scratch", "finetune"] if args.arm == "both" else [args.arm]
+    # the precision in use per arm (`auto` is decided per arm), timed first; then the other --dtypes
+    in_use = {kind: resolve_precision(args.mixed_precision, device.type, kind) for kind in arms}
+    dtypes = {kind: choose_dtypes(args.dtypes, device, in_use[kind].name) for kind in arms}
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
-    probes = make_probes(device, args.probe_size or (8192 if cuda else 2048), dtypes)
+    timed = list(dict.fromkeys(p for kind in arms for p in dtypes[kind][0]))
+    probes = make_probes(device, args.probe_size or (8192 if cuda else 2048), timed)
     for probe in probes.values():
         probe.measure(max(3, args.probe_repeats))
     log(
@@ -468,16 +471,20 @@ def run(args) -> dict:
         f"({threads['threads']} threads, {threads['mode']}), load {machine['loadavg_1min']}, "
         f"{machine.get('gpu', 'no GPU')}; matmul "
         + ", ".join(f"{p.size}^2 {name} {p.peak():.1f}" for name, p in probes.items())
-        + f" GFLOP/s; precision {in_use.name} ({in_use.reason}); timing "
-        f"{', '.join(DTYPE_OF[p] for p in dtypes)}" + (f"; {dtype_note}" if dtype_note else "")
+        + " GFLOP/s; "
+        + "; ".join(
+            f"{kind} in {in_use[kind].name} ({in_use[kind].reason}), timing "
+            f"{', '.join(DTYPE_OF[p] for p in dtypes[kind][0])}"
+            + (f" ({dtypes[kind][1]})" if dtypes[kind][1] else "")
+            for kind in arms
+        )
     )
 
     data = load_data(args.data, args.max_train_examples, args.seed)
-    arms = ["scratch", "finetune"] if args.arm == "both" else [args.arm]
     runs = {
         kind: {
             DTYPE_OF[p]: bench_arm(kind, args, data, probes[DTYPE_OF[p]], log, p, args.compare and i == 0)
-            for i, p in enumerate(dtypes)
+            for i, p in enumerate(dtypes[kind][0])
         }
         for kind in arms
     }
@@ -486,9 +493,11 @@ def run(args) -> dict:
     AcceleratorState._reset_state()  # leave the process free to build an Accelerator in any precision
     best = best_dtype(probes)
     results = {
-        kind: with_dtypes_side_by_side(by_dtype, DTYPE_OF[dtypes[0]], best) for kind, by_dtype in runs.items()
+        kind: with_dtypes_side_by_side(by_dtype, DTYPE_OF[dtypes[kind][0][0]], best)
+        for kind, by_dtype in runs.items()
     }
     machine["loadavg_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    first = probes[DTYPE_OF[dtypes[arms[0]][0][0]]]
     report = {
         "command": "python benchmarks/bench.py " + " ".join(args.argv),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -498,18 +507,21 @@ def run(args) -> dict:
         "dataset": data["source"],
         "num_train_examples": len(data["train_texts"]),
         "machine": machine,
-        "precision": {
-            "in_use": DTYPE_OF[dtypes[0]],
-            "auto_resolves_to": DTYPE_OF[resolve_precision("auto", device.type).name],
-            "reason": in_use.reason,
-            "timed": [DTYPE_OF[p] for p in dtypes],
-            "note": dtype_note,
+        "precision": {  # per arm: what it ran in (first), why, and what `auto` picks for it here
+            kind: {
+                "in_use": DTYPE_OF[dtypes[kind][0][0]],
+                "auto_resolves_to": DTYPE_OF[resolve_precision("auto", device.type, kind).name],
+                "reason": in_use[kind].reason,
+                "timed": [DTYPE_OF[p] for p in dtypes[kind][0]],
+                "note": dtypes[kind][1],
+            }
+            for kind in arms
         },
         "matmul_probes": {name: p.describe() for name, p in probes.items()},
         "best_dtype": best,
         "matmul_probe": {
-            **probes[DTYPE_OF[dtypes[0]]].describe(),
-            "gflops_at_start": summary(probes[DTYPE_OF[dtypes[0]]].history[: max(3, args.probe_repeats)]),
+            **first.describe(),
+            "gflops_at_start": summary(first.history[: max(3, args.probe_repeats)]),
         },
         "results": results,
         "comparisons": comparisons_of(results, cuda),

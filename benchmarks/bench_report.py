@@ -177,8 +177,11 @@ def _machine_lines(report: dict) -> list[str]:
             for name, p in report["matmul_probes"].items()
         )
         + f"; best dtype {report['best_dtype']['dtype']}",
-        f"precision in use {report['precision']['in_use']} ({report['precision']['reason']})"
-        + (f"; {report['precision']['note']}" if report["precision"]["note"] else ""),
+    ]
+    lines += [
+        f"{kind}: precision in use {p['in_use']} ({p['reason']}), auto here {p['auto_resolves_to']}"
+        + (f"; {p['note']}" if p["note"] else "")
+        for kind, p in report["precision"].items()
     ]
     lines += [
         f"WARNING {name} probe: {p['warning']}"

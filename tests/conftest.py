@@ -61,7 +61,7 @@ def trained_run(intents_small, tmp_path_factory):
             "--pooling",
             "mean",
             "--mixed_precision",
-            "no",  # fp32 on any CPU (auto is bf16 on one with native bf16): tests compare against it
+            "no",  # fp32 on any CPU and GPU (auto may differ by device): tests compare against it
             "--disable_tqdm",
         ]
     )

@@ -25,16 +25,22 @@ TOPICS = {
 }
 
 
-def test_bench_quick_scratch_writes_the_documented_json(tmp_path, capsys):
+def tiny_topics(tmp_path, filler=lambda i: "now" * (i % 5)) -> Path:
+    """A prepared folder of 160 texts of the 4 topics, each ending in `filler(i)`."""
     source = tmp_path / "tiny.csv"
     with open(source, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["text", "label"])
         for label, template in TOPICS.items():
             for i in range(40):
-                w.writerow([template.format(i, "now" * (i % 5)), label])
+                w.writerow([template.format(i, filler(i)), label])
     data = tmp_path / "data"
     prepare(str(source), data, tokenizer="none", seed=0)
+    return data
+
+
+def test_bench_quick_scratch_writes_the_documented_json(tmp_path, capsys):
+    data = tiny_topics(tmp_path)
     out = tmp_path / "bench.json"
 
     code = bench.main(
@@ -85,7 +91,7 @@ def test_bench_quick_scratch_writes_the_documented_json(tmp_path, capsys):
     probe = report["matmul_probes"]["fp32"]
     assert {"torch_threads", "cores", "loadavg_1min_at_probes"} <= set(probe["conditions"])
     assert report["best_dtype"]["dtype"] in ("fp32", "bf16")
-    assert r["dtype"] == report["precision"]["in_use"] and set(r["by_dtype"]) == {"fp32", "bf16"}
+    assert r["dtype"] == report["precision"]["scratch"]["in_use"] and set(r["by_dtype"]) == {"fp32", "bf16"}
     best = report["best_dtype"]["peak_gflops"]
     for row in r["by_dtype"].values():
         peak = max(best, row["peak_gflops_own_dtype"])
@@ -137,3 +143,22 @@ def test_bench_times_the_training_step_that_train_builds():
     lengths = sorted(len(e) for e in examples)
     assert all(1 <= t <= lengths[-1] for _, t in window["shapes"])
     assert lengths[-1] in [t for _, t in window["shapes"]]  # the longest batch of the epoch was among them
+
+
+def test_bench_shapes_times_each_length_and_dtype_and_its_flops_agree_with_flop_counter_mode(tmp_path):
+    """benchmarks/bench_shapes.py: every timed batch has exactly the asked length, each dtype is timed in
+    every round, and the analytic FLOP count of the step is the one torch's FlopCounterMode counts."""
+    import bench_shapes
+
+    data = tiny_topics(tmp_path, filler=lambda i: " ".join(f"w{i}x{j}" for j in range(12)))
+    out = tmp_path / "shapes.json"
+    argv = ["--data", str(data), "--arm", "scratch", "--lengths", "8,16", "--rounds", "2", "--steps", "1"]
+    argv += ["--tokenizer", "bpe", "--probe_size", "128", "--threads", "1", "--output", str(out)]
+    assert bench_shapes.main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["length"], r["dtype"]) for r in rows] == [(8, "fp32"), (8, "bf16"), (16, "fp32"), (16, "bf16")]
+    for r in rows:
+        assert {t for _, t in r["shapes"]} == {r["length"]} and len(r["speedup_per_round"]) == 2
+        assert r["flop_counter_over_analytic"] == pytest.approx(1.0, abs=0.1)
+        assert 0 < r["mfu_vs_best_dtype"] <= r["mfu_own_dtype"] * (1 + 1e-9) or r["dtype"] == "bf16"
+    assert rows[0]["speedup_vs_fp32"] == 1.0

@@ -51,3 +51,36 @@ def test_token_dropout_replaces_real_tokens_in_training_only():
         model.eval()
         a, b = model(ids, mask), model(ids, mask)
     assert torch.equal(seen[-1], ids) and torch.equal(a, b), "no word dropout at evaluation"
+
+
+def test_under_bf16_autocast_the_blocks_run_in_bf16_and_the_head_in_fp32():
+    """bf16 logits round the small class differences the loss is made of (the wider seed spread of bf16
+    scratch runs, benchmarks/RESULTS.md): the blocks' matmuls run in bf16, the pooled vector, the head and
+    the logits in fp32."""
+    from ftvs.model import ScratchConfig
+
+    torch.manual_seed(0)
+    model = ScratchClassifier(ScratchConfig(vocab_size=50, num_labels=3, max_position=16, dropout=0.0)).eval()
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, out):
+            seen[name] = out.dtype
+
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(record(name))
+    ids = torch.randint(2, 50, (4, 8))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ids, torch.ones_like(ids))
+    bf16_ran = {n for n, dtype in seen.items() if dtype == torch.bfloat16}
+    assert bf16_ran == {
+        f"blocks.{i}.{m}" for i in range(2) for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
+    }
+    assert seen["head.0"] == seen["head.3"] == logits.dtype == torch.float32
+    with torch.no_grad():
+        fp32 = model(ids, torch.ones_like(ids))
+    torch.testing.assert_close(logits, fp32, atol=5e-3, rtol=5e-2)
+    assert not torch.equal(logits, fp32)  # the blocks did compute in bf16

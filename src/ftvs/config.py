@@ -142,7 +142,8 @@ class TrainConfig:
     # runtime
     mixed_precision: str = option(
         "auto",
-        "auto (bf16 on CUDA and on CPUs with native bf16, AVX-512 BF16/AMX; else fp32), no, bf16 or fp16",
+        "auto (bf16 on CUDA; on CPUs with native bf16, AVX-512 BF16/AMX, where the arm gains: "
+        "the fine-tuned arm; else fp32), no, bf16 or fp16",
         choices=("auto", "no", "bf16", "fp16"),
     )
     compile: bool = option(False, "torch.compile the model")

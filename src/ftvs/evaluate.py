@@ -26,12 +26,19 @@ from ftvs.precision import autocast, resolve_precision
 from ftvs.tracking import tracker_failures
 
 
-def training_record(run_dir: Path) -> dict:
-    """Training time, best epoch and train–val gaps from a run's history and summary."""
+def training_record(run_dir: Path, cfg: dict) -> dict:
+    """Training time, precision, best epoch and train–val gaps from a run's config, history and summary."""
     history = rundir.read_history(run_dir)
     summary = rundir.read_summary(run_dir)
+    resolved = cfg.get("resolved") or {}
+    # what the run trained in, and why (`auto` resolved per arm and device by ftvs.precision)
+    precision = {k: resolved.get(k) for k in ("mixed_precision", "mixed_precision_reason")}
     if not history:
-        return {"training": {"status": summary.get("status", "unknown")}, "best_val": {}, "train_val_gap": {}}
+        return {
+            "training": {"status": summary.get("status", "unknown"), **precision},
+            "best_val": {},
+            "train_val_gap": {},
+        }
     best = max(history, key=lambda r: r["val_macro_f1"])
     seconds = sum(r["epoch_seconds"] for r in history)
     # encoding the train/val texts once (tokenising; for a frozen base with the feature cache, the one
@@ -48,6 +55,7 @@ def training_record(run_dir: Path) -> dict:
             "stop_reason": summary.get("stop_reason"),
             "examples_per_second": sum(r["examples_per_second"] for r in history) / len(history),
             **({"tracker_failures": failed} if (failed := tracker_failures(run_dir)) else {}),
+            **precision,
         },
         "best_val": {
             "accuracy": best["val_accuracy"],
@@ -96,7 +104,7 @@ def _predict_split(arm, texts, labels, batch_size: int, mixed_precision: str):
         for batch in loader:
             yield {k: v.to(device) for k, v in batch.items()}
 
-    precision = resolve_precision(mixed_precision, device.type)  # auto: as in training
+    precision = resolve_precision(mixed_precision, device.type, arm.kind)  # auto: as in training
     with autocast(precision.name, device.type):
         out = timed_predict(model, list(on_device(loader)), len(examples), state)
     return out, state, device, precision, len(examples)
@@ -143,7 +151,7 @@ def _metrics_record(run_dir, cfg, meta, data_dir, split, arm, scores, n_examples
         },
         "size_on_disk_bytes": dir_size_bytes(rundir.model_dir(run_dir)),
         "model": description,
-        **training_record(run_dir),
+        **training_record(run_dir, cfg),
     }
 
 
@@ -260,7 +268,9 @@ def load_predictor(
         return onnx_predictor(run_dir, onnx_file, batch_size)
     arm = load_arm(model_dir)
     model = arm.model.eval()
-    precision = resolve_precision(_scoring_precision(mixed_precision, rundir.read_config(run_dir)), "cpu")
+    precision = resolve_precision(
+        _scoring_precision(mixed_precision, rundir.read_config(run_dir)), "cpu", arm.kind
+    )
 
     def probs(texts):
         examples = arm.encode(texts)
@@ -349,7 +359,7 @@ def add_cli(subparsers) -> None:
         default=None,
         choices=("auto", "no", "bf16", "fp16"),
         help="autocast for inference (default: the run's own --mixed_precision, so a run trained in "
-        "fp32 is scored in fp32); auto = bf16 on CUDA and on CPUs with native bf16, else fp32; recorded "
+        "fp32 is scored in fp32); auto = as in training (ftvs.precision, per arm and device); recorded "
         "with the timing",
     )
     p.add_argument(

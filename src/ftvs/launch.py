@@ -66,6 +66,22 @@ def _multi_process() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def training_device_type() -> str:
+    """The device type the Accelerator of this process will train on (before it is built): CPU where
+    CUDA is absent or the launch asked for the CPU (`accelerate launch --cpu`, ACCELERATE_USE_CPU)."""
+    import torch
+
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return "cuda" if torch.cuda.is_available() and not use_cpu and not force_cpu() else "cpu"
+
+
+def training_precision(cfg):
+    """The resolved precision (`ftvs.precision.Precision`) a run of `cfg` trains in on this process."""
+    from ftvs.precision import resolve_precision
+
+    return resolve_precision(cfg.mixed_precision, training_device_type(), cfg.arm)
+
+
 def fresh_accelerate_state() -> None:
     """Accelerate keeps one state per process and refuses a second Accelerator with another precision
     ("AcceleratorState has already been initialized"): a second run in the same Python process (the
@@ -82,16 +98,14 @@ def fresh_accelerate_state() -> None:
 
 def make_accelerator(cfg):
     """The Accelerator of this process for a training config (a `TrainConfig`): precision (`auto` resolved
-    by ftvs.precision; on the CPU Accelerate's bf16 is torch.autocast("cpu", bfloat16) around the forward,
-    the weights and optimizer state stay fp32), gradient accumulation, DDP settings, and CPU processes
-    where a multi-process launch has no CUDA."""
+    for the arm by ftvs.precision; on the CPU Accelerate's bf16 is torch.autocast("cpu", bfloat16) around
+    the forward, the weights and optimizer state stay fp32), gradient accumulation, DDP settings, and CPU
+    processes where a multi-process launch has no CUDA."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
-    from ftvs.precision import resolve_precision, training_device_type
-
-    precision = resolve_precision(cfg.mixed_precision, training_device_type())
+    precision = training_precision(cfg)
     fresh_accelerate_state()
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: ~free speed for fp32 parts

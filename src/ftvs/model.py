@@ -166,7 +166,15 @@ class ScratchClassifier(nn.Module):
         return h.masked_fill(mask == 0, torch.finfo(h.dtype).min).max(dim=1).values
 
     def forward(self, input_ids, attention_mask):
-        return self.head(self.pool(self.hidden_states(input_ids), attention_mask))
+        h = self.hidden_states(input_ids)
+        if not torch.is_autocast_enabled(h.device.type):
+            return self.head(self.pool(h, attention_mask))
+        # under bf16/fp16 autocast the blocks' matmuls run in low precision, but the pooled vector, the
+        # head and the logits stay fp32: bf16 logits (8 mantissa bits) round the small differences between
+        # classes that the loss and its gradient are made of (benchmarks/RESULTS.md, "bf16 and the scratch
+        # arm"); the head is two small matmuls per sequence, so this costs nothing measurable
+        with torch.autocast(h.device.type, enabled=False):
+            return self.head(self.pool(h.float(), attention_mask))
 
     def num_parameters(self) -> dict:
         total = sum(p.numel() for p in self.parameters())

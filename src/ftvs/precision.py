@@ -1,20 +1,30 @@
-"""Which precision a run computes in: `mixed_precision: auto` resolved for the device at hand.
+"""Which precision a run computes in: `mixed_precision: auto` resolved for the arm and the device at hand.
 
+This module owns the decision; `launch.make_accelerator`, training, evaluation and the benchmarks ask it.
 bf16 autocast pays only where the hardware multiplies bf16 natively: CUDA GPUs that support it, and CPUs
 with AVX-512 BF16 or AMX-BF16. On any other CPU torch emulates bf16 matmuls (measured on an AVX2-only
-CPU: 0.76 GFLOP/s in bf16 against 26 in fp32), so `auto` keeps fp32 there. Under autocast only the
-matmul-heavy ops run in bf16: the weights, the loss (computed from `.float()` logits), the gradients and
-the optimizer state stay fp32.
+CPU: 0.76 GFLOP/s in bf16 against 26 in fp32), so `auto` keeps fp32 there. Even on a CPU with native bf16,
+`auto` picks bf16 only for an arm whose training step it measurably speeds up (`CPU_BF16_STEP_SPEEDUP`,
+at least `MIN_BF16_SPEEDUP`, measured by benchmarks/bench*.py, with accuracy parity checked by
+benchmarks/checks/test_precision_parity.py): the from-scratch presets are too narrow for bf16 matmuls to
+beat the casts around them, so they stay fp32 there. Under autocast only the matmul-heavy ops run in bf16:
+the weights, the from-scratch head and its logits (model.py), the loss, the gradients and the optimizer
+state stay fp32; a LoRA run stores its frozen base in bf16 (arms/finetune.py).
 """
 
 import contextlib
 import functools
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of the x86 bf16 instructions
+# training step time fp32 / bf16 on a CPU with AMX-BF16 (benchmarks/RESULTS.md, "Precision by arm"): scratch
+# tiny on Banking77 (~15 tokens a text, batch 32); SmolLM2-135M LoRA r=8, batch 16, at 16 tokens, its
+# shortest inputs (1.62x at 64), frozen base stored in bf16, SDPA math kernel
+CPU_BF16_STEP_SPEEDUP = {"scratch": 1.04, "finetune": 1.46}
+MIN_BF16_SPEEDUP = 1.2  # `auto` takes bf16 on a CPU only for a step at least this much faster
+ARMS = ("scratch", "finetune")
 
 
 def native_bf16_flags(cpuinfo_text: str) -> list[str]:
@@ -55,9 +65,12 @@ class Precision:
         return autocast_dtype(self.name)
 
 
-def resolve_precision(requested: str, device_type: str, cpu_flags=None) -> Precision:
-    """`auto` (the default): bf16 on a CUDA device that supports it and on a CPU with native bf16
-    instructions (`cpu_flags`, by default this CPU's), fp32 ("no") elsewhere; any other value is kept."""
+def resolve_precision(requested: str, device_type: str, arm: str, cpu_flags=None) -> Precision:
+    """`auto` (the default): bf16 on a CUDA device that supports it; on a CPU with native bf16
+    instructions (`cpu_flags`, by default this CPU's) only for an arm whose step bf16 speeds up by
+    `MIN_BF16_SPEEDUP` or more; fp32 ("no") elsewhere. Any other value is kept."""
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {', '.join(ARMS)}, got {arm!r}")
     if requested != "auto":
         return Precision(requested, "requested")
     if device_type == "cuda":
@@ -68,21 +81,15 @@ def resolve_precision(requested: str, device_type: str, cpu_flags=None) -> Preci
         return Precision("no", "cuda without bf16")
     if device_type == "cpu":
         flags = cpu_native_bf16_flags() if cpu_flags is None else tuple(cpu_flags)
-        if flags:
-            return Precision("bf16", f"cpu {flags[0]}")
-        return Precision("no", "cpu without native bf16")
+        if not flags:
+            return Precision("no", "cpu without native bf16")
+        speedup = CPU_BF16_STEP_SPEEDUP[arm]
+        if speedup >= MIN_BF16_SPEEDUP:
+            return Precision("bf16", f"cpu {flags[0]}: {arm} step {speedup:.2f}x faster in bf16")
+        return Precision(
+            "no", f"cpu {flags[0]}: {arm} step only {speedup:.2f}x faster in bf16 (< {MIN_BF16_SPEEDUP}x)"
+        )
     return Precision("no", f"{device_type}: fp32")
-
-
-def training_device_type() -> str:
-    """The device type the Accelerator of this process will train on (before it is built): CPU where
-    CUDA is absent or the launch asked for the CPU (`accelerate launch --cpu`, ACCELERATE_USE_CPU)."""
-    import torch
-
-    from ftvs.launch import force_cpu
-
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    return "cuda" if torch.cuda.is_available() and not use_cpu and not force_cpu() else "cpu"
 
 
 def autocast_dtype(precision: str):

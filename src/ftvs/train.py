@@ -43,9 +43,9 @@ from ftvs.fileio import (
     write_json,
 )
 from ftvs.inference import make_eval_loader, predict_loader
-from ftvs.launch import make_accelerator
+from ftvs.launch import make_accelerator, training_precision
 from ftvs.metrics import summary_metrics
-from ftvs.precision import resolve_precision, training_device_type
+from ftvs.precision import autocast_dtype, resolve_precision
 from ftvs.progress import PROGRESS_FILE, ProgressFile
 from ftvs.rundir import (
     CONFIG,
@@ -235,7 +235,8 @@ def build_train_step(
 ) -> TrainStep:
     """The training step as `ftvs train` sets it up: the length-grouped batch sampler (or `batch_sampler`:
     the benchmarks choose which of its batches they time), dynamic padding, the arm's AdamW groups (fused
-    on CUDA), Accelerate, optional torch.compile and the LR schedule. `cfg.learning_rate` must be set."""
+    on CUDA), frozen weights stored in the autocast dtype (`Arm.store_frozen_weights`), Accelerate,
+    optional torch.compile and the LR schedule. `cfg.learning_rate` must be set."""
     sampler = batch_sampler or make_train_sampler(arm, examples, cfg)
     # its own generator: creating a loader iterator draws a seed, which must not advance the global RNG
     # (a resumed epoch creates its iterator after the RNG restore, an uninterrupted one before the checkpoint)
@@ -247,6 +248,7 @@ def build_train_step(
         pin_memory=torch.cuda.is_available(),
         generator=torch.Generator().manual_seed(cfg.seed),
     )
+    arm.store_frozen_weights(autocast_dtype(accelerator.mixed_precision))
     fused = {"fused": True} if torch.cuda.is_available() else {}
     optimizer = torch.optim.AdamW(
         arm.param_groups(cfg), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), **fused
@@ -321,8 +323,11 @@ def set_up(cfg: TrainConfig, accelerator) -> Setup:
         "world_size": accelerator.num_processes,
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
-        # why: "requested", "cuda", "cpu avx512_bf16", "cpu without native bf16" (auto keeps fp32 there)
-        "mixed_precision_reason": resolve_precision(cfg.mixed_precision, accelerator.device.type).reason,
+        # why: "requested", "cuda", "cpu amx_bf16: finetune step 1.46x faster in bf16", "cpu without
+        # native bf16", ... (ftvs.precision decides per arm and device)
+        "mixed_precision_reason": resolve_precision(
+            cfg.mixed_precision, accelerator.device.type, cfg.arm
+        ).reason,
         "effective_batch_size": cfg.per_device_train_batch_size
         * cfg.gradient_accumulation_steps
         * accelerator.num_processes,
@@ -641,7 +646,7 @@ def _export_best(arm, run_dir: Path) -> None:
 
 
 def _fail_nonfinite(run_dir: Path, main: bool, state: dict, epoch: int, cfg: TrainConfig, step: int):
-    ran_fp32 = resolve_precision(cfg.mixed_precision, training_device_type()).name == "no"
+    ran_fp32 = training_precision(cfg).name == "no"
     fp32 = "" if ran_fp32 else "use --mixed_precision no (fp32), "
     kept = (
         f"the best model so far (epoch {state['best_epoch']}) is kept in {model_dir(run_dir)}"

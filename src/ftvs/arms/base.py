@@ -80,6 +80,10 @@ class Arm:
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for schedules that change what is trainable (freeze-then-unfreeze)."""
 
+    def store_frozen_weights(self, dtype) -> None:
+        """Called once before training with the autocast dtype of the run (None for fp32): an arm may keep
+        weights that never train in that dtype, so autocast does not cast them again at every step."""
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint must hold: everything the optimizer may change."""
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}

@@ -145,6 +145,18 @@ class FinetuneArm(Arm):
         self.wrapper.base_frozen = not unfrozen
         self.wrapper.train(self.wrapper.training)
 
+    def store_frozen_weights(self, dtype) -> None:
+        """LoRA under bf16/fp16 autocast: the frozen Linear weights of the base are stored in `dtype`, so
+        the step does not cast ~100M weights again on every forward (and the base takes half the memory).
+        Embeddings and norms stay fp32 (so does the residual stream they feed), and so do the adapters,
+        the head, their gradients and optimizer state. Only LoRA: it never saves the base, so what is
+        saved keeps the pre-trained fp32 weights; `ftvs evaluate` reloads the base in fp32."""
+        if dtype is None or self.method != "lora":
+            return
+        for module in base_model(self.net).modules():
+            if isinstance(module, nn.Linear) and not module.weight.requires_grad:
+                module.to(dtype)
+
     def param_groups(self, cfg) -> list[dict]:
         lr = cfg.learning_rate
         base_lr = lr * self.base_lr_ratio if self.method == "unfreeze" else lr

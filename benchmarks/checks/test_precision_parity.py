@@ -1,0 +1,112 @@
+"""Accuracy parity of bf16 and fp32, as a check rather than a claim: each arm trained in fp32 and in bf16
+(`--mixed_precision no` / `bf16`) over 3 seeds on 20 Newsgroups (built in, offline) and on the real
+Banking77 CSVs (skipped where ../shared/data/banking77, or FTVS_BANKING77, is missing); the mean test
+accuracy of the two precisions must differ by at most 1 point, or by less than one seed standard deviation.
+Sized for 2 loaded CPU cores: the tiny scratch preset with one block, and a short LoRA run of SmolLM2-135M
+(one epoch on a few hundred texts). `make extra-checks` runs it; the numbers go to benchmarks/RESULTS.md
+("bf16 against fp32: accuracy parity"). On a CPU without native bf16 the bf16 runs are emulated (slow,
+but correct). Each finished cell prints one `parity:` line (`pytest -s` shows them).
+"""
+
+import json
+import os
+import statistics
+from pathlib import Path
+
+import pytest
+from test_banking77 import BANKING77
+
+import ftvs
+from ftvs.data.splitting import cap_eval_splits
+
+SEEDS = (0, 1, 2)
+PRECISIONS = ("no", "bf16")
+MAX_GAP = 0.01  # mean test accuracy, fp32 against bf16: 1 point ...
+# ... or less than one seed standard deviation (the larger of the two precisions')
+
+# per data set: how much of it the check trains on (stratified subsets of `ftvs prepare`)
+DATA = {
+    "20newsgroups": {"max_train_examples": 1000, "max_val_examples": 200, "max_test_examples": 600},
+    "banking77": {"max_train_examples": 1540, "max_val_examples": 385, "max_test_examples": 770},
+}
+ARMS = {
+    # the quick study's scratch arm (src/ftvs/presets/quick.yaml), fewer epochs
+    "scratch": {
+        "preset": "tiny",
+        "n_layer": 1,
+        "pooling": "mean",
+        "dropout": 0.5,
+        "token_dropout": 0.2,
+        "lowercase": True,
+        "max_vocab": 4000,
+        "max_seq_length": 64,
+        "num_train_epochs": 15,
+        "per_device_train_batch_size": 32,
+        "learning_rate": 1e-3,
+    },
+    # the quick study's LoRA arm, on the first 400 training texts
+    "finetune": {
+        "model_name_or_path": "smollm2-135m",
+        "method": "lora",
+        "max_seq_length": 64,
+        "num_train_epochs": 1,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1e-3,
+        "warmup_ratio": 0.1,
+        "max_train_examples": 400,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Prepared folders by (data set name, training texts), made on first use: val and test are the same
+    whatever the number of training texts."""
+    root, made = tmp_path_factory.mktemp("parity"), {}
+
+    def get(name: str, max_train: int | None = None) -> Path:
+        key = (name, max_train or DATA[name]["max_train_examples"])
+        if key not in made:
+            source = "20newsgroups" if name == "20newsgroups" else str(BANKING77)
+            if name == "banking77" and (os.environ.get("FTVS_NO_SHARED") or not BANKING77.is_dir()):
+                pytest.skip(f"Banking77 CSVs not found at {BANKING77}")
+            made[key] = root / f"{name}-{key[1]}"
+            ftvs.prepare(source, made[key], max_train_examples=key[1], seed=0)
+            cap_eval_splits(made[key], DATA[name]["max_val_examples"], DATA[name]["max_test_examples"])
+        return made[key]
+
+    return get
+
+
+def parity(accuracies: dict) -> dict:
+    """Mean and standard deviation of test accuracy per precision, their gap and whether it passes."""
+    stats = {
+        p: {"mean": statistics.mean(a), "sd": statistics.stdev(a), "runs": a} for p, a in accuracies.items()
+    }
+    gap = abs(stats["no"]["mean"] - stats["bf16"]["mean"])
+    allowed = max(MAX_GAP, max(s["sd"] for s in stats.values()))
+    return {**stats, "gap": gap, "allowed": allowed, "passes": gap <= allowed}
+
+
+@pytest.mark.parametrize("dataset", list(DATA))
+@pytest.mark.parametrize("arm", list(ARMS))
+def test_bf16_matches_fp32_accuracy_over_three_seeds(arm, dataset, prepared, tmp_path):
+    settings = dict(ARMS[arm])
+    data = prepared(dataset, settings.pop("max_train_examples", None))  # fewer texts for the slow arm
+    accuracies = {p: [] for p in PRECISIONS}
+    for seed in SEEDS:
+        for precision in PRECISIONS:  # interleaved: a slow phase of the machine hits both
+            metrics = ftvs.train(
+                arm=arm,
+                data=data,
+                output_dir=tmp_path / f"{precision}-{seed}",
+                seed=seed,
+                mixed_precision=precision,
+                disable_tqdm=True,
+                **settings,
+            )
+            assert metrics["training"]["mixed_precision"] == precision
+            accuracies[precision].append(metrics["test"]["accuracy"])
+    result = parity(accuracies)
+    print(f"parity: {arm} {dataset} {json.dumps(result)}")
+    assert result["passes"], result
