@@ -30,7 +30,7 @@ from ftvs.study.config import (
     preset_names,
     preset_text,
 )
-from ftvs.study.executors import add_executor_flags, check_executor_flags, executor_from_args
+from ftvs.executors import add_executor_flags, check_executor_flags, executor_from_args
 from ftvs.study.plan import PlannedRun, frac, plan_runs
 from ftvs.study.progress import Progress
 from ftvs.study.registry import RunEntry

@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from ftvs import __version__
 from ftvs.config import FINETUNE_ONLY, build_config, config_differences
 from ftvs.errors import FtvsError
 from ftvs.fileio import read_json, write_json
+from ftvs.fmt import now
 from ftvs.rundir import has_checkpoint
 from ftvs.study.config import FREE_KEYS, model_dims, own_size_name
 from ftvs.study.plan import PlannedRun, frac
@@ -37,10 +37,6 @@ _OUTCOME_KEYS = (
     "results",
     "num_train_examples",
 )
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass

@@ -5,7 +5,7 @@ launcher is set), so a crash in one run never kills the study, and a killed stud
 runs: rerunning the same command skips finished runs, resumes interrupted ones from their last
 checkpoint (`ftvs train ... --resume RUN_DIR`), retries failed ones and carries on. `--force` reruns.
 
-Where the child processes run is the executor's business (study/executors: here one at a time or
+Where the child processes run is the executor's business (ftvs/executors: here one at a time or
 `--parallel N`, or on a Ray cluster); the supervisor owns study.json. With several runs in flight each
 has a thread, and the threads take turns on `self._lock`: they hold it while they read or change the
 registry and let go only while they wait for their child, so the registry code stays single-threaded.
@@ -41,8 +41,8 @@ from ftvs.rundir import (
     has_checkpoint,
     read_summary,
 )
-from ftvs.study.executors import Executor, Job
-from ftvs.study.executors.local import LocalExecutor, child_process
+from ftvs.executors import Executor, Job
+from ftvs.executors.local import LocalExecutor, child_process
 from ftvs.study.plan import PlannedRun, frac, plan_runs
 from ftvs.study.plan import plan_text as format_plan
 from ftvs.study.progress import Progress, fmt_seconds, run_progress, study_eta, training_status

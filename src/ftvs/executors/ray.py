@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from ftvs.errors import FtvsError
-from ftvs.study.executors import Job
-from ftvs.study.executors.local import run_job
+from ftvs.executors import Job
+from ftvs.executors.local import run_job
 
 try:
     import ray

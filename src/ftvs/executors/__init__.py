@@ -68,11 +68,11 @@ def make_executor(
     if parallel is not None and parallel < 1:
         raise FtvsError(f"--parallel {parallel}: give a number of runs at once, 1 or more")
     if name == "local":
-        from ftvs.study.executors.local import LocalExecutor
+        from ftvs.executors.local import LocalExecutor
 
         return LocalExecutor(parallel or 1)
     if name == "ray":
-        from ftvs.study.executors.ray import RayExecutor
+        from ftvs.executors.ray import RayExecutor
 
         return RayExecutor(study_dir, address=ray_address, max_in_flight=parallel, retries=retries)
     raise FtvsError(f"unknown executor {name!r}; use --executor local or --executor ray")

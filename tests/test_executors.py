@@ -1,4 +1,4 @@
-"""Where a study's runs execute (ftvs/study/executors): one at a time, `--parallel 2`, and a local Ray
+"""Where a study's runs execute (ftvs/executors): one at a time, `--parallel 2`, and a local Ray
 instance with 2 CPUs, on the tiny 4-run study of tests/study_tiny.py. The executors must give the same
 per-run test predictions; under Ray a killed training process is retried and a killed driver leaves a
 study that the same command finishes without retraining what was done.
@@ -23,8 +23,8 @@ from tiny_runs import assert_one_line_error
 from tune_tiny import INTENTS, SPACE, finished, prepare_intents, tune_cmd
 from tune_tiny import run as run_tune
 
-from ftvs.study.executors import Job
-from ftvs.study.executors.local import LocalExecutor
+from ftvs.executors import Job
+from ftvs.executors.local import LocalExecutor
 
 RUNS = ("tfidf-f1-s0", "tfidf-f1-s1", "scratch-f1-s0", "scratch-f1-s1")
 

@@ -20,8 +20,8 @@ import threading
 from pathlib import Path
 
 from ftvs.errors import FtvsError
-from ftvs.study.executors import Job
-from ftvs.study.registry import now
+from ftvs.executors import Job
+from ftvs.fmt import now
 
 
 def _die_with_parent_fn():
