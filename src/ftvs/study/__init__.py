@@ -20,6 +20,7 @@ import copy
 import sys
 from pathlib import Path
 
+from ftvs.executors import add_executor_flags, check_executor_flags, executor_from_args
 from ftvs.study.config import (
     FREE_KEYS,
     apply_override,
@@ -30,7 +31,6 @@ from ftvs.study.config import (
     preset_names,
     preset_text,
 )
-from ftvs.executors import add_executor_flags, check_executor_flags, executor_from_args
 from ftvs.study.plan import PlannedRun, frac, plan_runs
 from ftvs.study.progress import Progress
 from ftvs.study.registry import RunEntry

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -30,6 +29,8 @@ from pathlib import Path
 import yaml
 
 from ftvs.data import SPLITS, cap_eval_splits, prepare, subsample_train
+from ftvs.executors import Executor, Job
+from ftvs.executors.local import LocalExecutor, child_process, last_error
 from ftvs.fileio import RunLock, atomic_write_bytes, read_json, read_jsonl
 from ftvs.launch import launch_command
 from ftvs.rundir import (
@@ -41,8 +42,6 @@ from ftvs.rundir import (
     has_checkpoint,
     read_summary,
 )
-from ftvs.executors import Executor, Job
-from ftvs.executors.local import LocalExecutor, child_process
 from ftvs.study.plan import PlannedRun, frac, plan_runs
 from ftvs.study.plan import plan_text as format_plan
 from ftvs.study.progress import Progress, fmt_seconds, run_progress, study_eta, training_status
@@ -89,23 +88,6 @@ def ftvs_cmd(args: list[str], launcher: dict) -> list[str]:
 
         extra["cpu"] = not torch.cuda.is_available()
     return [str(c) for c in launch_command(args, n, **extra)]
-
-
-def last_error(log_path: Path) -> str:
-    """The most useful line of a failed subprocess's log: `ftvs: error: ...`, else the last exception line."""
-    if not log_path.is_file():
-        return "no log"
-    with open(log_path, "rb") as f:
-        f.seek(max(0, log_path.stat().st_size - 64_000))
-        lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").replace("\r", "\n").splitlines()]
-    lines = [ln for ln in lines if ln]
-    for ln in reversed(lines):
-        if ln.startswith("ftvs: error:"):
-            return ln[len("ftvs: error:") :].strip()
-    for ln in reversed(lines):
-        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", ln):
-            return ln
-    return lines[-1] if lines else "no output"
 
 
 def _read_summary(run_dir: Path) -> dict:

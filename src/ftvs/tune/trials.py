@@ -20,10 +20,10 @@ from pathlib import Path
 import yaml
 
 from ftvs.errors import FtvsError
+from ftvs.executors import Job
+from ftvs.executors.local import last_error
 from ftvs.fileio import atomic_write_bytes, write_json
 from ftvs.rundir import CHECKPOINT_DIR, HISTORY, MODEL_DIR, TRIAL_CONFIG, TRIAL_LOG, read_summary
-from ftvs.executors import Job
-from ftvs.study.supervisor import last_error
 
 # what a finished trial keeps: its settings, curves and log; checkpoints and exported models are dropped
 # (a full fine-tune writes ~1.5 GB per trial) because the study retrains the best configuration anyway
