@@ -48,6 +48,8 @@ DATA_DEFAULTS = {
     "label_column": None,
     "remove_headers": True,
     "max_chars": None,
+    "unlabeled": None,  # a file of texts without labels, for distilled students (docs/distill.md)
+    "unlabeled_from_rest": None,  # up to N of the training texts max_train_examples leaves out, unlabeled
 }
 ARM_META_KEYS = {"name", "arm", "launcher", "enabled", "tune"}
 BASELINE_KEYS = {
@@ -201,7 +203,7 @@ def _normalize_data(given) -> dict:
         raise FtvsError(
             "study config: data.source is missing; e.g. 20newsgroups, hf:PolyAI/banking77 or a CSV folder"
         )
-    for key in ("max_train_examples", "max_val_examples", "max_test_examples"):
+    for key in ("max_train_examples", "max_val_examples", "max_test_examples", "unlabeled_from_rest"):
         if data[key] is not None and (not isinstance(data[key], int) or data[key] < 1):
             raise FtvsError(f"study config: data.{key} must be a positive integer or null, got {data[key]!r}")
     return data

@@ -66,6 +66,8 @@ _PREPARE_KEYS = (
     "tokenizer",
     "remove_headers",
     "max_chars",
+    "unlabeled",
+    "unlabeled_from_rest",
 )
 
 
