@@ -6,6 +6,7 @@ import datetime as _dt
 from pathlib import Path
 
 from ftvs.comparison.describe import describe_dataset, describe_model
+from ftvs.comparison.distill import distillation
 from ftvs.comparison.focus import best_runs_of_two_arms, focus, per_class_difference
 from ftvs.comparison.runs import load_runs
 from ftvs.comparison.significance import significance
@@ -44,6 +45,7 @@ def compare(paths, out_dir, n_resamples: int = 2000, seed: int = 0, figures: boo
         "histories": {r.name: r.history for r in runs},
         "focus": focus(groups, rows),
         "tuning": tuning(studies),
+        "distillation": distillation(runs, rows, groups, sig),
         "per_class_diff": None,
         "figures": {},
     }

@@ -5,7 +5,8 @@ paragraph with numbers in it, and the qualitative words ("significant", "overfit
 chosen by explicit rules from the same numbers (thresholds are stated in the report, and defined in
 `ftvs.report.context`). The sections, in report order: `sections_overview` (title, key findings, models,
 data set), `sections_training` (training and evaluation), `sections_comparison` (comparative analysis,
-appendix), `sections_tuning` (the arms' hyperparameter searches, when the runs come from a tuned study).
+appendix), `sections_distill` (distilled students beside their teachers), `sections_tuning` (the arms'
+hyperparameter searches, when the runs come from a tuned study).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from ftvs.report.context import Ctx
 from ftvs.report.sections_calibration import calibration_blocks
 from ftvs.report.sections_comparison import appendix_blocks, comparative_blocks
+from ftvs.report.sections_distill import distill_blocks
 from ftvs.report.sections_overview import dataset_blocks, model_blocks, title_blocks
 from ftvs.report.sections_training import training_blocks
 from ftvs.report.sections_tuning import tuning_blocks
@@ -23,7 +25,7 @@ def build_blocks(comparison: dict) -> list[dict]:
     blocks = (
         title_blocks(x) + model_blocks(x) + dataset_blocks(x) + training_blocks(x) + comparative_blocks(x)
     )
-    blocks += tuning_blocks(x) + calibration_blocks(x) + appendix_blocks(x)
+    blocks += distill_blocks(x) + tuning_blocks(x) + calibration_blocks(x) + appendix_blocks(x)
     return [b for b in blocks if b]
 
 

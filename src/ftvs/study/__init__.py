@@ -94,7 +94,7 @@ def cmd_study(args) -> int:
         for r in study.plan:
             mark = "" if study.selected(r.id) else "  (not selected)"
             print(
-                f"  {r.id:<40} {r.kind:<9} sweep={r.sweep:<10} seed={r.seed} "
+                f"  {r.id:<40} {'distill' if r.teacher else r.kind:<9} sweep={r.sweep:<10} seed={r.seed} "
                 f"fraction={frac(r.train_fraction)}{mark}"
             )
         return 0

@@ -63,6 +63,7 @@ class RunEntry:
     config: dict
     num_train_epochs: int
     launcher: dict
+    teacher: str | None = None  # a distilled student: its teacher's run id (the study runs it first)
     state: str = "pending"
     error: str | None = None
     exit_code: int | None = None
@@ -143,6 +144,7 @@ class EntryFactory:
             num_epochs = 1
         else:
             method = run.settings.get("method", "lora") if run.kind == "finetune" else None
+            method = "distilled" if run.teacher else method
             model = (
                 run.settings.get("model_name_or_path", "smollm2-135m")
                 if run.kind == "finetune"
@@ -169,6 +171,7 @@ class EntryFactory:
             config=config,
             num_train_epochs=num_epochs,
             launcher=run.launcher,
+            teacher=run.teacher,
         ).to_dict()
 
     def extra(self, run: PlannedRun) -> dict:
@@ -200,6 +203,8 @@ class EntryFactory:
             "seed": run.seed,
             "extra": self.extra(run),
         }
+        if run.teacher:  # the teacher's run folder: the student's --teacher
+            values["teacher"] = str((self.dir / "runs" / run.teacher).resolve())
         cfg = build_config(values, {"arm": run.kind}).to_dict()
         if run.kind == "scratch":  # keep only the keys of this arm: tidy files, no false "changed" alarms
             for k in FINETUNE_ONLY:
