@@ -61,8 +61,8 @@ def _paragraph(d: dict) -> str:
         f"{st['label']} learned from {te['label'] if te else d.get('teacher_run_dir')}'s probabilities "
         f"(loss {fmt.fixed(d.get('alpha'), 2)} × cross-entropy + {fmt.fixed(1 - (d.get('alpha') or 0), 2)} × "
         f"T² × KL at temperature T = {fmt.fixed(d.get('temperature'), 1)}) on "
-        f"{fmt.count(d.get('num_labelled'))} labelled and {fmt.count(d.get('num_unlabeled'))} unlabeled training texts (the unlabeled ones with "
-        "the teacher's term only)."
+        f"{fmt.count(d.get('num_labelled'))} labelled and {fmt.count(d.get('num_unlabeled'))} unlabeled "
+        "training texts (the unlabeled ones with the teacher's term only)."
     )
     if sc and te:
         closed = d.get("gap_closed_macro_f1")
