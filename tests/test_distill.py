@@ -6,8 +6,6 @@ under `--parallel 2` and resumes a study killed between them without retraining 
 Real tiny runs on the 4-intent data of tests/tiny_runs.py; the teacher is a one-block from-scratch model
 (or TF-IDF) trained here."""
 
-import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import torch
 from builders import REPRODUCIBLE_HISTORY_KEYS
 from safetensors.torch import load_file
 from study_tiny import tiny_study_yaml
-from test_executors import env, registry, study_cmd, wait_for
+from test_executors import env, kill_study_when, registry, study_cmd
 from tiny_runs import TINY_SCRATCH_FLAGS, assert_one_line_error, prepare_tiny_dataset
 
 from ftvs import distill
@@ -151,6 +149,7 @@ def test_the_teacher_moves_the_student_and_unlabeled_texts_count(data, teacher, 
     assert a[-1]["train_loss"] != b[-1]["train_loss"]
 
 
+@pytest.mark.slow  # two study processes with their child processes: minutes on a loaded two-core machine
 def test_a_study_runs_the_student_after_its_teacher_and_resumes_a_kill_between_them(tmp_path):
     cfg = tiny_study_yaml(tmp_path, epochs=2, seeds=(0,), distill=True)
     out, log = tmp_path / "study", tmp_path / "driver.log"
@@ -163,15 +162,7 @@ def test_a_study_runs_the_student_after_its_teacher_and_resumes_a_kill_between_t
         runs = registry(out)["runs"]
         return runs[teacher]["state"] == "completed" and runs[student]["state"] == "running"
 
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env())
-    try:
-        wait_for("the teacher done and its student started", teacher_done_student_running, proc, log)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_study_when(cmd, log, "the teacher done and its student started", teacher_done_student_running)
     before = registry(out)["runs"][teacher]
     teacher_dir = out / before["run_dir"]
     metrics_mtime = (teacher_dir / "metrics.json").stat().st_mtime_ns

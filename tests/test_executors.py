@@ -81,6 +81,19 @@ def wait_for(what: str, cond, proc: subprocess.Popen, log: Path, timeout: float 
         time.sleep(0.05)
 
 
+def kill_study_when(cmd: list[str], log: Path, what: str, cond) -> None:
+    """Start the study `cmd` (output to `log`) and SIGKILL it as soon as `cond()` holds."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env())
+    try:
+        wait_for(what, cond, proc, log)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return tiny_study_yaml(tmp_path_factory.mktemp("tiny"), epochs=2)
@@ -235,15 +248,7 @@ def test_ray_study_resumes_after_its_driver_is_killed(ray_address, tmp_path):
             for r in runs
         )
 
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env())
-    try:
-        wait_for("a finished run and one in training", one_done_one_training, proc, log)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_study_when(cmd, log, "a finished run and one in training", one_done_one_training)
     before = registry(out)["runs"]
     done = {
         rid: (
