@@ -187,3 +187,30 @@ def test_a_study_runs_the_student_after_its_teacher_and_resumes_a_kill_between_t
     info = read_json(student_dir / "teacher.json")
     assert Path(info["teacher_dir"]) == teacher_dir.resolve()
     assert info["teacher_identity"] == distill.teacher_identity(teacher_dir)
+
+
+def test_compare_puts_the_student_beside_its_teacher_and_plain_scratch(data, tmp_path):
+    import ftvs
+
+    tfidf, plain, student = tmp_path / "tfidf", tmp_path / "plain", tmp_path / "student"
+    assert main(["baseline", "--data", str(data), "--output_dir", str(tfidf)]) == 0
+    assert train_student(data, plain) == 0
+    assert train_student(data, student, "--teacher", str(tfidf), "--distill_alpha", "0.2") == 0
+    c = ftvs.compare([str(tfidf), str(plain), str(student)], out=str(tmp_path / "cmp"), formats="md")
+    (d,) = c["distillation"]
+    assert (d["teacher"]["runs"], d["student"]["runs"], d["scratch"]["runs"]) == (
+        ["tfidf"],
+        ["student"],
+        ["plain"],
+    )
+    assert "distilled" in d["student"]["label"] and (d["num_labelled"], d["num_unlabeled"]) == (80, 60)
+    t, s, p = (d[r]["macro_f1"] for r in ("teacher", "student", "scratch"))
+    assert d["gap_closed_macro_f1"] == (pytest.approx((s - p) / (t - p)) if t > p else None)
+    assert (
+        d["vs_scratch"]["b"] == "plain"
+        and d["vs_teacher"]["b"] == "tfidf"
+        and d["arrows"] == [["tfidf", "student"]]
+    )
+    assert c["focus"]["by_arm"]["scratch"]["run"] == "plain"  # a student never stands for "from scratch"
+    report = Path(c["report"]["md"]).read_text()
+    assert "### Distillation" in report and "distilled student" in report and "cost_vs_quality.png" in report
