@@ -294,8 +294,10 @@ def _teacher_arrows(ax, comparison: dict, shown: dict, key: str) -> None:
         for teacher, student in d["arrows"]:
             if teacher in shown and student in shown:
                 t, s = shown[teacher], shown[student]
-                ax.annotate("", xy=(s[key], s["macro_f1"]), xytext=(t[key], t["macro_f1"]),
-                            arrowprops={"arrowstyle": "->", "color": "0.4", "lw": 0.8}, zorder=2)  # fmt: skip
+                arrow = {"arrowstyle": "->", "color": "0.4", "lw": 0.8, "shrinkA": 4, "shrinkB": 5}
+                ax.annotate(
+                    "", xy=(s[key], s["macro_f1"]), xytext=(t[key], t["macro_f1"]), arrowprops=arrow, zorder=2
+                )
 
 
 def _plot_sweep(
