@@ -542,7 +542,8 @@ class Study:
         cfg_path = self.abs(e["config_file"])
         # only the settings the study gives: what it leaves out gets `ftvs train`'s defaults, small-data rule
         # included
-        given = set(self._planned(e["id"]).settings) | {"data", "output_dir", "seed", "extra", "teacher"}
+        given = set(self._planned(e["id"]).settings) | {"data", "output_dir", "seed", "extra"}
+        given |= {"teacher"} if e.get("teacher") else set()  # a student's --teacher
         train_cfg = {k: v for k, v in e["config"].items() if k in given}
         train_cfg["tracking_project"] = (
             train_cfg.get("tracking_project") or self.cfg["name"]
