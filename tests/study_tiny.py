@@ -7,8 +7,10 @@ import yaml
 from tiny_runs import TINY_SCRATCH, prepare_tiny_dataset
 
 
-def tiny_study_yaml(root: Path, epochs: int = 3, seeds=(0, 1)) -> Path:
-    """Writes the data under root/source and the study YAML as root/study.yaml; returns the YAML's path."""
+def tiny_study_yaml(root: Path, epochs: int = 3, seeds=(0, 1), distill: bool = False) -> Path:
+    """Writes the data under root/source and the study YAML as root/study.yaml; returns the YAML's path.
+    `distill`: 100 labelled training texts, 40 of the rest unlabeled, and an arm `student` (the scratch
+    settings) taught by the scratch arm."""
     source = root / "source"
     source.mkdir(parents=True, exist_ok=True)
     prepare_tiny_dataset(source)
@@ -37,6 +39,10 @@ def tiny_study_yaml(root: Path, epochs: int = 3, seeds=(0, 1)) -> Path:
         "compare": False,
         "report": False,
     }
+    if distill:
+        cfg["data"].update(max_train_examples=100, unlabeled_from_rest=40)
+        student = {**cfg["arms"][1], "name": "student", "arm": "distill", "teacher": "scratch"}
+        cfg["arms"].append(student)
     path = root / "study.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

@@ -19,7 +19,11 @@ def test_presets_load_validate_and_plan():
         assert ids and len(ids) == len(set(ids))
     quick, _ = load_study_config(preset="quick")
     assert quick["data"]["source"] == "20newsgroups" and quick["seeds"] == [0]
-    assert [a["arm"] for a in quick["arms"]] == ["baseline", "scratch", "finetune"]
+    assert [a["arm"] for a in quick["arms"]] == ["baseline", "scratch", "finetune", "distill"]
+    student = quick["arms"][-1]
+    assert student["teacher"] == "smollm2-lora" and quick["data"]["unlabeled_from_rest"] > 0
+    plan = {r.id: r for r in plan_runs(quick)}
+    assert plan[f"{student['name']}-f1-s0"].teacher == "smollm2-lora-f1-s0" == list(plan)[-2]
     lora = next(a for a in quick["arms"] if a["arm"] == "finetune")
     assert lora["model_name_or_path"] == "smollm2-135m" and lora["method"] == "lora"
     b77, _ = load_study_config(preset="banking77")
@@ -68,3 +72,32 @@ def test_a_run_saved_before_a_training_key_existed_is_not_stale():
     # baseline settings are not training keys: nothing is filled in for them
     assert config_differences({"C": 10.0, "seed": 0}, {"C": 10.0, "seed": 0}, FREE_KEYS) == []
     assert config_differences({"C": 10.0}, {"C": 20.0}, FREE_KEYS) == ["C"]
+
+
+def test_distill_arms_name_a_teacher_arm_and_run_after_it():
+    raw = raw_config()
+    raw["arms"].append({"name": "student", "arm": "distill", "teacher": "lora", "preset": "tiny"})
+    raw["sweeps"]["data_size"]["arms"] = ["student"]  # its teacher's runs at those fractions come with it
+    cfg = normalize_config(raw)
+    plan = plan_runs(cfg)
+    ids = [r.id for r in plan]
+    for r in plan:
+        if r.teacher:
+            assert r.kind == "scratch" and ids.index(r.teacher) < ids.index(r.id)
+            assert r.teacher == r.id.replace("student", "lora")
+    assert {r.train_fraction for r in plan if r.arm_name == "lora"} == {0.1, 0.5, 1.0}
+    for arm, match in (
+        ({"name": "s", "arm": "distill", "teacher": "nobody"}, "did you mean|must name another arm"),
+        ({"name": "s", "arm": "distill"}, "must name another arm"),
+        ({"name": "s", "arm": "scratch", "teacher": "lora"}, "kind distill"),
+        ({"name": "s", "arm": "distill", "teacher": "lora", "tune": {"n_trials": 2}}, "not tuned"),
+    ):
+        bad = raw_config()
+        bad["arms"].append(arm)
+        with pytest.raises(FtvsError, match=match):
+            normalize_config(bad)
+    chain = raw_config()
+    chain["arms"] += [{"name": "s1", "arm": "distill", "teacher": "lora"},
+                      {"name": "s2", "arm": "distill", "teacher": "s1"}]  # fmt: skip
+    with pytest.raises(FtvsError, match="not a student"):
+        normalize_config(chain)

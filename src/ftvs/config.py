@@ -136,6 +136,24 @@ class TrainConfig:
         "class weights of the cross-entropy: none, balanced (n / (classes x count) over the training split) "
         "or a JSON file {label_name: weight}",
     )
+    # distillation (docs/distill.md): a student learning from a trained run's probabilities
+    teacher: str | None = option(
+        None,
+        "a trained run folder (fine-tuned, from scratch or TF-IDF) whose logits on the training and "
+        "unlabeled texts the student learns from; computed once and cached in the run folder",
+    )
+    distill_alpha: float = option(
+        0.5,
+        "with --teacher: loss = A x CE(labels) + (1 - A) x T^2 x KL(teacher || student) on labelled texts",
+    )
+    distill_temperature: float = option(
+        2.0, "with --teacher: the softmax temperature T of both sides of the KL"
+    )
+    distill_max_unlabeled: int | None = option(
+        None,
+        "with --teacher: use at most N texts of the data folder's unlabeled.jsonl (KD term only; default "
+        "all, 0 none)",
+    )
     early_stopping_patience: int = option(
         5, "stop after this many epochs without a val macro-F1 gain (0 disables)"
     )
@@ -230,6 +248,12 @@ class TrainConfig:
 
         parse_report_to(self.report_to)
         check_spec(self.class_weights)
+        if not 0 <= self.distill_alpha <= 1:
+            bad("distill_alpha", "must be in [0, 1]", "use e.g. 0.5 (1: labels only, 0: teacher only)")
+        if not self.distill_temperature > 0:
+            bad("distill_temperature", "must be > 0", "use e.g. 2")
+        if self.distill_max_unlabeled is not None and self.distill_max_unlabeled < 0:
+            bad("distill_max_unlabeled", "must be >= 0", "use 0 for no unlabeled texts")
         if self.arm == "scratch" and self.n_embd and self.n_head and self.n_embd % self.n_head:
             bad("n_embd", f"must be divisible by n_head={self.n_head}", "pick a multiple of the head count")
         return self

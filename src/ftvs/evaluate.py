@@ -76,7 +76,7 @@ def check_labels(arm_labels, data_labels, data_dir) -> None:
         )
 
 
-def _predict_split(arm, texts, labels, batch_size: int, mixed_precision: str):
+def predict_split(arm, texts, labels, batch_size: int, mixed_precision: str):
     """Timed predictions of `texts`: (predict output, accelerate state, device, precision, #examples)."""
     # under `accelerate launch` every process scores a shard of the batches and predict_loader gathers
     # them (de-duplicating the padded tail): 1 or N processes give the same predictions and metrics
@@ -173,7 +173,7 @@ def evaluate_run(
             raise FtvsError(f"{run_dir} is a TF-IDF baseline, scored on the test split when it was fitted")
         return remeasure_latency(run_dir, data_dir)  # its scores stay; its serving latency is measured
     cfg = rundir.read_config(run_dir)
-    mixed_precision = _scoring_precision(mixed_precision, cfg)
+    mixed_precision = scoring_precision(mixed_precision, cfg)
     explicit = bool(data_dir)
     data_dir = data_dir or cfg.get("data")
     if not data_dir:
@@ -183,9 +183,7 @@ def evaluate_run(
     check_labels(arm.label_names, meta["label_names"], data_dir)
     rundir.check_same_data(run_dir, data_dir, meta.get("content_hash"), explicit=explicit, doing="evaluate")
     texts, labels = load_split(data_dir, split)
-    out, state, device, precision, n_examples = _predict_split(
-        arm, texts, labels, batch_size, mixed_precision
-    )
+    out, state, device, precision, n_examples = predict_split(arm, texts, labels, batch_size, mixed_precision)
     scores = classification_metrics(
         labels, out["y_pred"], arm.label_names, loss=out["loss"], probs=softmax(out["logits"])
     )
@@ -201,7 +199,7 @@ def evaluate_run(
     if calibrate:  # temperature scaling is fitted on the validation split, never on the scored one
         val_texts, val_labels = load_split(data_dir, "val")
         val = (
-            _predict_split(arm, val_texts, val_labels, batch_size, mixed_precision)[0]["logits"],
+            predict_split(arm, val_texts, val_labels, batch_size, mixed_precision)[0]["logits"],
             val_labels,
         )
     if split == "test":  # the reliability diagram and the model card describe the test results
@@ -224,7 +222,7 @@ def evaluate_run(
     return metrics
 
 
-def _scoring_precision(requested: str | None, cfg: dict) -> str:
+def scoring_precision(requested: str | None, cfg: dict) -> str:
     """The precision to score a run in: the one asked for, else the run's own training setting."""
     return requested or cfg.get("mixed_precision") or "auto"
 
@@ -269,7 +267,7 @@ def load_predictor(
     arm = load_arm(model_dir)
     model = arm.model.eval()
     precision = resolve_precision(
-        _scoring_precision(mixed_precision, rundir.read_config(run_dir)), "cpu", arm.kind
+        scoring_precision(mixed_precision, rundir.read_config(run_dir)), "cpu", arm.kind
     )
 
     def probs(texts):

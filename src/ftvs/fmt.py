@@ -7,8 +7,14 @@ never empty. Machine-readable files (JSON) hold the raw numbers; nothing here is
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 MISSING = "–"
+
+
+def now() -> str:
+    """The current time in UTC, ISO 8601 to the second: the timestamps of study.json and the run logs."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def fixed(x, digits: int = 4, unit: str = "", missing: str = MISSING) -> str:

@@ -267,8 +267,9 @@ def plot_cost(comparison: dict, path: Path) -> str | None:
         (axes[1], "inference_seconds_per_1000", "inference seconds per 1,000 examples (log)"),
     ):
         pts = [r for r in rows if r[key]]
-        for r in pts:
-            ax.scatter(r[key], r["macro_f1"], color=colours.get(r["run"]), s=40, zorder=3)
+        for r in pts:  # a distilled student as a diamond
+            marker = "D" if r["method"] == "distilled" else "o"
+            ax.scatter(r[key], r["macro_f1"], color=colours.get(r["run"]), s=40, zorder=3, marker=marker)
             ax.annotate(
                 _short(r["run"], 20),
                 (r[key], r["macro_f1"]),
@@ -276,6 +277,7 @@ def plot_cost(comparison: dict, path: Path) -> str | None:
                 xytext=(3, 3),
                 textcoords="offset points",
             )
+        _teacher_arrows(ax, comparison, {r["run"]: r for r in pts}, key)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label, fontsize=8)
@@ -284,6 +286,18 @@ def plot_cost(comparison: dict, path: Path) -> str | None:
     fig.suptitle("quality vs cost", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _teacher_arrows(ax, comparison: dict, shown: dict, key: str) -> None:
+    """An arrow from each teacher run to its distilled student (comparison.json's `distillation`)."""
+    for d in comparison.get("distillation") or []:
+        for teacher, student in d["arrows"]:
+            if teacher in shown and student in shown:
+                t, s = shown[teacher], shown[student]
+                arrow = {"arrowstyle": "->", "color": "0.4", "lw": 0.8, "shrinkA": 4, "shrinkB": 5}
+                ax.annotate(
+                    "", xy=(s[key], s["macro_f1"]), xytext=(t[key], t["macro_f1"]), arrowprops=arrow, zorder=2
+                )
 
 
 def _plot_sweep(

@@ -47,6 +47,7 @@ DATA_METADATA = "metadata.json"  # inside a prepared data folder, which a run na
 PROGRESS = "progress.json"
 LOGS_DIR = "logs"  # experiment trackers (`--report_to`)
 EXPORT_DIR = "export"  # `ftvs export`
+TEACHER_LOGITS, TEACHER_INFO = "teacher_logits.safetensors", "teacher.json"  # a distilled student's cache
 TRIAL_CONFIG, TRIAL_LOG = "trial.yaml", "train.log"  # what `ftvs tune` writes before a trial's run starts
 LAUNCH_FILES = {TRIAL_CONFIG, TRIAL_LOG}
 
@@ -67,6 +68,8 @@ RUN_FILES = {
     EXPORT_DIR,
     TRIAL_CONFIG,
     TRIAL_LOG,
+    TEACHER_LOGITS,
+    TEACHER_INFO,
 } | {f"{d}{s}" for d in (MODEL_DIR, CHECKPOINT_DIR) for s in (".tmp", ".old")}
 RESULT_PREFIXES = ("metrics_", "predictions_", "confusion_matrix_")
 

@@ -32,6 +32,7 @@ from ftvs.config import (
     write_config,
 )
 from ftvs.data import load_metadata, load_split
+from ftvs.distill import DistillLoss, student_data
 from ftvs.errors import FtvsError
 from ftvs.fileio import (
     RunLock,
@@ -106,7 +107,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, data_
         if auto_defaults:
             accelerator.print(describe_auto_defaults(auto_defaults))
         check_run_dir(run_dir, cfg, resume, data_given)
-        setup = set_up(cfg, accelerator)
+        setup = set_up(cfg, accelerator, run_dir)
         setup.resolved["auto_defaults"] = auto_defaults
         state, running = start_or_resume(setup, run_dir, resume)
         setup.tracker = RunTracker(cfg, run_dir, main)
@@ -138,14 +139,22 @@ def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
     return f
 
 
-def forward_backward(accelerator, model, batch: dict, cfg: TrainConfig, class_weight=None) -> tuple:
+def forward_backward(
+    accelerator, model, batch: dict, cfg: TrainConfig, class_weight=None, distill: DistillLoss | None = None
+) -> tuple:
     """One training micro-batch, called inside `accelerator.accumulate(model)`: forward, loss, backward
     and, on a step that syncs the gradients, clipping. Returns (logits, loss, labels, bad), `bad` being
-    the non-finite loss/grad-norm flag (a device tensor: no sync) on a syncing step, else None."""
-    batch.pop("index")
+    the non-finite loss/grad-norm flag (a device tensor: no sync) on a syncing step, else None. With a
+    teacher (`distill`) the loss is the distillation loss (ftvs.distill)."""
+    index = batch.pop("index")
     labels = batch.pop("labels")
     logits = model(**batch)
-    loss = F.cross_entropy(logits.float(), labels, weight=class_weight, label_smoothing=cfg.label_smoothing)
+    if distill is None:
+        loss = F.cross_entropy(
+            logits.float(), labels, weight=class_weight, label_smoothing=cfg.label_smoothing
+        )
+    else:
+        loss = distill(logits, labels, index, class_weight, cfg.label_smoothing)
     accelerator.backward(loss)
     if not accelerator.sync_gradients:
         return logits, loss, labels, None
@@ -189,6 +198,7 @@ class TrainStep:
         self.global_step = 0
         self.nonfinite_skipped = 0
         self.class_weight = None  # per-label loss weights on the device (--class_weights), or None
+        self.distill = None  # with --teacher: the DistillLoss over the cached teacher logits
         self.reset_fault_flags()
 
     def reset_fault_flags(self) -> None:
@@ -203,7 +213,7 @@ class TrainStep:
         cfg, optimizer = self.cfg, self.optimizer
         with self.accelerator.accumulate(self.model):
             logits, loss, labels, bad = forward_backward(
-                self.accelerator, self.model, batch, cfg, self.class_weight
+                self.accelerator, self.model, batch, cfg, self.class_weight, self.distill
             )
             if bad is not None:  # a step that syncs the gradients
                 if cfg.skip_nan_steps and bad.item():  # tolerating faults costs a sync per step
@@ -295,23 +305,31 @@ class Setup:
         return self.accelerator.is_main_process
 
 
-def set_up(cfg: TrainConfig, accelerator) -> Setup:
+def set_up(cfg: TrainConfig, accelerator, run_dir: Path | None = None) -> Setup:
+    """With --teacher, the teacher's logits come from (or go to) `run_dir`'s cache (ftvs.distill)."""
     from accelerate.utils import set_seed
 
-    set_seed(cfg.seed)
     meta = load_metadata(cfg.data)
     label_names = meta["label_names"]
     train_texts, train_labels = load_split(cfg.data, "train")
     val_texts, val_labels = load_split(cfg.data, "val")
     weights = class_weights.resolve(cfg.class_weights, train_labels, label_names)  # bad weights fail first
-    arm = build_arm(cfg, train_texts, label_names)
+    # before the seed: loading the teacher must leave the student's random state as without it
+    student = student_data(cfg, accelerator, run_dir, train_texts, train_labels, label_names)
+    set_seed(cfg.seed)
+    texts, labels = student["texts"], student["labels"]  # the training texts, then any unlabeled ones
+    arm = build_arm(cfg, texts, label_names)
     cfg = resolve_config(cfg, arm)
     t0 = time.perf_counter()  # tokenising; for a frozen base with the feature cache, its one forward pass
-    train_examples = arm.encode(train_texts)
+    train_examples = arm.encode(texts)
     val_examples = arm.encode(val_texts)
-    encode_seconds = time.perf_counter() - t0
+    encode_seconds = time.perf_counter() - t0 + student["seconds"]
 
-    step = build_train_step(cfg, arm, train_examples, train_labels, accelerator)
+    step = build_train_step(cfg, arm, train_examples, labels, accelerator)
+    if student["logits"] is not None:
+        step.distill = DistillLoss(
+            student["logits"], cfg.distill_alpha, cfg.distill_temperature, accelerator.device
+        )
     if weights is not None:
         step.class_weight = torch.tensor(weights, dtype=torch.float32, device=accelerator.device)
     val_loader = accelerator.prepare(
@@ -334,7 +352,9 @@ def set_up(cfg: TrainConfig, accelerator) -> Setup:
         "steps_per_epoch": step.steps_per_epoch,
         "total_steps": step.total_steps,
         "warmup_steps": step.warmup_steps,
-        "num_train_examples": len(train_examples),
+        "num_train_examples": len(train_labels),
+        "num_unlabeled_examples": len(texts) - len(train_texts),
+        "distill": student["record"],
         "num_val_examples": len(val_examples),
         "params_total": description["params_total"],
         "params_trainable": description["params_trainable"],
@@ -343,7 +363,8 @@ def set_up(cfg: TrainConfig, accelerator) -> Setup:
     accelerator.print(
         f"{cfg.arm} | {description['params_total']:,} params ({description['params_trainable']:,} trainable) "
         "| "
-        f"{len(train_examples):,} train / {len(val_examples):,} val | device {accelerator.device} | "
+        f"{len(train_labels):,} train{student['unlabeled_text']} / {len(val_examples):,} val | device "
+        f"{accelerator.device} | "
         f"{step.steps_per_epoch} steps/epoch x {cfg.num_train_epochs} epochs"
     )
     return Setup(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ftvs.comparison.decide import mark_dominated, pareto, recommend
 from ftvs.comparison.describe import describe_dataset, describe_model
+from ftvs.comparison.distill import distillation
 from ftvs.comparison.focus import best_runs_of_two_arms, focus, per_class_difference
 from ftvs.comparison.learning_curve import learning_curves
 from ftvs.comparison.runs import load_runs
@@ -50,6 +51,7 @@ def compare(
         "histories": {r.name: r.history for r in runs},
         "focus": focus(groups, rows),
         "tuning": tuning(studies),
+        "distillation": distillation(runs, rows, groups, sig),
         "per_class_diff": None,
         "figures": {},
     }

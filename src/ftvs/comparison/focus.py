@@ -44,8 +44,8 @@ def focus(groups: list[dict], rows: list[dict]) -> dict:
     full = [g for g in groups if (g["train_fraction"] or 1.0) == 1.0] or groups
     full = sorted(full, key=lambda g: -(g["macro_f1_mean"] or 0.0))
     by_arm = {}
-    for g in full:
-        if g["arm"] not in by_arm:
+    for g in full:  # a distilled student learned from another arm: it never stands for "from scratch"
+        if g["arm"] not in by_arm and g["method"] != "distilled":
             by_arm[g["arm"]] = {
                 "group": g["label"],
                 "run": representative(g, by_name),

@@ -129,6 +129,9 @@ class Run:
         self.method = str(
             self.method or {"scratch": "scratch", "baseline": "tfidf_logreg"}.get(self.arm, "-")
         )
+        self.teacher = self.config.get("teacher")  # a distilled student's teacher run folder (ftvs.distill)
+        if self.arm == "scratch" and self.teacher:
+            self.method = "distilled"
         self.model_name = str(m.get("model_name") or self.config.get("model_name_or_path") or self.method)
         size = (self.config.get("extra") or {}).get("preset")
         if self.arm == "scratch" and size:  # study model-size sweep: the size name (a preset may be widened)

@@ -193,6 +193,7 @@ def group_label(key) -> str:
         base = "TF-IDF + LogReg"
     elif arm == "scratch":
         base = model_name if str(model_name).startswith("scratch") else f"scratch {model_name}"
+        base += " distilled" if method == "distilled" else ""
     else:
         base = f"{Path(str(model_name)).name} ({method})"
     return base if frac in (None, 1.0) else f"{base} @ {frac:g} train"

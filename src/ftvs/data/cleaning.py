@@ -102,13 +102,7 @@ def clean_split(table: Table, text_col: str, label_col: str, max_chars: int, cou
             label = None if _is_missing(raw_label) or int(raw_label) < 0 else int(raw_label)  # -1 = unlabeled
         else:
             label = _label_key(raw_label)
-        text = "" if _is_missing(raw_text) else str(raw_text)
-        text, repaired = repair_text(text)
-        counts["invalid_utf8_repaired"] += repaired
-        text = " ".join(text.split())  # collapses runs of any whitespace (incl. newlines) and strips
-        if len(text) > max_chars:
-            text = text[:max_chars].rstrip()
-            counts["truncated"] += 1
+        text = clean_text(raw_text, max_chars, counts)
         if not text:
             counts["empty_dropped"] += 1
             continue
@@ -118,6 +112,18 @@ def clean_split(table: Table, text_col: str, label_col: str, max_chars: int, cou
         texts.append(text)
         labels.append(label)
     return Rows(texts, labels)
+
+
+def clean_text(raw_text, max_chars: int, counts: Counter) -> str:
+    """One text repaired, whitespace-normalised and truncated ("" when empty), each change counted."""
+    text = "" if _is_missing(raw_text) else str(raw_text)
+    text, repaired = repair_text(text)
+    counts["invalid_utf8_repaired"] += repaired
+    text = " ".join(text.split())  # collapses runs of any whitespace (incl. newlines) and strips
+    if len(text) > max_chars:
+        text = text[:max_chars].rstrip()
+        counts["truncated"] += 1
+    return text
 
 
 def drop_duplicates(rows: Rows) -> tuple[Rows, int]:

@@ -35,6 +35,7 @@ from ftvs.data.folder import (
 )
 from ftvs.data.sources import Source, load_source
 from ftvs.data.splitting import stratified_split, stratified_subsample
+from ftvs.data.unlabeled import unlabeled_texts, write_unlabeled
 from ftvs.errors import FtvsError
 from ftvs.fileio import write_json
 
@@ -65,6 +66,8 @@ def prepare(
     remove_headers: bool = True,
     max_chars: int = MAX_CHARS,
     encoding: str | None = None,
+    unlabeled=None,
+    unlabeled_from_rest: int | None = None,
 ) -> dict:
     """Prepare `source` into `output_dir` (train/val/test.jsonl + metadata.json) and return the metadata.
 
@@ -75,8 +78,11 @@ def prepare(
     a stratified `validation_split` of train unless the source has one; the test split is the source's
     own when it has one, otherwise a stratified `test_split` of train. Raises FtvsError for anything the
     user can fix.
+
+    `unlabeled` (a file) and `unlabeled_from_rest` (up to N of the training texts `max_train_examples` leaves
+    out) write `unlabeled.jsonl` for distillation (ftvs.data.unlabeled); metadata's `unlabeled` counts them.
     """
-    _check_settings(validation_split, test_split, max_train_examples, max_chars)
+    _check_settings(validation_split, test_split, max_train_examples, max_chars, unlabeled_from_rest)
     out = Path(output_dir)
     check_output_dir(out)
 
@@ -90,16 +96,21 @@ def prepare(
     _drop_leaks(rows, src, name_of, counts)
     carve = _carve_splits(rows, name_of, seed, validation_split, test_split, counts["duplicates_dropped"])
     train_before_cap = len(rows["train"].texts)
+    rest: list[str] = []
     if max_train_examples is not None and max_train_examples < train_before_cap:
-        rows["train"] = take_rows(
-            rows["train"], stratified_subsample(rows["train"].labels, max_train_examples, seed + 2)
-        )
+        keep = stratified_subsample(rows["train"].labels, max_train_examples, seed + 2)
+        kept = set(keep)
+        rest = [t for i, t in enumerate(rows["train"].texts) if i not in kept]
+        rows["train"] = take_rows(rows["train"], keep)
 
     tok = load_tokenizer(tokenizer)  # only after the data checks, so a bad source fails fast
     origin = src.tables["train"].origin
     final = {
         split: (rows[split].texts, to_ids(rows[split], names, class_names, split, origin)) for split in SPLITS
     }
+    unl_texts, unl_meta = unlabeled_texts(
+        final, rest, unlabeled_from_rest, unlabeled, max_chars, seed, encoding
+    )
     meta = {
         "source": str(source),
         "source_description": src.description,
@@ -121,11 +132,13 @@ def prepare(
         "ftvs_data_version": DATA_VERSION,
         **src.extra,
     }
-    _write(out, final, meta)
+    if unl_meta:
+        meta["unlabeled"] = unl_meta
+    _write(out, final, meta, unl_texts)
     return meta
 
 
-def _check_settings(validation_split, test_split, max_train_examples, max_chars) -> None:
+def _check_settings(validation_split, test_split, max_train_examples, max_chars, from_rest) -> None:
     for flag, value in (("--validation-split", validation_split), ("--test-split", test_split)):
         if not 0.0 < float(value) < 1.0:
             raise FtvsError(f"{flag} must be between 0 and 1 (exclusive), got {value}")
@@ -133,6 +146,11 @@ def _check_settings(validation_split, test_split, max_train_examples, max_chars)
         raise FtvsError(f"--max-train-examples must be a positive integer, got {max_train_examples}")
     if max_chars < 1:
         raise FtvsError(f"--max-chars must be positive, got {max_chars}")
+    if from_rest is not None and (from_rest < 1 or max_train_examples is None):
+        raise FtvsError(
+            f"--unlabeled_from_rest {from_rest} needs a positive N and --max-train-examples (it keeps the "
+            "training texts that cap leaves out); pass both, or --unlabeled FILE"
+        )
 
 
 def _pick_columns(src: Source, text_column: str | None, label_column: str | None) -> tuple[str, str]:
@@ -219,10 +237,11 @@ def _carve_splits(
     return carve
 
 
-def _write(out: Path, final: dict, meta: dict) -> None:
+def _write(out: Path, final: dict, meta: dict, unlabeled: list[str]) -> None:
     with staging_dir(out) as tmp:
         for split, (texts, labels) in final.items():
             write_split(tmp, split, texts, labels)
+        write_unlabeled(tmp, unlabeled)
         meta["content_hash"] = content_hash(tmp)
         write_json(tmp / "metadata.json", meta)
 
@@ -271,6 +290,14 @@ def print_summary(meta: dict, data_dir, examples_per_split: int = 2, file=None) 
         )
     cleaning = ", ".join(f"{k}={v}" for k, v in meta["cleaning"].items() if v and k != "max_chars")
     print(f"cleaning: {cleaning or 'nothing to clean'}", file=file)
+    if meta.get("unlabeled"):
+        u = meta["unlabeled"]
+        dropped = ", ".join(f"{k}={v}" for k, v in u["cleaning"].items() if v)
+        print(
+            f"unlabeled: {u['count']:,} texts ({u['from_rest']:,} from the rest of train"
+            f"{', file ' + u['file'] if u['file'] else ''}){'; ' + dropped if dropped else ''}",
+            file=file,
+        )
     names = meta["label_names"]
     for split in SPLITS:
         texts, labels = load_split(data_dir, split)
@@ -358,6 +385,17 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         help="encoding of text files that have no byte-order mark and are not UTF-8 (default latin-1; "
         "the one used is printed and recorded in metadata.json)",
     )  # fmt: skip
+    p.add_argument(
+        "--unlabeled", default=None, metavar="FILE",
+        help="texts without labels for a distilled student (one a line, or a data file with a text column); "
+        "cleaned, de-duplicated, and never a val/test/train text: written as unlabeled.jsonl",
+    )  # fmt: skip
+    p.add_argument(
+        "--unlabeled_from_rest", "--unlabeled-from-rest", dest="unlabeled_from_rest", type=_positive_int,
+        default=None, metavar="N",
+        help="keep up to N of the training texts --max-train-examples leaves out as unlabeled.jsonl "
+        "(labels withheld)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_prepare)
     return p
 
@@ -376,6 +414,8 @@ def cmd_prepare(args) -> int:
         remove_headers=args.remove_headers,
         max_chars=args.max_chars,
         encoding=args.encoding,
+        unlabeled=args.unlabeled,
+        unlabeled_from_rest=args.unlabeled_from_rest,
     )
     print_summary(meta, args.output_dir)
     return 0

@@ -21,6 +21,7 @@ from ftvs.data.folder import (
     staging_dir,
     write_split,
 )
+from ftvs.data.unlabeled import UNLABELED
 from ftvs.errors import FtvsError
 from ftvs.fileio import atomic_write_bytes, write_json
 
@@ -206,8 +207,9 @@ def subsample_train(data_dir, out_dir, fraction: float, seed: int = 0, tokenizer
     new["parent_content_hash"] = meta.get("content_hash")
     with staging_dir(out) as tmp:
         write_split(tmp, "train", sub_texts, sub_labels)
-        for split in ("val", "test"):
-            atomic_write_bytes(tmp / f"{split}.jsonl", (src / f"{split}.jsonl").read_bytes())
+        for name in ("val.jsonl", "test.jsonl", UNLABELED):
+            if (src / name).is_file():
+                atomic_write_bytes(tmp / name, (src / name).read_bytes())
         new["content_hash"] = content_hash(tmp)
         write_json(tmp / "metadata.json", new)
     return new
@@ -237,10 +239,11 @@ def cap_eval_splits(data_dir, max_val: int | None, max_test: int | None, seed: i
         "val_before_cap": before["val"],
         "test_before_cap": before["test"],
     }
-    files = {s: (data_dir / f"{s}.jsonl").read_bytes() for s in SPLITS if s not in changed}
+    names = [f"{s}.jsonl" for s in SPLITS if s not in changed] + [UNLABELED]
+    files = {n: (data_dir / n).read_bytes() for n in names if (data_dir / n).is_file()}
     with staging_dir(data_dir) as tmp:
-        for split, raw in files.items():
-            atomic_write_bytes(tmp / f"{split}.jsonl", raw)
+        for name, raw in files.items():
+            atomic_write_bytes(tmp / name, raw)
         for split, (texts, labels) in changed.items():
             write_split(tmp, split, texts, labels)
         meta["content_hash"] = content_hash(tmp)

@@ -6,7 +6,8 @@ chosen by explicit rules from the same numbers (thresholds are stated in the rep
 `ftvs.report.context`). The sections, in report order: `sections_overview` (title, key findings, models,
 data set), `sections_training` (training and evaluation), `sections_comparison` (comparative analysis,
 appendix), `sections_decide` (the Recommendation box under the title, the deployment decision),
-`sections_tuning` (the arms' hyperparameter searches, when the runs come from a tuned study).
+`sections_distill` (distilled students beside their teachers), `sections_tuning` (the arms'
+hyperparameter searches, when the runs come from a tuned study).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ftvs.report.context import Ctx
 from ftvs.report.sections_calibration import calibration_blocks
 from ftvs.report.sections_comparison import appendix_blocks, comparative_blocks
 from ftvs.report.sections_decide import decision_blocks, recommendation_blocks
+from ftvs.report.sections_distill import distill_blocks
 from ftvs.report.sections_overview import dataset_blocks, model_blocks, title_blocks
 from ftvs.report.sections_training import training_blocks
 from ftvs.report.sections_tuning import tuning_blocks
@@ -27,7 +29,7 @@ def build_blocks(comparison: dict) -> list[dict]:
     blocks += (
         model_blocks(x) + dataset_blocks(x) + training_blocks(x) + comparative_blocks(x) + decision_blocks(x)
     )
-    blocks += tuning_blocks(x) + calibration_blocks(x) + appendix_blocks(x)
+    blocks += distill_blocks(x) + tuning_blocks(x) + calibration_blocks(x) + appendix_blocks(x)
     return [b for b in blocks if b]
 
 

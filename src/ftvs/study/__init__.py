@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from ftvs.comparison.decide import add_constraint_args, constraints_from_args
+from ftvs.executors import add_executor_flags, check_executor_flags, executor_from_args
 from ftvs.study.config import (
     FREE_KEYS,
     apply_override,
@@ -31,7 +32,6 @@ from ftvs.study.config import (
     preset_names,
     preset_text,
 )
-from ftvs.study.executors import add_executor_flags, check_executor_flags, executor_from_args
 from ftvs.study.plan import PlannedRun, frac, plan_runs
 from ftvs.study.progress import Progress
 from ftvs.study.registry import RunEntry
@@ -97,7 +97,7 @@ def cmd_study(args) -> int:
         for r in study.plan:
             mark = "" if study.selected(r.id) else "  (not selected)"
             print(
-                f"  {r.id:<40} {r.kind:<9} sweep={r.sweep:<10} seed={r.seed} "
+                f"  {r.id:<40} {'distill' if r.teacher else r.kind:<9} sweep={r.sweep:<10} seed={r.seed} "
                 f"fraction={frac(r.train_fraction)}{mark}"
             )
         return 0

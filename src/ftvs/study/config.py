@@ -19,7 +19,7 @@ from ftvs.data import DEFAULT_TOKENIZER
 from ftvs.errors import FtvsError, closest, is_count
 from ftvs.study.tuning import check_tuning
 
-KINDS = ("baseline", "scratch", "finetune")
+KINDS = ("baseline", "scratch", "finetune", "distill")  # distill: a scratch student of another arm
 TOP_KEYS = {
     "name",
     "description",
@@ -50,8 +50,10 @@ DATA_DEFAULTS = {
     "label_column": None,
     "remove_headers": True,
     "max_chars": None,
+    "unlabeled": None,  # a file of texts without labels, for distilled students (docs/distill.md)
+    "unlabeled_from_rest": None,  # up to N of the training texts max_train_examples leaves out, unlabeled
 }
-ARM_META_KEYS = {"name", "arm", "launcher", "enabled", "tune"}
+ARM_META_KEYS = {"name", "arm", "launcher", "enabled", "tune", "teacher"}
 BASELINE_KEYS = {
     "C",
     "C_grid",
@@ -204,7 +206,7 @@ def _normalize_data(given) -> dict:
         raise FtvsError(
             "study config: data.source is missing; e.g. 20newsgroups, hf:PolyAI/banking77 or a CSV folder"
         )
-    for key in ("max_train_examples", "max_val_examples", "max_test_examples"):
+    for key in ("max_train_examples", "max_val_examples", "max_test_examples", "unlabeled_from_rest"):
         if data[key] is not None and not is_count(data[key]):
             raise FtvsError(f"study config: data.{key} must be a positive integer or null, got {data[key]!r}")
     return data
@@ -226,7 +228,32 @@ def _normalize_arms(arms, train: dict) -> list[dict]:
     out_arms = []
     for i, arm in enumerate(arms):
         out_arms.append(_normalize_arm(arm, i, train, seen))
+    _check_teachers(out_arms)
     return out_arms
+
+
+def _check_teachers(arms: list[dict]) -> None:
+    """A distill arm names its teacher: another arm of the study, not itself a student."""
+    by_name = {a["name"]: a for a in arms}
+    for a in arms:
+        if a["arm"] != "distill":
+            if a.get("teacher") is not None:
+                raise FtvsError(
+                    f"study config: arms.{a['name']} has a teacher but arm {a['arm']!r}; "
+                    "a student is an arm of kind distill (arm: distill, teacher: ARM_NAME)"
+                )
+            continue
+        t = a.get("teacher")
+        if t not in by_name or by_name[t]["arm"] == "distill" or t == a["name"]:
+            teachers = [n for n, b in by_name.items() if b["arm"] != "distill"]
+            raise FtvsError(
+                f"study config: arms.{a['name']}.teacher={t!r} must name another arm that is not a student "
+                f"({', '.join(teachers)}){closest(str(t), teachers)}"
+            )
+        if not by_name[t]["enabled"] and a["enabled"]:
+            raise FtvsError(
+                f"study config: arms.{a['name']}'s teacher {t!r} is disabled; enable it or this arm"
+            )
 
 
 def _normalize_arm(arm, i: int, train: dict, seen: set) -> dict:
@@ -258,10 +285,15 @@ def _normalize_arm(arm, i: int, train: dict, seen: set) -> dict:
                 f"study config: unknown training key {k!r} in arms.{name}{closest(str(k), FIELDS)}"
             )
     try:  # fail now, not after an hour of other runs
-        build_config({**train, **settings}, {"arm": kind})
+        build_config({**train, **settings}, {"arm": train_kind(kind)})
     except FtvsError as e:
         raise FtvsError(f"study config arms.{name}: {e}") from None
     return arm
+
+
+def train_kind(kind: str) -> str:
+    """The `ftvs train` arm a study arm kind runs as (a distill arm trains a from-scratch student)."""
+    return "scratch" if kind == "distill" else kind
 
 
 def _normalize_sweeps(sweeps: dict, arms: list[dict]) -> dict:

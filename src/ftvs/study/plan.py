@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from ftvs.study.config import ARM_META_KEYS, BASELINE_KEYS, KINDS, SIZE_KEYS, model_dims
+from ftvs.study.config import ARM_META_KEYS, BASELINE_KEYS, KINDS, SIZE_KEYS, model_dims, train_kind
 
 
 def frac(f: float) -> str:
@@ -17,7 +17,7 @@ def frac(f: float) -> str:
 class PlannedRun:
     id: str
     arm_name: str
-    kind: str
+    kind: str  # how it trains: baseline | scratch | finetune (a distilled student is scratch)
     seed: int
     train_fraction: float
     subset_seed: int
@@ -25,6 +25,7 @@ class PlannedRun:
     sweep: str  # main | data_size | model_size
     settings: dict  # TrainConfig values (neural) or baseline settings, without data/output_dir/seed
     launcher: dict = field(default_factory=dict)
+    teacher: str | None = None  # a distilled student: the id of its teacher's run (same seed and data)
 
     @property
     def data_key(self) -> str:
@@ -49,6 +50,9 @@ def plan_runs(cfg: dict) -> list[PlannedRun]:
     runs: dict[str, PlannedRun] = {}
 
     def add(arm, seed, fraction, size, sweep):
+        teacher = None
+        if arm["arm"] == "distill":  # its teacher's run for the same seed and data comes first
+            teacher = add(arms[arm["teacher"]], seed, fraction, None, sweep)
         settings = _settings(cfg, arm, size)
         size_name = None
         if size is not None and model_dims(settings) != model_dims(_settings(cfg, arm)):
@@ -56,11 +60,11 @@ def plan_runs(cfg: dict) -> list[PlannedRun]:
         subset_seed = seed if (ds and ds["resample_per_seed"]) else cfg["data"]["seed"]
         rid = f"{arm['name']}{'.' + size_name if size_name else ''}-f{frac(fraction)}-s{seed}"
         if rid in runs:  # a sweep point that is also a main run
-            return
+            return rid
         runs[rid] = PlannedRun(
             rid,
             arm["name"],
-            arm["arm"],
+            train_kind(arm["arm"]),
             seed,
             fraction,
             subset_seed,
@@ -68,7 +72,9 @@ def plan_runs(cfg: dict) -> list[PlannedRun]:
             "main" if fraction >= 1 and size_name is None else sweep,
             settings,
             arm["launcher"] or cfg["launcher"],
+            teacher,
         )
+        return rid
 
     kind_order = {k: i for i, k in enumerate(KINDS)}
     ordered = sorted(arms.values(), key=lambda a: kind_order[a["arm"]])
@@ -92,7 +98,7 @@ def plan_text(cfg: dict, plan: list[PlannedRun]) -> str:
     """One line: runs per kind, seeds, sweep points."""
     kinds = defaultdict(int)
     for r in plan:
-        kinds[r.kind] += 1
+        kinds["distill" if r.teacher else r.kind] += 1
     parts = [f"{n} {k}" for k, n in kinds.items()]
     parts.append(f"seeds {', '.join(map(str, cfg['seeds']))}")
     if cfg["sweeps"].get("data_size"):

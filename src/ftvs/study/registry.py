@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from ftvs import __version__
 from ftvs.config import FINETUNE_ONLY, build_config, config_differences
 from ftvs.errors import FtvsError
 from ftvs.fileio import read_json, write_json
+from ftvs.fmt import now
 from ftvs.rundir import has_checkpoint
 from ftvs.study.config import FREE_KEYS, model_dims, own_size_name
 from ftvs.study.plan import PlannedRun, frac
@@ -37,10 +37,6 @@ _OUTCOME_KEYS = (
     "results",
     "num_train_examples",
 )
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -67,6 +63,7 @@ class RunEntry:
     config: dict
     num_train_epochs: int
     launcher: dict
+    teacher: str | None = None  # a distilled student: its teacher's run id (the study runs it first)
     state: str = "pending"
     error: str | None = None
     exit_code: int | None = None
@@ -205,6 +202,7 @@ class EntryFactory:
             num_epochs = 1
         else:
             method = run.settings.get("method", "lora") if run.kind == "finetune" else None
+            method = "distilled" if run.teacher else method
             model = (
                 run.settings.get("model_name_or_path", "smollm2-135m")
                 if run.kind == "finetune"
@@ -231,6 +229,7 @@ class EntryFactory:
             config=config,
             num_train_epochs=num_epochs,
             launcher=run.launcher,
+            teacher=run.teacher,
         ).to_dict()
 
     def extra(self, run: PlannedRun) -> dict:
@@ -262,6 +261,8 @@ class EntryFactory:
             "seed": run.seed,
             "extra": self.extra(run),
         }
+        if run.teacher:  # the teacher's run folder: the student's --teacher
+            values["teacher"] = str((self.dir / "runs" / run.teacher).resolve())
         cfg = build_config(values, {"arm": run.kind}).to_dict()
         if run.kind == "scratch":  # keep only the keys of this arm: tidy files, no false "changed" alarms
             for k in FINETUNE_ONLY:

@@ -5,7 +5,7 @@ launcher is set), so a crash in one run never kills the study, and a killed stud
 runs: rerunning the same command skips finished runs, resumes interrupted ones from their last
 checkpoint (`ftvs train ... --resume RUN_DIR`), retries failed ones and carries on. `--force` reruns.
 
-Where the child processes run is the executor's business (study/executors: here one at a time or
+Where the child processes run is the executor's business (ftvs/executors: here one at a time or
 `--parallel N`, or on a Ray cluster); the supervisor owns study.json. With several runs in flight each
 has a thread, and the threads take turns on `self._lock`: they hold it while they read or change the
 registry and let go only while they wait for their child, so the registry code stays single-threaded.
@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
-import re
-import shlex
 import shutil
 import signal
 import sys
@@ -29,7 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from ftvs.data import SPLITS, cap_eval_splits, prepare, subsample_train
+from ftvs.executors import Executor, Job
+from ftvs.executors.local import LocalExecutor, last_error
 from ftvs.fileio import RunLock, atomic_write_bytes, read_json, read_jsonl
 from ftvs.launch import launch_command
 from ftvs.rundir import (
@@ -41,8 +40,7 @@ from ftvs.rundir import (
     has_checkpoint,
     read_summary,
 )
-from ftvs.study.executors import Executor, Job
-from ftvs.study.executors.local import LocalExecutor, child_process
+from ftvs.study.data import prepare_study_data
 from ftvs.study.plan import PlannedRun, frac, plan_runs
 from ftvs.study.plan import plan_text as format_plan
 from ftvs.study.progress import Progress, fmt_seconds, run_progress, study_eta, training_status
@@ -54,20 +52,9 @@ from ftvs.study.registry import (
     open_registry,
     save_registry,
 )
+from ftvs.study.stages import stage_compare
 from ftvs.study.summary import collect, result_text, run_results
 from ftvs.study.tuning import run_tuning, tuned_config
-
-_PREPARE_KEYS = (
-    "text_column",
-    "label_column",
-    "validation_split",
-    "test_split",
-    "max_train_examples",
-    "seed",
-    "tokenizer",
-    "remove_headers",
-    "max_chars",
-)
 
 
 class StudyInterrupted(Exception):
@@ -89,23 +76,6 @@ def ftvs_cmd(args: list[str], launcher: dict) -> list[str]:
 
         extra["cpu"] = not torch.cuda.is_available()
     return [str(c) for c in launch_command(args, n, **extra)]
-
-
-def last_error(log_path: Path) -> str:
-    """The most useful line of a failed subprocess's log: `ftvs: error: ...`, else the last exception line."""
-    if not log_path.is_file():
-        return "no log"
-    with open(log_path, "rb") as f:
-        f.seek(max(0, log_path.stat().st_size - 64_000))
-        lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").replace("\r", "\n").splitlines()]
-    lines = [ln for ln in lines if ln]
-    for ln in reversed(lines):
-        if ln.startswith("ftvs: error:"):
-            return ln[len("ftvs: error:") :].strip()
-    for ln in reversed(lines):
-        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", ln):
-            return ln
-    return lines[-1] if lines else "no output"
 
 
 def _read_summary(run_dir: Path) -> dict:
@@ -153,6 +123,7 @@ class Study:
         self.executor = executor or LocalExecutor()
         self._lock = threading.Lock()  # held by the run threads except while they wait (module docstring)
         self._stopping = threading.Event()  # the study was interrupted: every run thread stops its child
+        self._queued: set[str] = set()  # run ids of run_runs not yet done
         self._active: dict[str, tuple] = {}  # run id -> (entry, head, phase, progress info) of runs in flight
 
     def save(self) -> None:
@@ -246,72 +217,7 @@ class Study:
 
     # --- data ------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """STUDY/data/main once (eval caps applied), then the nested train subsets the selected runs need."""
-        d = self.reg["data"]
-        main_dir = self.dir / "data" / "main"
-        if d.get("state") != "completed" or not (main_dir / "metadata.json").is_file():
-            self._prepare_main(main_dir)
-        subsets = d.setdefault("subsets", {})
-        for run in self.plan:
-            if (
-                run.data_key == "main"
-                or run.data_key in subsets
-                and (self.abs(subsets[run.data_key]["dir"]) / "metadata.json").is_file()
-            ):
-                continue
-            if not self.selected(run.id):
-                continue
-            out = self.dir / "data" / f"train-{run.data_key}"
-            meta = subsample_train(main_dir, out, run.train_fraction, run.subset_seed, tokenizer="none")
-            subsets[run.data_key] = {
-                "dir": self.rel(out),
-                "train_fraction": run.train_fraction,
-                "seed": run.subset_seed,
-                "num_train_examples": meta["splits"]["train"]["count"],
-                "content_hash": meta["content_hash"],
-            }
-            self.save()
-
-    def _prepare_main(self, main_dir: Path) -> None:
-        d = self.reg["data"]
-        dc = self.cfg["data"]
-        t0 = time.monotonic()
-        old_hash = d.get("content_hash")
-        d.update(state="running", dir=self.rel(main_dir), config=dc, subsets={})
-        self.save()
-        self.progress.say(f"preparing {dc['source']} -> {self.rel(main_dir)}")
-        kwargs = {k: dc[k] for k in _PREPARE_KEYS if dc.get(k) is not None}
-        if main_dir.exists() and not (main_dir / "metadata.json").is_file():
-            shutil.rmtree(main_dir)
-        try:
-            prepare(dc["source"], main_dir, **kwargs)
-            meta = cap_eval_splits(
-                main_dir, dc.get("max_val_examples"), dc.get("max_test_examples"), dc["seed"]
-            )
-        except BaseException as e:
-            d.update(state="failed", error=str(e))
-            self.save()
-            raise
-        d.update(
-            state="completed",
-            source=meta["source"],
-            num_labels=meta["num_labels"],
-            label_names=meta["label_names"],
-            splits={s: meta["splits"][s]["count"] for s in SPLITS},
-            content_hash=meta["content_hash"],
-            seconds=time.monotonic() - t0,
-            error=None,
-        )
-        if old_hash and old_hash != meta["content_hash"]:  # new data: nothing trained on the old counts
-            for run in self.reg["runs"].values():
-                if run.get("state") != "pending" or run.get("attempts"):
-                    run.update(state="pending", needs_wipe=True, results=None, epochs_done=0)
-        self.save()
-        s = d["splits"]
-        self.progress.say(
-            f"data: {d['num_labels']} classes, {s['train']:,} train / {s['val']:,} val / "
-            f"{s['test']:,} test ({fmt_seconds(d['seconds'])})"
-        )
+        prepare_study_data(self)
 
     def num_train_examples(self, entry: dict) -> int | None:
         return num_train_examples(self.reg, entry)
@@ -320,6 +226,7 @@ class Study:
     def run_runs(self, todo: list[str]) -> None:
         """Every run of `todo`: one after another, or as many at once as the executor has slots."""
         with self._lock:
+            self._queued = set(todo)  # runs of this invocation not yet done: a student waits for its teacher
             if self.executor.slots <= 1 or len(todo) <= 1:
                 for i, rid in enumerate(todo, 1):
                     self.run_one(rid, i, len(todo))
@@ -360,11 +267,46 @@ class Study:
 
     # --- one run -------------------------------------------------------------------------------------
     def run_one(self, rid: str, index: int, total: int) -> None:
+        try:
+            self._run_one(rid, index, total)
+        finally:
+            self._queued.discard(rid)
+
+    def _teacher_problem(self, e: dict, head: str) -> str | None:
+        """None once a distilled student's teacher run has completed, waiting while another run thread
+        trains it; else why the student cannot start."""
+        tid, said = e.get("teacher"), False
+        while tid:
+            t = self.reg["runs"].get(tid) or {}
+            if t.get("state") == "completed":
+                return None
+            if tid not in self._queued:
+                return (
+                    f"its teacher run {tid} is {t.get('state', 'missing')}"
+                    f"{' (' + t['error'] + ')' if t.get('error') else ''}; rerun the study (or --only {tid}) "
+                    "to train the teacher first"
+                )
+            if self._stopping.is_set():
+                raise StudyInterrupted("stopped with the study")
+            if not said:
+                self.progress.say(f"{head}: waiting for its teacher {tid}")
+                said = True
+            with self._released():
+                time.sleep(self.poll)
+        return None
+
+    def _run_one(self, rid: str, index: int, total: int) -> None:
         e = self.reg["runs"][rid]
         run_dir, log = self.abs(e["run_dir"]), self.abs(e["log"])
         e["num_train_examples"] = self.num_train_examples(e)
         head = f"[{index}/{total}] {rid}"
         if not self._start(e, run_dir, head):
+            return
+        problem = self._teacher_problem(e, head)
+        if problem:
+            e.update(state="failed", error=f"not started: {problem}", finished_at=now())
+            self.save()
+            self.progress.say(f"  FAILED {rid}: {e['error']}")
             return
         log.parent.mkdir(parents=True, exist_ok=True)
         self._ran_any = True
@@ -601,6 +543,7 @@ class Study:
         # only the settings the study gives: what it leaves out gets `ftvs train`'s defaults, small-data rule
         # included
         given = set(self._planned(e["id"]).settings) | {"data", "output_dir", "seed", "extra"}
+        given |= {"teacher"} if e.get("teacher") else set()  # a student's --teacher
         train_cfg = {k: v for k, v in e["config"].items() if k in given}
         train_cfg["tracking_project"] = (
             train_cfg.get("tracking_project") or self.cfg["name"]
@@ -641,47 +584,5 @@ class Study:
         return True
 
     # --- compare and report ----------------------------------------------------------------------
-    def _stage(self, name: str, cmd: list[str], out: Path) -> None:
-        st = self.reg["stages"].setdefault(name, {})
-        log = self.dir / "logs" / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        st.update(state="running", out=self.rel(out), log=self.rel(log), error=None)
-        self.save()
-        self.progress.say(f"{name}: {shlex.join(cmd[2:])}")
-        t0 = time.monotonic()
-        try:
-            with child_process(cmd, log, "") as proc:
-                rc = proc.wait()
-        except BaseException:
-            st["state"] = "interrupted"
-            self.save()
-            raise
-        st["seconds"] = time.monotonic() - t0
-        if rc == 0:
-            st.update(state="completed")
-            self.progress.say(f"  {name} -> {self.rel(out)} ({fmt_seconds(st['seconds'])})")
-        else:
-            st.update(state="failed", error=last_error(log), exit_code=rc)
-            self.progress.say(f"  {name} FAILED: {st['error']} (log: {self.rel(log)})")
-        self.save()
-
     def stage_compare(self, report: bool = True) -> None:
-        """`ftvs compare STUDY/study.json --out STUDY/report`: every evaluated run of the registry (sweeps
-        included; compare groups seeds by arm/method/model/train_fraction), plus the report."""
-        done = [r for r in self.reg["runs"].values() if r["state"] == "completed"]
-        if len(done) < 2:
-            self.reg["stages"]["compare"] = {"state": "skipped", "error": "fewer than two completed runs"}
-            self.progress.say("compare: skipped (fewer than two completed runs)")
-            return
-        out = self.dir / "report"
-        cmd = [sys.executable, "-m", "ftvs", "compare", str(self.path), "--out", str(out)]
-        if not report:
-            cmd.append("--no-report")
-        for name, limit in (self.cfg.get("decide") or {}).items():  # the recommendation's constraints
-            cmd += [f"--{name}", str(limit)]
-        self._stage("compare", cmd, out)
-        st = self.reg["stages"]["compare"]
-        st["with_report"] = report
-        st["report"] = (
-            [self.rel(p) for p in sorted(out.glob("report.*"))] if st.get("state") == "completed" else []
-        )
+        stage_compare(self, report)

@@ -59,6 +59,12 @@ def effective_tune(cfg: dict, arm: dict) -> dict | None:
     """The arm's search: its own `tune:` over the top-level one (the same budget for every arm unless an
     arm says otherwise); None when the arm is not tuned."""
     own = arm.get("tune")
+    if arm["arm"] == "distill":  # a student is not searched: its teacher is, and it takes its own settings
+        if own:
+            raise FtvsError(
+                f"study config: arms.{arm['name']} is a distill arm, which is not tuned; drop its tune:"
+            )
+        return None
     if own is False or (own is None and not cfg.get("tune")):
         return None
     merged = {"n_trials": None, "timeout": None, "pruner": "median", "space": None,

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from ftvs.errors import FtvsError
-from ftvs.study.executors import add_executor_flags, check_executor_flags, executor_from_args
+from ftvs.executors import add_executor_flags, check_executor_flags, executor_from_args
 from ftvs.tune.search import PRUNERS
 from ftvs.tune.space import ARMS
 

@@ -336,7 +336,7 @@ def tune_arm(
     base: fixed settings of every trial (train config keys, or BaselineSettings fields for the baseline);
     space: overrides of the arm's default search space (a mapping or a YAML path, see ftvs.tune.space);
     n_trials / timeout: the budget (finished trials / seconds in trials), at least one of them.
-    executor: where trials run (ftvs.study.executors; default: one at a time on this machine), as many at
+    executor: where trials run (ftvs.executors; default: one at a time on this machine), as many at
     once as it has slots; storage: sqlite | journal | an RDB URL (ftvs.tune.storage; default: what the
     folder holds, else journal on a Ray executor, else sqlite).
     Returns the tune.json content (`best.config` is the best configuration, `best.value` its val macro-F1).
@@ -359,7 +359,7 @@ def tune_arm(
         "space": {k: p.to_dict() for k, p in search_space.items()},
     }
     if executor is None:
-        from ftvs.study.executors.local import LocalExecutor
+        from ftvs.executors.local import LocalExecutor
 
         executor = LocalExecutor()
     storage = choose_storage(out, storage, shared=executor.name == "ray")

@@ -2,7 +2,7 @@
 
 A neural trial is the child process `python -m ftvs train ARM --config TRIAL/trial.yaml --output_dir TRIAL
 --no-evaluate`: the run never touches the test split, and it is exactly the run a user would get from the
-same config. It runs as a job of an executor (ftvs.study.executors: a child process here, one of
+same config. It runs as a job of an executor (ftvs.executors: a child process here, one of
 `--parallel N` at once, or a Ray task on a cluster); the search polls the run's history.jsonl,
 reports each epoch's validation macro-F1 to the Optuna trial and stops the run when the pruner says so.
 The score is the best validation macro-F1 of the run (the epoch whose model the run keeps).
@@ -20,10 +20,10 @@ from pathlib import Path
 import yaml
 
 from ftvs.errors import FtvsError
+from ftvs.executors import Job
+from ftvs.executors.local import last_error
 from ftvs.fileio import atomic_write_bytes, write_json
 from ftvs.rundir import CHECKPOINT_DIR, HISTORY, MODEL_DIR, TRIAL_CONFIG, TRIAL_LOG, read_summary
-from ftvs.study.executors import Job
-from ftvs.study.supervisor import last_error
 
 # what a finished trial keeps: its settings, curves and log; checkpoints and exported models are dropped
 # (a full fine-tune writes ~1.5 GB per trial) because the study retrains the best configuration anyway

@@ -80,11 +80,11 @@ def make_executor(
     if not 0 < ray_timeout < float("inf"):
         raise FtvsError(f"--ray_timeout {ray_timeout:g}: give the seconds to wait for the cluster, e.g. 60")
     if name == "local":
-        from ftvs.study.executors.local import LocalExecutor
+        from ftvs.executors.local import LocalExecutor
 
         return LocalExecutor(parallel or 1)
     if name == "ray":
-        from ftvs.study.executors.ray import RayExecutor
+        from ftvs.executors.ray import RayExecutor
 
         return RayExecutor(
             study_dir,

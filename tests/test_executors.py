@@ -1,4 +1,4 @@
-"""Where a study's runs execute (ftvs/study/executors): one at a time, `--parallel 2`, and a local Ray
+"""Where a study's runs execute (ftvs/executors): one at a time, `--parallel 2`, and a local Ray
 instance with 2 CPUs, on the tiny 4-run study of tests/study_tiny.py. The executors must give the same
 per-run test predictions; under Ray a killed training process is retried and a killed driver leaves a
 study that the same command finishes without retraining what was done.
@@ -25,8 +25,8 @@ from tiny_runs import assert_one_line_error
 from tune_tiny import INTENTS, SPACE, finished, prepare_intents, tune_cmd
 from tune_tiny import run as run_tune
 
-from ftvs.study.executors import Job
-from ftvs.study.executors.local import LocalExecutor
+from ftvs.executors import Job
+from ftvs.executors.local import LocalExecutor
 
 RUNS = ("tfidf-f1-s0", "tfidf-f1-s1", "scratch-f1-s0", "scratch-f1-s1")
 
@@ -81,6 +81,19 @@ def wait_for(what: str, cond, proc: subprocess.Popen, log: Path, timeout: float 
         assert proc.poll() is None, f"the study ended before {what}:\n" + log.read_text()[-3000:]
         assert time.monotonic() < end, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def kill_study_when(cmd: list[str], log: Path, what: str, cond) -> None:
+    """Start the study `cmd` (output to `log`) and SIGKILL it as soon as `cond()` holds."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env())
+    try:
+        wait_for(what, cond, proc, log)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +181,7 @@ def test_ray_is_imported_only_for_the_ray_executor(tiny, tmp_path, capsys):
 def test_a_ray_address_that_does_not_answer_fails_in_one_line(tiny, tmp_path, capsys):
     pytest.importorskip("ray")
     from ftvs.errors import FtvsError
-    from ftvs.study.executors.ray import connect
+    from ftvs.executors.ray import connect
 
     assert_one_line_error(
         capsys,
@@ -270,15 +283,7 @@ def test_ray_study_resumes_after_its_driver_is_killed(ray_address, tmp_path):
             for r in runs
         )
 
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env())
-    try:
-        wait_for("a finished run and one in training", one_done_one_training, proc, log)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_study_when(cmd, log, "a finished run and one in training", one_done_one_training)
     before = registry(out)["runs"]
     done = {
         rid: (

@@ -20,8 +20,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ftvs.errors import FtvsError
-from ftvs.study.executors import RAY_TIMEOUT, Job
-from ftvs.study.executors.local import run_job
+from ftvs.executors import RAY_TIMEOUT, Job
+from ftvs.executors.local import run_job
 
 try:
     import ray

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -20,8 +21,8 @@ import threading
 from pathlib import Path
 
 from ftvs.errors import FtvsError
-from ftvs.study.executors import Job
-from ftvs.study.registry import now
+from ftvs.executors import Job
+from ftvs.fmt import now
 
 
 def _die_with_parent_fn():
@@ -182,3 +183,20 @@ def run_job(job: Job) -> int:
     """Run `job` to its end here (a Ray task's body); the child is stopped if this is interrupted."""
     with child_process(job.command(), job.log, job.label, job.env) as proc:
         return proc.wait()
+
+
+def last_error(log_path: Path) -> str:
+    """The most useful line of a failed subprocess's log: `ftvs: error: ...`, else the last exception line."""
+    if not log_path.is_file():
+        return "no log"
+    with open(log_path, "rb") as f:
+        f.seek(max(0, log_path.stat().st_size - 64_000))
+        lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").replace("\r", "\n").splitlines()]
+    lines = [ln for ln in lines if ln]
+    for ln in reversed(lines):
+        if ln.startswith("ftvs: error:"):
+            return ln[len("ftvs: error:") :].strip()
+    for ln in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", ln):
+            return ln
+    return lines[-1] if lines else "no output"
