@@ -19,10 +19,12 @@ def test_presets_load_validate_and_plan():
         assert ids and len(ids) == len(set(ids))
     quick, _ = load_study_config(preset="quick")
     assert quick["data"]["source"] == "20newsgroups" and quick["seeds"] == [0]
-    assert [a["arm"] for a in quick["arms"]] == ["baseline", "scratch", "finetune", "distill"]
-    student = quick["arms"][-1]
-    assert student["teacher"] == "smollm2-lora" and quick["data"]["unlabeled_from_rest"] > 0
-    plan = {r.id: r for r in plan_runs(quick)}
+    assert [a["arm"] for a in quick["arms"]] == ["baseline", "scratch", "finetune"]
+    distill, _ = load_study_config(preset="quick_distill")
+    assert [a["arm"] for a in distill["arms"]] == ["baseline", "scratch", "finetune", "distill"]
+    student = distill["arms"][-1]
+    assert student["teacher"] == "smollm2-lora" and distill["data"]["unlabeled_from_rest"] > 0
+    plan = {r.id: r for r in plan_runs(distill)}
     assert plan[f"{student['name']}-f1-s0"].teacher == "smollm2-lora-f1-s0" == list(plan)[-2]
     lora = next(a for a in quick["arms"] if a["arm"] == "finetune")
     assert lora["model_name_or_path"] == "smollm2-135m" and lora["method"] == "lora"
