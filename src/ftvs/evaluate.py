@@ -165,8 +165,8 @@ def evaluate_run(
 ) -> dict:
     """Score the run's best model on a split; `mixed_precision` None: the run's own setting (a run
     trained in fp32 is scored in fp32, `auto` resolves as it did in training)."""
+    check_count("--batch-size", batch_size, fix="use e.g. 128")  # the arguments first, then the folder
     run_dir = rundir.existing_run(run_dir)
-    check_count("--batch-size", batch_size, fix="use e.g. 128")
     rundir.check_training_ended(run_dir, "evaluate")
     if rundir.read_marker(run_dir).get("arm") == "baseline":
         if split != "test":
