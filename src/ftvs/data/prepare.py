@@ -36,7 +36,7 @@ from ftvs.data.folder import (
 from ftvs.data.sources import Source, load_source
 from ftvs.data.splitting import stratified_split, stratified_subsample
 from ftvs.data.unlabeled import unlabeled_texts, write_unlabeled
-from ftvs.errors import FtvsError
+from ftvs.errors import FtvsError, is_count
 from ftvs.fileio import write_json
 
 DEFAULT_TOKENIZER = "smollm2-135m"
@@ -142,11 +142,11 @@ def _check_settings(validation_split, test_split, max_train_examples, max_chars,
     for flag, value in (("--validation-split", validation_split), ("--test-split", test_split)):
         if not 0.0 < float(value) < 1.0:
             raise FtvsError(f"{flag} must be between 0 and 1 (exclusive), got {value}")
-    if max_train_examples is not None and max_train_examples < 1:
+    if max_train_examples is not None and not is_count(max_train_examples):
         raise FtvsError(f"--max-train-examples must be a positive integer, got {max_train_examples}")
     if max_chars < 1:
         raise FtvsError(f"--max-chars must be positive, got {max_chars}")
-    if from_rest is not None and (from_rest < 1 or max_train_examples is None):
+    if from_rest is not None and (not is_count(from_rest) or max_train_examples is None):
         raise FtvsError(
             f"--unlabeled_from_rest {from_rest} needs a positive N and --max-train-examples (it keeps the "
             "training texts that cap leaves out); pass both, or --unlabeled FILE"
