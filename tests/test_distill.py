@@ -86,7 +86,7 @@ def test_bad_unlabeled_settings_are_one_line_errors(data, tmp_path, capsys):
                                    "--unlabeled", str(tmp_path / "missing.txt")], "no such file")  # fmt: skip
 
 
-def test_cached_teacher_logits_are_reused_and_a_changed_teacher_is_refused(
+def test_cached_teacher_logits_are_reused_and_a_changed_teacher_is_refused_on_resume(
     data, teacher, tmp_path, monkeypatch, capsys
 ):
     computed = []
@@ -120,6 +120,14 @@ def test_cached_teacher_logits_are_reused_and_a_changed_teacher_is_refused(
         "changed since",
     )
     assert "--overwrite_output_dir" in err and len(computed) == 1
+    # started afresh in the same folder, the student computes the new teacher's logits once, and a
+    # second fresh start with another alpha reuses them
+    assert train_student(data, run, "--teacher", str(teacher), "--overwrite_output_dir") == 0
+    assert len(computed) == 2
+    assert read_json(run / "teacher.json")["teacher_identity"] == distill.teacher_identity(teacher)
+    argv = ["--teacher", str(teacher), "--distill_alpha", "0.2", "--overwrite_output_dir"]
+    assert train_student(data, run, *argv) == 0
+    assert len(computed) == 2 and read_json(run / "train_summary.json")["distill"]["alpha"] == 0.2
 
 
 def test_alpha_one_reproduces_plain_training_exactly(data, tmp_path):

@@ -5,7 +5,9 @@ The teacher's logits on every training text and every unlabeled text the student
 (batched, length-sorted, in the teacher's own precision; a TF-IDF teacher gives its logistic regression's
 logits) and cached in the student's run folder with the teacher's identity (its model files' hash) and the
 texts' hash. A resumed student reuses the cache and never loads the teacher again; a teacher or texts that
-changed since are refused, as `--resume` refuses changed data.
+changed since are refused, as `--resume` refuses changed data. A student started afresh in the same folder
+(`--overwrite_output_dir`: another alpha or temperature) reuses the cache when teacher and texts are the same
+and recomputes it when they are not.
 
 The loss of a batch of n examples, n_l of them labelled, KL(teacher_T || student_T) per example:
     (A * CE(labelled) * n_l + (1 - A) * T^2 * sum_labelled KL + T^2 * sum_unlabeled KL) / n
@@ -95,26 +97,33 @@ def teacher_logits(
     batch_size: int,
     print_fn=print,
     write: bool = True,
+    resume: bool = True,
 ) -> tuple[torch.Tensor, dict]:
     """The teacher's logits on `texts`: from the student's cache when it holds them, else computed and
-    cached (`write`: by the main process only). Returns (logits, the cache's record)."""
+    cached (`write`: by the main process only). A cache of another teacher or other texts is refused when
+    `resume` (the run would change under the user) and replaced otherwise. Returns (logits, the record)."""
     identity = teacher_identity(teacher_dir)
     key = texts_hash(texts)
     run_dir = Path(run_dir) if run_dir else None
     if run_dir and (run_dir / TEACHER_INFO).is_file() and (run_dir / TEACHER_LOGITS).is_file():
         info = read_json(run_dir / TEACHER_INFO, "teacher record")
-        if info.get("teacher_identity") != identity:
+        if info.get("teacher_identity") == identity and info.get("texts_hash") == key:
+            print_fn(f"teacher {teacher_dir}: logits of {len(texts):,} texts from the cache in {run_dir}")
+            return load_tensors(run_dir / TEACHER_LOGITS)["logits"], info
+        if not resume:
+            print_fn(f"teacher {teacher_dir}: the cached logits in {run_dir} are another teacher's or "
+                     "other texts'; computing them anew")  # fmt: skip
+        elif info.get("teacher_identity") != identity:
             raise FtvsError(
                 f"the teacher {teacher_dir} changed since {run_dir} cached its logits (model hash "
                 f"{str(info.get('teacher_identity'))[:12]} -> {identity[:12]}); to learn from the new "
                 "teacher start the student afresh (--overwrite_output_dir or a new --output_dir)"
             )
-        if info.get("texts_hash") != key:
+        else:
             raise FtvsError(
                 f"the training or unlabeled texts changed since {run_dir} cached its teacher's logits; "
                 "rerun with the original data, or start the student afresh (--overwrite_output_dir)"
             )
-        return load_tensors(run_dir / TEACHER_LOGITS)["logits"], info
     t0 = time.perf_counter()
     logits, precision = compute_teacher_logits(teacher_dir, texts, label_names, batch_size)
     info = {
@@ -134,7 +143,7 @@ def teacher_logits(
     return logits, info
 
 
-def student_data(cfg, accelerator, run_dir, train_texts, train_labels, label_names) -> dict:
+def student_data(cfg, accelerator, run_dir, train_texts, train_labels, label_names, resume=True) -> dict:
     """What a student trains on: the training texts plus the folder's unlabeled texts it uses, their
     labels (UNLABELED_LABEL for the unlabeled), the teacher's logits on all of them (None without a
     teacher) and the record of it for config.yaml."""
@@ -145,7 +154,7 @@ def student_data(cfg, accelerator, run_dir, train_texts, train_labels, label_nam
     texts = train_texts + unlabeled
     logits, info = teacher_logits(
         run_dir, cfg.teacher, texts, label_names, cfg.per_device_eval_batch_size, accelerator.print,
-        write=accelerator.is_main_process,
+        write=accelerator.is_main_process, resume=resume,
     )  # fmt: skip
     record = {**info, "alpha": cfg.distill_alpha, "temperature": cfg.distill_temperature,
               "num_labelled": len(train_texts), "num_unlabeled": len(unlabeled)}  # fmt: skip

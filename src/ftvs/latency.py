@@ -4,7 +4,10 @@ What is timed is the whole path from raw text to a label: tokenising (or TF-IDF 
 forward pass and the arg-max, on the scoring device in the scoring precision. Two numbers:
 
 - batch 1: one text at a time, `BATCH1_TEXTS` test texts after `WARMUP` untimed ones; the p50 and p95 of
-  the per-text milliseconds (what one request waits);
+  the per-text milliseconds (what one request waits). A single short text gives a thread pool too little
+  work to share: a 0.75M-parameter model answers faster on one thread than on two, a 135M one the other
+  way round. So the torch thread count for batch 1 is chosen as a server would choose it, by timing the
+  candidates (1 and the process's count) on `THREAD_PROBE_TEXTS` texts, and recorded beside the numbers;
 - batch 64: `THROUGHPUT_TEXTS` test texts in batches of `THROUGHPUT_BATCH` after one untimed batch;
   seconds per 1,000 texts (what a bulk job pays).
 
@@ -25,6 +28,7 @@ BATCH1_TEXTS = 64
 WARMUP = 3
 THROUGHPUT_BATCH = 64
 THROUGHPUT_TEXTS = 512
+THREAD_PROBE_TEXTS = 8
 SCOPE = "raw text to label (tokenise or featurise, pad, forward, arg-max)"
 
 
@@ -40,13 +44,13 @@ def measure_latency(
     texts = [t for t in texts if isinstance(t, str)] or ["x"]
     need = max(BATCH1_TEXTS + WARMUP, THROUGHPUT_TEXTS)
     pool = (texts * (need // len(texts) + 1))[:need]  # a small test set is cycled
-    ms = []
-    for i, text in enumerate(pool[: BATCH1_TEXTS + WARMUP]):
-        start = time.perf_counter()
-        predict([text])
-        _sync(device)
-        if i >= WARMUP:
-            ms.append(1000 * (time.perf_counter() - start))
+    threads = torch.get_num_threads()
+    batch1_threads = _fastest_threads(predict, pool[:THREAD_PROBE_TEXTS], device, threads)
+    torch.set_num_threads(batch1_threads)
+    try:
+        ms = _batch1_ms(predict, pool[: BATCH1_TEXTS + WARMUP], device)[WARMUP:]
+    finally:
+        torch.set_num_threads(threads)
     batches = [pool[i : i + THROUGHPUT_BATCH] for i in range(0, THROUGHPUT_TEXTS, THROUGHPUT_BATCH)]
     predict(batches[0])  # warm-up: allocator growth and kernel choice for the larger shapes
     _sync(device)
@@ -64,9 +68,33 @@ def measure_latency(
         "throughput_seconds_per_1000": 1000 * seconds / len(pool),
         "device": str(device),
         "precision": precision,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads,
+        "batch1_torch_threads": batch1_threads,
         "scope": SCOPE,
     }
+
+
+def _batch1_ms(predict, texts: list[str], device: str) -> list[float]:
+    ms = []
+    for text in texts:
+        start = time.perf_counter()
+        predict([text])
+        _sync(device)
+        ms.append(1000 * (time.perf_counter() - start))
+    return ms
+
+
+def _fastest_threads(predict, texts: list[str], device: str, threads: int) -> int:
+    """The torch thread count (1 or `threads`) with the lower median batch-1 time on `texts` (after one
+    untimed pass at each count, so that neither pays the warm-up)."""
+    if threads <= 1 or not str(device).startswith("cpu"):
+        return threads
+    median = {}
+    for n in (threads, 1, threads, 1):  # interleaved, the second pass of each counts
+        torch.set_num_threads(n)
+        median[n] = float(np.median(_batch1_ms(predict, texts, device)))
+    torch.set_num_threads(threads)
+    return min(median, key=lambda n: (median[n], -n))
 
 
 def neural_predictor(arm, model, device) -> Callable[[list[str]], object]:

@@ -133,13 +133,13 @@ def check_output_dir(out, kind: str, *, data_dir=None, resume: bool = False, ove
         )
 
 
-def clear_run(run_dir) -> None:
-    """Remove a run's files (all of them, after `check_output_dir` found nothing else there)."""
+def clear_run(run_dir, keep: tuple[str, ...] = ()) -> None:
+    """Remove a run's files (all of them but `keep`, after `check_output_dir` found nothing else there)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return
     for p in run_dir.iterdir():
-        if is_run_file(p.name) and p.name != ".lock":  # the lock may be held by this very process
+        if is_run_file(p.name) and p.name not in (".lock", *keep):  # the lock: held by this very process
             if p.is_dir():
                 shutil.rmtree(p)
             else:

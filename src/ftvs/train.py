@@ -53,6 +53,8 @@ from ftvs.rundir import (
     HISTORY,
     METRICS,
     MODEL_DIR,
+    TEACHER_INFO,
+    TEACHER_LOGITS,
     TRAIN_SUMMARY,
     check_output_dir,
     check_same_data,
@@ -94,8 +96,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, data_
     with RunLock(run_dir) if main else contextlib.nullcontext():
         if main:
             check_output_dir(run_dir, cfg.arm, data_dir=cfg.data, resume=resume, overwrite=overwrite)
-            if overwrite and not resume:
-                clear_run(run_dir)
+            if overwrite and not resume:  # a student keeps its teacher's logits: reused if still valid
+                clear_run(run_dir, keep=(TEACHER_LOGITS, TEACHER_INFO) if cfg.teacher else ())
             # a kill between replace_dir's two renames leaves only "<name>.old": put it back
             for name in (ckpt.CHECKPOINT_DIR, MODEL_DIR):
                 recover_dir(run_dir / name)
@@ -107,7 +109,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, data_
         if auto_defaults:
             accelerator.print(describe_auto_defaults(auto_defaults))
         check_run_dir(run_dir, cfg, resume, data_given)
-        setup = set_up(cfg, accelerator, run_dir)
+        setup = set_up(cfg, accelerator, run_dir, resume)
         setup.resolved["auto_defaults"] = auto_defaults
         state, running = start_or_resume(setup, run_dir, resume)
         setup.tracker = RunTracker(cfg, run_dir, main)
@@ -305,8 +307,9 @@ class Setup:
         return self.accelerator.is_main_process
 
 
-def set_up(cfg: TrainConfig, accelerator, run_dir: Path | None = None) -> Setup:
-    """With --teacher, the teacher's logits come from (or go to) `run_dir`'s cache (ftvs.distill)."""
+def set_up(cfg: TrainConfig, accelerator, run_dir: Path | None = None, resume: bool = True) -> Setup:
+    """With --teacher, the teacher's logits come from (or go to) `run_dir`'s cache (ftvs.distill); a
+    resumed run refuses a cache of another teacher or other texts, a fresh one replaces it."""
     from accelerate.utils import set_seed
 
     meta = load_metadata(cfg.data)
@@ -315,7 +318,7 @@ def set_up(cfg: TrainConfig, accelerator, run_dir: Path | None = None) -> Setup:
     val_texts, val_labels = load_split(cfg.data, "val")
     weights = class_weights.resolve(cfg.class_weights, train_labels, label_names)  # bad weights fail first
     # before the seed: loading the teacher must leave the student's random state as without it
-    student = student_data(cfg, accelerator, run_dir, train_texts, train_labels, label_names)
+    student = student_data(cfg, accelerator, run_dir, train_texts, train_labels, label_names, resume)
     set_seed(cfg.seed)
     texts, labels = student["texts"], student["labels"]  # the training texts, then any unlabeled ones
     arm = build_arm(cfg, texts, label_names)
