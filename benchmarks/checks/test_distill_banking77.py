@@ -41,8 +41,8 @@ RUNS = {
              "--learning_rate", "1.4e-3", "--lora_r", "16", "--lora_alpha", "64", "--num_train_epochs", "5",
              "--per_device_train_batch_size", "8", "--disable_tqdm"],
     "scratch": ["scratch", *TINY, "--num_train_epochs", "40", "--early_stopping_patience", "10"],
-    "student": ["scratch", *TINY, "--num_train_epochs", "8", "--early_stopping_patience", "3",
-                "--distill_alpha", "0.3", "--distill_temperature", "2"],
+    "student": ["scratch", *TINY, "--num_train_epochs", "20", "--early_stopping_patience", "5",
+                "--distill_alpha", "0.5", "--distill_temperature", "1"],
 }  # fmt: skip
 
 
