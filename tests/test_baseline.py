@@ -145,3 +145,16 @@ def test_a_config_file_is_taken_as_is_and_flags_override_it(tmp_path, capsys):
         == 2
     )
     assert "unknown key 'max_iters'" in capsys.readouterr().err
+
+
+def test_one_text_logits_equal_the_batched_scikit_learn_path(run, data_dir):
+    """A single text (a served request, the batch-1 latency) skips scikit-learn's transform; on every test
+    text its logits are the batched path's (sparse TF-IDF matrix @ weights) to float32 rounding."""
+    model = BaselineModel.load(run / "model")
+    texts, _ = load_split(data_dir, "test")
+    texts = [*texts, "", "zzzz qqqq", "THE the The"]  # nothing in the vocabulary; case folding
+    batched = model.logits(texts)
+    one = np.stack([model.logits([t])[0] for t in texts])
+    np.testing.assert_allclose(one, batched, rtol=1e-5, atol=1e-5)
+    assert (one.argmax(1) == batched.argmax(1)).all()
+    assert model.settings.sublinear_tf and model.word.norm == model.char.norm == "l2"

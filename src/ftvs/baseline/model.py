@@ -114,8 +114,36 @@ class BaselineModel:
         return int(self.coef.shape[1])
 
     def logits(self, texts) -> np.ndarray:
+        if len(texts) == 1:  # one request: the same numbers without scikit-learn's per-call overhead
+            return self._one_text_logits(texts[0])[None, :]
         x = self.features(texts)
         return np.asarray(x @ self.coef_t, dtype=np.float64) + self.intercept
+
+    def _one_text_logits(self, text: str) -> np.ndarray:
+        """`logits([text])[0]` computed directly: scikit-learn's `transform` spends ~1 ms a call on input
+        checks and on building sparse matrices (1.4 ms p50 for a 20 Newsgroups post, 0.1 ms of which is the
+        n-gram analyzer); here each vectoriser's n-grams are counted, weighted (sublinear tf, idf, L2) and
+        the matching rows of the weight matrix summed, as `transform` + `@` do (tests: equal to 1e-5)."""
+        out = self.intercept.astype(np.float64)
+        offset = 0
+        for vec in (self.word, self.char):
+            vocab = vec.vocabulary_  # build_analyzer: ~1 µs, the pipeline `transform` itself runs
+            found = [i for i in map(vocab.get, vec.build_analyzer()(text)) if i is not None]
+            if found:
+                idx, counts = np.unique(np.asarray(found, dtype=np.int64), return_counts=True)
+                w = counts.astype(np.float32)
+                if vec.sublinear_tf:
+                    np.log(w, w)
+                    w += 1.0
+                if vec.use_idf:
+                    w = (w * vec.idf_[idx]).astype(np.float32)
+                if vec.norm == "l2":
+                    w /= np.float32(np.sqrt(np.dot(w, w)))
+                elif vec.norm == "l1":
+                    w /= np.float32(np.abs(w).sum())
+                out += w @ self.coef_t[offset + idx]
+            offset += len(vocab)
+        return out
 
     def predict_proba(self, texts) -> np.ndarray:
         return _softmax(self.logits(texts))
