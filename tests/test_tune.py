@@ -221,8 +221,11 @@ def test_tuning_never_reads_the_test_split_and_prunes_a_trailing_trial(data_dir,
     (blind / "test.jsonl").unlink()
     out = tmp_path / "tune"
     out.mkdir()
+    epochs = 24
     # two trials that learn, then one whose learning rate cannot move the model: the median pruner must
-    # stop it after its 2nd epoch (of 8), below the median of the two completed trials there
+    # stop it after its 2nd epoch (of 24), below the median of the two completed trials there. 24 epochs
+    # (~0.1 s each here) leave the search's 0.5 s poll ample time to stop the child before it ends; with
+    # 8, a fast idle machine could finish them between two polls
     study = optuna.create_study(
         study_name="ftvs-tune", storage=f"sqlite:///{out / 'optuna.db'}", direction="maximize"
     )
@@ -233,7 +236,7 @@ def test_tuning_never_reads_the_test_split_and_prunes_a_trailing_trial(data_dir,
         "scratch",
         blind,
         out,
-        base={**TINY_SETTINGS, "num_train_epochs": 8, "early_stopping_patience": 0},
+        base={**TINY_SETTINGS, "num_train_epochs": epochs, "early_stopping_patience": 0},
         space=space,
         n_trials=3,
         seed=1,
@@ -244,7 +247,7 @@ def test_tuning_never_reads_the_test_split_and_prunes_a_trailing_trial(data_dir,
     pruned = summary["trials"][2]
     assert pruned["epochs_run"] == 2 and list(pruned["val_macro_f1_per_epoch"]) == ["1", "2"]
     assert (
-        len((Path(pruned["run_dir"]) / "history.jsonl").read_text().splitlines()) < 8
+        len((Path(pruned["run_dir"]) / "history.jsonl").read_text().splitlines()) < epochs
     )  # the child was stopped
     assert summary["best"]["number"] in (0, 1) and summary["budget"]["trials_finished"] == 3
     assert not (blind / "test.jsonl").exists()
