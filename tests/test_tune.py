@@ -221,22 +221,27 @@ def test_tuning_never_reads_the_test_split_and_prunes_a_trailing_trial(data_dir,
     (blind / "test.jsonl").unlink()
     out = tmp_path / "tune"
     out.mkdir()
-    epochs = 24
-    # two trials that learn, then one whose learning rate cannot move the model: the median pruner must
-    # stop it after its 2nd epoch (of 24), below the median of the two completed trials there. 24 epochs
-    # (~0.1 s each here) leave the search's 0.5 s poll ample time to stop the child before it ends; with
-    # 8, a fast idle machine could finish them between two polls
+    # two trials that learn (8 epochs), then one whose learning rate cannot move the model: the median
+    # pruner must stop it after its 2nd epoch, below the median of the two completed trials there. That
+    # one may run 400 epochs (~0.1 s each here): it must be stopped long before. With 8 or 24 epochs it
+    # could end first when a loaded machine held up the search's 0.5 s polls for ~2 s (seen in CI)
     study = optuna.create_study(
         study_name="ftvs-tune", storage=f"sqlite:///{out / 'optuna.db'}", direction="maximize"
     )
-    for lr in (1e-2, 5e-3, 1e-6):
-        study.enqueue_trial({"learning_rate": lr, "dropout": 0.0, "pooling": "mean"})
-    space = {**SPACE, "learning_rate": {"low": 1e-6, "high": 3e-2, "log": True}}
+    for lr, epochs in ((1e-2, 8), (5e-3, 8), (1e-6, 400)):
+        params = {"learning_rate": lr, "dropout": 0.0, "pooling": "mean", "num_train_epochs": epochs}
+        study.enqueue_trial(params)
+    space = {
+        **SPACE,
+        "learning_rate": {"low": 1e-6, "high": 3e-2, "log": True},
+        "num_train_epochs": [8, 400],
+    }
+    per_trial_epochs = {k: v for k, v in TINY_SETTINGS.items() if k != "num_train_epochs"}
     summary = tune_arm(
         "scratch",
         blind,
         out,
-        base={**TINY_SETTINGS, "num_train_epochs": epochs, "early_stopping_patience": 0},
+        base={**per_trial_epochs, "early_stopping_patience": 0},
         space=space,
         n_trials=3,
         seed=1,
@@ -247,7 +252,7 @@ def test_tuning_never_reads_the_test_split_and_prunes_a_trailing_trial(data_dir,
     pruned = summary["trials"][2]
     assert pruned["epochs_run"] == 2 and list(pruned["val_macro_f1_per_epoch"]) == ["1", "2"]
     assert (
-        len((Path(pruned["run_dir"]) / "history.jsonl").read_text().splitlines()) < epochs
+        len((Path(pruned["run_dir"]) / "history.jsonl").read_text().splitlines()) < 400
     )  # the child was stopped
     assert summary["best"]["number"] in (0, 1) and summary["budget"]["trials_finished"] == 3
     assert not (blind / "test.jsonl").exists()
