@@ -137,10 +137,8 @@ class BaselineModel:
                     w += 1.0
                 if vec.use_idf:
                     w = (w * vec.idf_[idx]).astype(np.float32)
-                if vec.norm == "l2":
+                if vec.norm == "l2":  # what `_vectorizers` builds (scikit-learn's default); None: no norm
                     w /= np.float32(np.sqrt(np.dot(w, w)))
-                elif vec.norm == "l1":
-                    w /= np.float32(np.abs(w).sum())
                 out += w @ self.coef_t[offset + idx]
             offset += len(vocab)
         return out
