@@ -283,35 +283,43 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama_dir):
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
-def backward_ops(out: torch.Tensor) -> set[str]:
-    """Names of the autograd nodes a backward from `out` would run."""
+def graph_nodes(out: torch.Tensor) -> set:
+    """The autograd nodes a backward from `out` would run."""
     seen, stack = set(), [out.grad_fn]
     while stack:
         fn = stack.pop()
         if fn is not None and fn not in seen:
             seen.add(fn)
             stack.extend(f for f, _ in fn.next_functions)
-    return {type(fn).__name__ for fn in seen}
+    return seen
 
 
-def test_a_cpu_training_step_runs_the_math_attention_kernel_and_gives_the_same_gradients(tiny_llama_dir):
-    """torch's fused CPU flash attention has a slow backward; the fine-tuned step trains through the
-    math kernel instead (arms/hf.py, `training_attention`), with the same result."""
+def test_a_cpu_training_step_attends_through_grouped_matmuls_in_bf16_with_the_same_gradients(tiny_llama_dir):
+    """torch's SDPA kernels train slowly on the CPU (the flash kernel's backward, the math kernel's fp32
+    upcast and repeated key/value heads); the fine-tuned step attends through arms/cpu_attention.py
+    instead: the same gradients as torch's default in fp32, bf16 matmuls under autocast. The tiny Llama
+    has 4 query heads on 2 key/value heads, and the batch is padded, so the grouping and the mask count."""
     texts, y, labels = sample_texts()
     arm = finetune_arm(tiny_llama_dir, labels, method="lora", lora_r=4)
     arm.model.eval()  # no dropout: both paths compute the same function
     batch = arm.collate(arm.encode(texts))
+    assert (batch["attention_mask"] == 0).any()
     grads = []
     for logits in (arm.model(**batch), arm.net(**batch, use_cache=False).logits):
-        ops = backward_ops(logits)
+        ops = {type(n).__name__ for n in graph_nodes(logits)}
         F.cross_entropy(logits, y).backward()
         a = next(p for n, p in arm.net.named_parameters() if "layers.0.self_attn.q_proj.lora_A" in n)
         grads.append((ops, a.grad.clone()))
         a.grad = None
     (ours, ours_grad), (torch_default, default_grad) = grads
-    assert not any("FlashAttention" in op for op in ours) and "SafeSoftmaxBackward0" in ours
+    assert "SoftmaxBackward0" in ours and not any("Flash" in op or "SafeSoftmax" in op for op in ours)
     assert any("FlashAttention" in op for op in torch_default)  # what it replaces
     torch.testing.assert_close(ours_grad, default_grad, rtol=1e-4, atol=1e-6)
+    assert arm.hf.config._attn_implementation == "sdpa"  # only switched for the training forward
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = arm.model(**batch)
+    bmm = [n for n in graph_nodes(logits) if type(n).__name__ == "BmmBackward0"]
+    assert len(bmm) == 2 * 2 and {t.dtype for n in bmm for t in (n._saved_self, n._saved_mat2)} == {torch.bfloat16}
 
 
 def test_bad_settings_are_one_line_errors(tiny_llama_dir, tmp_path):

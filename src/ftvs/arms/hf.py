@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ftvs.arms.base import embedding_param_ids
+from ftvs.arms.cpu_attention import training_attention
 from ftvs.batching import pad_token_batch
 from ftvs.errors import FtvsError
 from ftvs.pretrained import check_decoder_only, load_config, safe_pretrained_kwargs
@@ -26,7 +27,7 @@ class SequenceClassifier(nn.Module):
         self.base_frozen = False  # a frozen base is kept in eval mode (no dropout noise on fixed features)
 
     def forward(self, input_ids, attention_mask=None):
-        with training_attention(input_ids.device.type):
+        with training_attention(unwrap_peft(self.net).config, input_ids.device.type):
             return self.net(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     def train(self, mode: bool = True):
@@ -34,19 +35,6 @@ class SequenceClassifier(nn.Module):
         if mode and self.base_frozen:
             base_model(self.net).eval()
         return self
-
-
-def training_attention(device_type: str):
-    """The SDPA kernel of a fine-tuned step that trains on the CPU: the math kernel, whose backward is
-    plain matmuls. torch's fused CPU flash kernel is the default there, and its backward cost ~14x its
-    forward (49 ms against 3.4 ms a layer, SmolLM2-135M LoRA at 16 x 128 tokens in bf16): the math kernel
-    made the whole LoRA step 1.5x faster at 16 tokens (benchmarks/RESULTS.md, "Attention kernels").
-    Inference, and CUDA, keep torch's own choice."""
-    if device_type != "cpu" or not torch.is_grad_enabled():
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.MATH])
 
 
 class FeatureHead(nn.Module):
