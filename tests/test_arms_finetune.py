@@ -319,7 +319,9 @@ def test_a_cpu_training_step_attends_through_grouped_matmuls_in_bf16_with_the_sa
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = arm.model(**batch)
     bmm = [n for n in graph_nodes(logits) if type(n).__name__ == "BmmBackward0"]
-    assert len(bmm) == 2 * 2 and {t.dtype for n in bmm for t in (n._saved_self, n._saved_mat2)} == {torch.bfloat16}
+    assert len(bmm) == 2 * 2 and {t.dtype for n in bmm for t in (n._saved_self, n._saved_mat2)} == {
+        torch.bfloat16
+    }
 
 
 def test_bad_settings_are_one_line_errors(tiny_llama_dir, tmp_path):

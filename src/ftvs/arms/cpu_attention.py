@@ -48,7 +48,11 @@ def grouped_attention(module, query, key, value, attention_mask, scaling=None, d
             causal = torch.ones(T, S, dtype=torch.bool, device=query.device).tril(S - T)
             scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
     else:
-        m = attention_mask[:, :, None] if attention_mask.shape[1] == 1 else attention_mask.unflatten(1, (KV, G))
+        m = (
+            attention_mask[:, :, None]
+            if attention_mask.shape[1] == 1
+            else attention_mask.unflatten(1, (KV, G))
+        )
         if m.dtype == torch.bool:
             scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min)
         else:
