@@ -1,15 +1,16 @@
 """The attention of a fine-tuned step that trains on the CPU: grouped-query attention as two plain matmuls
 in the autocast dtype (bf16 where it runs) around an fp32 softmax.
 
-torch's SDPA kernels are slow to train through on the CPU: the fused flash kernel's backward costs ~14x its
-forward, and the math kernel upcasts bf16 inputs to fp32 and repeats the key/value heads for grouped-query
+torch's SDPA kernels are slow to train through on the CPU in bf16: the fused flash kernel's backward costs
+~14x its forward, and the math kernel upcasts bf16 inputs to fp32 and repeats the key/value heads for grouped-query
 attention. Here the query heads that share a key/value head are stacked into one matrix, so each
-(batch, key/value head) pair is one bf16 matmul with no repeated keys or values. Measured on 2 cores of an
-AMX Xeon (SmolLM2-135M shapes, 16 texts, bf16, forward + backward of one layer): 1.3 / 6.0 / 13.3 ms at 16 /
-64 / 128 tokens for the HF eager layout, 2.0 / 7.2 / 20.8 ms for SDPA's math kernel, 6.5 / 14.2 / 32.7 ms
-for its flash kernel (benchmarks/RESULTS.md, "The LoRA step on the CPU").
+(batch, key/value head) pair is one bf16 matmul with no repeated keys or values. Forward + backward of one
+layer at SmolLM2-135M's shapes (16 texts, 9 query heads on 3 key/value heads), 2 idle cores of an AMX
+Xeon, at 16 / 64 / 128 tokens: bf16 1.1 / 4.6 / 11.8 ms here against 1.6 / 8.8 / 22.3 ms for SDPA's math
+kernel and 6.5 / 16.0 / 36.0 ms for its flash kernel; fp32 0.8 / 5.1 / 19.3 ms against 1.4 / 6.9 / 19.5
+(math) and 1.3 / 5.5 / 18.7 (flash) (benchmarks/RESULTS.md, "The LoRA step on the CPU").
 
-`training_attention(net, device_type)` switches an SDPA model to it for one training forward; inference
+`training_attention(config, device_type)` switches an SDPA model to it for one training forward; inference
 (no grad) and CUDA keep torch's SDPA. Registered with transformers' AttentionInterface under
 `GROUPED_ATTENTION`, with SDPA's mask function: the mask is SDPA's boolean one, or None for plain causal.
 """
