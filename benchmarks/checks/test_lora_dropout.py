@@ -12,10 +12,9 @@ numbers a step at 16 x 128 tokens from torch's serial CPU generator: 0.85 s of a
 """
 
 import json
-import statistics
 
 import pytest
-from test_precision_parity import prepared  # noqa: F401 (the fixture: prepared folders, made once)
+from test_precision_parity import prepared, seed_stats  # noqa: F401 (prepared: the fixture, folders made once)
 
 import ftvs
 from ftvs.config import TrainConfig
@@ -59,9 +58,7 @@ def test_no_lora_dropout_is_as_accurate_over_three_seeds(dataset, prepared, tmp_
                 **settings,
             )
             accuracies[dropout].append(metrics["test"]["accuracy"])
-    stats = {
-        d: {"mean": statistics.mean(a), "sd": statistics.stdev(a), "runs": a} for d, a in accuracies.items()
-    }
+    stats = seed_stats(accuracies)
     loss = stats[DROPOUTS[1]]["mean"] - stats[DROPOUTS[0]]["mean"]
     allowed = max(MAX_LOSS, max(s["sd"] for s in stats.values()))
     print(f"dropout: {dataset} {json.dumps({**stats, 'loss': loss, 'allowed': allowed})}")

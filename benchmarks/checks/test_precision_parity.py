@@ -78,11 +78,16 @@ def prepared(tmp_path_factory):
     return get
 
 
+def seed_stats(accuracies: dict) -> dict:
+    """Per setting, the mean and standard deviation of its test accuracies over the seeds, and the runs."""
+    return {
+        k: {"mean": statistics.mean(a), "sd": statistics.stdev(a), "runs": a} for k, a in accuracies.items()
+    }
+
+
 def parity(accuracies: dict) -> dict:
     """Mean and standard deviation of test accuracy per precision, their gap and whether it passes."""
-    stats = {
-        p: {"mean": statistics.mean(a), "sd": statistics.stdev(a), "runs": a} for p, a in accuracies.items()
-    }
+    stats = seed_stats(accuracies)
     gap = abs(stats["no"]["mean"] - stats["bf16"]["mean"])
     allowed = max(MAX_GAP, max(s["sd"] for s in stats.values()))
     return {**stats, "gap": gap, "allowed": allowed, "passes": gap <= allowed}
