@@ -365,12 +365,22 @@ def test_ray_trials_with_a_journal_storage_resume_anywhere(tune_data, tune_space
 NO_TOKEN = {"RAY_AUTH_MODE": "disabled"}
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def _free_port() -> int:
+    """A port free now and not handed out before in this test session: the kernel can hand the same
+    ephemeral port to two `bind(0)` calls once the first socket is closed, and Ray refuses a node whose
+    components share a port (a CI failure: runtime_env_agent and dashboard_agent_grpc both got 48085)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def _process_tree(root: int) -> list[int]:
