@@ -140,9 +140,12 @@ def flop_model_of(timer, arm, accelerator, cross_check: bool) -> tuple:
     and, unless `cross_check` is off, torch's FlopCounterMode count of the same batch next to it."""
     sample = timer.sample_batch()
     sample_labels = sample.pop("labels")
-    timer.model.train()
+    # the module under torch.compile: FLOP hooks and FlopCounterMode on the compiled one left it running
+    # eagerly from then on (every later step of a `--compile` bench was an eager step)
+    model = getattr(timer.model, "_orig_mod", timer.model)
+    model.train()
     with accelerator.autocast():
-        profile = linear_flop_profile(timer.model, sample, grad=True)
+        profile = linear_flop_profile(model, sample, grad=True)
     n_layer, d_attn = model_shape(arm)
     trains_below_head = profile["tok_w"] > 0
     flop_model = FlopModel(
@@ -152,7 +155,7 @@ def flop_model_of(timer, arm, accelerator, cross_check: bool) -> tuple:
     if not cross_check:
         return flop_model, None
     with accelerator.autocast():
-        counted = counted_flops(timer.model, sample, sample_labels)
+        counted = counted_flops(model, sample, sample_labels)
     if not counted:
         return flop_model, None
     linear_only = FlopModel(profile, n_layer, d_attn, trains_below_head, uses_attention=False)

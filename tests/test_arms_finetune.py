@@ -324,6 +324,72 @@ def test_a_cpu_training_step_attends_through_grouped_matmuls_in_bf16_with_the_sa
     }
 
 
+class ActivationCasts(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts dtype casts of [batch, tokens, hidden] activations, by (from, to) dtype."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.counts = tuple(shape), {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten._to_copy.default and tuple(args[0].shape) == self.shape:
+            key = (args[0].dtype, out.dtype)
+            self.counts[key] = self.counts.get(key, 0) + 1
+        return out
+
+
+def test_a_lora_step_under_autocast_casts_each_activation_once_with_the_same_gradients(tiny_llama_dir):
+    """Under bf16 autocast the residual stream stays fp32; without arms/cast_once.py every Linear that reads a
+    norm's output casts it to bf16 again (and peft casts LoRA inputs up to fp32 first). Storing the frozen
+    base in bf16 (what `ftvs train` does) makes each norm cast once: the training forward feeds q_proj bf16,
+    the adapters' gradients stay those of the step before, and inference is untouched."""
+    texts, y, labels = sample_texts()
+    arm = finetune_arm(tiny_llama_dir, labels, method="lora", lora_r=4)
+    arm.model.eval()  # no dropout: both steps compute the same function
+    with torch.no_grad():  # LoRA starts with B = 0, which leaves A without a gradient
+        for name, p in arm.net.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    batch = arm.collate(arm.encode(texts))
+    hidden = arm.hf.config.hidden_size
+    layers = arm.hf.config.num_hidden_layers
+    q_inputs = []
+    q_proj = next(m for n, m in arm.net.named_modules() if n.endswith("layers.0.self_attn.q_proj"))
+    q_proj.register_forward_pre_hook(lambda m, args: q_inputs.append(args[0].dtype))
+
+    def step():
+        forward, backward = (ActivationCasts((*batch["input_ids"].shape, hidden)) for _ in range(2))
+        with forward, torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = arm.model(**batch)
+        with backward:
+            F.cross_entropy(logits.float(), y).backward()
+        grads = {n: p.grad.float().clone() for n, p in arm.net.named_parameters() if p.grad is not None}
+        arm.net.zero_grad(set_to_none=True)
+        return (forward.counts, backward.counts), grads
+
+    def inference():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return arm.model(**batch)
+
+    inference_before = inference()
+    casts_before, grads_before = step()
+    arm.store_frozen_weights(torch.bfloat16)
+    casts_after, grads_after = step()
+    up = (torch.float32, torch.bfloat16)
+    # before: q, k, v and the LoRA inputs each cast the attention norm's output, gate and up the MLP norm's
+    # (19 forward casts on the tiny Llama's 2 blocks); after: one a norm, plus the head's input
+    assert casts_before[0][up] >= 4 * layers + 1 and casts_after[0] == {up: 2 * layers + 1}
+    assert sum(casts_after[1].values()) < sum(casts_before[1].values())  # and fewer in the backward
+    assert q_inputs == [torch.float32, torch.float32, torch.bfloat16]  # what each forward fed q_proj
+    assert grads_before.keys() == grads_after.keys() and any("lora_A" in n for n in grads_after)
+    for name, g in grads_after.items():
+        err = (g - grads_before[name]).norm() / grads_before[name].norm()
+        assert err < 2e-2, (name, err)  # bf16 rounding of the gradient sums and of RoPE
+    torch.testing.assert_close(inference(), inference_before, rtol=0, atol=0)
+    assert q_inputs[-1] == torch.float32  # no grad: the hooks leave inference alone
+
+
 def test_bad_settings_are_one_line_errors(tiny_llama_dir, tmp_path):
     with pytest.raises(FtvsError, match="did you mean 'lora'"):
         finetune_arm(tiny_llama_dir, ["a", "b"], method="lorra")

@@ -14,38 +14,30 @@ numbers a step at 16 x 128 tokens from torch's serial CPU generator: 0.85 s of a
 import json
 
 import pytest
-from test_precision_parity import prepared, seed_stats  # noqa: F401 (prepared: the fixture, folders made once)
+from test_precision_parity import (
+    LORA_EPOCHS,
+    prepared,  # noqa: F401 (the fixture: folders made once)
+    quick_lora_settings,
+    seed_stats,
+)
 
 import ftvs
 from ftvs.config import TrainConfig
-from ftvs.study.config import load_study_config
-from ftvs.study.plan import plan_runs
 
 SEEDS = (0, 1, 2)
 DROPOUTS = (0.0, 0.05)  # the default, the former default
 MAX_LOSS = 0.01  # mean test accuracy: no dropout at most 1 point below 0.05 ...
 # ... or less than one seed standard deviation (the larger of the two)
-EPOCHS = {"20newsgroups": None, "banking77": 3}  # None: the quick preset's own
-
-
-def quick_lora_settings() -> dict:
-    """The quick study's LoRA run settings, as `ftvs study --preset quick` trains them."""
-    cfg, _ = load_study_config(preset="quick")
-    (run,) = [r for r in plan_runs(cfg) if r.kind == "finetune"]
-    skip = ("extra", "tracking_project", "save_steps")
-    return {"arm": run.kind, **{k: v for k, v in run.settings.items() if k not in skip}}
 
 
 def test_the_default_is_no_lora_dropout():
     assert TrainConfig.__dataclass_fields__["lora_dropout"].default == DROPOUTS[0]
 
 
-@pytest.mark.parametrize("dataset", list(EPOCHS))
+@pytest.mark.parametrize("dataset", list(LORA_EPOCHS))
 def test_no_lora_dropout_is_as_accurate_over_three_seeds(dataset, prepared, tmp_path):  # noqa: F811
     data = prepared(dataset)
-    settings = quick_lora_settings()
-    if EPOCHS[dataset]:
-        settings["num_train_epochs"] = EPOCHS[dataset]
+    settings = quick_lora_settings(dataset)
     accuracies = {d: [] for d in DROPOUTS}
     for seed in SEEDS:
         for dropout in DROPOUTS:  # interleaved: a slow phase of the machine hits both
@@ -55,6 +47,7 @@ def test_no_lora_dropout_is_as_accurate_over_three_seeds(dataset, prepared, tmp_
                 seed=seed,
                 lora_dropout=dropout,
                 disable_tqdm=True,
+                arm="finetune",
                 **settings,
             )
             accuracies[dropout].append(metrics["test"]["accuracy"])

@@ -27,10 +27,12 @@ import torch
 import torch.nn as nn
 
 from ftvs.arms.base import DEFAULT_LEARNING_RATES, Arm, base_ids, decay_param_groups, embedding_param_ids
+from ftvs.arms.cast_once import cast_activations_once
 from ftvs.arms.hf import (
     FeatureHead,
     SequenceClassifier,
     base_model,
+    block_list,
     enable_gradient_checkpointing,
     feature_head_matches,
     head_name,
@@ -107,6 +109,7 @@ class FinetuneArm(Arm):
         self.base_lr_ratio = float(base_lr_ratio)
         self.lora = lora
         self.gradient_checkpointing = gradient_checkpointing
+        self._casts_once = False  # store_frozen_weights hooks the casts once (arms/cast_once.py)
         self.default_learning_rate = DEFAULT_LEARNING_RATES[method]
         self.pad_id = int(tokenizer.pad_token_id)
         self.empty_id = int(tokenizer.eos_token_id if tokenizer.eos_token_id is not None else self.pad_id)
@@ -150,12 +153,18 @@ class FinetuneArm(Arm):
         the step does not cast ~100M weights again on every forward (and the base takes half the memory).
         Embeddings and norms stay fp32 (so does the residual stream they feed), and so do the adapters,
         the head, their gradients and optimizer state. Only LoRA: it never saves the base, so what is
-        saved keeps the pre-trained fp32 weights; `ftvs evaluate` reloads the base in fp32."""
+        saved keeps the pre-trained fp32 weights; `ftvs evaluate` reloads the base in fp32. The training
+        forward then casts each activation once (arms/cast_once.py)."""
         if dtype is None or self.method != "lora":
             return
-        for module in base_model(self.net).modules():
+        body = base_model(self.net)
+        for module in body.modules():
             if isinstance(module, nn.Linear) and not module.weight.requires_grad:
                 module.to(dtype)
+        if not self._casts_once:
+            _, blocks = block_list(body, self.hf.config.get_text_config().num_hidden_layers)
+            cast_activations_once(self.net, blocks)
+            self._casts_once = True
 
     def param_groups(self, cfg) -> list[dict]:
         lr = cfg.learning_rate
