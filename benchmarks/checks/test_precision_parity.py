@@ -115,9 +115,8 @@ def test_bf16_matches_fp32_accuracy_over_three_seeds(arm, dataset, prepared, tmp
                 data=data,
                 output_dir=tmp_path / f"{precision}-{seed}",
                 seed=seed,
-                mixed_precision=precision,
                 disable_tqdm=True,
-                **settings,
+                **{**settings, "mixed_precision": precision},
             )
             assert metrics["training"]["mixed_precision"] == precision
             accuracies[precision].append(metrics["test"]["accuracy"])

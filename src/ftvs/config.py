@@ -168,7 +168,11 @@ class TrainConfig:
         "the fine-tuned arm; else fp32), no, bf16 or fp16",
         choices=("auto", "no", "bf16", "fp16"),
     )
-    compile: bool = option(False, "torch.compile the model")
+    compile: bool = option(
+        False,
+        "torch.compile the model: a faster step (bf16 LoRA on 2 CPU cores at 128 tokens: 1.5 s instead "
+        "of 2.3), after minutes of compiling at the start; pays on long runs",
+    )
     length_grouping: bool = option(True, "group training batches by length (less padding)")
     logging_steps: int = option(20, "update the progress bar and check for NaN every N batches")
     save_steps: int = option(0, "also checkpoint every N optimizer steps (0: end of every epoch only)")

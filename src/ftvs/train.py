@@ -344,7 +344,7 @@ def set_up(cfg: TrainConfig, accelerator, run_dir: Path | None = None, resume: b
         "world_size": accelerator.num_processes,
         "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
-        # why: "requested", "cuda", "cpu amx_bf16: finetune step 1.51x faster in bf16", "cpu without
+        # why: "requested", "cuda", "cpu amx_bf16: finetune step 1.58x faster in bf16", "cpu without
         # native bf16", ... (ftvs.precision decides per arm and device)
         "mixed_precision_reason": resolve_precision(
             cfg.mixed_precision, accelerator.device.type, cfg.arm
