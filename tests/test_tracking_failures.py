@@ -43,14 +43,13 @@ def test_an_mlflow_store_that_does_not_answer_is_one_line_before_training(
 
 
 def test_an_mlflow_run_failing_mid_training_never_stops_it(data, tmp_path, capsys, monkeypatch):
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     run, epochs = tmp_path / "run", 12
     state = run / "logs" / "tracking.json"
-    deleted = []
+    deleted, failures = [], []
 
     def delete_the_mlflow_run():  # as soon as training has started its MLflow run
         end = time.monotonic() + 300
@@ -60,7 +59,8 @@ def test_an_mlflow_run_failing_mid_training_never_stops_it(data, tmp_path, capsy
             try:  # the run can reach the database a moment after tracking.json names it
                 MlflowClient(tracking_uri=uri).delete_run(json.loads(state.read_text())["mlflow_run_id"])
                 deleted.append(True)
-            except (MlflowException, ValueError, KeyError):
+            except Exception as e:  # MlflowException, or sqlalchemy's "database is locked" while training
+                failures.append(repr(e)[:300])  # writes (uncaught, it ended the thread: a CI failure)
                 time.sleep(0.02)
 
     watcher = threading.Thread(target=delete_the_mlflow_run, daemon=True)
@@ -72,7 +72,7 @@ def test_an_mlflow_run_failing_mid_training_never_stops_it(data, tmp_path, capsy
     )
     err = capsys.readouterr().err
     watcher.join(5)
-    assert deleted and code == 0, err[-2000:]
+    assert deleted and code == 0, (failures[-3:], err[-2000:])
     warnings = [
         line for line in err.splitlines() if line.startswith("ftvs: warning: the mlflow tracker failed")
     ]
