@@ -16,15 +16,15 @@ import json
 import pytest
 from test_precision_parity import (
     LORA_EPOCHS,
+    allowed_gap,
     prepared,  # noqa: F401 (the fixture: folders made once)
     quick_lora_settings,
     seed_stats,
+    train_over_seeds,
 )
 
-import ftvs
 from ftvs.config import TrainConfig
 
-SEEDS = (0, 1, 2)
 DROPOUTS = (0.0, 0.05)  # the default, the former default
 MAX_LOSS = 0.01  # mean test accuracy: no dropout at most 1 point below 0.05 ...
 # ... or less than one seed standard deviation (the larger of the two)
@@ -38,21 +38,9 @@ def test_the_default_is_no_lora_dropout():
 def test_no_lora_dropout_is_as_accurate_over_three_seeds(dataset, prepared, tmp_path):  # noqa: F811
     data = prepared(dataset)
     settings = quick_lora_settings(dataset)
-    accuracies = {d: [] for d in DROPOUTS}
-    for seed in SEEDS:
-        for dropout in DROPOUTS:  # interleaved: a slow phase of the machine hits both
-            metrics = ftvs.train(
-                data=data,
-                output_dir=tmp_path / f"d{dropout}-s{seed}",
-                seed=seed,
-                lora_dropout=dropout,
-                disable_tqdm=True,
-                arm="finetune",
-                **settings,
-            )
-            accuracies[dropout].append(metrics["test"]["accuracy"])
-    stats = seed_stats(accuracies)
+    variants = {d: {"lora_dropout": d} for d in DROPOUTS}
+    stats = seed_stats(train_over_seeds(tmp_path, variants, arm="finetune", data=data, **settings))
     loss = stats[DROPOUTS[1]]["mean"] - stats[DROPOUTS[0]]["mean"]
-    allowed = max(MAX_LOSS, max(s["sd"] for s in stats.values()))
+    allowed = allowed_gap(stats, MAX_LOSS)
     print(f"dropout: {dataset} {json.dumps({**stats, 'loss': loss, 'allowed': allowed})}")
     assert loss <= allowed, stats

@@ -87,18 +87,39 @@ def prepared(tmp_path_factory):
     return get
 
 
-def seed_stats(accuracies: dict) -> dict:
+def train_over_seeds(tmp_path: Path, variants: dict, **common) -> dict:
+    """The metrics of `ftvs.train(**common, **variants[key])` for each key and seed of SEEDS, by key; the
+    variants interleaved within each seed, so a slow phase of the machine hits them alike."""
+    runs = {key: [] for key in variants}
+    for seed in SEEDS:
+        for key, extra in variants.items():
+            runs[key].append(
+                ftvs.train(
+                    output_dir=tmp_path / f"{key}-{seed}", seed=seed, disable_tqdm=True, **{**common, **extra}
+                )
+            )
+    return runs
+
+
+def seed_stats(runs: dict) -> dict:
     """Per setting, the mean and standard deviation of its test accuracies over the seeds, and the runs."""
+    accuracies = {k: [m["test"]["accuracy"] for m in metrics] for k, metrics in runs.items()}
     return {
         k: {"mean": statistics.mean(a), "sd": statistics.stdev(a), "runs": a} for k, a in accuracies.items()
     }
 
 
-def parity(accuracies: dict) -> dict:
+def allowed_gap(stats: dict, floor: float) -> float:
+    """The rule of both checks: `floor` (1 point), or one seed standard deviation where that is larger (the
+    larger of the settings')."""
+    return max(floor, max(s["sd"] for s in stats.values()))
+
+
+def parity(runs: dict) -> dict:
     """Mean and standard deviation of test accuracy per precision, their gap and whether it passes."""
-    stats = seed_stats(accuracies)
+    stats = seed_stats(runs)
     gap = abs(stats["no"]["mean"] - stats["bf16"]["mean"])
-    allowed = max(MAX_GAP, max(s["sd"] for s in stats.values()))
+    allowed = allowed_gap(stats, MAX_GAP)
     return {**stats, "gap": gap, "allowed": allowed, "passes": gap <= allowed}
 
 
@@ -107,19 +128,10 @@ def parity(accuracies: dict) -> dict:
 def test_bf16_matches_fp32_accuracy_over_three_seeds(arm, dataset, prepared, tmp_path):
     settings = quick_lora_settings(dataset) if arm == "finetune" else dict(ARMS[arm])
     data = prepared(dataset)
-    accuracies = {p: [] for p in PRECISIONS}
-    for seed in SEEDS:
-        for precision in PRECISIONS:  # interleaved: a slow phase of the machine hits both
-            metrics = ftvs.train(
-                arm=arm,
-                data=data,
-                output_dir=tmp_path / f"{precision}-{seed}",
-                seed=seed,
-                disable_tqdm=True,
-                **{**settings, "mixed_precision": precision},
-            )
-            assert metrics["training"]["mixed_precision"] == precision
-            accuracies[precision].append(metrics["test"]["accuracy"])
-    result = parity(accuracies)
+    variants = {p: {"mixed_precision": p} for p in PRECISIONS}
+    runs = train_over_seeds(tmp_path, variants, arm=arm, data=data, **settings)
+    for precision, metrics in runs.items():
+        assert [m["training"]["mixed_precision"] for m in metrics] == [precision] * len(SEEDS)
+    result = parity(runs)
     print(f"parity: {arm} {dataset} {json.dumps(result)}")
     assert result["passes"], result

@@ -40,19 +40,14 @@ def is_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.LayerNorm) or name.endswith(("RMSNorm", "LayerNorm"))
 
 
-def cast_activations_once(net: nn.Module, blocks: nn.ModuleList) -> int:
+def cast_activations_once(net: nn.Module, blocks: nn.ModuleList) -> None:
     """Hooks on the norms in `blocks` and on `net`'s rotary embeddings, and peft's input cast off on its LoRA
-    layers (see the module docstring). Returns how many modules it changed."""
-    changed = 0
+    layers (see the module docstring)."""
     for module in net.modules():
         if hasattr(module, "lora_A") and hasattr(module, "_cast_input_dtype"):  # a peft LoRA layer
             module.cast_input_dtype_enabled = False
-            changed += 1
         elif type(module).__name__.endswith("RotaryEmbedding"):
             module.register_forward_hook(_cast_in_training)
-            changed += 1
     for module in blocks.modules():
         if is_norm(module):
             module.register_forward_hook(_cast_in_training)
-            changed += 1
-    return changed
