@@ -116,7 +116,7 @@ def make_train_config(args, kind: str, batch_size: int, total_steps: int, precis
         "max_seq_length": args.max_seq_length,
         "per_device_train_batch_size": batch_size,
         "mixed_precision": precision,
-        "compile": args.compile,
+        "compile": "yes" if args.compile else "no",  # a benchmark times one kind of step, never `auto`
         "disable_tqdm": True,
         "max_train_steps": total_steps,
     }
@@ -140,9 +140,13 @@ def flop_model_of(timer, arm, accelerator, cross_check: bool) -> tuple:
     and, unless `cross_check` is off, torch's FlopCounterMode count of the same batch next to it."""
     sample = timer.sample_batch()
     sample_labels = sample.pop("labels")
-    # the module under torch.compile: FLOP hooks and FlopCounterMode on the compiled one left it running
-    # eagerly from then on (every later step of a `--compile` bench was an eager step)
-    model = getattr(timer.model, "_orig_mod", timer.model)
+    # counted eagerly: under torch.compile the hooks and FlopCounterMode would see no modules or ops
+    with torch.compiler.set_stance("force_eager"):
+        return _flop_model_of(timer, arm, accelerator, cross_check, sample, sample_labels)
+
+
+def _flop_model_of(timer, arm, accelerator, cross_check, sample, sample_labels) -> tuple:
+    model = timer.model
     model.train()
     with accelerator.autocast():
         profile = linear_flop_profile(model, sample, grad=True)
@@ -207,6 +211,11 @@ def arm_inference(arm, timer, accelerator, data, settings, memory) -> dict:
             return pad_token_batch(examples, arm.pad_id)
     else:
         infer_model, infer_examples, collate = timer.model, arm.encode(infer_texts), arm.collate
+    with timer.step.compiler.eager():  # ftvs scores the saved model eagerly (ftvs.compiling)
+        return _inference(infer_model, collate, infer_examples, infer_labels, accelerator, settings, memory)
+
+
+def _inference(infer_model, collate, infer_examples, infer_labels, accelerator, settings, memory) -> dict:
     return inference_bench(
         infer_model,
         collate,

@@ -86,7 +86,11 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
         "and "
         "bf16 where bf16 is native, else fp32 alone)",
     )
-    p.add_argument("--compile", action="store_true", help="torch.compile the ftvs model")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="time the step with its transformer blocks compiled (ftvs train --compile yes)",
+    )
     p.add_argument(
         "--threads", default="auto", help="CPU threads: a number or auto (probe 1 vs torch's default)"
     )

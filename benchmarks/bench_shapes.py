@@ -43,7 +43,11 @@ def parse_args(argv):
     p.add_argument("--tokenizer", default="smollm2-135m")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--method", default="lora")
-    p.add_argument("--compile", action="store_true", help="torch.compile the ftvs model")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="time the step with its transformer blocks compiled (ftvs train --compile yes)",
+    )
     p.add_argument("--probe_size", type=int, default=2048)
     p.add_argument("--max_train_examples", type=int, default=2000, help="texts to pick long ones from")
     p.add_argument("--threads", default="auto")

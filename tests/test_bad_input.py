@@ -539,7 +539,7 @@ def test_config_values_of_the_wrong_type_are_one_line_errors(toy, tmp_path, caps
     for text, needles in (
         ('num_train_epochs: "one"\n', ("invalid num_train_epochs='one': must be an integer", "use e.g. 10")),
         ("dropout: true\n", ("invalid dropout=True: must be a number",)),
-        ("compile: yes please\n", ("invalid compile='yes please': must be true or false",)),
+        ("compile: yes please\n", ("invalid compile='yes please': must be one of auto, yes, no",)),
         ("lora_target_modules: {a: 1}\n", ("invalid lora_target_modules",)),
         ("max_seq_length: 1.5\n", ("invalid max_seq_length=1.5: must be an integer",)),
     ):

@@ -34,6 +34,8 @@ def _add_config_flags(parser, arm: str) -> None:
             parser.add_argument(
                 *names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
+        elif kind is str and "yes" in f.metadata["choices"]:  # `--compile` alone means yes
+            parser.add_argument(*names, dest=f.name, nargs="?", const="yes", default=None, help=help_text)
         elif typing.get_origin(kind) in (list,) or kind == list[str] | None:
             parser.add_argument(*names, dest=f.name, nargs="+", default=None, help=help_text)
         else:

@@ -56,6 +56,8 @@ def training_record(run_dir: Path, cfg: dict) -> dict:
             "examples_per_second": sum(r["examples_per_second"] for r in history) / len(history),
             **({"tracker_failures": failed} if (failed := tracker_failures(run_dir)) else {}),
             **precision,
+            # whether the training step ran compiled, and why (ftvs.compiling)
+            **({"compile": summary["compile"]} if "compile" in summary else {}),
         },
         "best_val": {
             "accuracy": best["val_accuracy"],

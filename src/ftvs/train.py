@@ -25,6 +25,7 @@ from ftvs import checkpoint as ckpt
 from ftvs import class_weights
 from ftvs.arms import build_arm
 from ftvs.batching import IndexedDataset, LengthGroupedBatchSampler, make_collate
+from ftvs.compiling import StepCompiler
 from ftvs.config import (
     TrainConfig,
     config_differences,
@@ -186,6 +187,7 @@ class TrainStep:
         loader,
         total_steps: int,
         warmup_steps: int,
+        compiler: StepCompiler,
     ):
         self.cfg, self.accelerator, self.model, self.optimizer, self.scheduler = (
             cfg,
@@ -194,7 +196,7 @@ class TrainStep:
             optimizer,
             scheduler,
         )
-        self.sampler, self.loader = sampler, loader
+        self.sampler, self.loader, self.compiler = sampler, loader, compiler
         self.steps_per_epoch = max(1, math.ceil(len(loader) / cfg.gradient_accumulation_steps))
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
         self.global_step = 0
@@ -211,7 +213,10 @@ class TrainStep:
         )  # optimizer step of the first fault
 
     def __call__(self, batch: dict) -> tuple:
-        """(logits, loss, labels) of one micro-batch."""
+        """(logits, loss, labels) of one micro-batch, eager or compiled as `compiler` decides."""
+        return self.compiler.run(self._micro_batch, batch)
+
+    def _micro_batch(self, batch: dict) -> tuple:
         cfg, optimizer = self.cfg, self.optimizer
         with self.accelerator.accumulate(self.model):
             logits, loss, labels, bad = forward_backward(
@@ -248,7 +253,7 @@ def build_train_step(
     """The training step as `ftvs train` sets it up: the length-grouped batch sampler (or `batch_sampler`:
     the benchmarks choose which of its batches they time), dynamic padding, the arm's AdamW groups (fused
     on CUDA), frozen weights stored in the autocast dtype (`Arm.store_frozen_weights`), Accelerate,
-    optional torch.compile and the LR schedule. `cfg.learning_rate` must be set."""
+    the LR schedule and the `--compile` policy (ftvs.compiling). `cfg.learning_rate` must be set."""
     sampler = batch_sampler or make_train_sampler(arm, examples, cfg)
     # its own generator: creating a loader iterator draws a seed, which must not advance the global RNG
     # (a resumed epoch creates its iterator after the RNG restore, an uninterrupted one before the checkpoint)
@@ -266,8 +271,6 @@ def build_train_step(
         arm.param_groups(cfg), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), **fused
     )
     model, optimizer, loader = accelerator.prepare(arm.model, optimizer, loader)
-    if cfg.compile:
-        model = torch.compile(model)
     total_steps = max(1, math.ceil(len(loader) / cfg.gradient_accumulation_steps)) * cfg.num_train_epochs
     if cfg.max_train_steps:
         total_steps = min(total_steps, cfg.max_train_steps)
@@ -275,8 +278,10 @@ def build_train_step(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.lr_scheduler_type, warmup_steps, total_steps)
     )
+    total_micro = min(len(loader) * cfg.num_train_epochs, total_steps * cfg.gradient_accumulation_steps)
+    compiler = StepCompiler(cfg.compile, arm, accelerator, total_micro)
     return TrainStep(
-        cfg, accelerator, model, optimizer, scheduler, sampler, loader, total_steps, warmup_steps
+        cfg, accelerator, model, optimizer, scheduler, sampler, loader, total_steps, warmup_steps, compiler
     )
 
 
@@ -437,6 +442,7 @@ def start_or_resume(setup: Setup, run_dir: Path, resume: bool) -> tuple[dict, di
     )
     state.update({k: saved[k] for k in state if k in saved})
     step.global_step = saved["global_step"]
+    step.compiler.offset = step.global_step * setup.cfg.gradient_accumulation_steps
     step.nonfinite_skipped = saved.get("nonfinite_skipped", 0)
     if setup.main:  # history beyond the checkpoint came from epochs that will be replayed
         rows = [r for r in read_jsonl(history) if r["epoch"] <= state["epoch"]] if history.exists() else []
@@ -581,7 +587,8 @@ def end_epoch(setup: Setup, run_dir: Path, state: dict, epoch: int, trained: dic
     preds, gold = preds[gold >= 0], gold[gold >= 0]
     train_loss = accelerator.reduce(trained["loss_sum"].reshape(1), "sum").item() / max(1, gold.numel())
     train_stats = summary_metrics(gold.cpu().numpy(), preds.cpu().numpy(), num_labels)
-    val = predict_loader(step.model, setup.val_loader, len(setup.val_labels), accelerator)
+    with step.compiler.eager():  # validation: no second graph to compile
+        val = predict_loader(step.model, setup.val_loader, len(setup.val_labels), accelerator)
     val_stats = summary_metrics(setup.val_labels, val["y_pred"], num_labels)
     seconds = trained["seconds"]
     row = {
@@ -647,6 +654,7 @@ def finish(setup: Setup, run_dir: Path, state: dict, stop_reason: str, started: 
         "global_step": setup.step.global_step,
         "wall_seconds_this_process": time.perf_counter() - started,
         "nonfinite_steps_skipped": setup.step.nonfinite_skipped,
+        "compile": setup.step.compiler.record(),
         "model": setup.description,
         **setup.resolved,
     }

@@ -84,6 +84,10 @@ class Arm:
         """Called once before training with the autocast dtype of the run (None for fp32): an arm may keep
         weights that never train in that dtype, so autocast does not cast them again at every step."""
 
+    def blocks(self) -> nn.ModuleList | None:
+        """The transformer blocks the training forward runs through (what `--compile` compiles), or None."""
+        return None
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint must hold: everything the optimizer may change."""
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}

@@ -12,7 +12,8 @@ kernel and 6.5 / 16.0 / 36.0 ms for its flash kernel; fp32 0.8 / 5.1 / 19.3 ms a
 
 `training_attention(config, device_type)` switches an SDPA model to it for one training forward; inference
 (no grad) and CUDA keep torch's SDPA. Registered with transformers' AttentionInterface under
-`GROUPED_ATTENTION`, with SDPA's mask function: the mask is SDPA's boolean one, or None for plain causal.
+`GROUPED_ATTENTION`, with SDPA's mask function made to always build the boolean mask (SDPA's skips it for a
+batch without padding): a compiled block (ftvs.compiling) then has one graph for every batch.
 """
 
 import contextlib
@@ -65,13 +66,20 @@ def grouped_attention(module, query, key, value, attention_mask, scaling=None, d
     return out.transpose(1, 2).contiguous(), None
 
 
+def boolean_mask(*args, **kwargs):
+    """SDPA's mask function, returning the mask even where plain causal attention would do."""
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(*args, **{**kwargs, "allow_is_causal_skip": False})
+
+
 @functools.cache
 def _register() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(GROUPED_ATTENTION, grouped_attention)
-    AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)
+    AttentionMaskInterface.register(GROUPED_ATTENTION, boolean_mask)
 
 
 @contextlib.contextmanager

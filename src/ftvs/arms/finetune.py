@@ -166,6 +166,14 @@ class FinetuneArm(Arm):
             cast_activations_once(self.net, blocks)
             self._casts_once = True
 
+    def blocks(self) -> nn.ModuleList | None:
+        if self.feature_cache:  # the training forward runs the head only
+            return None
+        try:
+            return block_list(base_model(self.net), self.hf.config.get_text_config().num_hidden_layers)[1]
+        except FtvsError:
+            return None
+
     def param_groups(self, cfg) -> list[dict]:
         lr = cfg.learning_rate
         base_lr = lr * self.base_lr_ratio if self.method == "unfreeze" else lr

@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import torch.nn as nn
 
 from ftvs.arms.base import DEFAULT_LEARNING_RATES, Arm, base_ids
 from ftvs.errors import FtvsError
@@ -122,6 +123,9 @@ class ScratchArm(Arm):
         self.tokenizer = tokenizer
         self.label_names = list(label_names)
         self.max_length = max_length
+
+    def blocks(self) -> nn.ModuleList:
+        return self.model.blocks
 
     def encode(self, texts):
         return self.tokenizer.encode(texts, self.max_length)
