@@ -1,14 +1,17 @@
 """The training step by sequence length and dtype, both dtypes timed in the same process, interleaved:
 `python benchmarks/bench_shapes.py --data PREPARED_DATA [--arm scratch|finetune|both] [--lengths 16,64,128]
-[--dtypes fp32,bf16] [--output shapes.json]`.
+[--dtypes fp32,bf16] [--compile no|yes|both] [--output shapes.json]`.
 
 For each arm and length T, every timed batch has exactly T tokens a text (the training texts of at least T
 tokens, truncated at T: use long texts, e.g. 20 Newsgroups). One `ftvs.train.TrainStep` per dtype
 is built as `ftvs train` builds it (bench_step.FtvsStepTimer); the rounds then alternate the dtypes, each
 followed by the matmul probe of its dtype, so a loaded machine slows every dtype alike and the per-round
-ratios stay comparable. Per cell: median step seconds, the analytic FLOPs of a step (bench_flops) and
-torch's FlopCounterMode count of the same step, achieved GFLOP/s, MFU against the dtype's own probe and
-against the best probe, and the step's speed-up over fp32 (median of the per-round ratios).
+ratios stay comparable. `--compile both` times each dtype's step with its transformer blocks compiled
+(ftvs.compiling) and the same step run eagerly (torch.compiler.set_stance), in the same interleaved
+rounds. Per cell: median step seconds, the analytic FLOPs of a step (bench_flops) and torch's
+FlopCounterMode count of the same step, achieved GFLOP/s, MFU against the dtype's own probe and against
+the best probe, and the step's speed-up over the first (fp32, eager where
+timed) step (median of the per-round ratios).
 """
 
 import argparse
@@ -45,8 +48,12 @@ def parse_args(argv):
     p.add_argument("--method", default="lora")
     p.add_argument(
         "--compile",
-        action="store_true",
-        help="time the step with its transformer blocks compiled (ftvs train --compile yes)",
+        choices=("no", "yes", "both"),
+        nargs="?",
+        const="yes",
+        default="no",
+        help="time the step with its transformer blocks compiled (ftvs train --compile yes), or both the "
+        "eager and the compiled step, interleaved in one process",
     )
     p.add_argument("--probe_size", type=int, default=2048)
     p.add_argument("--max_train_examples", type=int, default=2000, help="texts to pick long ones from")
@@ -56,9 +63,10 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def step_of(kind: str, args, T: int, precision: str, texts, labels, label_names):
-    """A timer of the ftvs step of `kind` in `precision` over `batch x T` batches, and its FLOP check."""
-    args.max_seq_length = T
+def step_of(kind: str, args, T: int, precision: str, texts, labels, label_names, compiled: bool = False):
+    """A timer of the ftvs step of `kind` in `precision` (its blocks compiled or not) over `batch x T`
+    batches, and its FLOP check."""
+    args = argparse.Namespace(**{**vars(args), "compile": compiled, "max_seq_length": T})
     cfg = make_train_config(args, kind, BATCH[kind], 10_000, precision)
     accelerator = make_accelerator(cfg)  # a fresh Accelerate state per dtype; the prepared model keeps its
     arm = build_arm(cfg, texts, label_names)  # own autocast
@@ -98,6 +106,14 @@ def cell(timer_windows, flop_model, check, probe, best_peak: float) -> dict:
     }
 
 
+def timed(built: dict, variant: tuple, compiles: tuple, steps: int) -> dict:
+    """A timing window of `steps` steps of `variant` (dtype, compiled): the dtype's step, run eagerly when
+    its blocks are compiled but the variant is the eager one."""
+    n, compiled = variant
+    with torch.compiler.set_stance("default" if compiled or not compiles[-1] else "force_eager"):
+        return built[n][0].run(steps)
+
+
 def run(args) -> dict:
     torch.manual_seed(args.seed)
     threads = choose_threads(args.threads)
@@ -106,6 +122,9 @@ def run(args) -> dict:
     unknown = [n for n in names if n not in DTYPES]
     if unknown:
         raise FtvsError(f"--dtypes: unknown dtype {unknown[0]!r}; use fp32, bf16 or fp16")
+    # the timed steps, by name: each dtype eager and/or with its blocks compiled; the first is the base
+    compiles = {"no": (False,), "yes": (True,), "both": (False, True)}[args.compile]
+    variants = {n + ("+compile" if c else ""): (n, c) for c in compiles for n in names}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     probes = make_probes(device, args.probe_size, [DTYPES[n] for n in names])
     for probe in probes.values():
@@ -117,25 +136,35 @@ def run(args) -> dict:
     table = []
     for kind in arms:
         for T in lengths:
-            built = {n: step_of(kind, args, T, DTYPES[n], texts, labels, label_names) for n in names}
-            windows = {n: [] for n in names}
+            # one step per dtype; with --compile both, its eager variant runs the compiled blocks eagerly
+            # (the same weights and memory, so only the compiling differs)
+            built = {
+                n: step_of(kind, args, T, DTYPES[n], texts, labels, label_names, compiles[-1]) for n in names
+            }
+
+            windows = {v: [] for v in variants}
             loads = []
-            for n in names:
-                built[n][0].run(1)  # warm-up
+            for v in variants:
+                timed(built, variants[v], compiles, 1)  # warm-up (and, compiled, the compile)
             for _ in range(args.rounds):
-                for n in names:
-                    windows[n].append(built[n][0].run(args.steps))
+                for v, (n, _) in variants.items():
+                    windows[v].append(timed(built, variants[v], compiles, args.steps))
                     probes[n].measure(1)
                 loads.append(load_average())
             best = max(p.peak() for p in probes.values())
-            cells = {n: cell(windows[n], built[n][1], built[n][2], probes[n], best) for n in names}
-            base = [w["seconds"] for w in windows[names[0]]]
-            for n in names:
-                ratios = [b / w["seconds"] for b, w in zip(base, windows[n])]
-                cells[n]["speedup_vs_" + names[0]] = statistics.median(ratios)
-                cells[n]["speedup_per_round"] = ratios
-                table.append({"arm": kind, "length": T, "dtype": n, **cells[n], "loadavg_1min": loads})
-                log(row_text(table[-1], names[0]))
+            cells = {
+                v: cell(windows[v], built[n][1], built[n][2], probes[n], best)
+                for v, (n, _) in variants.items()
+            }
+            first = next(iter(variants))
+            base = [w["seconds"] for w in windows[first]]
+            for v, (n, compiled) in variants.items():
+                ratios = [b / w["seconds"] for b, w in zip(base, windows[v])]
+                cells[v]["speedup_vs_" + first] = statistics.median(ratios)
+                cells[v]["speedup_per_round"] = ratios
+                row = {"arm": kind, "length": T, "dtype": n, "compiled": compiled, **cells[v]}
+                table.append({**row, "loadavg_1min": loads})
+                log(row_text(table[-1], first))
             del built
     return {
         "command": "python benchmarks/bench_shapes.py " + " ".join(sys.argv[1:]),
@@ -148,8 +177,9 @@ def run(args) -> dict:
 
 def row_text(r: dict, base: str) -> str:
     ratio = r["flop_counter_over_analytic"]
+    name = r["dtype"] + ("+compile" if r.get("compiled") else "")
     return (
-        f"{r['arm']:<8} T={r['length']:<4} {r['dtype']:<5} step {r['step_seconds_median']:7.3f} s "
+        f"{r['arm']:<8} T={r['length']:<4} {name:<13} step {r['step_seconds_median']:7.3f} s "
         f"{r['speedup_vs_' + base]:5.2f}x vs {base} | {r['analytic_gflops_per_step']:8.1f} GFLOP/step "
         f"(FlopCounterMode x{ratio:.3f}) | {r['achieved_gflops']:6.1f} GFLOP/s, MFU {r['mfu_own_dtype']:.0%} "
         f"of the {r['dtype']} probe ({r['probe_gflops']:.0f}), {r['mfu_vs_best_dtype']:.0%} of the best | "

@@ -2,7 +2,8 @@
 
 On the tiny Llama: the compiled LoRA step runs inductor's code, computes what the eager step computes, and
 compiles two graphs for batches of every length; validation stays eager; `auto` compiles only when the rest of
-a run would repay it, and a compile that fails leaves the run training eagerly.
+a run would repay it and keeps it only where it measured faster, and a compile that fails leaves the run
+training eagerly.
 """
 
 import json
@@ -83,12 +84,16 @@ def test_the_compiled_lora_step_runs_inductor_code_once_for_every_length_and_mat
     assert counters["stats"]["unique_graphs"] == 2
 
 
-def test_auto_compiles_only_when_the_rest_of_the_run_repays_it():
-    assert compiling.PAYBACK_SECONDS == pytest.approx(600)  # 1.5 x 80 s of compiling / a 20 % saving
-    go, why = compiling.pays_off(1200)
-    assert go and "~20 min eagerly" in why
-    go, why = compiling.pays_off(300)
-    assert not go and "~5.0 min eagerly, less than the 10 min" in why
+def test_auto_compiles_only_where_the_expected_saving_repays_the_compile():
+    assert compiling.expected_saving(16) == 0 and compiling.expected_saving(8) == 0  # short texts: nothing
+    assert compiling.expected_saving(40) == pytest.approx(0.1)  # halfway between 16 and 64 tokens
+    assert compiling.expected_saving(96) == pytest.approx(0.225)
+    assert compiling.expected_saving(512) == compiling.expected_saving(128) == pytest.approx(0.25)
+    go, why = compiling.pays_off(10 * 3600, 16)  # ten hours of 16-token texts: still not worth it
+    assert not go and "~0%" in why
+    go, why = compiling.pays_off(481, 128)  # 25% of 481 s repays 80 s of compiling 1.5 times
+    assert go and "~8.0 min of eager training left at 128 tokens a text" in why
+    assert not compiling.pays_off(479, 128)[0]
 
 
 def test_a_short_run_stays_eager_and_a_failed_compile_leaves_the_run_training(
@@ -108,10 +113,19 @@ def test_a_short_run_stays_eager_and_a_failed_compile_leaves_the_run_training(
     metrics = json.loads((tmp_path / "short" / "metrics.json").read_text())
     assert metrics["training"]["compile"] == short
     assert short["setting"] == "auto" and not short["compiled"]
-    assert "less than the 10 min that repay compiling" in short["reason"]
-    assert short["eager_seconds_per_micro_batch"] > 0
-    # a rule that always compiles, and a C++ compiler that always fails: the run trains on eagerly
-    monkeypatch.setattr(compiling, "PAYBACK_SECONDS", 0.0)
+    assert "that would repay compiling" in short["reason"]
+    assert short["eager_ms_per_1k_tokens"] > 0 and short["compiled_ms_per_1k_tokens"] is None
+    # a rule that always compiles, and a compiled step that must be 100x faster: measured, then back to eager
+    monkeypatch.setattr(compiling, "COMPILE_SECONDS", 0.0)
+    monkeypatch.setattr(compiling, "MIN_MEASURED_GAIN", 100.0)
+    torch._dynamo.reset()
+    slow = run("slow", "--no-evaluate")
+    timed = compiling.TIMED_MICRO_BATCHES
+    assert slow["at_micro_batch"] == timed + 1 and slow["compile_seconds"] > 0
+    assert not slow["compiled"] and "x the eager one here; trained eagerly" in slow["reason"]
+    assert slow["compiled_ms_per_1k_tokens"] > 0 and slow["eager_ms_per_1k_tokens"] > 0
+    # and a C++ compiler that always fails: the run trains on eagerly
+    monkeypatch.setattr(compiling, "MIN_MEASURED_GAIN", 1.0)
     monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/bin/false"))  # ($CXX at import)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # no cached kernels
     monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)

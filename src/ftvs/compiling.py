@@ -13,27 +13,28 @@ compile), and the test-set evaluation reloads the saved model, so the inference 
 eager ones.
 
 `auto` (the default) compiles on the CPU, for the fine-tuned arm, in a single-process run, where a C++
-compiler exists (inductor needs one there): it times the first eager micro-batches and compiles when the
-rest of the run would take more than PAYBACK_SECONDS eagerly, that is when even the smallest measured
-saving (MIN_SAVING) repays the compile time (COMPILE_SECONDS) 1.5 times. If compiling fails, the run goes on
-eagerly and says why. `yes` compiles from the first step (and fails with a one-line error if it cannot);
+compiler exists (inductor needs one there). It times the first eager micro-batches and compiles when the
+saving expected at their length (SAVING_BY_LENGTH: none at 16 tokens a text) over the rest of the run
+repays the compile time (COMPILE_SECONDS) 1.5 times; it then times the compiled micro-batches and goes back
+to eager unless they run at least 5% faster per token. If compiling fails, the run goes on eagerly and says
+why. `yes` compiles from the first step (and fails with a one-line error if it cannot);
 `no` never compiles. What happened is recorded as `compile` in train_summary.json and metrics.json.
 """
 
 import contextlib
 import shutil
-import statistics
 import sys
 import time
 
 import torch
 
 COMPILE_SECONDS = 80.0  # measured: 50-81 s for the first dynamic compile of a SmolLM2 block, 2 cores
-# measured saving of the compiled LoRA step: bf16 23% (16 tokens) to 40% (128), fp32 20% to 21%
-MIN_SAVING = 0.2
+# the fraction of the eager LoRA step that compiling saves, by tokens a text (the lower of fp32 and bf16,
+# measured interleaved in one process: benchmarks/bench_shapes.py --compile both); nothing at 16 tokens
+SAVING_BY_LENGTH = ((16, 0.0), (64, 0.2), (128, 0.25))
 PAYBACK = 1.5  # compile only when the expected saving is 1.5 times the compile time or more
-PAYBACK_SECONDS = PAYBACK * COMPILE_SECONDS / MIN_SAVING  # 600 s of eager training left
-TIMED_MICRO_BATCHES = 6  # eager micro-batches timed before `auto` decides (after the first, a warm-up)
+TIMED_MICRO_BATCHES = 6  # micro-batches timed before each decision (after a warm-up one)
+MIN_MEASURED_GAIN = 1.05  # a compiled step less than 5% faster than the eager one goes back to eager
 
 
 def cpp_compiler() -> str | None:
@@ -50,33 +51,50 @@ def compile_regions(arm) -> list[torch.nn.Module]:
     return list(blocks) if blocks is not None else [arm.model]
 
 
-def pays_off(eager_seconds_left: float) -> tuple[bool, str]:
-    """`auto`'s rule: compile when the rest of the run would take more than PAYBACK_SECONDS eagerly."""
-    minutes = eager_seconds_left / 60
-    if eager_seconds_left > PAYBACK_SECONDS:
-        return True, (
-            f"the rest of the run would take ~{minutes:.0f} min eagerly; compiling (1-2 min) saves "
-            f">= {MIN_SAVING:.0%} of it"
-        )
-    return False, (
-        f"the rest of the run would take ~{minutes:.1f} min eagerly, less than the "
-        f"{PAYBACK_SECONDS / 60:.0f} min that repay compiling"
+def expected_saving(tokens_per_text: float) -> float:
+    """The fraction of the eager step compiling saves at this padded length (SAVING_BY_LENGTH, linear in
+    between, flat outside)."""
+    (t0, s0), *rest = SAVING_BY_LENGTH
+    if tokens_per_text <= t0:
+        return s0
+    for t1, s1 in rest:
+        if tokens_per_text <= t1:
+            return s0 + (s1 - s0) * (tokens_per_text - t0) / (t1 - t0)
+        t0, s0 = t1, s1
+    return s0
+
+
+def pays_off(eager_seconds_left: float, tokens_per_text: float) -> tuple[bool, str]:
+    """`auto`'s rule: compile when the saving expected over the rest of the run repays the compile time
+    PAYBACK times."""
+    saving = expected_saving(tokens_per_text) * eager_seconds_left
+    needed = PAYBACK * COMPILE_SECONDS
+    about = (
+        f"~{eager_seconds_left / 60:.1f} min of eager training left at {tokens_per_text:.0f} tokens a "
+        f"text, where compiling saves ~{expected_saving(tokens_per_text):.0%}"
     )
+    if saving >= needed:
+        return True, f"{about}: ~{saving:.0f} s saved for ~{COMPILE_SECONDS:.0f} s of compiling"
+    return False, f"{about}: ~{saving:.0f} s, less than {needed:.0f} s that would repay compiling"
 
 
 class StepCompiler:
     """Runs each training micro-batch, eagerly or through the compiled blocks, and decides (`auto`) or
     starts (`yes`) compiling. `run(fn, batch)` calls `fn(batch)`; `eager()` is a context in which the
-    compiled blocks run eagerly (validation)."""
+    compiled blocks run eagerly (validation).
+
+    `auto` times TIMED_MICRO_BATCHES eager micro-batches, compiles if `pays_off`, then times as many
+    compiled ones and goes back to eager unless they ran MIN_MEASURED_GAIN times faster per token."""
 
     def __init__(self, setting: str, arm, accelerator, total_micro_batches: int):
         self.setting, self.arm = setting, arm
         self.total_micro_batches = total_micro_batches
         self.done = 0  # micro-batches run by this process
         self.offset = 0  # micro-batches run before a resume (set by the loop)
-        self.times: list[float] = []
+        self.timed = {"eager": [], "compiled": []}  # (seconds, texts, padded tokens) per micro-batch
         self.compiled = False
         self.pending = False  # compiled, its first (compiling) micro-batch not run yet
+        self.checking = False  # `auto`: compiled, its speed not measured yet
         self.compile_seconds = None
         self.at_micro_batch = None
         self.reason = self._eligible(setting, arm, accelerator)
@@ -119,12 +137,16 @@ class StepCompiler:
         for region in compile_regions(self.arm):
             region.compile(dynamic=True)
         self.compiled, self.pending, self.reason = True, True, why
+        self.checking = self.setting == "auto"
         self.at_micro_batch = self.offset + self.done
 
-    def _uncompile(self) -> None:
+    def _uncompile(self, why: str) -> None:
         torch._dynamo.reset()
         for region in compile_regions(self.arm):
             region._compiled_call_impl = None  # what nn.Module.compile set: back to the eager forward
+        self.compiled = self.pending = self.checking = False
+        self.reason = why
+        print(f"ftvs: {why}", file=sys.stderr)
 
     def eager(self):
         """A context in which compiled blocks run eagerly (nothing to do when none are compiled)."""
@@ -133,19 +155,47 @@ class StepCompiler:
         return torch.compiler.set_stance("force_eager")
 
     def run(self, fn, batch: dict):
+        ids = batch.get("input_ids")
+        shape = tuple(ids.shape) if ids is not None and ids.ndim == 2 else (len(batch["labels"]), 1)
         start = time.perf_counter()
-        if self.pending:
-            out = self._first_compiled(fn, batch)
-        else:
-            out = fn(batch)
+        out = self._first_compiled(fn, batch) if self.pending else fn(batch)
         seconds = time.perf_counter() - start
         self.done += 1
-        if self.pending:
+        if self.pending:  # the compiling micro-batch, less what it would have taken eagerly
             self.pending = False
-            self.compile_seconds = seconds - (statistics.median(self.times) if self.times else 0.0)
-        elif self.setting == "auto" and not self.compiled and self.reason is None:
-            self._time_eager(seconds)
+            self.compile_seconds = seconds - self._rate("eager") * shape[0] * shape[1]
+        elif self.setting == "auto" and (self.checking or (self.reason is None and not self.compiled)):
+            self._measure(seconds, shape)
         return out
+
+    def _rate(self, kind: str) -> float:
+        """Seconds per padded token of the timed micro-batches of `kind` (0 when none)."""
+        rows = self.timed[kind]
+        return sum(r[0] for r in rows) / max(1, sum(r[1] * r[2] for r in rows))
+
+    def _measure(self, seconds: float, shape: tuple) -> None:
+        kind = "compiled" if self.compiled else "eager"
+        if self.done > 1:  # the first micro-batch warms up allocators and kernels
+            self.timed[kind].append((seconds, *shape))
+        if len(self.timed[kind]) < TIMED_MICRO_BATCHES:
+            return
+        if kind == "compiled":
+            gain = self._rate("eager") / self._rate("compiled")
+            self.checking = False
+            if gain < MIN_MEASURED_GAIN:
+                self._uncompile(f"the compiled step ran {gain:.2f}x the eager one here; trained eagerly")
+            else:
+                self.reason += f"; measured {gain:.2f}x faster"
+            return
+        rows = self.timed["eager"]
+        tokens_per_text = sum(r[2] for r in rows) / len(rows)
+        left = self.total_micro_batches - self.offset - self.done
+        go, why = pays_off(sum(r[0] for r in rows) / len(rows) * left, tokens_per_text)
+        if go:
+            print(f"ftvs: compiling the transformer blocks (torch.compile): {why}", file=sys.stderr)
+            self._compile(why)
+        else:
+            self.reason = why
 
     def _first_compiled(self, fn, batch: dict):
         kept = dict(batch)  # the step pops the labels and index out of the batch it is given
@@ -159,33 +209,17 @@ class StepCompiler:
                     f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                     "use --compile no"
                 ) from e
-            self._uncompile()
-            self.compiled, self.pending = False, False
-            self.reason = f"compiling failed ({type(e).__name__}); trained eagerly"
-            print(
-                f"ftvs: torch.compile failed ({type(e).__name__}); training goes on eagerly", file=sys.stderr
-            )
+            self._uncompile(f"compiling failed ({type(e).__name__}); trained eagerly")
             return fn(kept)
 
-    def _time_eager(self, seconds: float) -> None:
-        if self.done > 1:  # the first micro-batch warms up allocators and kernels
-            self.times.append(seconds)
-        if len(self.times) < TIMED_MICRO_BATCHES:
-            return
-        left = self.total_micro_batches - self.offset - self.done
-        go, why = pays_off(statistics.mean(self.times) * left)
-        if go:
-            print(f"ftvs: compiling the transformer blocks (torch.compile): {why}", file=sys.stderr)
-            self._compile(why)
-        else:
-            self.reason = why
-
     def record(self) -> dict:
+        eager, compiled = self._rate("eager"), self._rate("compiled")
         return {
             "setting": self.setting,
             "compiled": self.compiled,
             "reason": self.reason or "auto: still timing the eager step",
             "at_micro_batch": self.at_micro_batch,
             "compile_seconds": self.compile_seconds,
-            "eager_seconds_per_micro_batch": statistics.mean(self.times) if self.times else None,
+            "eager_ms_per_1k_tokens": eager * 1e6 if eager else None,
+            "compiled_ms_per_1k_tokens": compiled * 1e6 if compiled else None,
         }
