@@ -1,12 +1,15 @@
 """`--compile auto|yes|no`: torch.compile the transformer blocks of the training step, by default only where
 the run is long enough to pay for it.
 
-What is compiled is each transformer block of the arm (regional compilation: the blocks are instances of one
-class, so they share one compiled graph), with dynamic shapes, because batches differ in length. Inductor
-fuses what eager mode runs as separate passes over the activations (RMSNorm, RoPE, SiLU x up, the dtype
-casts). On the LoRA step of SmolLM2-135M (batch 16, 2 idle cores of an AMX Xeon) the compile takes about a
-minute and the step then runs 1.29x (16 tokens) to 1.69x (128 tokens) faster in bf16, 1.25x in fp32
-(benchmarks/RESULTS.md, "Compiling the blocks"). Compiling the whole model took minutes and gained less.
+What is compiled is each transformer block of the arm (regional compilation: the blocks are instances of
+one class, so they share their compiled code: one graph for the first block, whose input needs no gradient,
+one for the others), with dynamic shapes, because batches differ in length. Inductor fuses what eager mode
+runs as separate passes over the activations (RMSNorm, RoPE, SiLU x up, the dtype casts). On the LoRA step
+of SmolLM2-135M (batch 16, 2 cores of an AMX Xeon, the same step timed compiled and eager in turn) the
+first compile takes about a minute (13 s from inductor's on-disk cache), and the step then runs 1.59x
+(64 tokens a text) and 1.47x (128) faster in bf16, 1.28x and 1.35x in fp32, but 0.96x at 16 tokens, where
+there is little to fuse and dynamo's guard checks alone take ~28 ms of a 0.7 s step (benchmarks/RESULTS.md,
+"Compiling the blocks"). Compiling the whole model took minutes.
 
 Only training runs compiled: validation between epochs runs the blocks eagerly (no second graph to
 compile), and the test-set evaluation reloads the saved model, so the inference times a study reports are
