@@ -84,16 +84,23 @@ def test_the_compiled_lora_step_runs_inductor_code_once_for_every_length_and_mat
     assert counters["stats"]["unique_graphs"] == 2
 
 
+def test_auto_plans_from_every_batch_of_the_epoch_not_just_the_first_ones(tiny_data, tiny_llama_dir):
+    _, step = lora_step(tiny_data, tiny_llama_dir, "auto")
+    planned = step.compiler.planned
+    assert planned == [tuple(b["input_ids"].shape) for b in step.loader]  # what the epoch will run
+    assert len({t for _, t in planned}) > 1
+
+
 def test_auto_compiles_only_where_the_expected_saving_repays_the_compile():
     assert compiling.expected_saving(16) == 0 and compiling.expected_saving(8) == 0  # short texts: nothing
     assert compiling.expected_saving(40) == pytest.approx(0.1)  # halfway between 16 and 64 tokens
     assert compiling.expected_saving(96) == pytest.approx(0.225)
     assert compiling.expected_saving(512) == compiling.expected_saving(128) == pytest.approx(0.25)
-    go, why = compiling.pays_off(10 * 3600, 16)  # ten hours of 16-token texts: still not worth it
+    go, why = compiling.pays_off(10 * 3600, 0.0, 16)  # ten hours of 16-token texts: still not worth it
     assert not go and "~0%" in why
-    go, why = compiling.pays_off(481, 128)  # 25% of 481 s repays 80 s of compiling 1.5 times
+    go, why = compiling.pays_off(481, 0.25, 128)  # 25% of 481 s repays 80 s of compiling 1.5 times
     assert go and "~8.0 min of eager training left at 128 tokens a text" in why
-    assert not compiling.pays_off(479, 128)[0]
+    assert not compiling.pays_off(479, 0.25, 128)[0]
 
 
 def test_a_short_run_stays_eager_and_a_failed_compile_leaves_the_run_training(

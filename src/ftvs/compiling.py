@@ -29,6 +29,7 @@ import shutil
 import sys
 import time
 
+import numpy as np
 import torch
 
 COMPILE_SECONDS = 80.0  # measured: 50-81 s for the first dynamic compile of a SmolLM2 block, 2 cores
@@ -67,18 +68,27 @@ def expected_saving(tokens_per_text: float) -> float:
     return s0
 
 
-def pays_off(eager_seconds_left: float, tokens_per_text: float) -> tuple[bool, str]:
-    """`auto`'s rule: compile when the saving expected over the rest of the run repays the compile time
-    PAYBACK times."""
-    saving = expected_saving(tokens_per_text) * eager_seconds_left
+def pays_off(eager_seconds_left: float, saving: float, tokens_per_text: float) -> tuple[bool, str]:
+    """`auto`'s rule: compile when the saving expected over the rest of the run (`saving`, a fraction of the
+    eager time left) repays the compile time PAYBACK times."""
+    seconds = saving * eager_seconds_left
     needed = PAYBACK * COMPILE_SECONDS
     about = (
         f"~{eager_seconds_left / 60:.1f} min of eager training left at {tokens_per_text:.0f} tokens a "
-        f"text, where compiling saves ~{expected_saving(tokens_per_text):.0%}"
+        f"text, where compiling saves ~{saving:.0%}"
     )
-    if saving >= needed:
-        return True, f"{about}: ~{saving:.0f} s saved for ~{COMPILE_SECONDS:.0f} s of compiling"
-    return False, f"{about}: ~{saving:.0f} s, less than {needed:.0f} s that would repay compiling"
+    if seconds >= needed:
+        return True, f"{about}: ~{seconds:.0f} s saved for ~{COMPILE_SECONDS:.0f} s of compiling"
+    return False, f"{about}: ~{seconds:.0f} s, less than {needed:.0f} s that would repay compiling"
+
+
+def planned_shapes(sampler) -> list[tuple[int, int]] | None:
+    """(texts, padded tokens a text) of each training batch of an epoch, from a length-grouped sampler (None
+    for any other: `auto` then plans from the batches it timed)."""
+    if not hasattr(sampler, "batches") or not hasattr(sampler, "lengths"):
+        return None
+    lengths = sampler.lengths
+    return [(len(b), int(max(lengths[i] for i in b))) for b in sampler.batches() if b]
 
 
 class StepCompiler:
@@ -89,9 +99,10 @@ class StepCompiler:
     `auto` times TIMED_MICRO_BATCHES eager micro-batches, compiles if `pays_off`, then times as many
     compiled ones and goes back to eager unless they ran MIN_MEASURED_GAIN times faster per token."""
 
-    def __init__(self, setting: str, arm, accelerator, total_micro_batches: int):
+    def __init__(self, setting: str, arm, accelerator, total_micro_batches: int, planned=None):
         self.setting, self.arm = setting, arm
         self.total_micro_batches = total_micro_batches
+        self.planned = planned  # (texts, padded tokens a text) of an epoch's micro-batches, or None
         self.done = 0  # micro-batches run by this process
         self.offset = 0  # micro-batches run before a resume (set by the loop)
         self.timed = {"eager": [], "compiled": []}  # (seconds, texts, padded tokens) per micro-batch
@@ -166,7 +177,9 @@ class StepCompiler:
         self.done += 1
         if self.pending:  # the compiling micro-batch, less what it would have taken eagerly
             self.pending = False
-            self.compile_seconds = seconds - self._rate("eager") * shape[0] * shape[1]
+            self.compile_seconds = seconds - (
+                self._eager_seconds(shape[0] * shape[1]) if self.timed["eager"] else 0.0
+            )
         elif self.setting == "auto" and (self.checking or (self.reason is None and not self.compiled)):
             self._measure(seconds, shape)
         return out
@@ -176,24 +189,39 @@ class StepCompiler:
         rows = self.timed[kind]
         return sum(r[0] for r in rows) / max(1, sum(r[1] * r[2] for r in rows))
 
+    def _eager_seconds(self, tokens: float) -> float:
+        """The eager time of a micro-batch of `tokens` padded tokens: a line through the timed ones where
+        their sizes differ enough to fit it (short texts cost more per token), else their rate."""
+        rows = self.timed["eager"]
+        x = np.array([b * t for _, b, t in rows], dtype=float)
+        y = np.array([r[0] for r in rows])
+        if len(rows) > 2 and x.max() > 1.5 * x.min():
+            slope, intercept = np.polyfit(x, y, 1)
+            if slope > 0 and intercept >= 0:
+                return float(intercept + slope * tokens)
+        return self._rate("eager") * tokens
+
     def _measure(self, seconds: float, shape: tuple) -> None:
         kind = "compiled" if self.compiled else "eager"
         if self.done > 1:  # the first micro-batch warms up allocators and kernels
             self.timed[kind].append((seconds, *shape))
         if len(self.timed[kind]) < TIMED_MICRO_BATCHES:
             return
-        if kind == "compiled":
-            gain = self._rate("eager") / self._rate("compiled")
+        if kind == "compiled":  # against what the same batches would have taken eagerly
+            expected = sum(self._eager_seconds(b * t) for _, b, t in self.timed["compiled"])
+            gain = expected / sum(r[0] for r in self.timed["compiled"])
             self.checking = False
             if gain < MIN_MEASURED_GAIN:
                 self._uncompile(f"the compiled step ran {gain:.2f}x the eager one here; trained eagerly")
             else:
                 self.reason += f"; measured {gain:.2f}x faster"
             return
-        rows = self.timed["eager"]
-        tokens_per_text = sum(r[2] for r in rows) / len(rows)
+        shapes = self.planned or [(b, t) for _, b, t in self.timed["eager"]]
+        per_batch = sum(self._eager_seconds(b * t) for b, t in shapes) / len(shapes)
+        saved = sum(expected_saving(t) * self._eager_seconds(b * t) for b, t in shapes) / len(shapes)
+        tokens_per_text = sum(b * t for b, t in shapes) / sum(b for b, _ in shapes)
         left = self.total_micro_batches - self.offset - self.done
-        go, why = pays_off(sum(r[0] for r in rows) / len(rows) * left, tokens_per_text)
+        go, why = pays_off(per_batch * left, saved / per_batch, tokens_per_text)
         if go:
             print(f"ftvs: compiling the transformer blocks (torch.compile): {why}", file=sys.stderr)
             self._compile(why)
