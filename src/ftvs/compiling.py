@@ -16,10 +16,12 @@ compile), and the test-set evaluation reloads the saved model, so the inference 
 eager ones.
 
 `auto` (the default) compiles on the CPU, for the fine-tuned arm, in a single-process run, where a C++
-compiler exists (inductor needs one there). It times the first eager micro-batches and compiles when the
-saving expected at their length (SAVING_BY_LENGTH: none at 16 tokens a text) over the rest of the run
-repays the compile time (COMPILE_SECONDS) 1.5 times; it then times the compiled micro-batches and goes back
-to eager unless they run at least 5% faster per token. If compiling fails, the run goes on eagerly and says
+compiler exists (inductor needs one there). It times the first eager micro-batches, estimates from them
+the eager time of every batch the epoch will run (`planned_shapes`: the length-grouped sampler knows them),
+and compiles when the saving expected at each batch's padded length (SAVING_BY_LENGTH: none at 16 tokens a
+text) over the rest of the run repays the compile time (COMPILE_SECONDS) 1.5 times; it then times the
+compiled micro-batches and goes back to eager unless they ran at least 5% faster than the same shapes
+would have eagerly. If compiling fails, the run goes on eagerly and says
 why. `yes` compiles from the first step (and fails with a one-line error if it cannot);
 `no` never compiles. What happened is recorded as `compile` in train_summary.json and metrics.json.
 """
