@@ -133,11 +133,11 @@ def test_a_short_run_stays_eager_and_a_failed_compile_leaves_the_run_training(
     assert slow["compiled_ms_per_1k_tokens"] > 0 and slow["eager_ms_per_1k_tokens"] > 0
     # and a C++ compiler that always fails: the run trains on eagerly
     monkeypatch.setattr(compiling, "MIN_MEASURED_GAIN", 1.0)
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/bin/false"))  # ($CXX at import)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # no cached kernels
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
     torch._dynamo.reset()
-    failed = run("failed", "--no-evaluate")
+    # inductor's own patch (restored on exit): monkeypatch's undo left the setting hidden for later tests
+    with torch._inductor.config.patch({"cpp.cxx": (None, "/bin/false"), "fx_graph_cache": False}):
+        failed = run("failed", "--no-evaluate")
     assert not failed["compiled"] and failed["reason"].startswith("compiling failed")
     assert failed["at_micro_batch"] == compiling.TIMED_MICRO_BATCHES + 1
     history = (tmp_path / "failed" / "history.jsonl").read_text().splitlines()

@@ -27,6 +27,7 @@ why. `yes` compiles from the first step (and fails with a one-line error if it c
 """
 
 import contextlib
+import os
 import shutil
 import sys
 import time
@@ -48,7 +49,11 @@ def cpp_compiler() -> str | None:
     there is none."""
     from torch._inductor import config
 
-    return shutil.which(config.cpp.cxx[-1])
+    try:
+        name = config.cpp.cxx[-1]
+    except AttributeError:  # a private setting: inductor's default where it is not readable
+        name = os.environ.get("CXX") or "g++"
+    return shutil.which(name) if name else None
 
 
 def compile_regions(arm) -> list[torch.nn.Module]:
