@@ -10,8 +10,8 @@ ratios stay comparable. `--compile both` times each dtype's step with its transf
 (ftvs.compiling) and the same step run eagerly (torch.compiler.set_stance), in the same interleaved
 rounds. Per cell: median step seconds, the analytic FLOPs of a step (bench_flops) and torch's
 FlopCounterMode count of the same step, achieved GFLOP/s, MFU against the dtype's own probe and against
-the best probe, and the step's speed-up over the first (fp32, eager where
-timed) step (median of the per-round ratios).
+the best probe, and the step's speed-up over the first step timed (fp32, eager where timed), the median
+of the per-round ratios.
 """
 
 import argparse
@@ -141,7 +141,6 @@ def run(args) -> dict:
             built = {
                 n: step_of(kind, args, T, DTYPES[n], texts, labels, label_names, compiles[-1]) for n in names
             }
-
             windows = {v: [] for v in variants}
             loads = []
             for v in variants:

@@ -104,12 +104,13 @@ class StepCompiler:
     compiled blocks run eagerly (validation).
 
     `auto` times TIMED_MICRO_BATCHES eager micro-batches, compiles if `pays_off`, then times as many
-    compiled ones and goes back to eager unless they ran MIN_MEASURED_GAIN times faster per token."""
+    compiled ones and goes back to eager unless they ran MIN_MEASURED_GAIN times faster than the eager
+    line (`_eager_seconds`) predicts for their shapes."""
 
-    def __init__(self, setting: str, arm, accelerator, total_micro_batches: int, planned=None):
+    def __init__(self, setting: str, arm, accelerator, total_micro_batches: int, sampler=None):
         self.setting, self.arm = setting, arm
         self.total_micro_batches = total_micro_batches
-        self.planned = planned  # (texts, padded tokens a text) of an epoch's micro-batches, or None
+        self.sampler = sampler  # the training batches' sampler: `auto` plans from it (`planned_shapes`)
         self.done = 0  # micro-batches run by this process
         self.offset = 0  # micro-batches run before a resume (set by the loop)
         self.timed = {"eager": [], "compiled": []}  # (seconds, texts, padded tokens) per micro-batch
@@ -223,7 +224,7 @@ class StepCompiler:
             else:
                 self.reason += f"; measured {gain:.2f}x faster"
             return
-        shapes = self.planned or [(b, t) for _, b, t in self.timed["eager"]]
+        shapes = planned_shapes(self.sampler) or [(b, t) for _, b, t in self.timed["eager"]]
         per_batch = sum(self._eager_seconds(b * t) for b, t in shapes) / len(shapes)
         saved = sum(expected_saving(t) * self._eager_seconds(b * t) for b, t in shapes) / len(shapes)
         tokens_per_text = sum(b * t for b, t in shapes) / sum(b for b, _ in shapes)

@@ -25,7 +25,7 @@ from ftvs import checkpoint as ckpt
 from ftvs import class_weights
 from ftvs.arms import build_arm
 from ftvs.batching import IndexedDataset, LengthGroupedBatchSampler, make_collate
-from ftvs.compiling import StepCompiler, planned_shapes
+from ftvs.compiling import StepCompiler
 from ftvs.config import (
     TrainConfig,
     config_differences,
@@ -279,7 +279,7 @@ def build_train_step(
         optimizer, lr_lambda(cfg.lr_scheduler_type, warmup_steps, total_steps)
     )
     total_micro = min(len(loader) * cfg.num_train_epochs, total_steps * cfg.gradient_accumulation_steps)
-    compiler = StepCompiler(cfg.compile, arm, accelerator, total_micro, planned_shapes(sampler))
+    compiler = StepCompiler(cfg.compile, arm, accelerator, total_micro, sampler)
     return TrainStep(
         cfg, accelerator, model, optimizer, scheduler, sampler, loader, total_steps, warmup_steps, compiler
     )
