@@ -9,7 +9,9 @@ of SmolLM2-135M (batch 16, 2 cores of an AMX Xeon, the same step timed compiled 
 first compile takes about a minute (13 s from inductor's on-disk cache), and the step then runs 1.59x
 (64 tokens a text) and 1.47x (128) faster in bf16, 1.28x and 1.35x in fp32, but 0.96x at 16 tokens, where
 there is little to fuse and dynamo's guard checks alone take ~28 ms of a 0.7 s step (benchmarks/RESULTS.md,
-"Compiling the blocks"). Compiling the whole model took minutes.
+"Compiling the blocks"). On a Zen 4 EPYC without AMX, whose eager step already runs its matmuls at ~62% of
+the bf16 peak, the gains are about half: 1.07x / 1.13x in bf16, 1.15x / 1.16x in fp32 ("A second CPU").
+Compiling the whole model took minutes.
 
 Only training runs compiled: validation between epochs runs the blocks eagerly (no second graph to
 compile), and the test-set evaluation reloads the saved model, so the inference times a study reports are
@@ -18,11 +20,11 @@ eager ones.
 `auto` (the default) compiles on the CPU, for the fine-tuned arm, in a single-process run, where a C++
 compiler exists (inductor needs one there). It times the first eager micro-batches, estimates from them
 the eager time of every batch the epoch will run (`planned_shapes`: the length-grouped sampler knows them),
-and compiles when the saving expected at each batch's padded length (SAVING_BY_LENGTH: none at 16 tokens a
-text) over the rest of the run repays the compile time (COMPILE_SECONDS) 1.5 times; it then times the
-compiled micro-batches and goes back to eager unless they ran at least 5% faster than the same shapes
-would have eagerly. If compiling fails, the run goes on eagerly and says
-why. `yes` compiles from the first step (and fails with a one-line error if it cannot);
+and compiles when the saving expected at each batch's padded length (SAVING_BY_LENGTH, by CPU: none at 16
+tokens a text, about half as much without AMX) over the rest of the run repays the compile time
+(COMPILE_SECONDS) 1.5 times; it then times the compiled micro-batches and goes back to eager unless they
+ran at least 5% faster than the same shapes would have eagerly. If compiling fails, the run goes on
+eagerly and says why. `yes` compiles from the first step (and fails with a one-line error if it cannot);
 `no` never compiles. What happened is recorded as `compile` in train_summary.json and metrics.json.
 """
 
@@ -36,9 +38,15 @@ import numpy as np
 import torch
 
 COMPILE_SECONDS = 80.0  # measured: 50-81 s for the first dynamic compile of a SmolLM2 block, 2 cores
-# the fraction of the eager LoRA step that compiling saves, by tokens a text (the lower of fp32 and bf16,
-# measured interleaved in one process: benchmarks/bench_shapes.py --compile both); nothing at 16 tokens
-SAVING_BY_LENGTH = ((16, 0.0), (64, 0.2), (128, 0.25))
+# the fraction of the eager LoRA step that compiling saves, by tokens a text and by CPU (the lower of fp32 and
+# bf16, measured interleaved in one process: benchmarks/bench_shapes.py --compile both); nothing at 16 tokens.
+# With AMX the matmuls are fast, so the passes inductor fuses are a larger share of the step: 1.28x / 1.35x
+# at 64 / 128 tokens on an AMX Xeon, 1.07x / 1.13x on a Zen 4 EPYC with AVX-512 BF16 and no AMX, whose
+# table also serves the CPUs not measured
+SAVING_BY_LENGTH = {
+    "amx": ((16, 0.0), (64, 0.2), (128, 0.25)),
+    "no amx": ((16, 0.0), (64, 0.06), (128, 0.11)),
+}
 PAYBACK = 1.5  # compile only when the expected saving is 1.5 times the compile time or more
 TIMED_MICRO_BATCHES = 6  # micro-batches timed before each decision (after a warm-up one)
 MIN_MEASURED_GAIN = 1.05  # a compiled step less than 5% faster than the eager one goes back to eager
@@ -62,10 +70,18 @@ def compile_regions(arm) -> list[torch.nn.Module]:
     return list(blocks) if blocks is not None else [arm.model]
 
 
-def expected_saving(tokens_per_text: float) -> float:
-    """The fraction of the eager step compiling saves at this padded length (SAVING_BY_LENGTH, linear in
-    between, flat outside)."""
-    (t0, s0), *rest = SAVING_BY_LENGTH
+def cpu_kind(cpu_flags=None) -> str:
+    """ "amx" or "no amx": which row of SAVING_BY_LENGTH this CPU (or one with these bf16 flags) takes."""
+    from ftvs.precision import cpu_native_bf16_flags
+
+    flags = cpu_native_bf16_flags() if cpu_flags is None else cpu_flags
+    return "amx" if "amx_bf16" in flags else "no amx"
+
+
+def expected_saving(tokens_per_text: float, kind: str | None = None) -> float:
+    """The fraction of the eager step compiling saves at this padded length on a CPU of `kind` (this one by
+    default; SAVING_BY_LENGTH, linear in between, flat outside)."""
+    (t0, s0), *rest = SAVING_BY_LENGTH[kind or cpu_kind()]
     if tokens_per_text <= t0:
         return s0
     for t1, s1 in rest:
@@ -80,9 +96,10 @@ def pays_off(eager_seconds_left: float, saving: float, tokens_per_text: float) -
     eager time left) repays the compile time PAYBACK times."""
     seconds = saving * eager_seconds_left
     needed = PAYBACK * COMPILE_SECONDS
+    cpu = "a CPU with AMX" if cpu_kind() == "amx" else "a CPU without AMX"
     about = (
         f"~{eager_seconds_left / 60:.1f} min of eager training left at {tokens_per_text:.0f} tokens a "
-        f"text, where compiling saves ~{saving:.0%}"
+        f"text, where compiling saves ~{saving:.0%} on {cpu}"
     )
     if seconds >= needed:
         return True, f"{about}: ~{seconds:.0f} s saved for ~{COMPILE_SECONDS:.0f} s of compiling"
