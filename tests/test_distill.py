@@ -170,9 +170,7 @@ def test_a_study_runs_the_student_after_its_teacher_and_resumes_a_kill_between_t
         runs = registry(out)["runs"]
         attempts = runs[student].get("attempts") or []  # the entry says "running" before it spawns
         return (
-            runs[teacher]["state"] == "completed"
-            and attempts[-1:] != []
-            and attempts[-1]["outcome"] == "running"
+            runs[teacher]["state"] == "completed" and bool(attempts) and attempts[-1]["outcome"] == "running"
         )
 
     kill_study_when(cmd, log, "the teacher done and its student started", teacher_done_student_running)

@@ -91,12 +91,14 @@ def expected_saving(tokens_per_text: float, kind: str | None = None) -> float:
     return s0
 
 
-def pays_off(eager_seconds_left: float, saving: float, tokens_per_text: float) -> tuple[bool, str]:
+def pays_off(
+    eager_seconds_left: float, saving: float, tokens_per_text: float, kind: str | None = None
+) -> tuple[bool, str]:
     """`auto`'s rule: compile when the saving expected over the rest of the run (`saving`, a fraction of the
-    eager time left) repays the compile time PAYBACK times."""
+    eager time left, on a CPU of `kind`: this one by default) repays the compile time PAYBACK times."""
     seconds = saving * eager_seconds_left
     needed = PAYBACK * COMPILE_SECONDS
-    cpu = "a CPU with AMX" if cpu_kind() == "amx" else "a CPU without AMX"
+    cpu = "a CPU with AMX" if (kind or cpu_kind()) == "amx" else "a CPU without AMX"
     about = (
         f"~{eager_seconds_left / 60:.1f} min of eager training left at {tokens_per_text:.0f} tokens a "
         f"text, where compiling saves ~{saving:.0%} on {cpu}"
@@ -122,7 +124,7 @@ class StepCompiler:
 
     `auto` times TIMED_MICRO_BATCHES eager micro-batches, compiles if `pays_off`, then times as many
     compiled ones and goes back to eager unless they ran MIN_MEASURED_GAIN times faster than the eager
-    line (`_eager_seconds`) predicts for their shapes."""
+    line (`_eager_line`) predicts for their shapes."""
 
     def __init__(self, setting: str, arm, accelerator, total_micro_batches: int, sampler=None):
         self.setting, self.arm = setting, arm
@@ -202,9 +204,7 @@ class StepCompiler:
         self.done += 1
         if self.pending:  # the compiling micro-batch, less what it would have taken eagerly
             self.pending = False
-            self.compile_seconds = seconds - (
-                self._eager_seconds(shape[0] * shape[1]) if self.timed["eager"] else 0.0
-            )
+            self.compile_seconds = seconds - (self._eager_seconds([shape])[0] if self.timed["eager"] else 0.0)
         elif self.setting == "auto" and (self.checking or (self.reason is None and not self.compiled)):
             self._measure(seconds, shape)
         return out
@@ -214,17 +214,23 @@ class StepCompiler:
         rows = self.timed[kind]
         return sum(r[0] for r in rows) / max(1, sum(r[1] * r[2] for r in rows))
 
-    def _eager_seconds(self, tokens: float) -> float:
-        """The eager time of a micro-batch of `tokens` padded tokens: a line through the timed ones where
-        their sizes differ enough to fit it (short texts cost more per token), else their rate."""
+    def _eager_line(self) -> tuple[float, float]:
+        """(intercept, slope) of the eager time of a micro-batch against its padded tokens: a line through
+        the timed ones where their sizes differ enough to fit it (short texts cost more per token), else
+        their rate through zero."""
         rows = self.timed["eager"]
         x = np.array([b * t for _, b, t in rows], dtype=float)
         y = np.array([r[0] for r in rows])
         if len(rows) > 2 and x.max() > 1.5 * x.min():
             slope, intercept = np.polyfit(x, y, 1)
             if slope > 0 and intercept >= 0:
-                return float(intercept + slope * tokens)
-        return self._rate("eager") * tokens
+                return float(intercept), float(slope)
+        return 0.0, self._rate("eager")
+
+    def _eager_seconds(self, shapes) -> list[float]:
+        """The eager time of each micro-batch of `shapes` ((texts, padded tokens a text) each)."""
+        intercept, slope = self._eager_line()
+        return [intercept + slope * b * t for b, t in shapes]
 
     def _measure(self, seconds: float, shape: tuple) -> None:
         kind = "compiled" if self.compiled else "eager"
@@ -233,7 +239,7 @@ class StepCompiler:
         if len(self.timed[kind]) < TIMED_MICRO_BATCHES:
             return
         if kind == "compiled":  # against what the same batches would have taken eagerly
-            expected = sum(self._eager_seconds(b * t) for _, b, t in self.timed["compiled"])
+            expected = sum(self._eager_seconds([(b, t) for _, b, t in self.timed["compiled"]]))
             gain = expected / sum(r[0] for r in self.timed["compiled"])
             self.checking = False
             if gain < MIN_MEASURED_GAIN:
@@ -242,11 +248,13 @@ class StepCompiler:
                 self.reason += f"; measured {gain:.2f}x faster"
             return
         shapes = planned_shapes(self.sampler) or [(b, t) for _, b, t in self.timed["eager"]]
-        per_batch = sum(self._eager_seconds(b * t) for b, t in shapes) / len(shapes)
-        saved = sum(expected_saving(t) * self._eager_seconds(b * t) for b, t in shapes) / len(shapes)
+        eager = self._eager_seconds(shapes)
+        cpu = cpu_kind()
+        per_batch = sum(eager) / len(shapes)
+        saved = sum(expected_saving(t, cpu) * e for (_, t), e in zip(shapes, eager)) / len(shapes)
         tokens_per_text = sum(b * t for b, t in shapes) / sum(b for b, _ in shapes)
         left = self.total_micro_batches - self.offset - self.done
-        go, why = pays_off(per_batch * left, saved / per_batch, tokens_per_text)
+        go, why = pays_off(per_batch * left, saved / per_batch, tokens_per_text, cpu)
         if go:
             print(f"ftvs: compiling the transformer blocks (torch.compile): {why}", file=sys.stderr)
             self._compile(why)
